@@ -1,0 +1,78 @@
+"""Fixtures shared by the whole test suite.
+
+- `_isolate` (autouse): every test runs in its own temporary folder, without VQTOOL_DATA_DIR
+  or VQTOOL_DEBUG from the caller's environment.
+- `cifar_archive` (session): a small .tar.gz in the official CIFAR-10 python layout
+  (5 x 40 training images, 40 test images).
+- `data_dir`: a fresh folder holding that dataset already extracted
+  (`data_dir / "cifar-10-batches-py"`); pass it as `--data-dir`.
+- `http_server`: a local HTTP server; put files in `.root`, fetch them from `.url(name)`.
+
+Building archives by hand: `from helpers import make_cifar_archive, make_cifar_folder`.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import make_cifar_archive, make_cifar_folder
+
+
+@pytest.fixture(autouse=True)
+def _isolate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("VQTOOL_DATA_DIR", raising=False)
+    monkeypatch.delenv("VQTOOL_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="session")
+def cifar_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small CIFAR-10 archive (official layout, not the official md5)."""
+    return make_cifar_archive(tmp_path_factory.mktemp("archive") / "cifar-10-python.tar.gz")
+
+
+@pytest.fixture
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh data folder holding the tiny dataset, extracted."""
+    return make_cifar_folder(tmp_path_factory.mktemp("data"))
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class LocalServer:
+    """A folder served over HTTP on 127.0.0.1."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        handler = functools.partial(_QuietHandler, directory=str(root))
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, name: str) -> str:
+        """The URL of `root / name`."""
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """Serve a fresh folder (`.root`) on a free port; `.url(name)` gives a file's URL."""
+    server = LocalServer(tmp_path_factory.mktemp("www"))
+    try:
+        yield server
+    finally:
+        server.close()

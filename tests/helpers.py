@@ -1,0 +1,136 @@
+"""Tiny CIFAR-10 stand-ins for tests: archives and folders in the official python layout.
+
+The images are smooth colour gradients with one soft blob and a little noise, so a model can
+learn them in a few steps; every batch is a protocol-2 pickle with str keys, as written by
+../shared/data/make_cifar10_python.py.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+BATCHES_DIR = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def make_images(n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` structured images as uint8 rows (n, 3072), channel-major like CIFAR-10."""
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float64)  # (32, 32) pixel coordinates
+    base = rng.uniform(0.15, 0.85, (n, 3, 1, 1))
+    gx = rng.uniform(-0.4, 0.4, (n, 3, 1, 1)) / 31
+    gy = rng.uniform(-0.4, 0.4, (n, 3, 1, 1)) / 31
+    cx, cy = rng.uniform(6, 26, (2, n, 1, 1, 1))
+    radius = rng.uniform(3, 8, (n, 1, 1, 1))
+    colour = rng.uniform(-0.5, 0.5, (n, 3, 1, 1))
+    blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius**2))  # (n, 1, 32, 32)
+    img = base + gx * xx + gy * yy + colour * blob + rng.normal(0, 0.02, (n, 3, 32, 32))
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8).reshape(n, 3072)
+
+
+def cifar_batch_blobs(per_batch: int = 40, n_test: int = 40, seed: int = 0) -> dict[str, bytes]:
+    """The pickled files of the batches folder, by name (data_batch_1..5, test_batch, meta)."""
+    rng = np.random.default_rng(seed)
+    files: dict[str, object] = {}
+    for i, name in enumerate(TRAIN_FILES):
+        files[name] = {
+            "data": make_images(per_batch, rng),
+            "labels": rng.integers(0, 10, per_batch).tolist(),
+            "batch_label": f"training batch {i + 1} of 5",
+            "filenames": [f"img_{i}_{j}.png" for j in range(per_batch)],
+        }
+    files["test_batch"] = {
+        "data": make_images(n_test, rng),
+        "labels": rng.integers(0, 10, n_test).tolist(),
+        "batch_label": "testing batch 1 of 1",
+        "filenames": [f"test_{j}.png" for j in range(n_test)],
+    }
+    files["batches.meta"] = {
+        "label_names": CLASSES,
+        "num_cases_per_batch": per_batch,
+        "num_vis": 3072,
+    }
+    return {name: pickle.dumps(obj, protocol=2) for name, obj in files.items()}
+
+
+def write_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    """Write a .tar.gz of the given members (data None for folders, links and the like)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz", compresslevel=1) as tf:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def file_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    """A regular-file member for write_tar."""
+    info = tarfile.TarInfo(name)
+    info.mtime = 0
+    info.mode = 0o644
+    return info, data
+
+
+def cifar_members(
+    per_batch: int = 40, n_test: int = 40, seed: int = 0
+) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    """The members of an official-layout archive, for write_tar."""
+    blobs = cifar_batch_blobs(per_batch, n_test, seed)
+    return [file_member(f"{BATCHES_DIR}/{name}", blob) for name, blob in blobs.items()]
+
+
+def make_cifar_archive(
+    path: Path,
+    per_batch: int = 40,
+    n_test: int = 40,
+    seed: int = 0,
+    extra_members: dict[str, bytes] | None = None,
+) -> Path:
+    """Write a .tar.gz in the official layout (plus `extra_members`, name -> bytes); return it."""
+    members = cifar_members(per_batch, n_test, seed)
+    members += [file_member(name, data) for name, data in (extra_members or {}).items()]
+    return write_tar(Path(path), members)
+
+
+def make_cifar_folder(data_dir: Path, per_batch: int = 40, n_test: int = 40, seed: int = 0) -> Path:
+    """Write `data_dir/cifar-10-batches-py/` directly (the extracted layout); return data_dir."""
+    data_dir = Path(data_dir)
+    folder = data_dir / BATCHES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, blob in cifar_batch_blobs(per_batch, n_test, seed).items():
+        (folder / name).write_bytes(blob)
+    return data_dir
+
+
+def py2_batch_pickle(data: np.ndarray, labels: list[int]) -> bytes:
+    """A batch pickled the way Python 2's cPickle wrote the official CIFAR-10 files.
+
+    Keys and the array's raw bytes are Python 2 `str` (BINSTRING opcodes), which Python 3
+    reads as bytes or latin1 text; the array names numpy.core.multiarray._reconstruct.
+    Only what a batch needs: a dict of 'data' (uint8 2-D array) and 'labels' (small ints).
+    """
+
+    def s(text: bytes) -> bytes:  # Python 2 str: SHORT_BINSTRING or BINSTRING
+        if len(text) < 256:
+            return b"U" + bytes([len(text)]) + text
+        return b"T" + struct.pack("<I", len(text)) + text
+
+    def i(value: int) -> bytes:  # BININT
+        return b"J" + struct.pack("<i", value)
+
+    rows, cols = data.shape
+    dtype = b"cnumpy\ndtype\n" + s(b"u1") + b"\x89\x88\x87R"  # dtype('u1', False, True)
+    dtype += b"(" + i(3) + s(b"|") + b"NNN" + i(-1) + i(-1) + i(0) + b"tb"
+    array = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+    array += i(0) + b"\x85" + s(b"b") + b"\x87R"  # _reconstruct(ndarray, (0,), 'b')
+    array += b"(" + i(1) + i(rows) + i(cols) + b"\x86" + dtype + b"\x89"
+    array += s(np.ascontiguousarray(data, np.uint8).tobytes()) + b"tb"
+    label_list = b"](" + b"".join(i(v) for v in labels) + b"e"
+    return b"\x80\x02}(" + s(b"data") + array + s(b"labels") + label_list + b"u."

@@ -1,0 +1,288 @@
+"""Profiles: shipped files, extends, --set overrides and the usage errors they raise."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from vqtool.errors import UsageError
+from vqtool.profiles import (
+    DataConfig,
+    ModelConfig,
+    Profile,
+    TrainConfig,
+    list_profiles,
+    load_profile,
+    profile_from_dict,
+    profile_to_dict,
+    profile_to_toml,
+    profiles_dir,
+    with_overrides,
+)
+
+SHIPPED = ["ema", "ema-kaiming", "fast", "original", "smoke"]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def usage_line(excinfo: pytest.ExceptionInfo[UsageError]) -> str:
+    assert excinfo.value.exit_code == 2
+    return excinfo.value.line()
+
+
+def test_list_profiles_names_every_shipped_profile_with_a_description() -> None:
+    listed = list_profiles()
+    assert [name for name, _ in listed] == SHIPPED
+    for name, description in listed:
+        assert description.strip(), name
+        assert description.count(". ") == 0, f"{name}: one sentence"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_file_opens_with_its_command(name: str) -> None:
+    text = (profiles_dir() / f"{name}.toml").read_text(encoding="utf-8")
+    assert text.splitlines()[0] == f"# vqtool train --profile {name}"
+    assert "\ndescription = " in text
+
+
+def test_base_profile_documents_every_key_at_its_default() -> None:
+    lines = (profiles_dir() / "ema-kaiming.toml").read_text(encoding="utf-8").splitlines()
+    assert load_profile("ema-kaiming") == Profile(
+        "ema-kaiming", load_profile("ema-kaiming").description
+    )
+    for section, cls in [("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)]:
+        for f in dataclasses.fields(cls):
+            index = next(i for i, line in enumerate(lines) if line.startswith(f"{f.name} = "))
+            assert lines[index - 1].startswith("#"), f"{section}.{f.name} has no comment"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_profile_round_trips_through_toml(name: str, tmp_path: Path) -> None:
+    profile = load_profile(name)
+    assert profile.name == name
+    again = load_profile(write(tmp_path / "profile.toml", profile_to_toml(profile)))
+    assert again == profile
+    assert profile_from_dict(profile_to_dict(profile), "other", "test") == profile
+
+
+def test_shipped_profiles_differ_from_the_base_as_documented() -> None:
+    original, ema, smoke, fast = (load_profile(n) for n in ["original", "ema", "smoke", "fast"])
+    assert (original.model.decay, original.model.kaiming_init) == (0.0, False)
+    assert original.model.codebook_init == "encoder"
+    assert (ema.model.decay, ema.model.kaiming_init) == (0.99, False)
+    assert smoke.model.num_embeddings == 128 and smoke.train.steps == 300
+    assert smoke.model.kaiming_init is False  # inherited from ema through two levels
+    assert (fast.data.batch_size, fast.train.steps, fast.train.learning_rate) == (256, 8000, 1e-3)
+
+
+def test_round_trip_keeps_awkward_strings_and_floats(tmp_path: Path) -> None:
+    profile = dataclasses.replace(
+        load_profile("smoke"),
+        description='quotes " and \\ backslash\nnewline\ttab \x7f é',
+        train=dataclasses.replace(TrainConfig(), learning_rate=1e-5, device="cuda:1"),
+    )
+    again = load_profile(write(tmp_path / "r.toml", profile_to_toml(profile)))
+    assert again == profile
+
+
+def test_extends_a_relative_path_and_takes_its_own_name(tmp_path: Path) -> None:
+    (tmp_path / "base").mkdir()
+    write(tmp_path / "base" / "parent.toml", 'extends = "smoke"\n[train]\nsteps = 7\n')
+    child = write(tmp_path / "child.toml", 'extends = "base/parent.toml"\n[model]\ndecay = 0.5\n')
+    profile = load_profile(child)
+    assert profile.name == "child"
+    assert profile.train.steps == 7
+    assert profile.model.decay == 0.5
+    assert profile.model.num_embeddings == 128  # from smoke, two levels up
+
+
+def test_extends_cycle_is_a_usage_error(tmp_path: Path) -> None:
+    write(tmp_path / "a.toml", 'extends = "b.toml"\n')
+    write(tmp_path / "b.toml", 'extends = "a.toml"\n')
+    with pytest.raises(UsageError) as excinfo:
+        load_profile(tmp_path / "a.toml")
+    line = usage_line(excinfo)
+    assert "cycle" in line and "a.toml -> " in line and "b.toml" in line
+
+
+def test_extends_itself_is_a_cycle(tmp_path: Path) -> None:
+    write(tmp_path / "self.toml", 'extends = "self.toml"\n')
+    with pytest.raises(UsageError, match="cycle"):
+        load_profile(tmp_path / "self.toml")
+
+
+@pytest.mark.parametrize(
+    ("override", "section", "key", "expected"),
+    [
+        ("train.steps=1234", "train", "steps", 1234),
+        ("train.learning_rate=1e-3", "train", "learning_rate", 1e-3),
+        ("train.learning_rate=1", "train", "learning_rate", 1.0),
+        ("model.kaiming_init=false", "model", "kaiming_init", False),
+        ('train.precision="bf16"', "train", "precision", "bf16"),
+        ("train.lr_schedule=cosine", "train", "lr_schedule", "cosine"),
+        ("train.device=cuda:1", "train", "device", "cuda:1"),
+        ("data.shuffle = false", "data", "shuffle", False),
+    ],
+)
+def test_set_parses_toml_values_and_bare_words(
+    override: str, section: str, key: str, expected: object
+) -> None:
+    profile = load_profile("ema", [override])
+    value = getattr(getattr(profile, section), key)
+    assert value == expected and type(value) is type(expected)
+
+
+def test_later_set_wins_and_with_overrides_keeps_the_name() -> None:
+    profile = load_profile("smoke", ["train.steps=5", "train.steps=6"])
+    assert profile.train.steps == 6
+    extended = with_overrides(profile, ["train.steps=900"])
+    assert extended.train.steps == 900 and extended.name == "smoke"
+    assert dataclasses.replace(extended, train=profile.train) == profile
+
+
+def test_unknown_profile_lists_shipped_names_and_suggests() -> None:
+    with pytest.raises(UsageError) as excinfo:
+        load_profile("emma")
+    line = usage_line(excinfo)
+    assert "unknown profile 'emma'" in line
+    assert "ema, ema-kaiming, fast, original, smoke" in line
+    assert "did you mean 'ema'" in line
+
+
+def test_missing_profile_file(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="not found"):
+        load_profile(tmp_path / "nope.toml")
+
+
+def test_unknown_section_suggests(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.toml", "[trian]\nsteps = 3\n")
+    with pytest.raises(UsageError) as excinfo:
+        load_profile(path)
+    line = usage_line(excinfo)
+    assert "unknown section [trian]" in line and "data, model, train" in line
+    assert "did you mean 'train'" in line and "p.toml" in line
+
+
+def test_misspelt_key_in_file_names_allowed_keys_and_suggests(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.toml", 'extends = "ema"\n[train]\nlerning_rate = 0.1\n')
+    with pytest.raises(UsageError) as excinfo:
+        load_profile(path)
+    line = usage_line(excinfo)
+    assert "unknown key 'lerning_rate' in [train]" in line
+    assert "allowed keys are amsgrad, checkpoint_every," in line
+    assert "did you mean 'learning_rate'" in line
+
+
+def test_misspelt_key_in_set_suggests() -> None:
+    with pytest.raises(UsageError) as excinfo:
+        load_profile("ema", ["model.num_embedings=64"])
+    line = usage_line(excinfo)
+    assert "unknown key 'num_embedings' in [model]" in line
+    assert "--set model.num_embedings=64" in line
+    assert "did you mean 'num_embeddings'" in line
+
+
+def test_section_key_at_top_level_points_to_its_section(tmp_path: Path) -> None:
+    path = write(tmp_path / "p.toml", "learning_rate = 0.1\n")
+    with pytest.raises(UsageError) as excinfo:
+        load_profile(path)
+    line = usage_line(excinfo)
+    assert "unknown top-level key 'learning_rate'" in line and "under [train]" in line
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.steps=true", "train.steps must be an integer >= 1, got true (bool)"),
+        ("train.steps=1.5", "train.steps must be an integer >= 1, got 1.5 (float)"),
+        ("model.decay=true", "model.decay must be a number >= 0 and < 1"),
+        ("data.shuffle=1", "data.shuffle must be a boolean (true or false), got 1 (int)"),
+        ("train.device=3", "train.device must be one of auto, cpu, cuda, cuda:N, mps, got 3"),
+        ("train.learning_rate=nan", "train.learning_rate must be a number > 0, got nan"),
+    ],
+)
+def test_wrong_type_names_the_key_and_type(override: str, expected: str) -> None:
+    with pytest.raises(UsageError) as excinfo:
+        load_profile("ema", [override])
+    line = usage_line(excinfo)
+    assert expected in line
+    assert f"(--set {override})" in line
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.learning_rate=-1", "train.learning_rate must be a number > 0, got -1.0"),
+        ("model.decay=1.0", "model.decay must be a number >= 0 and < 1 (0 = no EMA), got 1.0"),
+        (
+            "model.num_hiddens=127",
+            "model.num_hiddens must be an integer that is even and >= 2, got 127",
+        ),
+        ("model.num_embeddings=1", "model.num_embeddings must be an integer between 2 and 65536"),
+        ("model.num_embeddings=70000", "between 2 and 65536, got 70000"),
+        ("train.precision=fp16", 'train.precision must be one of auto, fp32, bf16, got "fp16"'),
+        ("train.device=cuda:x", "train.device must be one of auto, cpu, cuda, cuda:N, mps"),
+        ("train.device=gpu", 'cuda:N, mps, got "gpu"'),
+        ("model.codebook_init=random", "must be one of seed, encoder, kmeans"),
+        ("train.lr_schedule=linear", "must be one of constant, cosine"),
+        ("data.dataset=mnist", "data.dataset must be one of cifar10"),
+        ("data.batch_size=0", "data.batch_size must be an integer >= 1, got 0"),
+        ("train.eval_every=-1", "train.eval_every must be an integer >= 0"),
+        ("model.commitment_cost=-0.1", "model.commitment_cost must be a number >= 0"),
+    ],
+)
+def test_out_of_range_names_the_key_and_allowed_values(override: str, expected: str) -> None:
+    with pytest.raises(UsageError) as excinfo:
+        load_profile("ema", [override])
+    assert expected in usage_line(excinfo)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:1", "mps"])
+def test_allowed_devices(device: str) -> None:
+    assert load_profile("ema", [f"train.device={device}"]).train.device == device
+
+
+def test_bad_value_in_a_file_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "bad.toml", 'extends = "ema"\n[model]\nnum_hiddens = 65\n')
+    with pytest.raises(UsageError) as excinfo:
+        load_profile(path)
+    line = usage_line(excinfo)
+    assert "model.num_hiddens must be an integer that is even and >= 2, got 65" in line
+    assert "bad.toml" in line
+
+
+def test_malformed_toml_reports_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path / "broken.toml", "[train]\nsteps = 10\nseed = = 3\n")
+    with pytest.raises(UsageError) as excinfo:
+        load_profile(path)
+    line = usage_line(excinfo)
+    assert "malformed TOML" in line and "line 3" in line and "broken.toml" in line
+
+
+@pytest.mark.parametrize("override", ["train.steps", "steps=3", "train.=3", "=3"])
+def test_malformed_set_is_a_usage_error(override: str) -> None:
+    with pytest.raises(UsageError) as excinfo:
+        load_profile("ema", [override])
+    line = usage_line(excinfo)
+    assert f"malformed override '{override}'" in line and "section.key=value" in line
+
+
+def test_set_unknown_section() -> None:
+    with pytest.raises(UsageError) as excinfo:
+        load_profile("ema", ["optim.lr=3"])
+    assert "unknown section 'optim'" in usage_line(excinfo)
+
+
+def test_profile_from_dict_validates_and_defaults() -> None:
+    profile = profile_from_dict({"model": {"decay": 0}}, "mine", "test")
+    assert profile.name == "mine" and profile.model.decay == 0.0
+    assert isinstance(profile.model.decay, float)
+    assert profile.train == TrainConfig()
+    with pytest.raises(UsageError) as excinfo:
+        profile_from_dict({"model": {"decay": 2}}, "mine", "somewhere")
+    assert "(somewhere)" in usage_line(excinfo)

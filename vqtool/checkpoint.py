@@ -1,0 +1,177 @@
+"""Checkpoints: a plain dict saved with torch.save, loaded with weights_only=True.
+
+Loading never runs code from the file (weights_only admits tensors and plain containers
+only), checks the format name and version, and verifies the model's fingerprint so that a
+file whose weights were changed behind its back is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from vqtool.errors import UsageError, WorkError
+from vqtool.model import VQVAE, build_model
+from vqtool.profiles import Profile, profile_from_dict
+
+FORMAT = "vqtool-checkpoint"
+VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def fingerprint(state_dict: Mapping[str, Tensor]) -> str:
+    """sha256 over the state dict, key by key in sorted order: name, dtype, shape, bytes (LE)."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        # Bytes through a uint8 view: works for bf16 too, which numpy cannot hold.
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_state(model: torch.nn.Module) -> dict[str, Tensor]:
+    """The bare model's state dict, whatever DDP or torch.compile wrapped around it."""
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "_orig_mod", inner)
+    return {k: v.detach().clone().cpu() for k, v in inner.state_dict().items()}
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Write through `write(file)` to a temp file beside `path`, fsync, rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp makes the file 0600; give it the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Atomically save a checkpoint dict; adds format, version and the model fingerprint."""
+    payload = {**payload, "format": FORMAT, "version": VERSION}
+    payload["fingerprint"] = fingerprint(payload["model"])
+    try:
+        atomic_write(path, lambda f: torch.save(payload, f))
+    except OSError as exc:
+        raise WorkError(
+            f"could not write the checkpoint: {exc.strerror or exc}",
+            path,
+            "free disk space or choose another --run-dir; the previous checkpoint is intact",
+        ) from exc
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A run folder or a checkpoint file -> the checkpoint file."""
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+        if not path.is_file():
+            raise UsageError(
+                "no checkpoint in this folder", path.parent, "give a run folder that has trained"
+            )
+    elif not path.is_file():
+        raise UsageError("no such run folder or checkpoint", path, "check the path")
+    return path
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and verify a checkpoint (run folder or file); never executes code from it."""
+    path = resolve_checkpoint(path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt, truncated or unsafe files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            reason = "it holds objects other than tensors and plain data (refused, not run)"
+        raise WorkError(
+            f"cannot read the checkpoint: {reason[:200]}",
+            path,
+            "the file is truncated, corrupt or not a vqtool checkpoint; use another one",
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise WorkError("not a vqtool checkpoint", path, "give a checkpoint.pt written by vqtool")
+    if payload.get("version") != VERSION:
+        raise WorkError(
+            f"unsupported checkpoint version {payload.get('version')!r} (this vqtool reads {VERSION})",
+            path,
+            "use the vqtool version that wrote it",
+        )
+    model = payload.get("model")
+    if not isinstance(model, dict) or fingerprint(model) != payload.get("fingerprint"):
+        raise WorkError(
+            "the checkpoint's weights do not match its fingerprint",
+            path,
+            "the file was changed or damaged; use another checkpoint",
+        )
+    return payload
+
+
+class LoadedModel(NamedTuple):
+    model: VQVAE
+    profile: Profile
+    step: int
+    fingerprint: str
+    train_variance: float
+    path: Path
+
+
+def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the model from a checkpoint's own profile (never from weight shapes), in eval mode."""
+    payload = load_checkpoint(path)
+    checkpoint_path = resolve_checkpoint(path)
+    try:
+        profile = profile_from_dict(
+            payload["profile"], payload["profile"].get("name", "checkpoint"), str(checkpoint_path)
+        )
+        model = build_model(profile.model)
+        model.load_state_dict(payload["model"])
+    except (KeyError, RuntimeError, AttributeError, TypeError) as exc:
+        raise WorkError(
+            f"the checkpoint does not describe a model this vqtool can build: {exc}",
+            checkpoint_path,
+            "use a checkpoint written by this version of vqtool",
+        ) from exc
+    except UsageError as exc:
+        raise WorkError(exc.what, checkpoint_path, "the checkpoint's profile is invalid") from exc
+    model.to(device).eval()
+    return LoadedModel(
+        model,
+        profile,
+        int(payload["step"]),
+        str(payload["fingerprint"]),
+        float(payload["train_variance"]),
+        checkpoint_path,
+    )

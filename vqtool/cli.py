@@ -1,0 +1,236 @@
+"""The `vqtool` command line: each command parses, calls one library function, reports.
+
+Heavy imports (torch, matplotlib) happen inside the commands so that `--help` is quick.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from typer.core import TyperGroup
+
+from vqtool import progress
+from vqtool.errors import Interrupted, VqtoolError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (bad option, missing argument) as one `error:` line with exit 2."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except Exception as exc:
+            # Click's errors, whether typer vendors click or not: they carry these two members.
+            if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+                if type(exc).__name__ == "Abort":
+                    sys.exit(130)
+                raise
+            ctx = getattr(exc, "ctx", None)
+            command = ctx.command_path if ctx is not None else "vqtool"
+            progress.error_line(f"error: {exc.format_message()} ({command}): see '{command} --help'")
+            sys.exit(exc.exit_code)
+        code = result if isinstance(result, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    help="Train a VQ-VAE on CIFAR-10 and turn images into discrete codes and back.\n\n"
+    "Start with: vqtool download, then vqtool train --profile smoke.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def reports_errors(command: F) -> F:
+    """One line and the contract's exit code for every failure; VQTOOL_DEBUG=1 shows the trace."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except VqtoolError as exc:
+            if os.environ.get("VQTOOL_DEBUG"):
+                raise
+            progress.error_line(exc.line())
+            raise typer.Exit(exc.exit_code) from None
+        except Interrupted as exc:
+            progress.info(f"stopped by {exc.signal_name}; the checkpoint is saved")
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            progress.error_line("error: interrupted (Ctrl-C): nothing was kept from this command")
+            raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
+        except Exception as exc:
+            if os.environ.get("VQTOOL_DEBUG"):
+                raise
+            progress.error_line(
+                f"error: unexpected {type(exc).__name__}: {exc} (vqtool): "
+                "rerun with VQTOOL_DEBUG=1 to see where, and report it"
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Folder holding cifar-10-batches-py/ (default: $VQTOOL_DATA_DIR, else ./data).",
+        show_default=False,
+    ),
+]
+RunOrCheckpoint = Annotated[
+    Path, typer.Argument(help="A run folder or its checkpoint.pt.", show_default=False)
+]
+
+
+def _data_dir(data_dir: Path | None) -> Path:
+    from vqtool.data import default_data_dir
+
+    return data_dir if data_dir is not None else default_data_dir()
+
+
+@app.command()
+@reports_errors
+def download(
+    data_dir: DataDir = None,
+    source: Annotated[
+        str | None,
+        typer.Option(help="URL or local archive to fetch instead of the official URL."),
+    ] = None,
+    md5: Annotated[
+        str | None, typer.Option(help="Expected md5 of the archive (default: the official one).")
+    ] = None,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Skip the md5 check (e.g. a rebuilt archive).")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a data folder that does not validate.")
+    ] = False,
+) -> None:
+    """Fetch, verify and extract the CIFAR-10 python archive.
+
+    Example: [bold]vqtool download --source ~/cifar-10-python.tar.gz --no-verify[/bold]
+    """
+    from vqtool.data import download_cifar10
+
+    folder = _data_dir(data_dir)
+    with progress.ByteProgress("downloading CIFAR-10") as bar:
+        result = download_cifar10(folder, source, md5, not no_verify, force, bar.update)
+    if result.already_present:
+        progress.info(f"CIFAR-10 is already in {result.folder}; nothing to do")
+    else:
+        progress.info(f"CIFAR-10 is ready in {result.folder}")
+
+
+@app.command()
+@reports_errors
+def train(
+    profile: Annotated[
+        str | None,
+        typer.Option("--profile", "-p", help="Shipped profile name or a TOML file (see: vqtool profiles)."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override one key: section.key=value (repeatable)."),
+    ] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(help="Run folder (default: runs/<profile>-<YYYYmmdd-HHMMSS>).", show_default=False),
+    ] = None,
+    data_dir: DataDir = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps (overrides train.device).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --run-dir from its checkpoint.")
+    ] = False,
+) -> None:
+    """Train a VQ-VAE; prints the run folder on stdout when done.
+
+    Ctrl-C or SIGTERM saves a checkpoint; --resume continues it.
+
+    Example: [bold]vqtool train --profile smoke --run-dir runs/demo[/bold]
+    """
+    from vqtool.train import resolve_run
+    from vqtool.train import train as run_training
+
+    overrides = list(set_ or []) + ([f"train.device={device}"] if device else [])
+    chosen, folder = resolve_run(profile, overrides, run_dir, resume)
+    with progress.TrainProgress() as shown:
+        run_training(
+            chosen, folder, _data_dir(data_dir), resume=resume, callback=shown,
+            on_download=shown.download,
+        )
+    progress.out.print(str(folder), markup=False)
+
+
+@app.command()
+@reports_errors
+def evaluate(
+    run: RunOrCheckpoint,
+    split: Annotated[str, typer.Option(help="test or train.")] = "test",
+    data_dir: DataDir = None,
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="Write the metrics as JSON to FILE, or - for stdout.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+) -> None:
+    """Metrics over a whole split from the decoded codes; writes eval-<split>.json in the run.
+
+    Example: [bold]vqtool evaluate runs/demo --split test[/bold]
+    """
+    from vqtool.errors import UsageError
+    from vqtool.evaluate import evaluate_checkpoint, write_eval
+    from vqtool.train import resolve_device
+
+    if split not in ("test", "train"):
+        raise UsageError(f"unknown split {split!r}", "--split", "use test or train")
+    with progress.CountProgress(f"evaluating {split}") as bar:
+        metrics = evaluate_checkpoint(
+            run, split, _data_dir(data_dir), resolve_device(device), bar.update
+        )
+    written = write_eval(run, metrics)
+    progress.info(f"wrote {written}")
+    if json_out is not None:
+        progress.emit_json(metrics, json_out)
+    if json_out != "-":
+        progress.print_result(progress.metrics_table(f"{split} split", metrics))
+
+
+@app.command()
+@reports_errors
+def profiles(
+    name: Annotated[
+        str | None, typer.Argument(help="Print this profile fully resolved.", show_default=False)
+    ] = None,
+) -> None:
+    """List the shipped profiles, or print one resolved (extends and defaults applied).
+
+    Example: [bold]vqtool profiles ema[/bold]
+    """
+    from vqtool.profiles import list_profiles, load_profile, profile_to_toml
+
+    if name is not None:
+        progress.out.print(profile_to_toml(load_profile(name)), markup=False, end="")
+        return
+    progress.print_result(progress.rows_table("profiles", ["name", "description"], list_profiles()))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,48 @@
+"""The errors vqtool reports to a user: one line, what went wrong, where, what to do."""
+
+from __future__ import annotations
+
+
+class VqtoolError(Exception):
+    """A failure the CLI prints as `error: <what> (<where>): <what to do>`.
+
+    `exit_code` follows the contract: 1 when the work failed on a well-formed request
+    (network, disk, checksum, corrupt or tampered file), 2 when the request itself is wrong.
+    """
+
+    exit_code = 1
+
+    def __init__(self, what: str, where: str | object = "", fix: str = "") -> None:
+        self.what = what
+        self.where = str(where)
+        self.fix = fix
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        text = f"error: {self.what}"
+        if self.where:
+            text += f" ({self.where})"
+        if self.fix:
+            text += f": {self.fix}"
+        return text
+
+
+class WorkError(VqtoolError):
+    """The request was fine but the work failed: network, disk, checksum, corrupt file."""
+
+    exit_code = 1
+
+
+class UsageError(VqtoolError):
+    """The request is wrong: a bad option, a profile error, mismatched files."""
+
+    exit_code = 2
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal after its checkpoint was saved."""
+
+    def __init__(self, signal_name: str, exit_code: int) -> None:
+        self.signal_name = signal_name
+        self.exit_code = exit_code
+        super().__init__(f"stopped by {signal_name}")

@@ -1,0 +1,143 @@
+"""The VQ-VAE of van den Oord et al. (2017) as the seed and Sonnet build it for CIFAR-10.
+
+Encoder: two stride-2 4x4 convs and a 3x3 conv, then a residual stack; a 1x1 conv maps to
+the embedding size. Decoder: a 3x3 conv, a residual stack, two stride-2 transposed convs.
+Images are 4x smaller per side in the latent grid (`DOWNSAMPLE`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from vqtool.profiles import ModelConfig
+from vqtool.quantizer import VectorQuantizer
+
+DOWNSAMPLE = 4
+
+
+class Residual(nn.Module):
+    """x + conv1x1(relu(conv3x3(relu(x)))), both convs without bias as in the seed."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.conv3 = nn.Conv2d(channels, hidden, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(hidden, channels, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv1(F.relu(self.conv3(F.relu(x))))
+
+
+class ResidualStack(nn.Module):
+    """n residual blocks, each with its own weights (the seed's `[Residual()] * n` shared one)."""
+
+    def __init__(self, channels: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(Residual(channels, hidden) for _ in range(layers))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return F.relu(x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        h = cfg.num_hiddens
+        self.conv1 = nn.Conv2d(3, h // 2, 4, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(h // 2, h, 4, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(h, h, 3, padding=1)
+        self.residual = ResidualStack(h, cfg.num_residual_hiddens, cfg.num_residual_layers)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, h, H/4, W/4)
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        return self.residual(self.conv3(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        h = cfg.num_hiddens
+        self.conv = nn.Conv2d(cfg.embedding_dim, h, 3, padding=1)
+        self.residual = ResidualStack(h, cfg.num_residual_hiddens, cfg.num_residual_layers)
+        self.up1 = nn.ConvTranspose2d(h, h // 2, 4, stride=2, padding=1)
+        self.up2 = nn.ConvTranspose2d(h // 2, 3, 4, stride=2, padding=1)
+
+    def forward(self, q: Tensor) -> Tensor:  # (B, D, h, w) -> (B, 3, 4h, 4w)
+        x = self.residual(self.conv(q))
+        return self.up2(F.relu(self.up1(x)))
+
+
+class VQVAEOutput(NamedTuple):
+    reconstruction: Tensor  # (B, 3, H, W), same scale as the input ([-0.5, 0.5])
+    vq_loss: Tensor  # scalar
+    perplexity: Tensor  # scalar
+    indices: Tensor  # (B, H/4, W/4)
+    restarted: int  # dead codes re-seeded this step
+
+
+class VQVAE(nn.Module):
+    """Encoder -> 1x1 conv -> vector quantizer -> decoder.
+
+    `encode` and `decode` are the two halves used by code files: decode(encode(x)) is exactly
+    the reconstruction that `forward` produces in eval mode.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.encoder = Encoder(cfg)
+        self.pre_vq = nn.Conv2d(cfg.num_hiddens, cfg.embedding_dim, 1)
+        self.quantizer = VectorQuantizer(
+            cfg.num_embeddings,
+            cfg.embedding_dim,
+            cfg.commitment_cost,
+            cfg.decay,
+            cfg.codebook_init,
+            cfg.dead_code_steps,
+        )
+        self.decoder = Decoder(cfg)
+        if cfg.kaiming_init:
+            apply_kaiming_weight_norm(self)
+
+    def latents(self, x: Tensor) -> Tensor:
+        """Pre-quantization latents: (B, 3, H, W) -> (B, D, H/4, W/4)."""
+        return self.pre_vq(self.encoder(x))
+
+    def forward(self, x: Tensor) -> VQVAEOutput:
+        q = self.quantizer(self.latents(x))
+        return VQVAEOutput(self.decoder(q.quantized), q.loss, q.perplexity, q.indices, q.restarted)
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Images in [-0.5, 0.5] to code indices: (B, 3, H, W) -> (B, H/4, W/4) int64."""
+        return self.quantizer.quantize(self.latents(x))
+
+    @torch.no_grad()
+    def decode(self, indices: Tensor) -> Tensor:
+        """Code indices to images in [-0.5, 0.5] (unclamped): (B, h, w) -> (B, 3, 4h, 4w)."""
+        return self.decoder(self.quantizer.lookup(indices))
+
+
+def apply_kaiming_weight_norm(model: nn.Module) -> None:
+    """Every conv and transposed conv: Kaiming normal for ReLU, zero bias, weight norm.
+
+    The seed meant this for every conv but missed the encoder's third one through a typo.
+    """
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    for conv in convs:
+        nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
+        weight_norm(conv)
+
+
+def build_model(cfg: ModelConfig) -> VQVAE:
+    """A VQ-VAE for a model config; initialised from the global torch RNG."""
+    return VQVAE(cfg)

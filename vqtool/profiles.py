@@ -1,0 +1,468 @@
+"""Profiles: TOML files plus `--set` overrides, validated once into a frozen dataclass tree.
+
+A profile file has top-level `name`, `description` and `extends` keys and the sections
+`[data]`, `[model]` and `[train]`. `extends` names a shipped profile or a path relative to the
+extending file; the child's keys replace the parent's one key at a time. Every error is a
+`UsageError` that names the key, the file or `--set` it came from, and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import sys
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vqtool.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the training images come from and how they are batched."""
+
+    dataset: str = "cifar10"
+    shuffle: bool = True
+    batch_size: int = 32  # global batch: split evenly across DDP processes
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The VQ-VAE's sizes, its quantizer and how its weights and codebook start."""
+
+    num_hiddens: int = 128
+    num_residual_hiddens: int = 32
+    num_residual_layers: int = 2
+    embedding_dim: int = 64
+    num_embeddings: int = 512
+    commitment_cost: float = 0.25
+    decay: float = 0.99  # 0 = the paper's codebook loss, no EMA
+    kaiming_init: bool = True
+    # "seed": normal for EMA, uniform(-1/K, 1/K) without; "encoder": sampled encoder outputs of
+    # the first batch; "kmeans": k-means++ on those outputs.
+    codebook_init: str = "encoder"
+    dead_code_steps: int = 0  # codes unused this many steps are re-seeded; 0 = off
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation loop: length, optimiser, logging, precision and device."""
+
+    steps: int = 25000
+    learning_rate: float = 3e-4
+    amsgrad: bool = True
+    seed: int = 0
+    log_every: int = 100
+    checkpoint_every: int = 1000
+    eval_every: int = 0
+    precision: str = "auto"
+    device: str = "auto"
+    compile: bool = False
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0  # linear warm-up from 0 to learning_rate
+    collapse_guard: bool = False
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One fully resolved profile: everything a run needs besides paths."""
+
+    name: str
+    description: str
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+TOP_LEVEL_KEYS = ("name", "description", "extends")
+
+_TYPE_NAMES = {
+    bool: "a boolean (true or false)",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+}
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+
+
+def _at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f">= {low}"
+
+
+def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), "one of " + ", ".join(choices)
+
+
+# Allowed values per key (design.md "Profiles"); keys not listed accept any value of their type.
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.dataset": _one_of("cifar10"),
+    "data.batch_size": _at_least(1),
+    "model.num_hiddens": ((lambda v: v >= 2 and v % 2 == 0), "that is even and >= 2"),
+    "model.num_residual_hiddens": _at_least(1),
+    "model.num_residual_layers": _at_least(1),
+    "model.embedding_dim": _at_least(1),
+    # Codes are stored as uint16, hence the upper bound.
+    "model.num_embeddings": ((lambda v: 2 <= v <= 65536), "between 2 and 65536"),
+    "model.commitment_cost": ((lambda v: v >= 0), ">= 0"),
+    "model.decay": ((lambda v: 0 <= v < 1), ">= 0 and < 1 (0 = no EMA)"),
+    "model.codebook_init": _one_of("seed", "encoder", "kmeans"),
+    "model.dead_code_steps": _at_least(0),
+    "train.steps": _at_least(1),
+    "train.learning_rate": ((lambda v: v > 0), "> 0"),
+    "train.seed": _at_least(0),
+    "train.log_every": _at_least(1),
+    "train.checkpoint_every": _at_least(1),
+    "train.eval_every": _at_least(0),
+    "train.precision": _one_of("auto", "fp32", "bf16"),
+    "train.device": (lambda v: bool(_DEVICE_RE.match(v)), "one of auto, cpu, cuda, cuda:N, mps"),
+    "train.lr_schedule": _one_of("constant", "cosine"),
+    "train.warmup_steps": _at_least(0),
+}
+
+
+def _field_types(section: str) -> dict[str, type]:
+    hints = typing.get_type_hints(SECTIONS[section])
+    return {f.name: hints[f.name] for f in dataclasses.fields(SECTIONS[section])}
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _display(path: Path) -> str:
+    """A path as a user would type it: relative to the working folder when below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def profiles_dir() -> Path:
+    """The folder of shipped profiles: top-level `profiles/` in a checkout, else the package's."""
+    checkout = Path(__file__).resolve().parent.parent / "profiles"
+    if (checkout / "ema.toml").is_file():
+        return checkout
+    # pyproject installs the top-level profiles/ folder as package data `vqtool/_profiles`.
+    return Path(__file__).resolve().parent / "_profiles"
+
+
+def _shipped_names() -> list[str]:
+    return sorted(p.stem for p in profiles_dir().glob("*.toml"))
+
+
+def list_profiles() -> list[tuple[str, str]]:
+    """(name, description) of each shipped profile, sorted by name."""
+    return [(name, load_profile(name).description) for name in _shipped_names()]
+
+
+def _looks_like_path(spec: str, base: Path) -> bool:
+    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    return spec.endswith(".toml") or any(s in spec for s in seps) or (base / spec).is_file()
+
+
+def _shipped_path(name: str, where: str) -> Path:
+    names = _shipped_names()
+    if name not in names:
+        raise UsageError(
+            f"unknown profile '{name}'",
+            where,
+            "shipped profiles are "
+            + ", ".join(names)
+            + " (or give a path to a .toml file)"
+            + _suggest(name, names),
+        )
+    return profiles_dir() / f"{name}.toml"
+
+
+def _resolve_spec(spec: str, base: Path, where: str) -> tuple[Path, str]:
+    """The file a profile spec names and its default name (shipped name or file stem)."""
+    if _looks_like_path(spec, base):
+        path = base / spec
+        if not path.is_file():
+            raise UsageError(
+                f"profile file not found: {spec}", where, "check the path, or use a shipped name"
+            )
+        return path, path.stem
+    return _shipped_path(spec, where), spec
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    where = _display(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"cannot read profile: {exc}", where, "give a readable UTF-8 TOML file"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message carries the line and column, e.g. "(at line 3, column 7)".
+        raise UsageError(f"malformed TOML: {exc}", where, "fix the syntax at that line") from None
+
+
+def _check_keys(raw: Mapping[str, Any], where: str) -> None:
+    """Reject unknown top-level keys, sections and section keys, suggesting close matches."""
+    top_allowed = [*TOP_LEVEL_KEYS, *SECTIONS]
+    for key, value in raw.items():
+        if key in SECTIONS:
+            if not isinstance(value, Mapping):
+                raise UsageError(
+                    f"'{key}' must be a table [{key}], got {value!r}",
+                    where,
+                    f"write its keys under a [{key}] header",
+                )
+            allowed = sorted(_field_types(key))
+            for sub in value:
+                if sub not in allowed:
+                    raise UsageError(
+                        f"unknown key '{sub}' in [{key}]",
+                        where,
+                        f"allowed keys are {', '.join(allowed)}" + _suggest(sub, allowed),
+                    )
+        elif key not in TOP_LEVEL_KEYS:
+            if isinstance(value, Mapping):
+                raise UsageError(
+                    f"unknown section [{key}]",
+                    where,
+                    "allowed sections are data, model, train" + _suggest(key, list(SECTIONS)),
+                )
+            qualified = [f"{s}.{k}" for s in SECTIONS for k in _field_types(s)]
+            near = difflib.get_close_matches(key, [q.split(".")[1] for q in qualified], n=1)
+            hint = ""
+            if near:
+                full = next(q for q in qualified if q.endswith("." + near[0]))
+                hint = f"; did you mean '{near[0]}' under [{full.split('.')[0]}]?"
+            raise UsageError(
+                f"unknown top-level key '{key}'",
+                where,
+                f"allowed top-level keys are {', '.join(top_allowed)}" + hint,
+            )
+
+
+_Sources = dict[str, str]
+
+
+def _load_raw(path: Path, chain: list[Path]) -> tuple[dict[str, Any], _Sources]:
+    """A file's keys merged over those of the profiles it extends, and where each came from."""
+    where = _display(path)
+    resolved = path.resolve()
+    if resolved in chain:
+        loop = " -> ".join(_display(p) for p in [*chain, resolved])
+        raise UsageError(f"profiles extend each other in a cycle: {loop}", where, "break the cycle")
+    raw = _read_toml(path)
+    _check_keys(raw, where)
+    merged: dict[str, Any] = {}
+    sources: _Sources = {}
+    parent = raw.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise UsageError(
+                f"extends must be a string, got {parent!r}",
+                where,
+                "give a shipped profile name or a path relative to this file",
+            )
+        parent_path, _ = _resolve_spec(parent, path.parent, where)
+        merged, sources = _load_raw(parent_path, [*chain, resolved])
+        merged.pop("name", None)  # a child is named after itself, never after its parent
+    for key, value in raw.items():
+        if key in SECTIONS:
+            section = dict(merged.get(key, {}))
+            for sub, subvalue in value.items():
+                section[sub] = subvalue
+                sources[f"{key}.{sub}"] = where
+            merged[key] = section
+        else:
+            merged[key] = value
+            sources[key] = where
+    return merged, sources
+
+
+def _check_value(qualified: str, value: Any, kind: type, where: str) -> Any:
+    """The value converted to its field's type, or a UsageError naming what is allowed."""
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if kind is float and ok and not math.isfinite(value):
+        ok = False
+    rule = _RULES.get(qualified)
+    if rule is None:
+        allowed = _TYPE_NAMES[kind]
+    elif kind is str:
+        allowed = rule[1]  # every string rule is a list of choices
+    else:
+        allowed = f"{_TYPE_NAMES[kind]} {rule[1]}"
+    if not ok or (rule and not rule[0](value)):
+        shown = _toml_value(value) if isinstance(value, (bool, int, float, str)) else repr(value)
+        raise UsageError(
+            f"{qualified} must be {allowed}, got {shown} ({type(value).__name__})",
+            where,
+            f"use {allowed}" + _default_hint(qualified),
+        )
+    return value
+
+
+def _default_hint(qualified: str) -> str:
+    section, _, key = qualified.partition(".")
+    if section not in SECTIONS:
+        return ""
+    default = getattr(SECTIONS[section](), key)
+    # Every string default is a bare word, which --set takes without shell-unfriendly quotes.
+    shown = default if isinstance(default, str) else _toml_value(default)
+    return f", e.g. --set {qualified}={shown} (the default)"
+
+
+def _build(raw: Mapping[str, Any], name: str, sources: Mapping[str, str], source: str) -> Profile:
+    if "extends" in raw:
+        raise UsageError(
+            "'extends' is not resolved here", source, "load the file with load_profile"
+        )
+    _check_keys(raw, source)
+    top = {}
+    for key in ("name", "description"):
+        value = raw.get(key, name if key == "name" else "")
+        top[key] = _check_value(key, value, str, sources.get(key, source))
+    sections = {}
+    for section, cls in SECTIONS.items():
+        given = raw.get(section, {})
+        values = {
+            key: _check_value(
+                f"{section}.{key}", given[key], kind, sources.get(f"{section}.{key}", source)
+            )
+            for key, kind in _field_types(section).items()
+            if key in given
+        }
+        sections[section] = cls(**values)
+    return Profile(name=top["name"], description=top["description"], **sections)
+
+
+def profile_from_dict(raw: Mapping[str, Any], name: str, source: str) -> Profile:
+    """Validate a nested mapping (as TOML gives it) into a Profile.
+
+    `name` is used when `raw` has no `name` key; `source` is named in errors. Missing keys take
+    their defaults; unknown keys, wrong types and out-of-range values raise UsageError.
+    """
+    return _build(raw, name, {}, source)
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    """`section.key=value` -> ("section.key", value); the value is TOML, else a bare string."""
+    where = f"--set {text}"
+    key, sep, value_text = text.partition("=")
+    key = key.strip()
+    parts = key.split(".")
+    valid_key = (len(parts) == 2 and all(parts)) or key in ("name", "description")
+    if not sep or not valid_key:
+        raise UsageError(
+            f"malformed override '{text}'",
+            where,
+            "write it as section.key=value, e.g. --set train.steps=1000",
+        )
+    try:
+        value = tomllib.loads(f"v = {value_text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text.strip()  # a bare word such as cosine or cuda:1
+    return key, value
+
+
+def _apply_overrides(raw: dict[str, Any], sources: _Sources, overrides: Sequence[str]) -> None:
+    for text in overrides:
+        key, value = _parse_override(text)
+        where = f"--set {text}"
+        if "." not in key:
+            raw[key] = value
+            sources[key] = where
+            continue
+        section, sub = key.split(".")
+        if section not in SECTIONS:
+            raise UsageError(
+                f"unknown section '{section}' in '{key}'",
+                where,
+                "allowed sections are data, model, train" + _suggest(section, list(SECTIONS)),
+            )
+        allowed = sorted(_field_types(section))
+        if sub not in allowed:
+            raise UsageError(
+                f"unknown key '{sub}' in [{section}]",
+                where,
+                f"allowed keys are {', '.join(allowed)}" + _suggest(sub, allowed),
+            )
+        raw[section] = {**raw.get(section, {}), sub: value}
+        sources[key] = where
+
+
+def load_profile(spec: str | Path, overrides: Sequence[str] = ()) -> Profile:
+    """Load a shipped profile by name, or a TOML file by path, then apply `--set` overrides.
+
+    `spec` is a path when it ends in .toml, holds a path separator or names an existing file.
+    """
+    path, default_name = _resolve_spec(str(spec), Path.cwd(), f"--profile {spec}")
+    raw, sources = _load_raw(path, [])
+    _apply_overrides(raw, sources, overrides)
+    return _build(raw, default_name, sources, _display(path))
+
+
+def with_overrides(p: Profile, overrides: Sequence[str]) -> Profile:
+    """A copy of `p` with `section.key=value` overrides applied and validated (e.g. --resume)."""
+    raw = profile_to_dict(p)
+    sources: _Sources = {}
+    _apply_overrides(raw, sources, overrides)
+    return _build(raw, p.name, sources, f"profile '{p.name}'")
+
+
+def profile_to_dict(p: Profile) -> dict[str, Any]:
+    """Nested plain dict: name, description, data{}, model{}, train{}."""
+    return dataclasses.asdict(p)
+
+
+def _toml_string(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_value(value: bool | int | float | str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)  # repr always holds '.' or 'e', so TOML reads it back as a float
+    return _toml_string(value)
+
+
+def profile_to_toml(p: Profile) -> str:
+    """The full resolved profile as TOML that `load_profile` reads back into an equal Profile."""
+    d = profile_to_dict(p)
+    lines = [
+        "# Resolved vqtool profile; repeat the run with: vqtool train --profile <this file>",
+        f"name = {_toml_value(d['name'])}",
+        f"description = {_toml_value(d['description'])}",
+    ]
+    for section in SECTIONS:
+        lines += ["", f"[{section}]"]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in d[section].items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,202 @@
+"""Everything vqtool shows on the terminal: progress bars, status lines and tables.
+
+Progress, logs and warnings go to stderr; results (tables, JSON) go to stdout. When stderr
+is not a terminal (a log file, CI), progress becomes plain lines instead of live bars.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def info(message: str) -> None:
+    """A status line on stderr."""
+    err.print(message, markup=False)
+
+
+def warn(message: str) -> None:
+    err.print(f"warning: {message}", markup=False, style="yellow")
+
+
+def error_line(line: str) -> None:
+    err.print(line, markup=False, style="red", soft_wrap=True)
+
+
+class _Bar:
+    """A rich progress bar with a single task; silent when stderr is not a terminal."""
+
+    def __init__(self, description: str, *columns: Any) -> None:
+        self.description = description
+        self.live = err.is_terminal
+        self.progress = Progress(*columns, console=err, transient=False, disable=not self.live)
+        self.task: TaskID | None = None
+
+    def __enter__(self) -> _Bar:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.progress.__exit__(exc_type, exc, tb)
+
+
+class ByteProgress(_Bar):
+    """Bytes, speed and ETA of a download: pass `.update` as the on_progress callback."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(
+            description,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
+
+    def update(self, done: int, total: int | None) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task(self.description, total=total)
+        self.progress.update(self.task, completed=done, total=total)
+
+
+class CountProgress(_Bar):
+    """Items done out of a total (images, batches): pass `.update` as the on_progress callback."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(
+            description,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+
+    def update(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task(self.description, total=total)
+        self.progress.update(self.task, completed=done, total=total)
+
+
+class TrainProgress(_Bar):
+    """Renders training events: a live bar on a terminal, one plain line per log otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "train",
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        self.download = ByteProgress("downloading CIFAR-10").update
+
+    def __call__(self, event: Any) -> None:
+        record: Mapping[str, Any] = event.record
+        if event.kind == "start":
+            info(
+                f"training on {record['device']}, {record['precision']}, "
+                f"{record['world_size']} process(es), {record['train_images']:,} images, "
+                f"{record['parameters']:,} parameters -> {record['run_dir']}"
+            )
+            if self.live:
+                self.task = self.progress.add_task(
+                    "train", total=event.total_steps, completed=event.step, stats=""
+                )
+        elif event.kind == "log":
+            stats = (
+                f"nmse {record['nmse']:.4f}  perplexity {record['perplexity']:.1f}  "
+                f"{record['images_per_s']:,.0f} img/s"
+            )
+            if self.task is not None:
+                self.progress.update(self.task, completed=event.step, stats=stats)
+            else:
+                info(f"step {event.step}/{event.total_steps}  {stats}")
+            if record.get("restarted_codes"):
+                info(f"step {event.step}: re-seeded {record['restarted_codes']} dead codes")
+        elif event.kind == "eval":
+            info(
+                f"step {event.step}: test nmse {record['nmse']:.4f}, psnr {record['psnr']:.2f} dB, "
+                f"perplexity {record['perplexity']:.1f}"
+            )
+        elif event.kind == "note":
+            warn(event.message) if event.message.startswith("collapse") else info(event.message)
+        elif event.kind == "end" and record:
+            info(
+                f"done: step {event.step}, nmse {record['nmse']:.4f}, "
+                f"perplexity {record['perplexity']:.1f}, {record['images_per_s']:,.0f} img/s, "
+                f"{record['elapsed_s']:.1f} s of training"
+            )
+
+
+def metrics_table(title: str, metrics: Mapping[str, Any]) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, format_value(value))
+    return table
+
+
+def rows_table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(format_value(v) for v in row))
+    return table
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_result(table: Table) -> None:
+    out.print(table)
+
+
+def emit_json(data: Any, target: str) -> None:
+    """`--json -` writes to stdout, `--json FILE` to that file."""
+    text = json.dumps(data, indent=2) + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        from pathlib import Path
+
+        from vqtool.checkpoint import atomic_write
+
+        atomic_write(Path(target), lambda f: f.write(text.encode()))

@@ -1,0 +1,249 @@
+"""Vector quantization (van den Oord et al., 2017, eq. 3; EMA variant of appendix A.1).
+
+The math lives in small pure functions; `VectorQuantizer` only holds the codebook state and
+calls them. Nothing here builds a dense one-hot matrix: codes are looked up by index and the
+EMA statistics are gathered with `bincount` / `index_add_`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Laplace smoothing of the EMA cluster sizes (Sonnet's epsilon): keeps every divisor positive.
+EMA_EPSILON = 1e-5
+
+
+class QuantizerOutput(NamedTuple):
+    quantized: Tensor  # (B, D, H, W), straight-through: forward value of the codes, gradient of z
+    loss: Tensor  # scalar: codebook + commitment terms (commitment only with EMA)
+    perplexity: Tensor  # scalar: exp(entropy) of the batch's code histogram
+    indices: Tensor  # (B, H, W) int64
+    restarted: int  # dead codes re-seeded in this step
+
+
+def squared_distances(z: Tensor, codebook: Tensor) -> Tensor:
+    """||z - e||^2 for every pair: (N, D), (K, D) -> (N, K), without forming N x K x D."""
+    return torch.addmm(
+        z.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1), z, codebook.t(), alpha=-2.0
+    )
+
+
+def nearest_codes(z: Tensor, codebook: Tensor) -> Tensor:
+    """Index of the closest code for each row: (N, D), (K, D) -> (N,) int64."""
+    return squared_distances(z, codebook).argmin(1)
+
+
+def code_counts(indices: Tensor, num_embeddings: int) -> Tensor:
+    """Histogram of code indices: (...) -> (K,) float32."""
+    return torch.bincount(indices.reshape(-1), minlength=num_embeddings).float()
+
+
+def perplexity_from_counts(counts: Tensor) -> Tensor:
+    """exp(H(p)) of a code histogram; 1 = one code used, K = all used equally."""
+    probs = counts / counts.sum().clamp_min(1.0)
+    return torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
+
+
+def code_sums(z: Tensor, indices: Tensor, num_embeddings: int) -> Tensor:
+    """Sum of the vectors assigned to each code: (N, D), (N,) -> (K, D)."""
+    return torch.zeros(num_embeddings, z.shape[1], device=z.device, dtype=z.dtype).index_add_(
+        0, indices, z
+    )
+
+
+def ema_update_(average: Tensor, value: Tensor, decay: float) -> None:
+    """In place: average <- decay * average + (1 - decay) * value."""
+    average.lerp_(value, 1.0 - decay)
+
+
+def codebook_from_ema(cluster_size: Tensor, embed_sum: Tensor) -> Tensor:
+    """Codebook = EMA sums / Laplace-smoothed EMA counts: (K,), (K, D) -> (K, D)."""
+    n = cluster_size.sum()
+    k = cluster_size.shape[0]
+    smoothed = (cluster_size + EMA_EPSILON) / (n + k * EMA_EPSILON) * n
+    return embed_sum / smoothed.unsqueeze(1)
+
+
+def kmeans_plus_plus(vectors: Tensor, k: int, iterations: int = 10) -> Tensor:
+    """k-means++ seeding and a few Lloyd iterations: (N, D) -> (k, D).
+
+    Uses the global torch RNG so that runs are repeatable from the seed.
+    """
+    n = vectors.shape[0]
+    centers = vectors[torch.randint(n, (1,), device=vectors.device)]
+    closest = squared_distances(vectors, centers).squeeze(1)
+    for _ in range(1, k):
+        weights = closest.clamp_min(0) + 1e-12
+        pick = torch.multinomial(weights, 1)
+        centers = torch.cat([centers, vectors[pick]])
+        closest = torch.minimum(closest, squared_distances(vectors, vectors[pick]).squeeze(1))
+    for _ in range(iterations):
+        assign = nearest_codes(vectors, centers)
+        counts = code_counts(assign, k)
+        sums = code_sums(vectors, assign, k)
+        # Empty clusters keep their centre rather than collapsing to zero.
+        centers = torch.where(counts.unsqueeze(1) > 0, sums / counts.clamp_min(1).unsqueeze(1), centers)
+    return centers
+
+
+def sample_rows(vectors: Tensor, k: int) -> Tensor:
+    """k rows drawn from (N, D), without replacement when N >= k; tiny noise breaks ties."""
+    n = vectors.shape[0]
+    if n >= k:
+        picks = torch.randperm(n, device=vectors.device)[:k]
+    else:
+        picks = torch.randint(n, (k,), device=vectors.device)
+    rows = vectors[picks]
+    return rows + 1e-4 * rows.std().clamp_min(1e-6) * torch.randn_like(rows)
+
+
+class VectorQuantizer(nn.Module):
+    """Codebook of K vectors of size D; decay 0 learns it by gradient, decay > 0 by EMA.
+
+    The EMA state starts as cluster_size = 1 and embed_sum = codebook, so a code unused in a
+    step keeps its vector (the seed's zero cluster sizes sent such codes to norms of ~1e5).
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        commitment_cost: float,
+        decay: float,
+        codebook_init: str = "encoder",
+        dead_code_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.commitment_cost = commitment_cost
+        self.decay = decay
+        self.codebook_init = codebook_init
+        self.dead_code_steps = dead_code_steps
+        codebook = torch.empty(num_embeddings, embedding_dim)
+        if decay > 0:
+            codebook.normal_()
+            self.register_buffer("embedding", codebook)
+            self.register_buffer("cluster_size", torch.ones(num_embeddings))
+            self.register_buffer("embed_sum", codebook.clone())
+        else:
+            codebook.uniform_(-1.0 / num_embeddings, 1.0 / num_embeddings)
+            self.embedding = nn.Parameter(codebook)
+        # Whether the codebook has been initialised from data (codebook_init encoder/kmeans).
+        self.register_buffer("initialized", torch.tensor(codebook_init == "seed"))
+        # Training steps since each code was last chosen (dead-code restart).
+        self.register_buffer("unused_steps", torch.zeros(num_embeddings, dtype=torch.long))
+
+    @property
+    def uses_ema(self) -> bool:
+        return self.decay > 0
+
+    def codebook(self) -> Tensor:
+        """The (K, D) code vectors, detached: searching them needs no gradient."""
+        return self.embedding.detach()
+
+    @torch.no_grad()
+    def set_codes(self, which: Tensor, vectors: Tensor) -> None:
+        """Replace the codes selected by `which` (bool (K,) or indices) and reset their state."""
+        self.embedding.data[which] = vectors
+        if self.uses_ema:
+            self.cluster_size[which] = 1.0
+            self.embed_sum[which] = vectors
+        self.unused_steps[which] = 0
+
+    @torch.no_grad()
+    def init_from_data(self, z: Tensor) -> None:
+        """Initialise the codebook from encoder outputs z: (N, D), by sampling or k-means++."""
+        z = z.float()
+        if self.codebook_init == "kmeans":
+            vectors = kmeans_plus_plus(z, self.num_embeddings)
+        else:
+            vectors = sample_rows(z, self.num_embeddings)
+        # Under DDP every rank must hold rank 0's draw.
+        vectors = broadcast_from_rank0(vectors)
+        self.set_codes(torch.ones(self.num_embeddings, dtype=torch.bool, device=z.device), vectors)
+        self.initialized.fill_(True)
+
+    def lookup(self, indices: Tensor) -> Tensor:
+        """Code vectors for indices: (B, H, W) -> (B, D, H, W)."""
+        return F.embedding(indices, self.embedding).permute(0, 3, 1, 2)
+
+    def quantize(self, z: Tensor) -> Tensor:
+        """Nearest-code indices for latents: (B, D, H, W) -> (B, H, W)."""
+        b, _, h, w = z.shape
+        flat = z.float().permute(0, 2, 3, 1).reshape(-1, self.embedding_dim)
+        return nearest_codes(flat, self.codebook().float()).view(b, h, w)
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        # The quantizer always runs in fp32, whatever autocast does around it: bf16 distances
+        # pick wrong codes and bf16 EMA sums lose the small updates.
+        with torch.autocast(z.device.type, enabled=False):
+            return self._forward_fp32(z.float())
+
+    def _forward_fp32(self, z: Tensor) -> QuantizerOutput:
+        b, d, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # (N, D), N = B * H * W
+        indices = nearest_codes(flat, self.codebook())
+        quantized_flat = F.embedding(indices, self.embedding)  # (N, D)
+        counts = code_counts(indices, self.num_embeddings)
+        restarted = 0
+        if self.training:
+            if self.uses_ema:
+                self._ema_step(flat.detach(), indices, counts)
+            if self.dead_code_steps > 0:
+                restarted = self._restart_dead_codes(flat.detach(), counts)
+        quantized = quantized_flat.view(b, h, w, d).permute(0, 3, 1, 2)
+        commitment = F.mse_loss(z, quantized.detach())
+        if self.uses_ema:
+            loss = self.commitment_cost * commitment
+        else:
+            loss = F.mse_loss(quantized, z.detach()) + self.commitment_cost * commitment
+        straight_through = z + (quantized - z).detach()
+        return QuantizerOutput(
+            straight_through, loss, perplexity_from_counts(counts), indices.view(b, h, w), restarted
+        )
+
+    @torch.no_grad()
+    def _ema_step(self, flat: Tensor, indices: Tensor, counts: Tensor) -> None:
+        sums = code_sums(flat, indices, self.num_embeddings)
+        counts, sums = all_reduce_sum(counts), all_reduce_sum(sums)
+        ema_update_(self.cluster_size, counts, self.decay)
+        ema_update_(self.embed_sum, sums, self.decay)
+        self.embedding.copy_(codebook_from_ema(self.cluster_size, self.embed_sum))
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, flat: Tensor, counts: Tensor) -> int:
+        used = all_reduce_sum(counts) > 0
+        self.unused_steps.add_(1).masked_fill_(used, 0)
+        dead = self.unused_steps >= self.dead_code_steps
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return 0
+        # Re-seed from this step's encoder outputs; rank 0 decides so every rank agrees.
+        vectors = broadcast_from_rank0(sample_rows(flat, n_dead))
+        self.set_codes(dead, vectors)
+        return n_dead
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum over training processes (identity on one process): every rank sees the same stats."""
+    if _distributed() and torch.distributed.get_world_size() > 1:
+        t = t.clone()
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def broadcast_from_rank0(t: Tensor) -> Tensor:
+    """Rank 0's tensor on every rank (identity on one process)."""
+    if _distributed() and torch.distributed.get_world_size() > 1:
+        t = t.contiguous()
+        torch.distributed.broadcast(t, 0)
+    return t

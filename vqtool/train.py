@@ -1,0 +1,508 @@
+"""The training loop. It reports through a callback and never prints.
+
+Everything a run needs to continue bit-identically lives in its checkpoint: model and
+optimizer state, the step, every RNG state, and the data position. The data order of epoch e
+is a permutation drawn from (seed, e) alone, so a resumed run visits the same batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vqtool.checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_write,
+    load_checkpoint,
+    model_state,
+    save_checkpoint,
+)
+from vqtool.data import cifar10_present, download_cifar10, load_cifar10
+from vqtool.errors import Interrupted, UsageError
+from vqtool.evaluate import evaluate_images, to_model_input
+from vqtool.model import VQVAE, build_model
+from vqtool.profiles import (
+    Profile,
+    load_profile,
+    profile_from_dict,
+    profile_to_dict,
+    profile_to_toml,
+    with_overrides,
+)
+
+PROFILE_NAME = "profile.toml"
+METRICS_NAME = "metrics.jsonl"
+LOCK_NAME = ".lock"
+
+
+class TrainEvent(NamedTuple):
+    kind: str  # "start" | "log" | "eval" | "checkpoint" | "note" | "end"
+    step: int
+    total_steps: int
+    record: dict[str, Any]
+    message: str = ""
+
+
+TrainCallback = Callable[[TrainEvent], None]
+
+
+class TrainResult(NamedTuple):
+    run_dir: Path
+    step: int
+    last_record: dict[str, Any]
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where training runs: the device, its precision and this process's share of the batch."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None: plain fp32
+    rank: int = 0
+    world_size: int = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; refuses a device that is not there."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("CUDA is not available", f"device {name}", "use --device cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("MPS is not available", f"device {name}", "use --device cpu or auto")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """'auto' is bf16 autocast on CUDA and fp32 elsewhere (deterministic on the CPU)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def default_run_dir(profile: Profile) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{profile.name}-{stamp}"
+
+
+def resolve_run(
+    profile_spec: str | None,
+    overrides: list[str],
+    run_dir: Path | None,
+    resume: bool,
+) -> tuple[Profile, Path]:
+    """The profile and run folder a `train` request means, with the resume rules of the contract.
+
+    --resume continues from the run's checkpoint and profile.toml; only [train] may change.
+    A run folder without a checkpoint starts fresh, so a job script can always pass --resume.
+    """
+    checkpoint = run_dir / CHECKPOINT_NAME if run_dir is not None else None
+    if resume and run_dir is None:
+        raise UsageError("--resume needs the run to continue", "--run-dir", "pass --run-dir R")
+    if checkpoint is not None and checkpoint.exists() and not resume:
+        raise UsageError(
+            "this run folder already holds a checkpoint",
+            run_dir,
+            "pass --resume to continue it, or choose another --run-dir",
+        )
+    if resume and checkpoint is not None and checkpoint.exists():
+        saved_raw = load_checkpoint(checkpoint)["profile"]
+        saved = profile_from_dict(saved_raw, saved_raw.get("name", "run"), str(checkpoint))
+        base = load_profile(profile_spec) if profile_spec else saved
+        profile = with_overrides(base, overrides)
+        _refuse_model_or_data_change(saved, profile, checkpoint)
+        return profile, checkpoint.parent
+    if profile_spec is None:
+        saved_toml = run_dir / PROFILE_NAME if run_dir is not None else None
+        if saved_toml is None or not saved_toml.is_file():
+            raise UsageError("no profile given", "--profile", "pass --profile NAME or FILE")
+        profile_spec = str(saved_toml)
+    profile = load_profile(profile_spec, overrides)
+    return profile, run_dir if run_dir is not None else default_run_dir(profile)
+
+
+def _refuse_model_or_data_change(saved: Profile, new: Profile, where: Path) -> None:
+    changed = [
+        f"{section}.{key}"
+        for section in ("model", "data")
+        for key, value in profile_to_dict(new)[section].items()
+        if profile_to_dict(saved)[section].get(key) != value
+    ]
+    if changed:
+        raise UsageError(
+            f"--resume cannot change {', '.join(changed)}",
+            where,
+            "only [train] keys may change on resume; start a new run for a new model or data",
+        )
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder: a second `train` on it refuses at once."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(
+                "another vqtool train is using this run folder",
+                run_dir,
+                "wait for it to finish, or choose another --run-dir",
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+class StopSignals:
+    """Turns SIGINT and SIGTERM into a flag the loop checks after each step."""
+
+    CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.CODES:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = signal.Signals(signum)
+
+    def interrupted(self) -> Interrupted:
+        assert self.received is not None
+        return Interrupted(self.received.name, self.CODES[self.received])
+
+
+def pixel_variance(images: Tensor) -> float:
+    """Variance of all pixels in [0, 1] units, exact, from a 256-bin histogram of uint8 data."""
+    hist = torch.bincount(images.reshape(-1).long(), minlength=256).double()
+    values = torch.arange(256, dtype=torch.float64, device=hist.device) / 255.0
+    n = hist.sum()
+    mean = (hist * values).sum() / n
+    return float((hist * (values - mean) ** 2).sum() / n)
+
+
+def epoch_order(n: int, epoch: int, seed: int, shuffle: bool) -> Tensor:
+    """The visiting order of epoch `epoch`: drawn from (seed, epoch) alone, or file order."""
+    if not shuffle:
+        return torch.arange(n)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+def learning_rate(profile: Profile, step: int, scale: float) -> float:
+    """Base rate x collapse-guard scale x linear warm-up x optional cosine decay."""
+    cfg = profile.train
+    lr = cfg.learning_rate * scale
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        lr *= (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "cosine":
+        progress = min(1.0, step / max(1, cfg.steps))
+        lr *= 0.5 * (1.0 + math.cos(math.pi * progress))
+    return lr
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop records past the checkpoint (and a torn last line): each step is logged once."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= last_step:
+            kept.append(line)
+    text = "".join(line + "\n" for line in kept)
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+class Trainer:
+    """One training run: model, optimizer, data and the files of its run folder."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        run_dir: Path,
+        images: Tensor,
+        placement: Placement,
+        callback: TrainCallback,
+        test_images: Tensor | None = None,
+    ) -> None:
+        self.profile = profile
+        self.run_dir = run_dir
+        self.placement = placement
+        self.callback = callback
+        self.images = images
+        self.test_images = test_images
+        self.is_writer = placement.rank == 0
+        cfg = profile.train
+        batch = profile.data.batch_size
+        if batch % placement.world_size:
+            raise UsageError(
+                f"data.batch_size {batch} does not divide among {placement.world_size} processes",
+                "--set data.batch_size",
+                "choose a multiple of the process count (it is the global batch)",
+            )
+        self.local_batch = batch // placement.world_size
+        self.batches_per_epoch = images.shape[0] // batch
+        if self.batches_per_epoch == 0:
+            raise UsageError(
+                f"data.batch_size {batch} exceeds the {images.shape[0]} training images",
+                "--set data.batch_size",
+                "choose a smaller batch size",
+            )
+        self.variance = pixel_variance(images)
+        torch.manual_seed(cfg.seed)
+        self.model: VQVAE = build_model(profile.model).to(placement.device)
+        if placement.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(),
+            lr=cfg.learning_rate,
+            amsgrad=cfg.amsgrad,
+            **({"fused": True} if placement.device.type == "cuda" else {}),
+        )
+        self.step = 0
+        self.elapsed_s = 0.0
+        self.lr_scale = 1.0
+        self._order_epoch = -1
+        self._order = torch.empty(0)
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        """Continue from a checkpoint payload: weights, optimizer, step, RNG, clock."""
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.step = int(payload["step"])
+        self.elapsed_s = float(payload.get("elapsed_s", 0.0))
+        self.lr_scale = float(payload.get("lr_scale", 1.0))
+        rng = payload["rng"]
+        torch.set_rng_state(rng["torch"])
+        cuda_states = rng.get("cuda") or []
+        if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        epoch, position = divmod(self.step, self.batches_per_epoch)
+        return {
+            "profile": profile_to_dict(self.profile),
+            "model": model_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            "data": {"epoch": epoch, "position": position},
+            "train_variance": self.variance,
+            "elapsed_s": self.elapsed_s,
+            "lr_scale": self.lr_scale,
+            "world_size": self.placement.world_size,
+        }
+
+    def save(self) -> None:
+        if self.is_writer:
+            save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.checkpoint_payload())
+            self.callback(TrainEvent("checkpoint", self.step, self.profile.train.steps, {}))
+
+    def batch_indices(self, step: int) -> Tensor:
+        """This process's slice of the global batch of `step`."""
+        epoch, position = divmod(step, self.batches_per_epoch)
+        if epoch != self._order_epoch:
+            order = epoch_order(
+                self.images.shape[0], epoch, self.profile.train.seed, self.profile.data.shuffle
+            )
+            self._order = order.to(self.images.device)
+            self._order_epoch = epoch
+        start = position * self.profile.data.batch_size + self.placement.rank * self.local_batch
+        return self._order[start : start + self.local_batch]
+
+    def next_batch(self, step: int) -> Tensor:
+        x = to_model_input(self.images[self.batch_indices(step)], self.placement.device)
+        if self.placement.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @torch.no_grad()
+    def init_codebook(self, x: Tensor) -> None:
+        """Seed the codebook from the first batch's encoder outputs (codebook_init encoder/kmeans)."""
+        if bool(self.model.quantizer.initialized):
+            return
+        z = self.model.latents(x).float()
+        self.model.quantizer.init_from_data(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
+
+    def train_step(self, x: Tensor) -> Tensor:
+        """One optimizer step; returns (nmse, vq_loss, perplexity, restarted) as a device tensor."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.profile, self.step, self.lr_scale)
+        dtype = self.placement.autocast_dtype
+        with torch.autocast(self.placement.device.type, dtype=dtype, enabled=dtype is not None):
+            out = self.model(x)
+        # NMSE as in Sonnet and zalando: MSE over the variance of the training pixels.
+        nmse = F.mse_loss(out.reconstruction.float(), x) / self.variance
+        loss = nmse + out.vq_loss
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return torch.stack(
+            [nmse.detach(), out.vq_loss.detach(), out.perplexity.detach(),
+             torch.tensor(float(out.restarted), device=nmse.device)]
+        )
+
+    def log_record(self, sums: Tensor, count: int, window_s: float) -> dict[str, Any]:
+        nmse, vq_loss, perplexity, restarted = (sums / count).tolist()
+        record = {
+            "kind": "train",
+            "step": self.step,
+            "nmse": nmse,
+            "vq_loss": vq_loss,
+            "perplexity": perplexity,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": count * self.profile.data.batch_size / window_s if window_s > 0 else 0.0,
+            "elapsed_s": self.elapsed_s,
+            "world_size": self.placement.world_size,
+        }
+        if restarted > 0:
+            record["restarted_codes"] = int(round(restarted * count))
+        return record
+
+    def write_metric(self, record: dict[str, Any]) -> None:
+        if self.is_writer:
+            with open(self.run_dir / METRICS_NAME, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def evaluate_test(self) -> None:
+        if self.test_images is None:
+            return
+        metrics = evaluate_images(self.model, self.test_images, self.variance)
+        record = {"kind": "eval", "step": self.step, "split": "test", **metrics}
+        self.write_metric(record)
+        self.callback(TrainEvent("eval", self.step, self.profile.train.steps, record))
+
+    def run(self, stop: StopSignals) -> TrainResult:
+        cfg = self.profile.train
+        self.model.train()
+        sums = torch.zeros(4, device=self.placement.device)
+        count = 0
+        last_record: dict[str, Any] = {}
+        window_train_s = 0.0
+        while self.step < cfg.steps:
+            if stop.received is not None:
+                self.save()
+                raise stop.interrupted()
+            tick = time.perf_counter()
+            x = self.next_batch(self.step)
+            if self.step == 0:
+                self.init_codebook(x)
+            sums += self.train_step(x)
+            self.step += 1
+            count += 1
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.placement.device.type == "cuda":
+                    torch.cuda.synchronize()
+                spent = time.perf_counter() - tick
+                window_train_s += spent
+                self.elapsed_s += spent
+                last_record = self.log_record(sums, count, window_train_s)
+                self.write_metric(last_record)
+                self.callback(TrainEvent("log", self.step, cfg.steps, last_record))
+                sums.zero_()
+                count = 0
+                window_train_s = 0.0
+            else:
+                spent = time.perf_counter() - tick
+                window_train_s += spent
+                self.elapsed_s += spent
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                self.evaluate_test()
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save()
+        return TrainResult(self.run_dir, self.step, last_record, self.elapsed_s)
+
+
+def ensure_data(
+    data_dir: Path, on_progress: Callable[[int, int | None], None] | None = None
+) -> None:
+    """Download CIFAR-10 from the official URL when the data folder does not have it."""
+    if not cifar10_present(data_dir):
+        download_cifar10(data_dir, on_progress=on_progress)
+
+
+def train(
+    profile: Profile,
+    run_dir: Path,
+    data_dir: Path,
+    *,
+    resume: bool = False,
+    callback: TrainCallback | None = None,
+    on_download: Callable[[int, int | None], None] | None = None,
+) -> TrainResult:
+    """Train (or continue) a run; files land in `run_dir`. Raises Interrupted after a signal.
+
+    `resume` continues from `run_dir/checkpoint.pt` when there is one (see `resolve_run`).
+    """
+    notify = callback or (lambda event: None)
+    torch_device = resolve_device(profile.train.device)
+    placement = Placement(torch_device, resolve_precision(profile.train.precision, torch_device))
+    with run_lock(run_dir), StopSignals() as stop:
+        checkpoint = run_dir / CHECKPOINT_NAME
+        payload = load_checkpoint(checkpoint) if resume and checkpoint.exists() else None
+        ensure_data(data_dir, on_download)
+        images = load_cifar10(data_dir, "train").to(torch_device)
+        test_images = load_cifar10(data_dir, "test") if profile.train.eval_every else None
+        trainer = Trainer(profile, run_dir, images, placement, notify, test_images)
+        if payload is not None:
+            trainer.restore(payload)
+            truncate_metrics(run_dir / METRICS_NAME, trainer.step)
+        else:
+            (run_dir / METRICS_NAME).unlink(missing_ok=True)
+        text = profile_to_toml(profile)
+        atomic_write(run_dir / PROFILE_NAME, lambda f: f.write(text.encode()))
+        notify(TrainEvent("start", trainer.step, profile.train.steps, describe(placement, trainer)))
+        result = trainer.run(stop)
+        notify(TrainEvent("end", result.step, profile.train.steps, result.last_record))
+        return result
+
+
+def describe(placement: Placement, trainer: Trainer) -> dict[str, Any]:
+    """What the user got: device, precision, process count, data and model size."""
+    device = placement.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type}"
+    if device.type == "cpu":
+        name = f"cpu ({torch.get_num_threads()} threads)"
+    return {
+        "device": name,
+        "precision": "bf16 autocast (fp32 quantizer)" if placement.autocast_dtype else "fp32",
+        "world_size": placement.world_size,
+        "train_images": int(trainer.images.shape[0]),
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "run_dir": str(trainer.run_dir),
+    }
+
