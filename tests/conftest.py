@@ -6,9 +6,12 @@
   (5 x 40 training images, 40 test images).
 - `data_dir`: a fresh folder holding that dataset already extracted
   (`data_dir / "cifar-10-batches-py"`); pass it as `--data-dir`.
+- `tiny_profile`: path of a TOML profile for a very small, quick model (extends smoke).
+- `trained_run` (session): a run folder trained with the tiny profile on the tiny data
+  (do not modify it; copy it first).
 - `http_server`: a local HTTP server; put files in `.root`, fetch them from `.url(name)`.
 
-Building archives by hand: `from helpers import make_cifar_archive, make_cifar_folder`.
+Building archives by hand: `from helpers import make_cifar_archive, make_cifar_folder, write_tiny_profile`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import make_cifar_archive, make_cifar_folder
+from helpers import make_cifar_archive, make_cifar_folder, write_tiny_profile
 
 
 @pytest.fixture(autouse=True)
@@ -76,3 +79,28 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServe
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def tiny_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TOML profile for a very small model (see helpers.TINY_PROFILE)."""
+    return write_tiny_profile(tmp_path_factory.mktemp("profile") / "tiny.toml")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder trained for 30 steps with the tiny profile on the tiny dataset."""
+    from vqtool.profiles import load_profile
+    from vqtool.train import train
+
+    root = tmp_path_factory.mktemp("trained")
+    data = make_cifar_folder(root / "data")
+    profile = load_profile(write_tiny_profile(root / "tiny.toml"))
+    train(profile, root / "run", data)
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def trained_data_dir(trained_run: Path) -> Path:
+    """The data folder that `trained_run` was trained on."""
+    return trained_run.parent / "data"

@@ -134,3 +134,33 @@ def py2_batch_pickle(data: np.ndarray, labels: list[int]) -> bytes:
     array += s(np.ascontiguousarray(data, np.uint8).tobytes()) + b"tb"
     label_list = b"](" + b"".join(i(v) for v in labels) + b"e"
     return b"\x80\x02}(" + s(b"data") + array + s(b"labels") + label_list + b"u."
+
+
+TINY_PROFILE = """\
+# A very small model for tests: trains in a fraction of a second on the CPU.
+extends = "smoke"
+name = "tiny"
+description = "A very small model for tests."
+
+[data]
+batch_size = 20
+
+[model]
+num_hiddens = 16
+num_residual_hiddens = 8
+num_residual_layers = 1
+embedding_dim = 8
+num_embeddings = 32
+
+[train]
+steps = 30
+learning_rate = 2e-3
+log_every = 10
+checkpoint_every = 10
+"""
+
+
+def write_tiny_profile(path: Path, extra: str = "") -> Path:
+    """Write the tiny test profile (plus `extra` TOML lines appended) to `path`."""
+    path.write_text(TINY_PROFILE + extra)
+    return path

@@ -1,0 +1,195 @@
+"""The core commands through the CLI: help, success, and every error as one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vqtool.cli import app
+
+runner = CliRunner()
+
+EVAL_KEYS = {
+    "nmse", "mse", "psnr", "perplexity", "codebook_usage", "dead_codes", "bits_per_image",
+    "entropy_bits_per_image", "images", "images_per_s", "checkpoint", "step",
+}
+
+
+def one_error_line(output: str) -> str:
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert lines[0].startswith("error: "), output
+    assert "Traceback" not in output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "command", ["download", "train", "evaluate", "profiles"]
+)
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output and f"vqtool {command}" in result.output
+
+
+def test_python_dash_m_works() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "vqtool", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "train" in result.stdout
+
+
+def test_profiles_lists_and_resolves() -> None:
+    result = runner.invoke(app, ["profiles"])
+    assert result.exit_code == 0
+    for name in ("original", "ema", "ema-kaiming", "smoke", "fast"):
+        assert name in result.output
+    result = runner.invoke(app, ["profiles", "ema"])
+    assert result.exit_code == 0
+    assert "decay = 0.99" in result.output and "kaiming_init = false" in result.output
+
+
+def test_unknown_option_is_one_line_exit_2() -> None:
+    result = runner.invoke(app, ["train", "--bogus"])
+    assert result.exit_code == 2
+    assert "--bogus" in one_error_line(result.output)
+
+
+@pytest.mark.parametrize(
+    ("args", "toml", "expected"),
+    [
+        (["--profile", "nope"], None, "unknown profile 'nope'"),
+        (["--profile", "smoke", "--set", "train.lerning_rate=1"], None, "learning_rate"),
+        (["--profile", "smoke", "--set", "train.steps=ten"], None, "train.steps"),
+        (["--profile", "smoke", "--set", "train.learning_rate=-1"], None, "> 0"),
+        (["--profile", "bad.toml"], "[train\nsteps = 3", "malformed TOML"),
+        (["--profile", "bad.toml"], "[model]\nnum_hidens = 3\n", "num_hiddens"),
+        (["--profile", "bad.toml"], "[train]\nsteps = 1.5\n", "train.steps"),
+    ],
+)
+def test_bad_profiles_exit_2_naming_the_problem(
+    args: list[str], toml: str | None, expected: str, data_dir: Path, tmp_path: Path
+) -> None:
+    if toml is not None:
+        (tmp_path / "bad.toml").write_text(toml)
+    result = runner.invoke(app, ["train", *args, "--data-dir", str(data_dir)])
+    assert result.exit_code == 2
+    assert expected in one_error_line(result.output)
+    assert not Path("runs").exists()
+
+
+def test_train_then_evaluate(tiny_profile: Path, data_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = runner.invoke(
+        app, ["train", "--profile", str(tiny_profile), "--run-dir", str(run), "--data-dir", str(data_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    assert str(run) in result.stdout
+    assert "training on cpu" in result.output and "img/s" in result.output
+    for name in ("profile.toml", "metrics.jsonl", "checkpoint.pt"):
+        assert (run / name).is_file()
+
+    again = runner.invoke(
+        app, ["train", "--profile", str(tiny_profile), "--run-dir", str(run), "--data-dir", str(data_dir)]
+    )
+    assert again.exit_code == 2 and "--resume" in one_error_line(again.output)
+
+    result = runner.invoke(app, ["evaluate", str(run), "--data-dir", str(data_dir), "--json", "-"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    written = json.loads((run / "eval-test.json").read_text())
+    assert EVAL_KEYS <= set(written)
+    assert printed == written
+    assert written["images"] == 40 and written["step"] == 30
+    assert 0 < written["codebook_usage"] <= 1 and written["dead_codes"] >= 0
+    assert written["bits_per_image"] == 64 * 5  # 8x8 codes, log2(32) bits each
+
+
+def test_evaluate_table_and_train_split(trained_run: Path, trained_data_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    result = runner.invoke(
+        app, ["evaluate", str(run / "checkpoint.pt"), "--split", "train", "--data-dir", str(trained_data_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "psnr" in result.stdout
+    assert json.loads((run / "eval-train.json").read_text())["images"] == 200
+
+
+def test_evaluate_without_data_says_download(trained_run: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--data-dir", str(tmp_path / "none")])
+    assert result.exit_code == 1
+    assert "vqtool download" in one_error_line(result.output)
+
+
+def test_evaluate_bad_split(trained_run: Path) -> None:
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--split", "valid"])
+    assert result.exit_code == 2 and "split" in one_error_line(result.output)
+
+
+def test_download_from_file_then_already_there(cifar_archive: Path, tmp_path: Path) -> None:
+    target = tmp_path / "d"
+    args = ["download", "--data-dir", str(target), "--source", str(cifar_archive), "--no-verify"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (target / "cifar-10-batches-py" / "test_batch").is_file()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "already" in result.output
+
+
+def test_download_over_http_with_md5(cifar_archive: Path, http_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+    import shutil
+
+    shutil.copy(cifar_archive, http_server.root / "c.tar.gz")
+    md5 = hashlib.md5(cifar_archive.read_bytes()).hexdigest()
+    target = tmp_path / "d"
+    result = runner.invoke(
+        app, ["download", "--data-dir", str(target), "--source", http_server.url("c.tar.gz"), "--md5", md5]
+    )
+    assert result.exit_code == 0, result.output
+    bad = runner.invoke(
+        app, ["download", "--data-dir", str(tmp_path / "e"), "--source", http_server.url("c.tar.gz"), "--md5", "0" * 32]
+    )
+    assert bad.exit_code == 1 and "checksum" in one_error_line(bad.output)
+    assert not (tmp_path / "e").exists()
+
+
+def test_download_md5_and_no_verify_together(cifar_archive: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["download", "--data-dir", str(tmp_path / "d"), "--source", str(cifar_archive), "--md5", "0" * 32, "--no-verify"]
+    )
+    assert result.exit_code == 2
+    one_error_line(result.output)
+
+
+def test_download_unreachable_host(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = runner.invoke(
+        app, ["download", "--data-dir", str(tmp_path / "d"), "--source", f"http://127.0.0.1:{port}/x.tar.gz", "--no-verify"]
+    )
+    assert result.exit_code == 1
+    assert "vqtool download --source FILE" in one_error_line(result.output)
+    assert not (tmp_path / "d").exists()
+
+
+def test_train_offline_says_download_source(tiny_profile: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vqtool.data
+
+    monkeypatch.setattr(vqtool.data, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    result = runner.invoke(
+        app, ["train", "--profile", str(tiny_profile), "--run-dir", str(tmp_path / "r"), "--data-dir", str(tmp_path / "d")]
+    )
+    assert result.exit_code == 1
+    assert "vqtool download --source FILE" in one_error_line(result.output)

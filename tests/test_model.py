@@ -1,0 +1,142 @@
+"""The network and the quantizer: shapes, the seed's defects avoided, the math."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn.utils import parametrize
+
+from vqtool.model import build_model
+from vqtool.profiles import ModelConfig
+from vqtool.quantizer import (
+    VectorQuantizer,
+    code_counts,
+    codebook_from_ema,
+    nearest_codes,
+    perplexity_from_counts,
+    squared_distances,
+)
+
+SMALL = ModelConfig(
+    num_hiddens=16, num_residual_hiddens=8, num_residual_layers=2, embedding_dim=8,
+    num_embeddings=32,
+)
+
+
+def test_shapes_and_encode_decode_halves() -> None:
+    torch.manual_seed(0)
+    model = build_model(SMALL).eval()
+    x = torch.rand(3, 3, 32, 48) - 0.5
+    out = model(x)
+    assert out.reconstruction.shape == x.shape
+    assert out.indices.shape == (3, 8, 12)
+    indices = model.encode(x)
+    assert torch.equal(indices, out.indices)
+    assert torch.allclose(model.decode(indices), out.reconstruction, atol=1e-5)
+
+
+def test_residual_layers_do_not_share_weights() -> None:
+    model = build_model(SMALL)
+    first, second = model.encoder.residual.layers
+    assert first is not second
+    assert first.conv3.weight.data_ptr() != second.conv3.weight.data_ptr()
+
+
+def test_kaiming_init_puts_weight_norm_on_every_conv() -> None:
+    model = build_model(SMALL)
+    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert len(convs) == 3 + 4 + 1 + 1 + 4 + 2  # encoder, 2x2 residual convs, pre-vq, decoder...
+    assert all(parametrize.is_parametrized(m, "weight") for m in convs)
+    # The seed's typo left the encoder's third conv without weight norm.
+    assert parametrize.is_parametrized(model.encoder.conv3, "weight")
+
+
+def test_no_kaiming_means_plain_convs() -> None:
+    cfg = ModelConfig(**{**SMALL.__dict__, "kaiming_init": False})
+    model = build_model(cfg)
+    assert not parametrize.is_parametrized(model.encoder.conv1, "weight")
+
+
+def test_distances_and_nearest_codes_match_brute_force() -> None:
+    torch.manual_seed(1)
+    z, codebook = torch.randn(50, 4), torch.randn(7, 4)
+    brute = ((z[:, None, :] - codebook[None]) ** 2).sum(-1)
+    assert torch.allclose(squared_distances(z, codebook), brute, atol=1e-4)
+    assert torch.equal(nearest_codes(z, codebook), brute.argmin(1))
+
+
+def test_perplexity_bounds() -> None:
+    assert math.isclose(float(perplexity_from_counts(torch.tensor([5.0, 0, 0, 0]))), 1.0, rel_tol=1e-4)
+    assert math.isclose(float(perplexity_from_counts(torch.ones(8))), 8.0, rel_tol=1e-4)
+
+
+def test_ema_codebook_keeps_unused_codes_in_place() -> None:
+    # The seed started the EMA at zero cluster sizes: unused codes jumped to norms of ~1e5.
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 4, 0.25, decay=0.99, codebook_init="seed").train()
+    before = vq.embedding.clone()
+    z = before[0].view(1, 4, 1, 1).expand(2, 4, 3, 3).contiguous()  # only code 0 is used
+    vq(z)
+    assert torch.allclose(vq.embedding[1:], before[1:], rtol=1e-3, atol=1e-4)
+    assert float(vq.embedding.norm(dim=1).max()) < 10 * float(before.norm(dim=1).max())
+
+
+def test_ema_moves_used_code_towards_its_inputs() -> None:
+    torch.manual_seed(0)
+    vq = VectorQuantizer(4, 2, 0.25, decay=0.5, codebook_init="seed").train()
+    target = vq.embedding[2] + 0.1
+    z = target.view(1, 2, 1, 1).expand(1, 2, 4, 4).contiguous()
+    for _ in range(30):
+        vq(z)
+    assert torch.allclose(vq.embedding[2], target, atol=1e-3)
+
+
+def test_codebook_from_ema_is_sums_over_counts() -> None:
+    counts = torch.tensor([2.0, 4.0])
+    sums = torch.tensor([[2.0, 2.0], [8.0, 4.0]])
+    assert torch.allclose(codebook_from_ema(counts, sums), torch.tensor([[1.0, 1.0], [2.0, 1.0]]), atol=1e-4)
+
+
+def test_original_loss_trains_codebook_by_gradient() -> None:
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 4, 0.25, decay=0.0, codebook_init="seed").train()
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    out = vq(z)
+    out.loss.backward()
+    assert vq.embedding.grad is not None and vq.embedding.grad.abs().sum() > 0
+    assert z.grad is not None  # commitment term reaches the encoder
+
+
+def test_quantizer_runs_in_fp32_under_autocast() -> None:
+    vq = VectorQuantizer(8, 4, 0.25, decay=0.99).train()
+    z = torch.randn(2, 4, 3, 3).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = vq(z)
+    assert out.quantized.dtype == torch.float32
+    assert vq.embed_sum.dtype == torch.float32
+
+
+def test_codebook_init_from_data_uses_encoder_outputs() -> None:
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 2, 0.25, decay=0.99, codebook_init="encoder")
+    assert not bool(vq.initialized)
+    data = torch.randn(100, 2) * 0.01 + 5.0
+    vq.init_from_data(data)
+    assert bool(vq.initialized)
+    assert torch.allclose(vq.embedding.mean(0), torch.tensor([5.0, 5.0]), atol=0.05)
+
+
+@pytest.mark.parametrize("method", ["encoder", "kmeans"])
+def test_init_methods_cover_clusters(method: str) -> None:
+    torch.manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    data = (centres[torch.arange(400) % 4] + 0.1 * torch.randn(400, 2))
+    vq = VectorQuantizer(4, 2, 0.25, decay=0.99, codebook_init=method)
+    vq.init_from_data(data)
+    used = code_counts(nearest_codes(data, vq.embedding), 4)
+    if method == "kmeans":
+        assert int((used > 0).sum()) == 4
+    else:
+        assert int((used > 0).sum()) >= 2

@@ -1,0 +1,208 @@
+"""Training: files, resume bit-identical after SIGKILL, signals, locks, resume rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import write_tiny_profile
+
+from vqtool.checkpoint import load_checkpoint
+from vqtool.errors import UsageError
+from vqtool.profiles import load_profile
+from vqtool.train import (
+    epoch_order,
+    pixel_variance,
+    resolve_run,
+    run_lock,
+    train,
+    truncate_metrics,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Slow enough per step (about 10 ms) that a signal lands mid-run.
+SIGNAL_PROFILE = """
+extends = "tiny.toml"
+
+[data]
+batch_size = 40
+
+[model]
+num_hiddens = 32
+num_residual_hiddens = 16
+
+[train]
+steps = 400
+log_every = 10
+checkpoint_every = 50
+"""
+
+
+def signal_profile(folder: Path) -> Path:
+    write_tiny_profile(folder / "tiny.toml")
+    (folder / "slow.toml").write_text(SIGNAL_PROFILE)
+    return folder / "slow.toml"
+
+
+def vqtool_process(*args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "vqtool", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.005)
+
+
+def test_train_writes_run_files(tiny_profile: Path, data_dir: Path, tmp_path: Path) -> None:
+    profile = load_profile(tiny_profile)
+    events: list[str] = []
+    result = train(profile, tmp_path / "run", data_dir, callback=lambda e: events.append(e.kind))
+    run = tmp_path / "run"
+    assert result.step == 30
+    assert events[0] == "start" and events[-1] == "end" and events.count("log") == 3
+    assert load_profile(run / "profile.toml") == profile
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20, 30]
+    keys = {"kind", "step", "nmse", "vq_loss", "perplexity", "lr", "images_per_s", "elapsed_s", "world_size"}
+    assert keys <= set(records[0])
+    assert records[-1]["nmse"] < records[0]["nmse"]
+    payload = load_checkpoint(run)
+    assert payload["step"] == 30 and payload["format"] == "vqtool-checkpoint"
+    assert payload["data"] == {"epoch": 3, "position": 0}  # 200 images / batch 20 = 10 per epoch
+    assert 0.0 < payload["train_variance"] < 0.25
+
+
+def test_eval_every_logs_test_metrics(data_dir: Path, tmp_path: Path) -> None:
+    profile = load_profile(write_tiny_profile(tmp_path / "p.toml", "eval_every = 15\n"))
+    train(profile, tmp_path / "run", data_dir)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [15, 30]
+    assert all(r["split"] == "test" and r["psnr"] > 0 for r in evals)
+
+
+def test_pixel_variance_is_exact() -> None:
+    images = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8)
+    expected = (images.double() / 255).var(unbiased=False)
+    assert abs(pixel_variance(images) - float(expected)) < 1e-12
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only() -> None:
+    assert torch.equal(epoch_order(100, 3, 7, True), epoch_order(100, 3, 7, True))
+    assert not torch.equal(epoch_order(100, 3, 7, True), epoch_order(100, 4, 7, True))
+    assert torch.equal(epoch_order(10, 2, 7, False), torch.arange(10))
+
+
+def test_training_is_repeatable(tiny_profile: Path, data_dir: Path, tmp_path: Path) -> None:
+    profile = load_profile(tiny_profile)
+    train(profile, tmp_path / "a", data_dir)
+    train(profile, tmp_path / "b", data_dir)
+    assert load_checkpoint(tmp_path / "a")["fingerprint"] == load_checkpoint(tmp_path / "b")["fingerprint"]
+
+
+def test_resume_extends_a_finished_run(tiny_profile: Path, data_dir: Path, tmp_path: Path) -> None:
+    """20 steps, then --resume --set train.steps=30, equals 30 steps straight."""
+    straight = load_profile(tiny_profile)
+    train(straight, tmp_path / "straight", data_dir)
+    short = load_profile(tiny_profile, ["train.steps=20"])
+    train(short, tmp_path / "split", data_dir)
+    longer, run = resolve_run(None, ["train.steps=30"], tmp_path / "split", resume=True)
+    train(longer, run, data_dir, resume=True)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    assert a["fingerprint"] == b["fingerprint"]
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 30]
+
+
+def test_sigkill_then_resume_is_bit_identical(data_dir: Path, tmp_path: Path) -> None:
+    profile = signal_profile(tmp_path)
+    common = ["--profile", str(profile), "--data-dir", str(data_dir)]
+    straight = vqtool_process("train", *common, "--run-dir", str(tmp_path / "straight"))
+    assert straight.wait(timeout=300) == 0, straight.stderr.read().decode()
+
+    killed = vqtool_process("train", *common, "--run-dir", str(tmp_path / "killed"))
+    wait_for(tmp_path / "killed" / "checkpoint.pt", killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert load_checkpoint(tmp_path / "killed")["step"] < 400
+
+    resumed = vqtool_process("train", *common, "--run-dir", str(tmp_path / "killed"), "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    a = load_checkpoint(tmp_path / "straight")
+    b = load_checkpoint(tmp_path / "killed")
+    assert b["step"] == 400
+    assert a["fingerprint"] == b["fingerprint"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(10, 401, 10))  # each logged step once
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_checkpoint_and_exits(
+    sig: signal.Signals, code: int, data_dir: Path, tmp_path: Path
+) -> None:
+    profile = signal_profile(tmp_path)
+    run = tmp_path / "run"
+    proc = vqtool_process(
+        "train", "--profile", str(profile), "--data-dir", str(data_dir), "--run-dir", str(run)
+    )
+    wait_for(run / "metrics.jsonl", proc)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == code
+    payload = load_checkpoint(run)  # valid: format and fingerprint verified
+    assert 0 < payload["step"] < 400
+    assert "checkpoint is saved" in proc.stderr.read().decode()
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_refuses_a_run_folder_with_a_checkpoint(trained_run: Path) -> None:
+    with pytest.raises(UsageError, match="--resume"):
+        resolve_run("smoke", [], trained_run, resume=False)
+
+
+def test_resume_refuses_model_change(trained_run: Path) -> None:
+    with pytest.raises(UsageError, match="model.num_embeddings"):
+        resolve_run(None, ["model.num_embeddings=64"], trained_run, resume=True)
+
+
+def test_resume_without_checkpoint_starts_fresh(tiny_profile: Path, tmp_path: Path) -> None:
+    profile, run = resolve_run(str(tiny_profile), [], tmp_path / "new", resume=True)
+    assert run == tmp_path / "new" and profile.name == "tiny"
+
+
+def test_default_run_dir_is_named_after_profile() -> None:
+    _, run = resolve_run("smoke", [], None, resume=False)
+    assert run.parent == Path("runs") and run.name.startswith("smoke-")
+
+
+def test_second_trainer_on_same_folder_is_refused(tmp_path: Path) -> None:
+    with run_lock(tmp_path / "run"):
+        with pytest.raises(UsageError, match="another vqtool train"):
+            with run_lock(tmp_path / "run"):
+                pass
+    with run_lock(tmp_path / "run"):  # released again
+        pass
+
+
+def test_truncate_metrics_drops_later_and_torn_lines(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 10}\n{"step": 20}\n{"step": 30}\n{"step": 4')
+    truncate_metrics(path, 20)
+    assert path.read_text() == '{"step": 10}\n{"step": 20}\n'
