@@ -28,21 +28,14 @@ from vqtool.train import (
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Slow enough per step (about 10 ms) that a signal lands mid-run.
+# Long enough (200 steps of a few ms) that a signal sent at the first checkpoint lands mid-run.
 SIGNAL_PROFILE = """
 extends = "tiny.toml"
 
-[data]
-batch_size = 40
-
-[model]
-num_hiddens = 32
-num_residual_hiddens = 16
-
 [train]
-steps = 400
+steps = 200
 log_every = 10
-checkpoint_every = 50
+checkpoint_every = 40
 """
 
 
@@ -141,17 +134,17 @@ def test_sigkill_then_resume_is_bit_identical(data_dir: Path, tmp_path: Path) ->
     wait_for(tmp_path / "killed" / "checkpoint.pt", killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait(timeout=60)
-    assert load_checkpoint(tmp_path / "killed")["step"] < 400
+    assert load_checkpoint(tmp_path / "killed")["step"] < 200
 
     resumed = vqtool_process("train", *common, "--run-dir", str(tmp_path / "killed"), "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
     a = load_checkpoint(tmp_path / "straight")
     b = load_checkpoint(tmp_path / "killed")
-    assert b["step"] == 400
+    assert b["step"] == 200
     assert a["fingerprint"] == b["fingerprint"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(10, 401, 10))  # each logged step once
+    assert steps == list(range(10, 201, 10))  # each logged step once
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -167,7 +160,7 @@ def test_signal_saves_checkpoint_and_exits(
     proc.send_signal(sig)
     assert proc.wait(timeout=60) == code
     payload = load_checkpoint(run)  # valid: format and fingerprint verified
-    assert 0 < payload["step"] < 400
+    assert 0 < payload["step"] < 200
     assert "checkpoint is saved" in proc.stderr.read().decode()
     assert not list(run.glob(".*.tmp"))
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vqtool.distributed import all_gather_rows, all_reduce_sum, broadcast_from_rank0
+
 # Laplace smoothing of the EMA cluster sizes (Sonnet's epsilon): keeps every divisor positive.
 EMA_EPSILON = 1e-5
 
@@ -158,7 +160,8 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def init_from_data(self, z: Tensor) -> None:
         """Initialise the codebook from encoder outputs z: (N, D), by sampling or k-means++."""
-        z = z.float()
+        # Sample from the global batch, so any process count draws the same codebook.
+        z = all_gather_rows(z.float())
         if self.codebook_init == "kmeans":
             vectors = kmeans_plus_plus(z, self.num_embeddings)
         else:
@@ -223,27 +226,8 @@ class VectorQuantizer(nn.Module):
         n_dead = int(dead.sum())
         if n_dead == 0:
             return 0
-        # Re-seed from this step's encoder outputs; rank 0 decides so every rank agrees.
-        vectors = broadcast_from_rank0(sample_rows(flat, n_dead))
+        # Re-seed from this step's encoder outputs (the global batch); rank 0 draws, all agree.
+        vectors = broadcast_from_rank0(sample_rows(all_gather_rows(flat), n_dead))
         self.set_codes(dead, vectors)
         return n_dead
 
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def all_reduce_sum(t: Tensor) -> Tensor:
-    """Sum over training processes (identity on one process): every rank sees the same stats."""
-    if _distributed() and torch.distributed.get_world_size() > 1:
-        t = t.clone()
-        torch.distributed.all_reduce(t)
-    return t
-
-
-def broadcast_from_rank0(t: Tensor) -> Tensor:
-    """Rank 0's tensor on every rank (identity on one process)."""
-    if _distributed() and torch.distributed.get_world_size() > 1:
-        t = t.contiguous()
-        torch.distributed.broadcast(t, 0)
-    return t

@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
+import inspect
 import json
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -32,8 +34,9 @@ from vqtool.checkpoint import (
     model_state,
     save_checkpoint,
 )
+from vqtool import distributed
 from vqtool.data import cifar10_present, download_cifar10, load_cifar10
-from vqtool.errors import Interrupted, UsageError
+from vqtool.errors import Interrupted, UsageError, WorkError
 from vqtool.evaluate import evaluate_images, to_model_input
 from vqtool.model import VQVAE, build_model
 from vqtool.profiles import (
@@ -66,6 +69,7 @@ class TrainResult(NamedTuple):
     step: int
     last_record: dict[str, Any]
     elapsed_s: float
+    model: VQVAE  # the trained model, still on the training device
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,18 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UsageError("MPS is not available", f"device {name}", "use --device cpu or auto")
     return device
+
+
+def resolve_placement(profile: Profile, world: distributed.World) -> Placement:
+    """Device, precision and rank; under torchrun each process takes its own GPU."""
+    device = resolve_device(profile.train.device)
+    if device.type == "cuda" and world.size > 1 and device.index is None:
+        device = torch.device("cuda", world.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return Placement(
+        device, resolve_precision(profile.train.precision, device), world.rank, world.size
+    )
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -195,8 +211,9 @@ class StopSignals:
         self.received = signal.Signals(signum)
 
     def interrupted(self) -> Interrupted:
-        assert self.received is not None
-        return Interrupted(self.received.name, self.CODES[self.received])
+        # Another training process may have been signalled and not this one: report SIGTERM.
+        received = self.received or signal.SIGTERM
+        return Interrupted(received.name, self.CODES[received])
 
 
 def pixel_variance(images: Tensor) -> float:
@@ -290,6 +307,8 @@ class Trainer:
             amsgrad=cfg.amsgrad,
             **({"fused": True} if placement.device.type == "cuda" else {}),
         )
+        # What the training step calls: the model itself, or its DDP wrapper (see `run`).
+        self.forward_model: torch.nn.Module = self.model
         self.step = 0
         self.elapsed_s = 0.0
         self.lr_scale = 1.0
@@ -364,7 +383,7 @@ class Trainer:
             group["lr"] = learning_rate(self.profile, self.step, self.lr_scale)
         dtype = self.placement.autocast_dtype
         with torch.autocast(self.placement.device.type, dtype=dtype, enabled=dtype is not None):
-            out = self.model(x)
+            out = self.forward_model(x)
         # NMSE as in Sonnet and zalando: MSE over the variance of the training pixels.
         nmse = F.mse_loss(out.reconstruction.float(), x) / self.variance
         loss = nmse + out.vq_loss
@@ -377,6 +396,8 @@ class Trainer:
         )
 
     def log_record(self, sums: Tensor, count: int, window_s: float) -> dict[str, Any]:
+        # Each process saw its slice of the batch: average the window over processes.
+        sums = distributed.all_reduce_sum(sums) / self.placement.world_size
         nmse, vq_loss, perplexity, restarted = (sums / count).tolist()
         record = {
             "kind": "train",
@@ -399,22 +420,42 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
 
     def evaluate_test(self) -> None:
-        if self.test_images is None:
+        # Evaluation has no collectives: rank 0 alone runs it while the others wait at the
+        # next step's all-reduce.
+        if self.test_images is None or not self.is_writer:
             return
         metrics = evaluate_images(self.model, self.test_images, self.variance)
         record = {"kind": "eval", "step": self.step, "split": "test", **metrics}
         self.write_metric(record)
         self.callback(TrainEvent("eval", self.step, self.profile.train.steps, record))
 
+    def wrap_for_processes(self) -> None:
+        """Under torchrun, average gradients with DDP. The quantizer all-reduces its own EMA
+        statistics, so buffers are not broadcast (they are already equal on every rank)."""
+        if self.placement.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.placement.device] if self.placement.device.type == "cuda" else None
+            # Newer torch renames broadcast_buffers; either way buffers are not re-sent per step.
+            params = inspect.signature(DistributedDataParallel.__init__).parameters
+            no_sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+            self.forward_model = DistributedDataParallel(
+                self.model, device_ids=device_ids, **{no_sync: False}
+            )
+
+    def should_stop(self, stop: StopSignals) -> bool:
+        return distributed.any_rank(stop.received is not None, self.placement.device)
+
     def run(self, stop: StopSignals) -> TrainResult:
         cfg = self.profile.train
+        self.wrap_for_processes()
         self.model.train()
         sums = torch.zeros(4, device=self.placement.device)
         count = 0
         last_record: dict[str, Any] = {}
         window_train_s = 0.0
         while self.step < cfg.steps:
-            if stop.received is not None:
+            if self.should_stop(stop):
                 self.save()
                 raise stop.interrupted()
             tick = time.perf_counter()
@@ -444,7 +485,7 @@ class Trainer:
                 self.evaluate_test()
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save()
-        return TrainResult(self.run_dir, self.step, last_record, self.elapsed_s)
+        return TrainResult(self.run_dir, self.step, last_record, self.elapsed_s, self.model)
 
 
 def ensure_data(
@@ -467,24 +508,62 @@ def train(
     """Train (or continue) a run; files land in `run_dir`. Raises Interrupted after a signal.
 
     `resume` continues from `run_dir/checkpoint.pt` when there is one (see `resolve_run`).
+    Under torchrun every process calls this; rank 0 alone writes files and reports.
     """
-    notify = callback or (lambda event: None)
-    torch_device = resolve_device(profile.train.device)
-    placement = Placement(torch_device, resolve_precision(profile.train.precision, torch_device))
-    with run_lock(run_dir), StopSignals() as stop:
+    world = distributed.world_from_env()
+    placement = resolve_placement(profile, world)
+    try:
+        return _train(profile, run_dir, data_dir, resume, callback, on_download, world, placement)
+    except RuntimeError as exc:
+        if world.size == 1:
+            raise
+        # A peer died or its connection broke mid-step: this step's state is not consistent
+        # across processes, so the last periodic checkpoint is the one to keep.
+        raise WorkError(
+            f"training process lost ({_peer_error(exc)})",
+            f"rank {world.rank} of {world.size}",
+            "the last checkpoint is intact; rerun the same command with --resume",
+        ) from exc
+
+
+def _peer_error(exc: BaseException) -> str:
+    """gloo/nccl's message without its source location and advice: 'Connection reset by peer'."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". This is typically")[0]
+    return text[:160]
+
+
+def _train(
+    profile: Profile,
+    run_dir: Path,
+    data_dir: Path,
+    resume: bool,
+    callback: TrainCallback | None,
+    on_download: Callable[[int, int | None], None] | None,
+    world: distributed.World,
+    placement: Placement,
+) -> TrainResult:
+    writer = world.rank == 0
+    notify = callback if callback is not None and writer else (lambda event: None)
+    lock = run_lock(run_dir) if writer else contextlib.nullcontext()
+    with distributed.process_group(world, placement.device), lock, StopSignals() as stop:
         checkpoint = run_dir / CHECKPOINT_NAME
         payload = load_checkpoint(checkpoint) if resume and checkpoint.exists() else None
-        ensure_data(data_dir, on_download)
-        images = load_cifar10(data_dir, "train").to(torch_device)
+        if writer:
+            ensure_data(data_dir, on_download)
+        distributed.barrier()
+        images = load_cifar10(data_dir, "train").to(placement.device)
         test_images = load_cifar10(data_dir, "test") if profile.train.eval_every else None
         trainer = Trainer(profile, run_dir, images, placement, notify, test_images)
         if payload is not None:
             trainer.restore(payload)
-            truncate_metrics(run_dir / METRICS_NAME, trainer.step)
-        else:
-            (run_dir / METRICS_NAME).unlink(missing_ok=True)
-        text = profile_to_toml(profile)
-        atomic_write(run_dir / PROFILE_NAME, lambda f: f.write(text.encode()))
+        if writer:
+            if payload is not None:
+                truncate_metrics(run_dir / METRICS_NAME, trainer.step)
+            else:
+                (run_dir / METRICS_NAME).unlink(missing_ok=True)
+            text = profile_to_toml(profile)
+            atomic_write(run_dir / PROFILE_NAME, lambda f: f.write(text.encode()))
         notify(TrainEvent("start", trainer.step, profile.train.steps, describe(placement, trainer)))
         result = trainer.run(stop)
         notify(TrainEvent("end", result.step, profile.train.steps, result.last_record))

@@ -1,0 +1,164 @@
+"""Several processes (gloo on the CPU): equal ranks, equal to one process, faults survived."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from helpers import write_tiny_profile
+
+from vqtool.checkpoint import load_checkpoint, model_state
+from vqtool.profiles import load_profile
+from vqtool.train import train
+
+REPO = Path(__file__).resolve().parent.parent
+
+SLOW = """
+extends = "tiny.toml"
+
+[train]
+steps = 200
+log_every = 10
+checkpoint_every = 40
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(rank: int, world: int, port: int, profile: Path, data: Path, out: Path) -> None:
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    result = train(load_profile(profile), out / "run", data)
+    torch.save(model_state(result.model), out / f"rank{rank}.pt")
+
+
+def test_two_processes_agree_and_match_one(data_dir: Path, tmp_path: Path) -> None:
+    profile = write_tiny_profile(tmp_path / "tiny.toml", "")
+    short = tmp_path / "short.toml"
+    short.write_text('extends = "tiny.toml"\n[model]\ndead_code_steps = 3\n[train]\nsteps = 6\nlog_every = 3\ncheckpoint_every = 3\n')
+    mp.start_processes(
+        _worker, args=(2, free_port(), short, data_dir, tmp_path / "two"), nprocs=2,
+        start_method="spawn",
+    )
+    rank0 = torch.load(tmp_path / "two" / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "two" / "rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:  # codebooks, EMA statistics and weights: identical on both ranks
+        assert torch.equal(rank0[key], rank1[key]), key
+
+    torch.set_num_threads(1)
+    one = model_state(train(load_profile(short), tmp_path / "one" / "run", data_dir).model)
+    assert load_profile(profile).data.batch_size == 20  # global batch in both runs
+    for key in one:
+        assert torch.allclose(one[key].float(), rank0[key].float(), rtol=1e-3, atol=1e-4), key
+    records = (tmp_path / "two" / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in records] == [3, 6]  # each step once
+    assert all(json.loads(r)["world_size"] == 2 for r in records)
+
+
+def torchrun(*args: str, nproc: int = 2) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone",
+         f"--nproc-per-node={nproc}", "-m", "vqtool", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    found = children(pid)
+    return found + [d for child in found for d in descendants(child)]
+
+
+def slow_profile(folder: Path) -> Path:
+    write_tiny_profile(folder / "tiny.toml")
+    (folder / "slow.toml").write_text(SLOW)
+    return folder / "slow.toml"
+
+
+@pytest.mark.timeout(600)
+def test_two_process_sigkill_resume_is_bit_identical(data_dir: Path, tmp_path: Path) -> None:
+    common = ["train", "--profile", str(slow_profile(tmp_path)), "--data-dir", str(data_dir)]
+    straight = torchrun(*common, "--run-dir", str(tmp_path / "straight"))
+    assert straight.wait(timeout=300) == 0, straight.stderr.read().decode()
+
+    killed = torchrun(*common, "--run-dir", str(tmp_path / "killed"))
+    wait_for(tmp_path / "killed" / "checkpoint.pt", killed)
+    for pid in [killed.pid, *descendants(killed.pid)]:  # the whole job, workers included
+        os.kill(pid, signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert load_checkpoint(tmp_path / "killed")["step"] < 200
+
+    resumed = torchrun(*common, "--run-dir", str(tmp_path / "killed"), "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "killed")
+    assert b["step"] == 200 and a["fingerprint"] == b["fingerprint"]
+    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(10, 201, 10))
+
+
+@pytest.mark.timeout(600)
+def test_one_rank_killed_then_resume_on_one_process(data_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    common = ["train", "--profile", str(slow_profile(tmp_path)), "--data-dir", str(data_dir)]
+    job = torchrun(*common, "--run-dir", str(run))
+    wait_for(run / "checkpoint.pt", job)
+    workers = children(job.pid)
+    assert len(workers) >= 2
+    os.kill(workers[-1], signal.SIGKILL)
+    code = job.wait(timeout=120)
+    stderr = job.stderr.read().decode() if job.stderr else ""
+    assert code != 0
+    assert "Traceback" not in "\n".join(l for l in stderr.splitlines() if l.startswith("error:"))
+    payload = load_checkpoint(run)  # no torn checkpoint
+    assert 0 < payload["step"] < 200
+    assert not list(run.glob(".*.tmp"))
+
+    # The 2-process run continues on 1 process: the batch size is global.
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    resumed = subprocess.run(
+        [sys.executable, "-m", "vqtool", *common, "--run-dir", str(run), "--resume"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(run)["step"] == 200
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 200
+    world_sizes = {json.loads(x)["world_size"] for x in (run / "metrics.jsonl").read_text().splitlines()}
+    assert world_sizes == {1, 2}
