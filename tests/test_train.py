@@ -15,7 +15,7 @@ import torch
 from helpers import write_tiny_profile
 
 from vqtool.checkpoint import load_checkpoint
-from vqtool.errors import UsageError
+from vqtool.errors import UsageError, WorkError
 from vqtool.profiles import load_profile
 from vqtool.train import (
     epoch_order,
@@ -199,3 +199,37 @@ def test_truncate_metrics_drops_later_and_torn_lines(tmp_path: Path) -> None:
     path.write_text('{"step": 10}\n{"step": 20}\n{"step": 30}\n{"step": 4')
     truncate_metrics(path, 20)
     assert path.read_text() == '{"step": 10}\n{"step": 20}\n'
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(
+    tiny_profile: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full at the second checkpoint: a clear error, and checkpoint 1 is intact."""
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save_once(*args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(28, "No space left on device")
+        real_save(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch, "save", save_once)
+    with pytest.raises(WorkError, match="No space left") as info:
+        train(load_profile(tiny_profile), tmp_path / "run", data_dir)
+    assert "previous checkpoint is intact" in info.value.line()
+    assert load_checkpoint(tmp_path / "run")["step"] == 10
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_second_train_on_a_busy_run_folder_refuses(data_dir: Path, tmp_path: Path) -> None:
+    profile = signal_profile(tmp_path)
+    run = tmp_path / "run"
+    args = ["train", "--profile", str(profile), "--data-dir", str(data_dir), "--run-dir", str(run)]
+    first = vqtool_process(*args)
+    wait_for(run / "metrics.jsonl", first)
+    second = vqtool_process(*args, "--resume")
+    assert second.wait(timeout=120) == 2
+    assert b"another vqtool train is using this run folder" in second.stderr.read()  # type: ignore[union-attr]
+    assert first.wait(timeout=300) == 0  # the first is unharmed
+    assert load_checkpoint(run)["step"] == 200

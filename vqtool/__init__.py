@@ -36,6 +36,13 @@ _API = {
     "evaluate_images": "vqtool.evaluate",
     "evaluate_checkpoint": "vqtool.evaluate",
     "VqtoolError": "vqtool.errors",
+    "CodeFile": "vqtool.codes",
+    "read_codes": "vqtool.codes",
+    "write_codes": "vqtool.codes",
+    "encode_images": "vqtool.codec",
+    "decode_indices": "vqtool.codec",
+    "encode_inputs": "vqtool.codec",
+    "decode_file": "vqtool.codec",
 }
 
 __all__ = sorted(_API)

@@ -99,6 +99,11 @@ RunOrCheckpoint = Annotated[
 ]
 
 
+def distributed_rank() -> int:
+    """This process's rank under torchrun (0 otherwise): only rank 0 reports results."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _data_dir(data_dir: Path | None) -> Path:
     from vqtool.data import default_data_dir
 
@@ -177,7 +182,8 @@ def train(
             chosen, folder, _data_dir(data_dir), resume=resume, callback=shown,
             on_download=shown.download,
         )
-    progress.out.print(str(folder), markup=False)
+    if distributed_rank() == 0:
+        progress.out.print(str(folder), markup=False)
 
 
 @app.command()
@@ -230,6 +236,166 @@ def profiles(
         progress.out.print(profile_to_toml(load_profile(name)), markup=False, end="")
         return
     progress.print_result(progress.rows_table("profiles", ["name", "description"], list_profiles()))
+
+
+@app.command()
+@reports_errors
+def plot(
+    run: Annotated[Path, typer.Argument(help="A run folder.", show_default=False)],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("-o", "--out-dir", help="Folder for the PNGs (default: the run folder).",
+                     show_default=False),
+    ] = None,
+    data_dir: DataDir = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+) -> None:
+    """Write loss.png, reconstructions.png (test images over their reconstructions) and
+    codebook.png (code usage, dead codes, PCA of the codes) for a run.
+
+    Example: [bold]vqtool plot runs/demo -o figures/demo[/bold]
+    """
+    from vqtool.plots import write_run_plots
+    from vqtool.report import run_arrays
+    from vqtool.runs import load_run
+    from vqtool.train import resolve_device
+
+    loaded = load_run(run)
+    for message in loaded.warnings:
+        progress.warn(message)
+    arrays = None
+    if loaded.has_checkpoint:
+        with progress.CountProgress("encoding the test split") as bar:
+            arrays = run_arrays(loaded.path, _data_dir(data_dir), resolve_device(device),
+                                on_progress=bar.update)
+    else:
+        progress.warn(f"no checkpoint in {loaded.path}: wrote the loss curves only")
+    for path in write_run_plots(loaded, out_dir if out_dir is not None else loaded.path, arrays):
+        progress.info(f"wrote {path}")
+
+
+@app.command()
+@reports_errors
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders.", show_default=False)],
+    out: Annotated[
+        Path, typer.Option("-o", "--out", help="PNG of the overlaid curves.")
+    ] = Path("compare.png"),
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="Write the table as JSON to FILE, or - for stdout.")
+    ] = None,
+) -> None:
+    """Put runs side by side: a table (test metrics from eval-test.json), overlaid curves, JSON.
+
+    Example: [bold]vqtool compare runs/original runs/ema runs/ema-kaiming --json runs.json[/bold]
+    """
+    from rich.console import Console
+
+    from vqtool.plots import compare_figure, save_png
+    from vqtool.runs import COMPARE_COLUMNS, compare_row, load_run, run_labels, summarise_run
+
+    loaded = [load_run(path) for path in runs]
+    labels = run_labels([r.path for r in loaded])
+    for label, run in zip(labels, loaded, strict=True):
+        for message in run.warnings:
+            progress.warn(f"{label}: {message}")
+    rows = [summarise_run(run, label) for run, label in zip(loaded, labels, strict=True)]
+    progress.info(f"wrote {save_png(compare_figure(loaded, labels), out)}")
+    if json_out is not None:
+        progress.emit_json(rows, json_out)
+    if json_out != "-":
+        table = progress.rows_table("runs", COMPARE_COLUMNS.values(), map(compare_row, rows))
+        # Piped output has no terminal width to fit; rich's default 80 columns would cut cells.
+        console = progress.out if progress.out.is_terminal else Console(width=160, highlight=False)
+        console.print(table)
+
+
+@app.command()
+@reports_errors
+def encode(
+    run: RunOrCheckpoint,
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, folders (recursive, sorted), or cifar10:test, cifar10:train, "
+            "cifar10:test:N (the first N).",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option("-o", "--output", help="The code file to write (.vqc).", show_default=False),
+    ],
+    size: Annotated[
+        str | None,
+        typer.Option(help="Resize every image to HxW first (needed for images of mixed sizes).",
+                     show_default=False),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 256,
+    data_dir: DataDir = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+) -> None:
+    """Encode images into a code file (.vqc): code indices, names, sizes and the checkpoint's
+    fingerprint.
+
+    Example: [bold]vqtool encode runs/demo photos/ cifar10:test:100 -o codes.vqc --size 32x32[/bold]
+    """
+    from vqtool.checkpoint import load_model
+    from vqtool.codec import encode_inputs
+    from vqtool.codes import check_output, write_codes
+    from vqtool.images import parse_size
+    from vqtool.train import resolve_device
+
+    shape = parse_size(size) if size is not None else None
+    check_output(output)
+    loaded = load_model(run, resolve_device(device))
+    with progress.CountProgress("encoding") as bar:
+        codes = encode_inputs(
+            loaded, inputs, _data_dir(data_dir), shape, batch_size, bar.update,
+            lambda note: progress.info(f"note: {note}"),
+        )
+    write_codes(output, codes)
+    n, h, w = codes.codes.shape
+    progress.info(
+        f"wrote {output}: {n:,} images of {codes.image_size[0]}x{codes.image_size[1]} as "
+        f"{h}x{w} codes of {codes.num_embeddings}"
+    )
+
+
+@app.command()
+@reports_errors
+def decode(
+    run: RunOrCheckpoint,
+    codes: Annotated[
+        Path, typer.Argument(help="A code file written by vqtool encode.", show_default=False)
+    ],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Folder for the PNGs (made if missing).",
+                           show_default=False)
+    ],
+    grid: Annotated[
+        Path | None,
+        typer.Option(help="Also write the images side by side to this PNG.", show_default=False),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 256,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+) -> None:
+    """Decode a code file into one PNG per image, at the size it was encoded at, named after
+    the stored names (DIR/cat/0001.png).
+
+    Example: [bold]vqtool decode runs/demo codes.vqc -o decoded --grid grid.png[/bold]
+    """
+    from vqtool.checkpoint import load_model
+    from vqtool.codec import decode_file
+    from vqtool.train import resolve_device
+
+    loaded = load_model(run, resolve_device(device))
+    with progress.CountProgress("decoding") as bar:
+        result = decode_file(loaded, codes, output, grid, batch_size, bar.update)
+    progress.info(f"wrote {result.images:,} PNGs to {result.out_dir}")
+    if result.grid is not None:
+        shown = f" (the first {result.grid_images:,})" if result.grid_images < result.images else ""
+        progress.info(f"wrote {result.grid}{shown}")
 
 
 def main() -> None:

@@ -1,0 +1,444 @@
+"""vqtool.codec and vqtool.images: encode/decode in memory and through the CLI, exactness
+against evaluate, real-photo kinds, folders, and every error path as one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_cifar_folder
+from PIL import Image
+from torch.nn.utils import parametrize
+from typer.testing import CliRunner
+
+from vqtool import codec, images
+from vqtool.checkpoint import LoadedModel, load_model
+from vqtool.cli import app
+from vqtool.codec import decode_indices, encode_images, encode_inputs
+from vqtool.codes import read_codes
+from vqtool.data import load_cifar10
+from vqtool.errors import UsageError
+from vqtool.evaluate import evaluate_images, reconstruct_from_codes
+from vqtool.images import (
+    clean_name,
+    name_problem,
+    pad_index,
+    pad_to_multiple,
+    parse_size,
+    unique_names,
+)
+from vqtool.model import build_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_run: Path) -> LoadedModel:
+    return load_model(trained_run)
+
+
+def invoke(*args: str | Path) -> tuple[int, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def one_error_line(output: str) -> str:
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), output
+    assert "Traceback" not in output
+    return lines[0]
+
+
+def read_png(path: Path) -> torch.Tensor:
+    with Image.open(path) as image:
+        assert image.mode == "RGB"
+        return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+
+def reference(loaded: LoadedModel, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """evaluate's codes and reconstruction, rounded to 8 bits as decode does."""
+    indices, recon = reconstruct_from_codes(loaded.model, batch)
+    return indices, (recon * 255).round().to(torch.uint8)
+
+
+def save_noise(path: Path, width: int, height: int, mode: str = "RGB", seed: int = 0) -> Path:
+    """A smooth photo-like image (gradients and noise) of the given size and Pillow mode."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx / width, yy / height, (xx + yy) / (width + height)], axis=-1)
+    pixels = np.clip(base * 200 + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels).convert(mode)
+    if mode == "RGBA":
+        image.putalpha(Image.fromarray(rng.integers(0, 255, (height, width), dtype=np.uint8)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height pixels, with almost no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+# Library: exactly evaluate's reconstruction.
+
+
+def test_decode_of_encode_is_evaluates_reconstruction(
+    loaded: LoadedModel, trained_data_dir: Path
+) -> None:
+    batch = load_cifar10(trained_data_dir, "test")[:24]
+    indices = encode_images(loaded.model, batch)
+    decoded = decode_indices(loaded.model, indices)
+    ref_indices, ref_images = reference(loaded, batch)
+    assert indices.dtype == torch.int64 and indices.shape == (24, 8, 8)
+    assert torch.equal(indices, ref_indices)
+    assert decoded.dtype == torch.uint8 and torch.equal(decoded, ref_images)
+    assert torch.equal(encode_images(loaded.model, batch), indices)  # deterministic
+
+
+def test_tensor_api_pads_and_checks_types(loaded: LoadedModel) -> None:
+    odd = torch.randint(0, 256, (2, 3, 30, 33), dtype=torch.uint8)
+    indices = encode_images(loaded.model, odd)
+    assert indices.shape == (2, 8, 9)
+    assert torch.equal(indices, reference(loaded, pad_to_multiple(odd))[0])
+    assert decode_indices(loaded.model, indices).shape == (2, 3, 32, 36)
+    with pytest.raises(ValueError, match="uint8"):
+        encode_images(loaded.model, odd.float())
+    with pytest.raises(ValueError, match="integer"):
+        decode_indices(loaded.model, indices.float())
+
+
+def test_folded_weight_norm_gives_identical_outputs(loaded: LoadedModel) -> None:
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(loaded.model.config, kaiming_init=True)).eval()
+    folded = codec.folded_model(model)
+    assert any(parametrize.is_parametrized(m) for m in model.modules())
+    assert not any(parametrize.is_parametrized(m) for m in folded.modules())
+    batch = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    indices = encode_images(model, batch)
+    assert torch.equal(encode_images(folded, batch), indices)
+    with torch.no_grad():
+        assert torch.equal(folded.decode(indices), model.decode(indices))
+    assert codec.folded_model(loaded.model) is loaded.model  # no weight norm: unchanged
+
+
+def test_padding_reflects_then_copies_edges() -> None:
+    assert pad_index(5, 8).tolist() == [0, 1, 2, 3, 4, 3, 2, 1]
+    assert pad_index(3, 4).tolist() == [0, 1, 2, 1]
+    assert pad_index(2, 4).tolist() == [0, 1, 1, 1]  # too short to reflect 2 pixels
+    assert pad_index(1, 4).tolist() == [0, 0, 0, 0]
+    assert pad_index(8, 8).tolist() == list(range(8))
+    image = torch.arange(2 * 5, dtype=torch.uint8).view(1, 2, 5)
+    padded = pad_to_multiple(image)
+    assert padded.shape == (1, 4, 8)
+    assert padded[0, :, 5:].tolist() == [[3, 2, 1], [8, 7, 6], [8, 7, 6], [8, 7, 6]]
+
+
+def test_sixteen_bit_grey_keeps_its_top_bits() -> None:
+    values = np.arange(256, dtype=np.uint16).reshape(16, 16)
+    image = Image.fromarray(values * 257)  # 16-bit grey, mode I;16
+    assert image.mode == "I;16"
+    rgb = images.from_pil(image)
+    assert rgb.shape == (3, 16, 16) and rgb[0].numpy().tolist() == values.tolist()
+
+
+def test_names_are_cleaned_checked_and_made_unique() -> None:
+    assert clean_name("cat/0001") == "cat/0001"
+    assert clean_name("../a\\b/./c\x00") == "_/a_b/_/c_"
+    assert clean_name("x" * 300) == "x" * 200
+    assert name_problem("cat/0001") is None and name_problem("café") is None
+    for bad in ("", "/abs", "a/../b", "a//b", "a\\b", "a\x01", "./a", "a/"):
+        assert name_problem(bad) is not None, bad
+    assert unique_names(["a", "a", "b", "a", "a-2"]) == ["a", "a-2", "b", "a-3", "a-2-2"]
+    assert parse_size("64x48") == (64, 48)
+    for bad in ("64", "0x4", "axb", "5000x5000"):
+        with pytest.raises(UsageError):
+            parse_size(bad)
+
+
+def test_encode_streams_batch_by_batch(
+    loaded: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(5):
+        save_noise(tmp_path / "pics" / f"{i}.png", 12, 12, seed=i)
+    events: list[str] = []
+    real = images.read_image
+    monkeypatch.setattr(images, "read_image", lambda p: events.append("read") or real(p))
+    code_file = encode_inputs(
+        loaded, ["pics"], tmp_path, batch_size=2, on_progress=lambda d, n: events.append(f"{d}")
+    )
+    assert events == ["read", "read", "2", "read", "read", "4", "read", "5"]
+    assert code_file.codes.shape == (5, 3, 3) and code_file.names == ("0", "1", "2", "3", "4")
+
+
+# CLI: round trips.
+
+
+def test_cli_round_trip_is_exact(
+    loaded: LoadedModel, trained_run: Path, trained_data_dir: Path, tmp_path: Path
+) -> None:
+    code, output = invoke(
+        "encode", trained_run, "cifar10:test:40", "-o", "c.vqc", "--data-dir", trained_data_dir
+    )
+    assert code == 0, output
+    assert "wrote c.vqc: 40 images of 32x32" in output
+    code, output = invoke("decode", trained_run, "c.vqc", "-o", "out", "--grid", "grid.png")
+    assert code == 0, output
+    assert "wrote 40 PNGs" in output
+    originals = load_cifar10(trained_data_dir, "test")[:40]
+    ref_indices, ref_images = reference(loaded, originals)
+    code_file = read_codes(tmp_path / "c.vqc")
+    assert (
+        code_file.names[0] == "cifar10-test-00000" and code_file.names[-1] == "cifar10-test-00039"
+    )
+    assert np.array_equal(code_file.codes, ref_indices.numpy().astype(np.uint16))
+    decoded = torch.stack(
+        [read_png(tmp_path / "out" / f"cifar10-test-{i:05d}.png") for i in range(40)]
+    )
+    assert torch.equal(decoded, ref_images)
+    with np.load(tmp_path / "c.vqc", allow_pickle=False) as npz:
+        assert npz["codes"].dtype == np.uint16 and npz["sizes"].tolist() == [[32, 32]] * 40
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size == (7 * 34 + 2, 6 * 34 + 2)  # 40 cells of 32 + 2, 7 columns
+    # Encoding the same images again gives the same codes, to the byte.
+    code, output = invoke(
+        "encode", trained_run, "cifar10:test:40", "-o", "d.vqc", "--data-dir", trained_data_dir,
+        "--batch-size", "7",
+    )  # fmt: skip
+    assert code == 0, output
+    assert (tmp_path / "c.vqc").read_bytes() == (tmp_path / "d.vqc").read_bytes()
+
+
+def test_thousand_images_decode_to_evaluates_mse(
+    loaded: LoadedModel, trained_run: Path, tmp_path: Path
+) -> None:
+    data = make_cifar_folder(tmp_path / "data", per_batch=4, n_test=1000, seed=3)
+    originals = load_cifar10(data, "test")
+    expected = evaluate_images(loaded.model, originals, loaded.train_variance)["mse"]
+    code, output = invoke("encode", trained_run, "cifar10:test", "-o", "c.vqc", "--data-dir", data)
+    assert code == 0, output
+    code, output = invoke("decode", trained_run, "c.vqc", "-o", "out")
+    assert code == 0, output
+    decoded = torch.stack(
+        [read_png(tmp_path / "out" / f"cifar10-test-{i:05d}.png") for i in range(1000)]
+    )
+    mse = float((decoded.double() / 255 - originals.double() / 255).pow(2).mean())
+    print(f"1,000 images: decoded PNGs' MSE {mse:.6f}, evaluate's {expected:.6f}")  # pytest -s
+    assert abs(mse - expected) <= 0.02 * expected, (mse, expected)
+
+
+@pytest.mark.parametrize(
+    ("file", "width", "height", "mode"),
+    [
+        ("grey.png", 40, 30, "L"),
+        ("alpha.png", 37, 29, "RGBA"),
+        ("photo.jpg", 64, 48, "RGB"),
+        ("wide.png", 451, 300, "RGB"),
+        ("big.png", 1000, 872, "RGB"),
+    ],
+)
+def test_photos_come_back_at_their_size_in_rgb(
+    file: str, width: int, height: int, mode: str, loaded: LoadedModel, trained_run: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    path = save_noise(tmp_path / file, width, height, mode)
+    code, output = invoke("encode", trained_run, path, "-o", "c.vqc")
+    assert code == 0, output
+    code, output = invoke("decode", trained_run, "c.vqc", "-o", "out")
+    assert code == 0, output
+    stem = Path(file).stem
+    with Image.open(tmp_path / "out" / f"{stem}.png") as decoded:
+        assert decoded.size == (width, height) and decoded.mode == "RGB"
+        pixels = torch.from_numpy(np.asarray(decoded).copy()).permute(2, 0, 1)
+    with Image.open(path) as original:
+        rgb = torch.from_numpy(np.asarray(original.convert("RGB")).copy()).permute(2, 0, 1)
+    # The model's reconstruction of the padded RGB image (alpha dropped), cropped back.
+    indices, recon = reference(loaded, pad_to_multiple(rgb.unsqueeze(0)))
+    assert torch.equal(pixels, recon[0, :, :height, :width])
+    code_file = read_codes(tmp_path / "c.vqc")
+    assert code_file.sizes.tolist() == [[height, width]]
+    assert code_file.image_size == ((height + 3) // 4 * 4, (width + 3) // 4 * 4)
+    assert np.array_equal(code_file.codes, indices.numpy())
+
+
+def test_folders_mirror_the_tree_and_mixed_sizes_need_size(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    save_noise(tmp_path / "photos" / "cat" / "0001.png", 451, 300)
+    save_noise(tmp_path / "photos" / "dog" / "0002.jpg", 1000, 872)
+    save_noise(tmp_path / "photos" / "dog" / "0003.png", 20, 20, "L")
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    (tmp_path / "photos" / ".hidden.png").write_bytes(b"")
+    code, output = invoke("encode", trained_run, "photos", "-o", "c.vqc")
+    assert code == 2
+    line = one_error_line(output)
+    assert "different sizes" in line and "--size" in line
+    assert not (tmp_path / "c.vqc").exists()
+    code, output = invoke("encode", trained_run, "photos", "-o", "c.vqc", "--size", "64x64")
+    assert code == 0, output
+    assert "note: skipped 1 file(s) that are not images" in output and "notes.txt" in output
+    code_file = read_codes(tmp_path / "c.vqc")
+    assert code_file.names == ("cat/0001", "dog/0002", "dog/0003")
+    assert code_file.codes.shape == (3, 16, 16)
+    assert code_file.sizes.tolist() == [[64, 64]] * 3
+    code, output = invoke("decode", trained_run, "c.vqc", "-o", "out")
+    assert code == 0, output
+    written = sorted(
+        p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")
+    )
+    assert written == ["cat/0001.png", "dog/0002.png", "dog/0003.png"]
+    with Image.open(tmp_path / "out" / "dog" / "0002.png") as image:
+        assert image.size == (64, 64)
+
+
+def test_repeated_names_and_odd_sizes(trained_run: Path, tmp_path: Path) -> None:
+    save_noise(tmp_path / "a.png", 30, 30)
+    save_noise(tmp_path / "sub" / "a.png", 31, 29, seed=1)  # also pads to 32x32
+    code, output = invoke("encode", trained_run, "a.png", "a.png", "sub", "-o", "c.vqc")
+    assert code == 0, output
+    code_file = read_codes(tmp_path / "c.vqc")
+    assert code_file.names == ("a", "a-2", "a-3")
+    assert code_file.sizes.tolist() == [[30, 30], [30, 30], [29, 31]]
+    assert code_file.image_size == (32, 32)
+    code, output = invoke("decode", trained_run, "c.vqc", "-o", "out")
+    assert code == 0, output
+    with Image.open(tmp_path / "out" / "a-3.png") as image:
+        assert image.size == (31, 29)
+
+
+def test_decode_refuses_a_symlink_out_of_the_folder(trained_run: Path, tmp_path: Path) -> None:
+    save_noise(tmp_path / "pics" / "cat" / "x.png", 8, 8)
+    assert invoke("encode", trained_run, "pics", "-o", "c.vqc")[0] == 0
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "cat").symlink_to(tmp_path / "elsewhere")
+    code, output = invoke("decode", trained_run, "c.vqc", "-o", "out")
+    assert code == 1 and "outside the output folder" in one_error_line(output)
+    assert not list((tmp_path / "elsewhere").iterdir())
+
+
+# CLI: every error path is one line with the contract's exit code, and writes nothing.
+
+
+def test_help_has_examples() -> None:
+    for command in ("encode", "decode"):
+        code, output = invoke(command, "--help")
+        assert code == 0 and "Example" in output and f"vqtool {command}" in output
+
+
+@pytest.mark.parametrize(
+    ("case", "exit_code", "message"),
+    [
+        ("zero-byte png", 1, "empty file"),
+        ("truncated png", 1, "cannot read the image"),
+        ("text named png", 1, "not an image format"),
+        ("40000x40000 png", 2, "image too large"),
+        ("5000x5000 png", 2, "image too large"),
+        ("zero-byte png in folder", 1, "empty file"),
+        ("bomb without extension in folder", 2, "image too large"),
+    ],
+)
+def test_hostile_images(
+    case: str, exit_code: int, message: str, trained_run: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "bad.png"
+    if case == "zero-byte png":
+        target.write_bytes(b"")
+    elif case == "truncated png":
+        good = save_noise(tmp_path / "good.png", 64, 64).read_bytes()
+        target.write_bytes(good[: len(good) // 2])
+    elif case == "text named png":
+        target.write_text("hello")
+    elif case == "40000x40000 png":
+        target.write_bytes(png_declaring(40000, 40000))
+    elif case == "5000x5000 png":
+        target.write_bytes(png_declaring(5000, 5000))
+    elif case == "zero-byte png in folder":
+        save_noise(tmp_path / "pics" / "ok.png", 8, 8)
+        (tmp_path / "pics" / "z.png").write_bytes(b"")
+        target = tmp_path / "pics"
+    else:
+        save_noise(tmp_path / "pics" / "ok.png", 8, 8)
+        (tmp_path / "pics" / "bomb").write_bytes(png_declaring(40000, 40000))
+        target = tmp_path / "pics"
+    code, output = invoke("encode", trained_run, target, "-o", "c.vqc")
+    assert code == exit_code, output
+    assert message in one_error_line(output)
+    assert not (tmp_path / "c.vqc").exists() and not list(tmp_path.glob(".c.vqc*"))
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code", "message"),
+    [
+        (["missing.png", "-o", "c.vqc"], 2, "no such image file or folder"),
+        (["cifar10:bogus", "-o", "c.vqc"], 2, "unknown dataset input"),
+        (["cifar10:test:0", "-o", "c.vqc"], 2, "asks for 0 images"),
+        (["cifar10:test:41", "-o", "c.vqc"], 2, "the test split has 40"),
+        (["cifar10:test", "-o", "c.vqc", "--size", "big"], 2, "bad size"),
+        (["cifar10:test", "-o", "c.vqc", "--batch-size", "0"], 2, "batch-size"),
+        (["cifar10:test"], 2, "-o"),
+        (["cifar10:test", "-o", "."], 2, "the output is a folder"),
+        (["empty", "-o", "c.vqc"], 2, "no images in this folder"),
+    ],
+)
+def test_encode_errors(
+    args: list[str], exit_code: int, message: str, trained_run: Path, trained_data_dir: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    code, output = invoke("encode", trained_run, *args, "--data-dir", trained_data_dir)
+    assert code == exit_code, output
+    assert message in one_error_line(output)
+    assert not (tmp_path / "c.vqc").exists()
+
+
+def test_encode_without_data_or_run(trained_run: Path, tmp_path: Path) -> None:
+    code, output = invoke(
+        "encode", trained_run, "cifar10:test", "-o", "c.vqc", "--data-dir", "nodata"
+    )
+    assert code == 1 and "vqtool download" in one_error_line(output)
+    code, output = invoke("encode", "no-run", "cifar10:test", "-o", "c.vqc")
+    assert code == 2 and "no such run folder" in one_error_line(output)
+    if not torch.cuda.is_available():
+        code, output = invoke("encode", trained_run, "x.png", "-o", "c.vqc", "--device", "cuda")
+        assert code == 2 and "CUDA" in one_error_line(output)
+
+
+def test_decode_errors(trained_run: Path, trained_data_dir: Path, tmp_path: Path) -> None:
+    assert invoke(
+        "encode", trained_run, "cifar10:test:2", "-o", "c.vqc", "--data-dir", trained_data_dir
+    )[0] == 0  # fmt: skip
+    (tmp_path / "file").write_text("in the way")
+    code, output = invoke("decode", trained_run, "c.vqc", "-o", "file")
+    assert code == 2 and "not a folder" in one_error_line(output)
+    (tmp_path / "out" / "cifar10-test-00001.png").mkdir(parents=True)
+    code, output = invoke("decode", trained_run, "c.vqc", "-o", "out")
+    assert code == 2 and "a folder is in the way" in one_error_line(output)
+    assert not (tmp_path / "out" / "cifar10-test-00000.png").exists()
+    code, output = invoke("decode", trained_run, "c.vqc", "-o", "ok", "--grid", "out")
+    assert code == 2 and "the grid is a folder" in one_error_line(output)
+    code, output = invoke("decode", trained_run, "c.vqc", "-o", "ok", "--batch-size", "-1")
+    assert code == 2 and not (tmp_path / "ok").exists()
+
+
+def test_pixel_budget_bounds_batches() -> None:
+    assert list(codec.batch_ranges(5, 2, 1024)) == [(0, 2), (2, 4), (4, 5)]
+    assert list(codec.batch_ranges(3, 256, 1000 * 872)) == [(0, 1), (1, 2), (2, 3)]
+    assert len(list(codec.batch_ranges(10_000, 256, 1024))) == 40

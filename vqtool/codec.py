@@ -1,0 +1,294 @@
+"""Images to code indices and back: in memory for notebooks, and between files for the CLI.
+
+`encode_images` / `decode_indices` turn a batch of uint8 images into indices and back, exactly
+as `evaluate` reconstructs them: decode_indices(encode_images(x)) equals
+`(reconstruct_from_codes(model, x)[1] * 255).round()`. `encode_inputs` (files, folders,
+CIFAR-10 -> CodeFile) and `decode_file` (.vqc -> PNGs) stream batches, so memory stays
+bounded however many images there are: only the codes (small) are kept.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn.utils import parametrize
+
+from vqtool.checkpoint import LoadedModel, atomic_write
+from vqtool.codes import CodeFile, check_codes_for_model, read_codes
+from vqtool.errors import UsageError, WorkError
+from vqtool.evaluate import to_model_input
+from vqtool.images import (
+    MULTIPLE,
+    Grid,
+    ImageItem,
+    file_mode,
+    find_images,
+    fsync_dir,
+    load_item,
+    name_problem,
+    pad_to,
+    pad_to_multiple,
+    padded_size,
+    png_bytes,
+    unique_names,
+    write_file,
+)
+from vqtool.model import VQVAE, build_model
+
+DEFAULT_BATCH = 256
+# Pixels per model batch, whatever --batch-size says: 1,024 CIFAR images, or one 1000x1000
+# photo (the encoder's first layer alone holds 64 floats per 4 pixels).
+PIXEL_BUDGET = 1 << 20
+PNG_WRITERS = 4  # threads: Pillow's zlib and file writes release the GIL
+
+Progress = Callable[[int, int], None]
+_DISK = "check that the folder is writable and the disk has room"
+
+
+def _check_images(images: Tensor) -> None:
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"expected uint8 images (B, 3, H, W), got {images.dtype} {tuple(images.shape)}"
+        )
+
+
+def encode_images(model: VQVAE, images: Tensor) -> Tensor:
+    """uint8 (B, 3, H, W) -> int64 code indices (B, ceil(H/4), ceil(W/4)) on the CPU.
+
+    Sides that are not multiples of 4 are padded at the bottom and right by reflection (edge
+    copies when too short), as `vqtool encode` does.
+    """
+    _check_images(images)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        return model.encode(to_model_input(pad_to_multiple(images), device)).cpu()
+
+
+def decode_indices(model: VQVAE, indices: Tensor) -> Tensor:
+    """Code indices (B, h, w) -> uint8 images (B, 3, 4h, 4w) on the CPU.
+
+    The decoder's output clamped to [0, 1] and rounded to 8 bits: (recon * 255).round().
+    """
+    if indices.ndim != 3 or indices.dtype.is_floating_point or indices.dtype == torch.bool:
+        raise ValueError(f"expected integer indices (B, h, w), got {indices.dtype} {indices.shape}")
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        recon = model.decode(indices.to(device, torch.long)).float().add_(0.5).clamp_(0.0, 1.0)
+        return recon.mul_(255.0).round_().to(torch.uint8).cpu()
+
+
+def folded_model(model: VQVAE) -> VQVAE:
+    """The same model with weight norm folded into plain weights, computed once.
+
+    Weight norm recomputes every conv's weight on each call (about a tenth of an encode on
+    the CPU); the folded weights are the very tensors it computes, so outputs are identical.
+    """
+    folded_weights = {
+        f"{name}.weight": module.weight.detach()
+        for name, module in model.named_modules()
+        if parametrize.is_parametrized(module, "weight")
+    }
+    if not folded_weights:
+        return model
+    state = {k: v for k, v in model.state_dict().items() if ".parametrizations." not in k}
+    with torch.random.fork_rng(devices=[]):  # building draws an init we overwrite at once
+        plain = build_model(dataclasses.replace(model.config, kaiming_init=False))
+    plain.load_state_dict({**state, **folded_weights})
+    return plain.to(next(model.parameters()).device).eval()
+
+
+def batch_ranges(n: int, batch_size: int, pixels_per_image: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each batch: at most `batch_size` images and about PIXEL_BUDGET pixels."""
+    step = max(1, min(batch_size, PIXEL_BUDGET // max(1, pixels_per_image)))
+    for start in range(0, n, step):
+        yield start, min(start + step, n)
+
+
+def common_size(items: Sequence[ImageItem], size: tuple[int, int] | None) -> tuple[int, int]:
+    """The padded (H, W) every image of a code file shares; mixed sizes need --size."""
+    if size is not None:
+        return padded_size(size)
+    first = items[0]
+    shared = padded_size(first.size)
+    for item in items:
+        if padded_size(item.size) != shared:
+            raise UsageError(
+                f"images of different sizes: {first.size[0]}x{first.size[1]} ({first.name}) and "
+                f"{item.size[0]}x{item.size[1]} ({item.name})",
+                item.path if item.path is not None else item.name,
+                "pass --size HxW (e.g. --size 64x64) to resize them all, "
+                "or encode each size into its own file",
+            )
+    return shared
+
+
+def encode_inputs(
+    loaded: LoadedModel,
+    inputs: Sequence[str],
+    data_dir: Path,
+    size: tuple[int, int] | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    on_progress: Progress | None = None,
+    on_note: Callable[[str], None] | None = None,
+) -> CodeFile:
+    """Encode image files, folders and CIFAR-10 splits (see images.find_images) into a CodeFile.
+
+    `size` (H, W) resizes every image first; without it, all images must pad to one size.
+    Images are read batch by batch; only the codes are kept.
+    """
+    found = find_images(inputs, data_dir)
+    items = found.items
+    shape = common_size(items, size)
+    # Noted once the request is known to be good: a failure stays a single line.
+    if found.skipped and on_note is not None:
+        shown = ", ".join(str(p) for p in found.skipped[:5])
+        more = f" and {len(found.skipped) - 5} more" if len(found.skipped) > 5 else ""
+        on_note(f"skipped {len(found.skipped)} file(s) that are not images: {shown}{more}")
+    n = len(items)
+    codes = np.empty((n, shape[0] // MULTIPLE, shape[1] // MULTIPLE), np.uint16)
+    model = folded_model(loaded.model)
+    for start, stop in batch_ranges(n, batch_size, shape[0] * shape[1]):
+        batch = torch.stack([pad_to(load_item(item, size), shape) for item in items[start:stop]])
+        codes[start:stop] = encode_images(model, batch).numpy()
+        if on_progress is not None:
+            on_progress(stop, n)
+    sizes = [size if size is not None else item.size for item in items]
+    config = loaded.model.config
+    return CodeFile(
+        codes=codes,
+        names=tuple(item.name for item in items),
+        sizes=np.array(sizes, np.int32),
+        checkpoint=loaded.fingerprint,
+        num_embeddings=config.num_embeddings,
+        embedding_dim=config.embedding_dim,
+        image_size=shape,
+    )
+
+
+class DecodeResult(NamedTuple):
+    images: int  # PNGs written
+    out_dir: Path
+    grid: Path | None
+    grid_images: int  # images shown in the grid (the first ones; a grid is capped in size)
+
+
+def plan_outputs(names: Sequence[str], out_dir: Path) -> list[Path]:
+    """`out_dir/<name>.png` for each name, made unique; refuses any path that would land
+    outside `out_dir` (through '..' or a symbolic link) or where a file or folder is in the way.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError("the output is not a folder", out_dir, "give a folder for the PNGs")
+    root = out_dir.resolve()
+    targets = []
+    checked: set[Path] = set()
+    for name in unique_names(names):
+        problem = name_problem(name)
+        if problem is not None:
+            raise WorkError(f"the code file holds {problem}", out_dir, "encode the images again")
+        target = out_dir / f"{name}.png"
+        parent = target.parent
+        if parent not in checked:
+            if not parent.resolve().is_relative_to(root):
+                raise WorkError(
+                    f"name {name[:60]!r} would land outside the output folder",
+                    out_dir,
+                    "remove the symbolic link inside it, or choose another -o",
+                )
+            for folder in (parent, *parent.parents):
+                if folder == out_dir:
+                    break
+                if folder.exists() and not folder.is_dir():
+                    raise UsageError(
+                        "a file is in the way", folder, "remove it or choose another -o"
+                    )
+            checked.add(parent)
+        if target.is_dir():
+            raise UsageError("a folder is in the way", target, "remove it or choose another -o")
+        targets.append(target)
+    return targets
+
+
+def _write_png(path: Path, image: np.ndarray, mode: int) -> None:
+    try:
+        write_file(path, png_bytes(image), mode)
+    except OSError as exc:
+        raise WorkError(f"could not write the PNG: {exc.strerror or exc}", path, _DISK) from exc
+
+
+def decode_file(
+    loaded: LoadedModel,
+    codes_path: Path,
+    out_dir: Path,
+    grid: Path | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    on_progress: Progress | None = None,
+) -> DecodeResult:
+    """Decode a .vqc into one PNG per image at its stored size, named after the stored names.
+
+    Everything is checked first (the file, its fingerprint against `loaded`, the output
+    paths); only then are PNGs written (each to a temp name, then renamed). `grid`, when
+    given, also gets the first images side by side.
+    """
+    code_file = read_codes(codes_path)
+    config = loaded.model.config
+    check_codes_for_model(
+        code_file, loaded.fingerprint, config.num_embeddings, config.embedding_dim, codes_path
+    )
+    targets = plan_outputs(code_file.names, out_dir)
+    if grid is not None and Path(grid).is_dir():
+        raise UsageError("the grid is a folder", grid, "give a file name, e.g. --grid grid.png")
+    n = len(targets)
+    sheet = Grid(n, code_file.image_size) if grid is not None else None
+    folders = sorted({t.parent for t in targets})
+    try:
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WorkError(
+            f"could not make the folder: {exc.strerror or exc}", out_dir, _DISK
+        ) from exc
+    mode = file_mode()
+    model = folded_model(loaded.model)
+    pixels = code_file.image_size[0] * code_file.image_size[1]
+    pool = concurrent.futures.ThreadPoolExecutor(PNG_WRITERS)
+    try:
+        pending: list[concurrent.futures.Future[None]] = []
+        for start, stop in batch_ranges(n, batch_size, pixels):
+            indices = torch.from_numpy(code_file.codes[start:stop].astype(np.int64))
+            images = decode_indices(model, indices).permute(0, 2, 3, 1).numpy()
+            writes = []
+            for i in range(start, stop):
+                h, w = int(code_file.sizes[i, 0]), int(code_file.sizes[i, 1])
+                image = np.ascontiguousarray(images[i - start, :h, :w])
+                writes.append(pool.submit(_write_png, targets[i], image, mode))
+                if sheet is not None:
+                    sheet.add(i, image)
+            # At most two batches in flight: decoding overlaps writing, memory stays bounded.
+            for future in pending:
+                future.result()
+            pending = writes
+            if on_progress is not None:
+                on_progress(stop, n)
+        for future in pending:
+            future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    for folder in folders:
+        fsync_dir(folder)
+    if grid is not None and sheet is not None:
+        data = sheet.png()
+        try:
+            atomic_write(grid, lambda f: f.write(data))
+        except OSError as exc:
+            raise WorkError(
+                f"could not write the grid: {exc.strerror or exc}", grid, _DISK
+            ) from exc
+    return DecodeResult(n, Path(out_dir), grid, sheet.capacity if sheet is not None else 0)
