@@ -1,0 +1,323 @@
+"""Figures from results: metrics records and arrays in, matplotlib figures and PNG files out.
+
+This module never loads a model; `vqtool.report.run_arrays` produces the arrays that the
+reconstruction and codebook figures need. Figures are built on `matplotlib.figure.Figure`
+with the Agg canvas, not pyplot, so no global figure state or GUI backend is involved.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+import numpy as np
+
+# Agg before anything imports pyplot (a headless server has no display); a notebook that has
+# already chosen its backend keeps it, since we draw on our own Agg canvas anyway.
+if "matplotlib.pyplot" not in sys.modules:
+    matplotlib.use("Agg")
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from vqtool.checkpoint import atomic_write  # noqa: E402
+from vqtool.runs import Run  # noqa: E402
+
+if TYPE_CHECKING:
+    from vqtool.report import RunArrays
+
+DPI = 100
+SAMPLE_COLUMNS = 8
+
+
+def smooth(values: Sequence[float] | np.ndarray, window: int | None = None) -> np.ndarray:
+    """Centred moving average that shrinks at the ends (no lag, no edge dip).
+
+    `window` defaults to `smoothing_window`, so a short run is left as it is.
+    """
+    y = np.asarray(values, dtype=np.float64)
+    if window is None:
+        window = smoothing_window(len(y))
+    if window <= 1 or len(y) < 3:
+        return y
+    window = min(window, len(y)) | 1  # odd, so the average is centred on its point
+    kernel = np.ones(window)
+    finite = np.isfinite(y)
+    sums = np.convolve(np.where(finite, y, 0.0), kernel, mode="same")
+    counts = np.convolve(finite.astype(np.float64), kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / counts, np.nan)
+
+
+def smoothing_window(points: int) -> int:
+    """About 1/25 of the curve: 250 log records (25k steps, log_every 100) average 10."""
+    return max(1, round(points / 25))
+
+
+def _column(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of the records that hold a number under `key`."""
+    pairs = [
+        (r["step"], float(r[key]))
+        for r in records
+        if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
+    ]
+    if not pairs:
+        return np.zeros(0), np.zeros(0)
+    steps, values = zip(*pairs, strict=True)
+    return np.asarray(steps, dtype=np.float64), np.asarray(values, dtype=np.float64)
+
+
+def _marker(n: int) -> str | None:
+    # A curve of a few points shows its points; a single point would otherwise be invisible.
+    return "o" if n <= 30 else None
+
+
+def _positive(values: np.ndarray) -> np.ndarray:
+    """Values usable on a log axis (NaN elsewhere, so the line breaks instead of erroring)."""
+    return np.where(values > 0, values, np.nan)
+
+
+def _run_name(run: Run) -> str:
+    return f"{run.path.name} ({run.profile})" if run.profile else run.path.name
+
+
+def _steps_axis(ax: Any, title: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(left=0)  # from the start of training, also when a single point is logged
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+
+
+def _final_test_point(ax: Any, run: Run, color: str, label: str | None) -> None:
+    """The star of eval-test.json (vqtool evaluate) at the checkpoint's step, if there is one."""
+    final = run.eval_files.get("test", {})
+    nmse, step = final.get("nmse"), final.get("step")
+    if isinstance(nmse, (int, float)) and nmse > 0 and isinstance(step, int):
+        ax.plot([step], [nmse], "*", color=color, markersize=14, label=label)
+
+
+def _curve(
+    ax: Any, steps: np.ndarray, values: np.ndarray, color: str, label: str, raw: bool
+) -> None:
+    """A smoothed curve, over its raw values drawn faintly when smoothing changes anything."""
+    smoothed = smooth(values)
+    if raw and smoothing_window(len(values)) > 1:
+        ax.plot(steps, values, color=color, alpha=0.3, lw=1, label=f"{label}, per log window")
+        label = f"{label}, smoothed"
+    ax.plot(steps, smoothed, color=color, lw=2, marker=_marker(len(steps)), label=label)
+
+
+def loss_figure(run: Run) -> Figure:
+    """Train NMSE (smoothed, log scale) with test NMSE points, and perplexity, against steps."""
+    fig = Figure(figsize=(12, 4.5), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_nmse, ax_ppl = fig.subplots(1, 2)
+    steps, nmse = _column(run.train, "nmse")
+    _curve(ax_nmse, steps, _positive(nmse), "C0", "train", raw=True)
+    test_evals = [r for r in run.evals if r.get("split", "test") == "test"]
+    eval_steps, eval_nmse = _column(test_evals, "nmse")
+    if len(eval_steps):
+        ax_nmse.plot(
+            eval_steps, _positive(eval_nmse), "s", color="C3", label="test, during training"
+        )
+    _final_test_point(ax_nmse, run, "C3", "test (vqtool evaluate)")
+    ax_nmse.set_yscale("log")
+    _steps_axis(ax_nmse, "reconstruction error", "NMSE (MSE / train pixel variance)")
+
+    steps, ppl = _column(run.train, "perplexity")
+    _curve(ax_ppl, steps, ppl, "C1", "train", raw=True)
+    ax_ppl.set_ylim(bottom=0)
+    # K in the title rather than as a line, which would flatten a low perplexity curve.
+    of_k = f" of K = {run.num_embeddings}" if run.num_embeddings else ""
+    _steps_axis(ax_ppl, f"codebook perplexity (codes in effective use{of_k})", "perplexity (codes)")
+    fig.suptitle(f"training curves: {_run_name(run)}, {run.train[-1]['step']:,} steps")
+    return fig
+
+
+def image_grid(images: np.ndarray, columns: int = SAMPLE_COLUMNS, gap: int = 2) -> np.ndarray:
+    """(N, 3, H, W) in [0, 1] -> one (rows*(H+gap)-gap, cols*(W+gap)-gap, 3) image, white gaps."""
+    n, _, h, w = images.shape
+    columns = max(1, min(columns, n))
+    rows = math.ceil(n / columns)
+    grid = np.ones((rows * (h + gap) - gap, columns * (w + gap) - gap, 3), dtype=np.float32)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        top, left = r * (h + gap), c * (w + gap)
+        grid[top : top + h, left : left + w] = np.transpose(image, (1, 2, 0))
+    return grid
+
+
+def reconstructions_figure(
+    originals: np.ndarray, reconstructions: np.ndarray, title: str = ""
+) -> Figure:
+    """Originals (uint8 or [0, 1] floats, (N, 3, H, W)) above their reconstructions ([0, 1])."""
+    top = _unit_range(originals)
+    bottom = _unit_range(reconstructions)
+    mse = float(np.mean((top - bottom) ** 2))
+    psnr = 10 * math.log10(1 / mse) if mse > 0 else float("inf")
+    grids = [image_grid(top), image_grid(bottom)]
+    height, width = grids[0].shape[:2]
+    # About 2 screen pixels per image pixel, plus room for the titles.
+    fig = Figure(
+        figsize=(2 * width / DPI + 0.4, 2 * (2 * height) / DPI + 1.2), dpi=DPI, layout="constrained"
+    )
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 1)
+    labels = ["test originals", f"reconstructions decoded from the codes (PSNR {psnr:.2f} dB)"]
+    for ax, grid, label in zip(axes, grids, labels, strict=True):
+        ax.imshow(grid, interpolation="nearest")
+        ax.set_title(label)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _unit_range(images: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] or float [0, 1] images as float32 in [0, 1]."""
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    return np.clip(images.astype(np.float32), 0.0, 1.0)
+
+
+def pca_2d(vectors: np.ndarray, fit: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Project (K, D) vectors on the first two principal axes of `fit` (default: the vectors).
+
+    Returns ((K, 2) coordinates, the fraction of `fit`'s variance along each axis).
+    """
+    base = (vectors if fit is None or len(fit) < 2 else fit).astype(np.float64)
+    mean = base.mean(axis=0, keepdims=True)
+    _, s, vt = np.linalg.svd(base - mean, full_matrices=False)
+    projected = (vectors.astype(np.float64) - mean) @ vt[:2].T
+    total = float((s**2).sum())
+    explained = (s[:2] ** 2) / total if total > 0 else np.zeros(min(2, len(s)))
+    if projected.shape[1] < 2:  # D == 1: a flat second axis
+        projected = np.column_stack([projected, np.zeros(len(projected))])
+        explained = np.append(explained, 0.0)
+    return projected, explained
+
+
+def codebook_figure(
+    counts: np.ndarray, codebook: np.ndarray, title: str = "", images: int = 0
+) -> Figure:
+    """Code usage sorted by frequency (dead codes counted) and a PCA of the codes by usage.
+
+    counts: (K,) how often each code was chosen; codebook: (K, D) code vectors.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    k = len(counts)
+    total = counts.sum()
+    used = int((counts > 0).sum())
+    probs = counts / total if total > 0 else np.zeros(k)
+    nz = probs[probs > 0]
+    perplexity = float(np.exp(-(nz * np.log(nz)).sum())) if len(nz) else 0.0
+
+    fig = Figure(figsize=(12, 4.8), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_use, ax_pca = fig.subplots(1, 2)
+    order = np.argsort(-counts, kind="stable")
+    ranks = np.arange(1, k + 1)
+    ax_use.bar(ranks, probs[order] * 100, width=1.0, color="C0")
+    if used < k:
+        ax_use.axvspan(used + 0.5, k + 0.5, color="C3", alpha=0.12, label=f"{k - used} dead codes")
+        ax_use.legend(loc="upper right")
+    over = f" over {images:,} test images" if images else ""
+    ax_use.set_title(
+        f"code usage{over}\n{used} of {k} codes used ({used / k:.0%}), {k - used} dead, "
+        f"perplexity {perplexity:.1f}"
+    )
+    ax_use.set_xlabel("code rank (most used first)")
+    ax_use.set_ylabel("share of latent positions (%)")
+    ax_use.set_xlim(0.5, k + 0.5)
+    ax_use.grid(True, axis="y", alpha=0.3)
+
+    alive = counts > 0
+    # Axes of the codes in use: dead codes (often all decayed to one point) would skew them.
+    points, explained = pca_2d(codebook, codebook[alive])
+    scatter = ax_pca.scatter(
+        points[alive, 0],
+        points[alive, 1],
+        c=np.log10(counts[alive]),
+        s=22,
+        cmap="viridis",
+        label=f"used ({used})",
+    )
+    if (~alive).any():  # drawn last so that they stay visible among the used ones
+        ax_pca.scatter(
+            points[~alive, 0],
+            points[~alive, 1],
+            marker="x",
+            s=18,
+            color="C3",
+            alpha=0.7,
+            label=f"dead ({k - used}, never used)",
+        )
+    colorbar = fig.colorbar(scatter, ax=ax_pca)
+    colorbar.set_label("uses (log10 count)")
+    ax_pca.set_title("code vectors, first two principal components")
+    ax_pca.set_xlabel(f"PC1 ({explained[0]:.0%} of the used codes' variance)")
+    ax_pca.set_ylabel(f"PC2 ({explained[1]:.0%} of the used codes' variance)")
+    ax_pca.grid(True, alpha=0.3)
+    ax_pca.legend(loc="best")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def compare_figure(runs: Sequence[Run], labels: Sequence[str]) -> Figure:
+    """Smoothed train NMSE (log scale) and perplexity of several runs overlaid, vs steps."""
+    fig = Figure(figsize=(12, 4.8), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_nmse, ax_ppl = fig.subplots(1, 2)
+    for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
+        color = f"C{i % 10}"
+        steps, nmse = _column(run.train, "nmse")
+        _curve(ax_nmse, steps, _positive(nmse), color, label, raw=False)
+        _final_test_point(ax_nmse, run, color, None)
+        steps, ppl = _column(run.train, "perplexity")
+        _curve(ax_ppl, steps, ppl, color, label, raw=False)
+    if any(r.eval_files.get("test") for r in runs):
+        ax_nmse.plot([], [], "*", color="grey", markersize=14, label="test (vqtool evaluate)")
+    ax_nmse.set_yscale("log")
+    _steps_axis(ax_nmse, "train NMSE, smoothed", "NMSE (MSE / train pixel variance)")
+    ax_ppl.set_ylim(bottom=0)
+    _steps_axis(ax_ppl, "codebook perplexity, smoothed", "perplexity (codes)")
+    fig.suptitle(f"{len(runs)} runs compared" if len(runs) != 1 else "1 run")
+    return fig
+
+
+def save_png(fig: Figure, path: Path) -> Path:
+    """Render a figure to PNG and write it atomically (never a half-written file)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    data = buffer.getvalue()
+    atomic_write(path, lambda f: f.write(data))
+    return path
+
+
+LOSS_PNG = "loss.png"
+RECONSTRUCTIONS_PNG = "reconstructions.png"
+CODEBOOK_PNG = "codebook.png"
+
+
+def write_run_plots(run: Run, out_dir: Path, arrays: RunArrays | None) -> list[Path]:
+    """Write loss.png, and with the model's arrays reconstructions.png and codebook.png."""
+    figures = {LOSS_PNG: loss_figure(run)}
+    if arrays is not None:
+        title = f"{_run_name(run)}, checkpoint at step {arrays.step:,}"
+        figures[RECONSTRUCTIONS_PNG] = reconstructions_figure(
+            arrays.originals, arrays.reconstructions, title
+        )
+        figures[CODEBOOK_PNG] = codebook_figure(
+            arrays.counts, arrays.codebook, title, arrays.images
+        )
+    return [save_png(fig, out_dir / name) for name, fig in figures.items()]

@@ -1,0 +1,71 @@
+"""The one place the figures meet a model: test images, their reconstructions, code usage.
+
+`run_arrays` loads a checkpoint and the CIFAR-10 test split once and returns plain numpy
+arrays; `vqtool.plots` turns them into figures without ever touching the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from vqtool.checkpoint import load_model
+from vqtool.data import load_cifar10
+from vqtool.evaluate import EVAL_BATCH, reconstruct_from_codes, to_model_input
+from vqtool.quantizer import code_counts
+
+SAMPLES = 32
+
+
+class RunArrays(NamedTuple):
+    originals: np.ndarray  # uint8 (N, 3, H, W), the first N test images
+    reconstructions: np.ndarray  # float32 (N, 3, H, W) in [0, 1], decoded from the codes
+    counts: np.ndarray  # int64 (K,), how often each code was chosen over `images` test images
+    codebook: np.ndarray  # float32 (K, D), the code vectors
+    images: int  # test images behind `counts`
+    step: int  # the checkpoint's training step
+
+
+@torch.no_grad()
+def run_arrays(
+    run: Path,
+    data_dir: Path,
+    device: str | torch.device = "cpu",
+    samples: int = SAMPLES,
+    max_images: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> RunArrays:
+    """Reconstructions of the first `samples` test images and code usage over the test split.
+
+    `max_images` limits the usage count to the first images of the split (default: all of it,
+    so the dead codes match what `vqtool evaluate` reports).
+    """
+    loaded = load_model(run, device)
+    model = loaded.model
+    images = load_cifar10(data_dir, "test")
+    if max_images is not None:
+        images = images[:max_images]
+    originals = images[:samples]
+    _, recon = reconstruct_from_codes(model, originals)
+    loaded_device = next(model.parameters()).device
+    k = model.config.num_embeddings
+    counts = torch.zeros(k, dtype=torch.float64)
+    n = images.shape[0]
+    for begin in range(0, n, EVAL_BATCH):
+        # Encoding alone is enough to count codes; decoding would double the time.
+        indices = model.encode(to_model_input(images[begin : begin + EVAL_BATCH], loaded_device))
+        counts += code_counts(indices, k).double().cpu()
+        if on_progress is not None:
+            on_progress(min(begin + EVAL_BATCH, n), n)
+    return RunArrays(
+        originals.numpy().copy(),
+        recon.float().cpu().numpy(),
+        counts.round().long().numpy(),
+        model.quantizer.codebook().float().cpu().numpy(),
+        n,
+        loaded.step,
+    )
