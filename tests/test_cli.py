@@ -29,7 +29,7 @@ def one_error_line(output: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "command", ["download", "train", "evaluate", "profiles", "encode", "decode"]
+    "command", ["download", "train", "evaluate", "profiles", "encode", "decode", "plot", "compare"]
 )
 def test_every_command_has_help_with_an_example(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])

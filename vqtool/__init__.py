@@ -43,6 +43,11 @@ _API = {
     "decode_indices": "vqtool.codec",
     "encode_inputs": "vqtool.codec",
     "decode_file": "vqtool.codec",
+    "load_run": "vqtool.runs",
+    "summarise_run": "vqtool.runs",
+    "run_arrays": "vqtool.report",
+    "write_run_plots": "vqtool.plots",
+    "compare_figure": "vqtool.plots",
 }
 
 __all__ = sorted(_API)
