@@ -117,12 +117,17 @@ class TrainProgress(_Bar):
             TimeRemainingColumn(),
         )
         self.download = ByteProgress("downloading CIFAR-10").update
+        self.setup = ""  # "device, precision" from the start event, repeated at the end
+        self.first_log = False
 
     def __call__(self, event: Any) -> None:
         record: Mapping[str, Any] = event.record
         if event.kind == "start":
+            compiled = ", torch.compile" if record.get("compile") else ""
+            self.setup = f"{record['device']}, {record['precision']}{compiled}"
+            self.first_log = True
             info(
-                f"training on {record['device']}, {record['precision']}, "
+                f"training on {self.setup}, "
                 f"{record['world_size']} process(es), {record['train_images']:,} images, "
                 f"{record['parameters']:,} parameters -> {record['run_dir']}"
             )
@@ -137,8 +142,15 @@ class TrainProgress(_Bar):
             )
             if self.task is not None:
                 self.progress.update(self.task, completed=event.step, stats=stats)
+                if self.first_log:
+                    # The bar keeps updating; say the speed once in the log as well.
+                    info(
+                        f"speed: {record['images_per_s']:,.0f} img/s on {self.setup} "
+                        f"(first {event.step} steps, start-up included)"
+                    )
             else:
                 info(f"step {event.step}/{event.total_steps}  {stats}")
+            self.first_log = False
             if record.get("restarted_codes"):
                 info(f"step {event.step}: re-seeded {record['restarted_codes']} dead codes")
         elif event.kind == "eval":
@@ -151,8 +163,8 @@ class TrainProgress(_Bar):
         elif event.kind == "end" and record:
             info(
                 f"done: step {event.step}, nmse {record['nmse']:.4f}, "
-                f"perplexity {record['perplexity']:.1f}, {record['images_per_s']:,.0f} img/s, "
-                f"{record['elapsed_s']:.1f} s of training"
+                f"perplexity {record['perplexity']:.1f}, {record['images_per_s']:,.0f} img/s "
+                f"on {self.setup}, {record['elapsed_s']:.1f} s of training"
             )
 
 

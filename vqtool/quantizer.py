@@ -35,13 +35,23 @@ def squared_distances(z: Tensor, codebook: Tensor) -> Tensor:
 
 
 def nearest_codes(z: Tensor, codebook: Tensor) -> Tensor:
-    """Index of the closest code for each row: (N, D), (K, D) -> (N,) int64."""
-    return squared_distances(z, codebook).argmin(1)
+    """Index of the closest code for each row: (N, D), (K, D) -> (N,) int64.
+
+    ||z||^2 is the same for every code of a row, so only ||e||^2 - 2 z.e is compared; and
+    `min(1).indices` keeps argmin's first-minimum rule at a third of its cost on the CPU.
+    """
+    return torch.addmm(codebook.pow(2).sum(1), z, codebook.t(), alpha=-2.0).min(1).indices
 
 
 def code_counts(indices: Tensor, num_embeddings: int) -> Tensor:
     """Histogram of code indices: (...) -> (K,) float32."""
-    return torch.bincount(indices.reshape(-1), minlength=num_embeddings).float()
+    flat = indices.reshape(-1)
+    if flat.is_cuda:
+        # CUDA bincount reads the largest index back to the host, a sync every step; adding
+        # ones is exact in fp32 (below 2^24 per code), whatever order the atomics take.
+        ones = torch.ones(flat.shape, device=flat.device)
+        return torch.zeros(num_embeddings, device=flat.device).index_add_(0, flat, ones)
+    return torch.bincount(flat, minlength=num_embeddings).float()
 
 
 def perplexity_from_counts(counts: Tensor) -> Tensor:

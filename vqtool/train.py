@@ -38,6 +38,7 @@ from vqtool import distributed
 from vqtool.data import cifar10_present, download_cifar10, load_cifar10
 from vqtool.errors import Interrupted, UsageError, WorkError
 from vqtool.evaluate import evaluate_images, to_model_input
+from vqtool.guard import CollapseGuard, agree
 from vqtool.model import VQVAE, build_model
 from vqtool.profiles import (
     Profile,
@@ -47,6 +48,7 @@ from vqtool.profiles import (
     profile_to_toml,
     with_overrides,
 )
+from vqtool.speed import compile_for_training
 
 PROFILE_NAME = "profile.toml"
 METRICS_NAME = "metrics.jsonl"
@@ -299,16 +301,22 @@ class Trainer:
         self.variance = pixel_variance(images)
         torch.manual_seed(cfg.seed)
         self.model: VQVAE = build_model(profile.model).to(placement.device)
+        # channels_last weights: faster cuDNN convolutions. On the CPU only the input goes
+        # channels_last (see next_batch): oneDNN reorders weights itself, and channels_last
+        # weights under weight norm cost extra copies each step.
         if placement.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)
+            # Every batch has the same shape: let cuDNN time its kernels once and keep the best.
+            torch.backends.cudnn.benchmark = True
         self.optimizer = torch.optim.Adam(
             self.model.parameters(),
             lr=cfg.learning_rate,
             amsgrad=cfg.amsgrad,
-            **({"fused": True} if placement.device.type == "cuda" else {}),
+            **({"fused": True} if placement.device.type in ("cuda", "cpu") else {}),
         )
         # What the training step calls: the model itself, or its DDP wrapper (see `run`).
         self.forward_model: torch.nn.Module = self.model
+        self.guard = CollapseGuard.for_profile(profile)
         self.step = 0
         self.elapsed_s = 0.0
         self.lr_scale = 1.0
@@ -322,6 +330,8 @@ class Trainer:
         self.step = int(payload["step"])
         self.elapsed_s = float(payload.get("elapsed_s", 0.0))
         self.lr_scale = float(payload.get("lr_scale", 1.0))
+        if self.guard is not None:
+            self.guard.resume(payload.get("guard", {}), self.model, self.optimizer)
         rng = payload["rng"]
         torch.set_rng_state(rng["torch"])
         cuda_states = rng.get("cuda") or []
@@ -343,6 +353,7 @@ class Trainer:
             "train_variance": self.variance,
             "elapsed_s": self.elapsed_s,
             "lr_scale": self.lr_scale,
+            "guard": self.guard.state_dict() if self.guard is not None else {},
             "world_size": self.placement.world_size,
         }
 
@@ -365,7 +376,7 @@ class Trainer:
 
     def next_batch(self, step: int) -> Tensor:
         x = to_model_input(self.images[self.batch_indices(step)], self.placement.device)
-        if self.placement.device.type == "cuda":
+        if self.placement.device.type in ("cuda", "cpu"):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -392,7 +403,7 @@ class Trainer:
         self.optimizer.step()
         return torch.stack(
             [nmse.detach(), out.vq_loss.detach(), out.perplexity.detach(),
-             torch.tensor(float(out.restarted), device=nmse.device)]
+             nmse.new_full((), float(out.restarted))]  # a fill, not a host-to-device copy
         )
 
     def log_record(self, sums: Tensor, count: int, window_s: float) -> dict[str, Any]:
@@ -443,12 +454,31 @@ class Trainer:
                 self.model, device_ids=device_ids, **{no_sync: False}
             )
 
+    def check_collapse(self, record: dict[str, Any]) -> None:
+        """The collapse guard: keep this state as the last good one, or go back to that one
+        with half the learning rate when this record shows a collapse (vqtool/guard.py)."""
+        assert self.guard is not None
+        verdict = self.guard.observe(self.step, record)
+        if not agree(verdict.restore, self.placement.device):
+            self.guard.snapshot(self.model, self.optimizer)
+            return
+        good_step = self.guard.restore(self.model, self.optimizer)
+        self.lr_scale *= self.guard.lr_factor
+        note = {"kind": "guard", "step": self.step, "restored_step": good_step,
+                "reason": verdict.reason, "lr_scale": self.lr_scale}
+        self.write_metric(note)
+        message = (f"collapse guard: {verdict.reason}; restored the state of step {good_step}, "
+                   f"learning rate x{self.lr_scale:g}")
+        self.callback(TrainEvent("note", self.step, self.profile.train.steps, note, message))
+
     def should_stop(self, stop: StopSignals) -> bool:
         return distributed.any_rank(stop.received is not None, self.placement.device)
 
     def run(self, stop: StopSignals) -> TrainResult:
         cfg = self.profile.train
         self.wrap_for_processes()
+        if cfg.compile:
+            self.forward_model = compile_for_training(self.forward_model)
         self.model.train()
         sums = torch.zeros(4, device=self.placement.device)
         count = 0
@@ -474,6 +504,8 @@ class Trainer:
                 last_record = self.log_record(sums, count, window_train_s)
                 self.write_metric(last_record)
                 self.callback(TrainEvent("log", self.step, cfg.steps, last_record))
+                if self.guard is not None:
+                    self.check_collapse(last_record)
                 sums.zero_()
                 count = 0
                 window_train_s = 0.0
@@ -579,6 +611,7 @@ def describe(placement: Placement, trainer: Trainer) -> dict[str, Any]:
     return {
         "device": name,
         "precision": "bf16 autocast (fp32 quantizer)" if placement.autocast_dtype else "fp32",
+        "compile": trainer.profile.train.compile,
         "world_size": placement.world_size,
         "train_images": int(trainer.images.shape[0]),
         "parameters": sum(p.numel() for p in trainer.model.parameters()),

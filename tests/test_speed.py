@@ -1,0 +1,118 @@
+"""Speed features: torch.compile, bf16 autocast with an fp32 quantizer, no host syncs on CUDA.
+
+The `gpu` tests need CUDA (deselected by default; benchmarks/gpu_check.sh runs them); the
+compile test on the CPU is `slow` (compiling takes about a minute on two cores).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import make_cifar_folder, write_tiny_profile
+
+from vqtool.checkpoint import load_checkpoint, load_model
+from vqtool.data import load_cifar10
+from vqtool.profiles import load_profile
+from vqtool.train import Placement, Trainer, resolve_run, train
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def tiny_trainer(tmp_path: Path, device: str, overrides: list[str]) -> Trainer:
+    data = make_cifar_folder(tmp_path / "data")
+    profile = load_profile(write_tiny_profile(tmp_path / "tiny.toml"), overrides)
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else None
+    images = load_cifar10(data, "train").to(dev)
+    return Trainer(profile, tmp_path / "run", images, Placement(dev, dtype), lambda e: None)
+
+
+def train_compiled(tmp_path: Path, data_dir: Path, device: str) -> None:
+    profile = load_profile(
+        write_tiny_profile(tmp_path / "tiny.toml"),
+        ["train.compile=true", f"train.device={device}", "train.steps=12", "train.log_every=4"],
+    )
+    result = train(profile, tmp_path / "run", data_dir)
+    assert result.step == 12
+    payload = load_checkpoint(tmp_path / "run")
+    assert not any("_orig_mod" in key for key in payload["model"])
+    loaded = load_model(tmp_path / "run")  # a plain, uncompiled model
+    assert loaded.model.encode(torch.zeros(1, 3, 32, 32)).shape == (1, 8, 8)
+
+
+@pytest.mark.slow
+def test_compile_on_the_cpu_trains_and_saves_a_plain_checkpoint(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    train_compiled(tmp_path, data_dir, "cpu")
+
+
+def test_cpu_training_uses_channels_last_input_and_a_fused_optimizer(tmp_path: Path) -> None:
+    trainer = tiny_trainer(tmp_path, "cpu", [])
+    assert trainer.optimizer.defaults.get("fused") is True
+    x = trainer.next_batch(0)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_cpu_bf16_training_is_repeatable_and_resumes_bit_identically(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # bf16 on the CPU (opt-in, about twice as fast on CPUs with AMX) stays deterministic.
+    tiny = write_tiny_profile(tmp_path / "tiny.toml")
+    bf16 = ["train.precision=bf16", "train.device=cpu"]
+    train(load_profile(tiny, bf16), tmp_path / "a", data_dir)
+    train(load_profile(tiny, bf16), tmp_path / "b", data_dir)
+    train(load_profile(tiny, [*bf16, "train.steps=20"]), tmp_path / "split", data_dir)
+    longer, run = resolve_run(None, ["train.steps=30"], tmp_path / "split", resume=True)
+    train(longer, run, data_dir, resume=True)
+    prints = {load_checkpoint(tmp_path / name)["fingerprint"] for name in ("a", "b", "split")}
+    assert len(prints) == 1
+
+
+@pytest.mark.gpu
+@cuda
+def test_bf16_training_step_keeps_the_quantizer_in_fp32(tmp_path: Path) -> None:
+    trainer = tiny_trainer(tmp_path, "cuda", [])
+    trainer.model.train()
+    x = trainer.next_batch(0)
+    trainer.init_codebook(x)
+    seen: dict[str, torch.dtype] = {}
+    quantizer = trainer.model.quantizer
+    hook = quantizer.register_forward_hook(
+        lambda m, inputs, out: seen.update(z=inputs[0].dtype, quantized=out.quantized.dtype)
+    )
+    stats = trainer.train_step(x)
+    hook.remove()
+    assert seen["z"] == torch.bfloat16  # the encoder ran under autocast
+    assert seen["quantized"] == torch.float32
+    assert quantizer.embedding.dtype == torch.float32
+    assert quantizer.embed_sum.dtype == quantizer.cluster_size.dtype == torch.float32
+    assert torch.isfinite(stats).all()
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_training_step_does_not_sync_with_the_host(tmp_path: Path) -> None:
+    # Host syncs stall the GPU queue every step; dead-code restart (off here) needs one.
+    trainer = tiny_trainer(tmp_path, "cuda", ["model.dead_code_steps=0"])
+    trainer.model.train()
+    x = trainer.next_batch(0)
+    trainer.init_codebook(x)
+    trainer.train_step(x)  # first step: lazy initialisations may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(1, 4):
+            trainer.train_step(trainer.next_batch(step))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+@cuda
+def test_compile_on_cuda_trains_and_saves_a_plain_checkpoint(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    train_compiled(tmp_path, data_dir, "cuda")
