@@ -11,7 +11,8 @@
   (do not modify it; copy it first).
 - `http_server`: a local HTTP server; put files in `.root`, fetch them from `.url(name)`.
 
-Building archives by hand: `from helpers import make_cifar_archive, make_cifar_folder, write_tiny_profile`.
+Building archives by hand:
+`from helpers import make_cifar_archive, make_cifar_folder, write_tiny_profile`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vqtool.checkpoint import atomic_write, fingerprint, load_checkpoint, load_model, save_checkpoint
+from vqtool.checkpoint import (
+    atomic_write,
+    fingerprint,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 from vqtool.cli import app
 from vqtool.errors import UsageError, WorkError
 

@@ -40,8 +40,11 @@ def free_port() -> int:
 
 def _worker(rank: int, world: int, port: int, profile: Path, data: Path, out: Path) -> None:
     os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
     result = train(load_profile(profile), out / "run", data)
@@ -51,9 +54,14 @@ def _worker(rank: int, world: int, port: int, profile: Path, data: Path, out: Pa
 def test_two_processes_agree_and_match_one(data_dir: Path, tmp_path: Path) -> None:
     profile = write_tiny_profile(tmp_path / "tiny.toml", "")
     short = tmp_path / "short.toml"
-    short.write_text('extends = "tiny.toml"\n[model]\ndead_code_steps = 3\n[train]\nsteps = 6\nlog_every = 3\ncheckpoint_every = 3\n')
+    short.write_text(
+        'extends = "tiny.toml"\n[model]\ndead_code_steps = 3\n'
+        "[train]\nsteps = 6\nlog_every = 3\ncheckpoint_every = 3\n"
+    )
     mp.start_processes(
-        _worker, args=(2, free_port(), short, data_dir, tmp_path / "two"), nprocs=2,
+        _worker,
+        args=(2, free_port(), short, data_dir, tmp_path / "two"),
+        nprocs=2,
         start_method="spawn",
     )
     rank0 = torch.load(tmp_path / "two" / "rank0.pt", weights_only=True)
@@ -75,9 +83,20 @@ def test_two_processes_agree_and_match_one(data_dir: Path, tmp_path: Path) -> No
 def torchrun(*args: str, nproc: int = 2) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone",
-         f"--nproc-per-node={nproc}", "-m", "vqtool", *args],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "vqtool",
+            *args,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
 
 
@@ -129,7 +148,10 @@ def test_two_process_sigkill_resume_is_bit_identical(data_dir: Path, tmp_path: P
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "killed")
     assert b["step"] == 200 and a["fingerprint"] == b["fingerprint"]
-    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(x)["step"]
+        for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == list(range(10, 201, 10))
 
 
@@ -145,7 +167,9 @@ def test_one_rank_killed_then_resume_on_one_process(data_dir: Path, tmp_path: Pa
     code = job.wait(timeout=120)
     stderr = job.stderr.read().decode() if job.stderr else ""
     assert code != 0
-    assert "Traceback" not in "\n".join(l for l in stderr.splitlines() if l.startswith("error:"))
+    assert "Traceback" not in "\n".join(
+        line for line in stderr.splitlines() if line.startswith("error:")
+    )
     payload = load_checkpoint(run)  # no torn checkpoint
     assert 0 < payload["step"] < 200
     assert not list(run.glob(".*.tmp"))
@@ -154,11 +178,16 @@ def test_one_rank_killed_then_resume_on_one_process(data_dir: Path, tmp_path: Pa
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     resumed = subprocess.run(
         [sys.executable, "-m", "vqtool", *common, "--run-dir", str(run), "--resume"],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr
     assert load_checkpoint(run)["step"] == 200
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 200
-    world_sizes = {json.loads(x)["world_size"] for x in (run / "metrics.jsonl").read_text().splitlines()}
+    world_sizes = {
+        json.loads(x)["world_size"] for x in (run / "metrics.jsonl").read_text().splitlines()
+    }
     assert world_sizes == {1, 2}

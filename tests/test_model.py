@@ -20,7 +20,10 @@ from vqtool.quantizer import (
 )
 
 SMALL = ModelConfig(
-    num_hiddens=16, num_residual_hiddens=8, num_residual_layers=2, embedding_dim=8,
+    num_hiddens=16,
+    num_residual_hiddens=8,
+    num_residual_layers=2,
+    embedding_dim=8,
     num_embeddings=32,
 )
 
@@ -46,7 +49,9 @@ def test_residual_layers_do_not_share_weights() -> None:
 
 def test_kaiming_init_puts_weight_norm_on_every_conv() -> None:
     model = build_model(SMALL)
-    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    convs = [
+        m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+    ]
     assert len(convs) == 3 + 4 + 1 + 1 + 4 + 2  # encoder, 2x2 residual convs, pre-vq, decoder...
     assert all(parametrize.is_parametrized(m, "weight") for m in convs)
     # The seed's typo left the encoder's third conv without weight norm.
@@ -68,7 +73,9 @@ def test_distances_and_nearest_codes_match_brute_force() -> None:
 
 
 def test_perplexity_bounds() -> None:
-    assert math.isclose(float(perplexity_from_counts(torch.tensor([5.0, 0, 0, 0]))), 1.0, rel_tol=1e-4)
+    assert math.isclose(
+        float(perplexity_from_counts(torch.tensor([5.0, 0, 0, 0]))), 1.0, rel_tol=1e-4
+    )
     assert math.isclose(float(perplexity_from_counts(torch.ones(8))), 8.0, rel_tol=1e-4)
 
 
@@ -96,7 +103,9 @@ def test_ema_moves_used_code_towards_its_inputs() -> None:
 def test_codebook_from_ema_is_sums_over_counts() -> None:
     counts = torch.tensor([2.0, 4.0])
     sums = torch.tensor([[2.0, 2.0], [8.0, 4.0]])
-    assert torch.allclose(codebook_from_ema(counts, sums), torch.tensor([[1.0, 1.0], [2.0, 1.0]]), atol=1e-4)
+    assert torch.allclose(
+        codebook_from_ema(counts, sums), torch.tensor([[1.0, 1.0], [2.0, 1.0]]), atol=1e-4
+    )
 
 
 def test_original_loss_trains_codebook_by_gradient() -> None:
@@ -132,7 +141,7 @@ def test_codebook_init_from_data_uses_encoder_outputs() -> None:
 def test_init_methods_cover_clusters(method: str) -> None:
     torch.manual_seed(0)
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
-    data = (centres[torch.arange(400) % 4] + 0.1 * torch.randn(400, 2))
+    data = centres[torch.arange(400) % 4] + 0.1 * torch.randn(400, 2)
     vq = VectorQuantizer(4, 2, 0.25, decay=0.99, codebook_init=method)
     vq.init_from_data(data)
     used = code_counts(nearest_codes(data, vq.embedding), 4)

@@ -73,7 +73,17 @@ def test_train_writes_run_files(tiny_profile: Path, data_dir: Path, tmp_path: Pa
     assert load_profile(run / "profile.toml") == profile
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [10, 20, 30]
-    keys = {"kind", "step", "nmse", "vq_loss", "perplexity", "lr", "images_per_s", "elapsed_s", "world_size"}
+    keys = {
+        "kind",
+        "step",
+        "nmse",
+        "vq_loss",
+        "perplexity",
+        "lr",
+        "images_per_s",
+        "elapsed_s",
+        "world_size",
+    }
     assert keys <= set(records[0])
     assert records[-1]["nmse"] < records[0]["nmse"]
     payload = load_checkpoint(run)
@@ -107,7 +117,10 @@ def test_training_is_repeatable(tiny_profile: Path, data_dir: Path, tmp_path: Pa
     profile = load_profile(tiny_profile)
     train(profile, tmp_path / "a", data_dir)
     train(profile, tmp_path / "b", data_dir)
-    assert load_checkpoint(tmp_path / "a")["fingerprint"] == load_checkpoint(tmp_path / "b")["fingerprint"]
+    assert (
+        load_checkpoint(tmp_path / "a")["fingerprint"]
+        == load_checkpoint(tmp_path / "b")["fingerprint"]
+    )
 
 
 def test_resume_extends_a_finished_run(tiny_profile: Path, data_dir: Path, tmp_path: Path) -> None:
@@ -143,7 +156,10 @@ def test_sigkill_then_resume_is_bit_identical(data_dir: Path, tmp_path: Path) ->
     assert b["step"] == 200
     assert a["fingerprint"] == b["fingerprint"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(x)["step"]
+        for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == list(range(10, 201, 10))  # each logged step once
 
 
@@ -186,10 +202,12 @@ def test_default_run_dir_is_named_after_profile() -> None:
 
 
 def test_second_trainer_on_same_folder_is_refused(tmp_path: Path) -> None:
-    with run_lock(tmp_path / "run"):
-        with pytest.raises(UsageError, match="another vqtool train"):
-            with run_lock(tmp_path / "run"):
-                pass
+    with (
+        run_lock(tmp_path / "run"),
+        pytest.raises(UsageError, match="another vqtool train"),
+        run_lock(tmp_path / "run"),
+    ):
+        pass
     with run_lock(tmp_path / "run"):  # released again
         pass
 

@@ -129,7 +129,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise WorkError("not a vqtool checkpoint", path, "give a checkpoint.pt written by vqtool")
     if payload.get("version") != VERSION:
         raise WorkError(
-            f"unsupported checkpoint version {payload.get('version')!r} (this vqtool reads {VERSION})",
+            f"unsupported checkpoint version {payload.get('version')!r} "
+            f"(this vqtool reads {VERSION})",
             path,
             "use the vqtool version that wrote it",
         )
@@ -153,7 +154,10 @@ class LoadedModel(NamedTuple):
 
 
 def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild the model from a checkpoint's own profile (never from weight shapes), in eval mode."""
+    """Rebuild the model from a checkpoint's own profile (never from weight shapes).
+
+    The model comes back in eval mode.
+    """
     payload = load_checkpoint(path)
     checkpoint_path = resolve_checkpoint(path)
     try:

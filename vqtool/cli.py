@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -24,9 +24,25 @@ F = TypeVar("F", bound=Callable[..., Any])
 class OneLineErrors(TyperGroup):
     """Usage errors (bad option, missing argument) as one `error:` line with exit 2."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
         try:
-            result = super().main(*args, standalone_mode=False, **kwargs)
+            # Click's own signature, so that standalone_mode can only be given once.
+            result = super().main(
+                args,
+                prog_name,
+                complete_var,
+                standalone_mode=False,
+                windows_expand_args=windows_expand_args,
+                **extra,
+            )
         except Exception as exc:
             # Click's errors, whether typer vendors click or not: they carry these two members.
             if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
@@ -35,7 +51,9 @@ class OneLineErrors(TyperGroup):
                 raise
             ctx = getattr(exc, "ctx", None)
             command = ctx.command_path if ctx is not None else "vqtool"
-            progress.error_line(f"error: {exc.format_message()} ({command}): see '{command} --help'")
+            progress.error_line(
+                f"error: {exc.format_message()} ({command}): see '{command} --help'"
+            )
             sys.exit(exc.exit_code)
         code = result if isinstance(result, int) else 0
         if standalone_mode:
@@ -148,7 +166,9 @@ def download(
 def train(
     profile: Annotated[
         str | None,
-        typer.Option("--profile", "-p", help="Shipped profile name or a TOML file (see: vqtool profiles)."),
+        typer.Option(
+            "--profile", "-p", help="Shipped profile name or a TOML file (see: vqtool profiles)."
+        ),
     ] = None,
     set_: Annotated[
         list[str] | None,
@@ -156,7 +176,9 @@ def train(
     ] = None,
     run_dir: Annotated[
         Path | None,
-        typer.Option(help="Run folder (default: runs/<profile>-<YYYYmmdd-HHMMSS>).", show_default=False),
+        typer.Option(
+            help="Run folder (default: runs/<profile>-<YYYYmmdd-HHMMSS>).", show_default=False
+        ),
     ] = None,
     data_dir: DataDir = None,
     device: Annotated[
@@ -179,7 +201,11 @@ def train(
     chosen, folder = resolve_run(profile, overrides, run_dir, resume)
     with progress.TrainProgress() as shown:
         run_training(
-            chosen, folder, _data_dir(data_dir), resume=resume, callback=shown,
+            chosen,
+            folder,
+            _data_dir(data_dir),
+            resume=resume,
+            callback=shown,
             on_download=shown.download,
         )
     if distributed_rank() == 0:
@@ -193,7 +219,8 @@ def evaluate(
     split: Annotated[str, typer.Option(help="test or train.")] = "test",
     data_dir: DataDir = None,
     json_out: Annotated[
-        str | None, typer.Option("--json", help="Write the metrics as JSON to FILE, or - for stdout.")
+        str | None,
+        typer.Option("--json", help="Write the metrics as JSON to FILE, or - for stdout."),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
 ) -> None:
@@ -244,8 +271,12 @@ def plot(
     run: Annotated[Path, typer.Argument(help="A run folder.", show_default=False)],
     out_dir: Annotated[
         Path | None,
-        typer.Option("-o", "--out-dir", help="Folder for the PNGs (default: the run folder).",
-                     show_default=False),
+        typer.Option(
+            "-o",
+            "--out-dir",
+            help="Folder for the PNGs (default: the run folder).",
+            show_default=False,
+        ),
     ] = None,
     data_dir: DataDir = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -266,8 +297,9 @@ def plot(
     arrays = None
     if loaded.has_checkpoint:
         with progress.CountProgress("encoding the test split") as bar:
-            arrays = run_arrays(loaded.path, _data_dir(data_dir), resolve_device(device),
-                                on_progress=bar.update)
+            arrays = run_arrays(
+                loaded.path, _data_dir(data_dir), resolve_device(device), on_progress=bar.update
+            )
     else:
         progress.warn(f"no checkpoint in {loaded.path}: wrote the loss curves only")
     for path in write_run_plots(loaded, out_dir if out_dir is not None else loaded.path, arrays):
@@ -278,9 +310,9 @@ def plot(
 @reports_errors
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="Run folders.", show_default=False)],
-    out: Annotated[
-        Path, typer.Option("-o", "--out", help="PNG of the overlaid curves.")
-    ] = Path("compare.png"),
+    out: Annotated[Path, typer.Option("-o", "--out", help="PNG of the overlaid curves.")] = Path(
+        "compare.png"
+    ),
     json_out: Annotated[
         str | None, typer.Option("--json", help="Write the table as JSON to FILE, or - for stdout.")
     ] = None,
@@ -328,8 +360,10 @@ def encode(
     ],
     size: Annotated[
         str | None,
-        typer.Option(help="Resize every image to HxW first (needed for images of mixed sizes).",
-                     show_default=False),
+        typer.Option(
+            help="Resize every image to HxW first (needed for images of mixed sizes).",
+            show_default=False,
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 256,
     data_dir: DataDir = None,
@@ -351,7 +385,12 @@ def encode(
     loaded = load_model(run, resolve_device(device))
     with progress.CountProgress("encoding") as bar:
         codes = encode_inputs(
-            loaded, inputs, _data_dir(data_dir), shape, batch_size, bar.update,
+            loaded,
+            inputs,
+            _data_dir(data_dir),
+            shape,
+            batch_size,
+            bar.update,
             lambda note: progress.info(f"note: {note}"),
         )
     write_codes(output, codes)
@@ -370,8 +409,10 @@ def decode(
         Path, typer.Argument(help="A code file written by vqtool encode.", show_default=False)
     ],
     output: Annotated[
-        Path, typer.Option("-o", "--output", help="Folder for the PNGs (made if missing).",
-                           show_default=False)
+        Path,
+        typer.Option(
+            "-o", "--output", help="Folder for the PNGs (made if missing).", show_default=False
+        ),
     ],
     grid: Annotated[
         Path | None,

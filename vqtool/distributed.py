@@ -11,7 +11,7 @@ import contextlib
 import datetime as _dt
 import os
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -47,7 +47,8 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
         yield
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    # Any: a **dict of one value type would be checked against every other parameter.
+    kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
     dist.init_process_group(
         backend, rank=world.rank, world_size=world.size, timeout=COLLECTIVE_TIMEOUT, **kwargs
     )

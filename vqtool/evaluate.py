@@ -87,7 +87,7 @@ def evaluate_checkpoint(
     path: Path,
     split: str,
     data_dir: Path,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Load a run (or checkpoint), evaluate it on a CIFAR-10 split, return the metrics dict."""

@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -43,6 +43,9 @@ def error_line(line: str) -> None:
     err.print(line, markup=False, style="red", soft_wrap=True)
 
 
+B = TypeVar("B", bound="_Bar")
+
+
 class _Bar:
     """A rich progress bar with a single task; silent when stderr is not a terminal."""
 
@@ -52,7 +55,8 @@ class _Bar:
         self.progress = Progress(*columns, console=err, transient=False, disable=not self.live)
         self.task: TaskID | None = None
 
-    def __enter__(self) -> _Bar:
+    def __enter__(self: B) -> B:
+        # Returns the subclass, so `with ByteProgress(...) as bar` knows `bar.update`.
         self.progress.__enter__()
         return self
 

@@ -98,7 +98,9 @@ def kmeans_plus_plus(vectors: Tensor, k: int, iterations: int = 10) -> Tensor:
         counts = code_counts(assign, k)
         sums = code_sums(vectors, assign, k)
         # Empty clusters keep their centre rather than collapsing to zero.
-        centers = torch.where(counts.unsqueeze(1) > 0, sums / counts.clamp_min(1).unsqueeze(1), centers)
+        centers = torch.where(
+            counts.unsqueeze(1) > 0, sums / counts.clamp_min(1).unsqueeze(1), centers
+        )
     return centers
 
 
@@ -119,6 +121,13 @@ class VectorQuantizer(nn.Module):
     The EMA state starts as cluster_size = 1 and embed_sum = codebook, so a code unused in a
     step keeps its vector (the seed's zero cluster sizes sent such codes to norms of ~1e5).
     """
+
+    # Set in __init__ (buffers, or a Parameter for `embedding`); declared so they type as tensors.
+    embedding: Tensor
+    cluster_size: Tensor
+    embed_sum: Tensor
+    initialized: Tensor
+    unused_steps: Tensor
 
     def __init__(
         self,
@@ -240,4 +249,3 @@ class VectorQuantizer(nn.Module):
         vectors = broadcast_from_rank0(sample_rows(all_gather_rows(flat), n_dead))
         self.set_codes(dead, vectors)
         return n_dead
-

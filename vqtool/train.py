@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vqtool import distributed
 from vqtool.checkpoint import (
     CHECKPOINT_NAME,
     atomic_write,
@@ -34,7 +35,6 @@ from vqtool.checkpoint import (
     model_state,
     save_checkpoint,
 )
-from vqtool import distributed
 from vqtool.data import cifar10_present, download_cifar10, load_cifar10
 from vqtool.errors import Interrupted, UsageError, WorkError
 from vqtool.evaluate import evaluate_images, to_model_input
@@ -308,11 +308,13 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
             # Every batch has the same shape: let cuDNN time its kernels once and keep the best.
             torch.backends.cudnn.benchmark = True
+        # Any: a **dict of one value type would be checked against every other parameter.
+        fused: dict[str, Any] = {"fused": True} if placement.device.type in ("cuda", "cpu") else {}
         self.optimizer = torch.optim.Adam(
             self.model.parameters(),
             lr=cfg.learning_rate,
             amsgrad=cfg.amsgrad,
-            **({"fused": True} if placement.device.type in ("cuda", "cpu") else {}),
+            **fused,
         )
         # What the training step calls: the model itself, or its DDP wrapper (see `run`).
         self.forward_model: torch.nn.Module = self.model
@@ -335,7 +337,11 @@ class Trainer:
         rng = payload["rng"]
         torch.set_rng_state(rng["torch"])
         cuda_states = rng.get("cuda") or []
-        if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        if (
+            cuda_states
+            and torch.cuda.is_available()
+            and len(cuda_states) == torch.cuda.device_count()
+        ):
             torch.cuda.set_rng_state_all(cuda_states)
 
     def checkpoint_payload(self) -> dict[str, Any]:
@@ -382,7 +388,10 @@ class Trainer:
 
     @torch.no_grad()
     def init_codebook(self, x: Tensor) -> None:
-        """Seed the codebook from the first batch's encoder outputs (codebook_init encoder/kmeans)."""
+        """Seed the codebook from the first batch's encoder outputs.
+
+        For codebook_init encoder or kmeans; a no-op once the codebook is initialised.
+        """
         if bool(self.model.quantizer.initialized):
             return
         z = self.model.latents(x).float()
@@ -402,8 +411,12 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         return torch.stack(
-            [nmse.detach(), out.vq_loss.detach(), out.perplexity.detach(),
-             nmse.new_full((), float(out.restarted))]  # a fill, not a host-to-device copy
+            [
+                nmse.detach(),
+                out.vq_loss.detach(),
+                out.perplexity.detach(),
+                nmse.new_full((), float(out.restarted)),  # a fill, not a host-to-device copy
+            ]
         )
 
     def log_record(self, sums: Tensor, count: int, window_s: float) -> dict[str, Any]:
@@ -417,7 +430,9 @@ class Trainer:
             "vq_loss": vq_loss,
             "perplexity": perplexity,
             "lr": self.optimizer.param_groups[0]["lr"],
-            "images_per_s": count * self.profile.data.batch_size / window_s if window_s > 0 else 0.0,
+            "images_per_s": (
+                count * self.profile.data.batch_size / window_s if window_s > 0 else 0.0
+            ),
             "elapsed_s": self.elapsed_s,
             "world_size": self.placement.world_size,
         }
@@ -449,9 +464,12 @@ class Trainer:
             device_ids = [self.placement.device] if self.placement.device.type == "cuda" else None
             # Newer torch renames broadcast_buffers; either way buffers are not re-sent per step.
             params = inspect.signature(DistributedDataParallel.__init__).parameters
-            no_sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+            no_sync = (
+                "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+            )
+            no_buffer_sync: dict[str, Any] = {no_sync: False}
             self.forward_model = DistributedDataParallel(
-                self.model, device_ids=device_ids, **{no_sync: False}
+                self.model, device_ids=device_ids, **no_buffer_sync
             )
 
     def check_collapse(self, record: dict[str, Any]) -> None:
@@ -464,11 +482,18 @@ class Trainer:
             return
         good_step = self.guard.restore(self.model, self.optimizer)
         self.lr_scale *= self.guard.lr_factor
-        note = {"kind": "guard", "step": self.step, "restored_step": good_step,
-                "reason": verdict.reason, "lr_scale": self.lr_scale}
+        note = {
+            "kind": "guard",
+            "step": self.step,
+            "restored_step": good_step,
+            "reason": verdict.reason,
+            "lr_scale": self.lr_scale,
+        }
         self.write_metric(note)
-        message = (f"collapse guard: {verdict.reason}; restored the state of step {good_step}, "
-                   f"learning rate x{self.lr_scale:g}")
+        message = (
+            f"collapse guard: {verdict.reason}; restored the state of step {good_step}, "
+            f"learning rate x{self.lr_scale:g}"
+        )
         self.callback(TrainEvent("note", self.step, self.profile.train.steps, note, message))
 
     def should_stop(self, stop: StopSignals) -> bool:
@@ -617,4 +642,3 @@ def describe(placement: Placement, trainer: Trainer) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
         "run_dir": str(trainer.run_dir),
     }
-
