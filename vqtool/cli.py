@@ -321,7 +321,6 @@ def compare(
 
     Example: [bold]vqtool compare runs/original runs/ema runs/ema-kaiming --json runs.json[/bold]
     """
-    from rich.console import Console
 
     from vqtool.plots import compare_figure, save_png
     from vqtool.runs import COMPARE_COLUMNS, compare_row, load_run, run_labels, summarise_run
@@ -337,9 +336,7 @@ def compare(
         progress.emit_json(rows, json_out)
     if json_out != "-":
         table = progress.rows_table("runs", COMPARE_COLUMNS.values(), map(compare_row, rows))
-        # Piped output has no terminal width to fit; rich's default 80 columns would cut cells.
-        console = progress.out if progress.out.is_terminal else Console(width=160, highlight=False)
-        console.print(table)
+        progress.print_result(table)
 
 
 @app.command()

@@ -28,6 +28,9 @@ from rich.table import Table
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
+if not out.is_terminal:
+    # Piped results have no terminal width to fit; rich's default 80 columns would cut cells.
+    out = Console(highlight=False, soft_wrap=True, width=160)
 
 
 def info(message: str) -> None:
