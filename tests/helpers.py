@@ -151,6 +151,7 @@ num_residual_hiddens = 8
 num_residual_layers = 1
 embedding_dim = 8
 num_embeddings = 32
+dead_code_steps = 0
 
 [train]
 steps = 30

@@ -75,7 +75,7 @@ def test_shipped_profiles_differ_from_the_base_as_documented() -> None:
     assert (original.model.decay, original.model.kaiming_init) == (0.0, False)
     assert original.model.codebook_init == "encoder"
     assert (ema.model.decay, ema.model.kaiming_init) == (0.99, False)
-    assert smoke.model.num_embeddings == 128 and smoke.train.steps == 300
+    assert smoke.model.num_embeddings == 128 and smoke.train.steps == 800
     assert smoke.model.kaiming_init is False  # inherited from ema through two levels
     assert (fast.data.batch_size, fast.train.steps, fast.train.learning_rate) == (512, 3000, 1.5e-3)
     assert fast.train.compile and fast.train.collapse_guard and fast.model.dead_code_steps > 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -46,7 +47,9 @@ DEFAULT_BATCH = 256
 # Pixels per model batch, whatever --batch-size says: 1,024 CIFAR images, or one 1000x1000
 # photo (the encoder's first layer alone holds 64 floats per 4 pixels).
 PIXEL_BUDGET = 1 << 20
-PNG_WRITERS = 4  # threads: Pillow's zlib and file writes release the GIL
+# PNG-writing threads (zlib and file writes release the GIL). They share the cores with the
+# decoder's own threads: on 2 cores one writer beats four (1,960 vs 1,350 images/s).
+PNG_WRITERS = max(1, min(4, (os.cpu_count() or 2) // 2))
 
 Progress = Callable[[int, int], None]
 _DISK = "check that the folder is writable and the disk has room"

@@ -8,13 +8,14 @@ allocating gigabytes.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import re
+import struct
 import tempfile
 import unicodedata
 import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -359,11 +360,33 @@ def load_item(item: ImageItem, size: tuple[int, int] | None = None) -> Tensor:
     return resize(image, size) if size is not None else image
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
 def png_bytes(image: np.ndarray) -> bytes:
-    """uint8 (H, W, 3) -> PNG bytes; zlib level 1: 32x32 images compress as well as at 6."""
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, "PNG", compress_level=1)
-    return buffer.getvalue()
+    """uint8 (H, W, 3) -> PNG bytes (8-bit RGB, every row with the "Up" filter, zlib level 1).
+
+    Written directly rather than through Pillow: decoded images are smooth, so one fixed
+    filter compresses within 2% of Pillow's adaptive choice at 2.5x the speed, which is most
+    of what `vqtool decode` spends per image. Pillow and every PNG reader read it back.
+    """
+    h, w, _ = image.shape
+    flat = image.reshape(h, w * 3)
+    rows = np.empty((h, w * 3 + 1), np.uint8)  # a filter-type byte, then the row
+    rows[:, 0] = 2  # Up: each byte minus the one above (the first row has zeros above)
+    rows[0, 1:] = flat[0]
+    np.subtract(flat[1:], flat[:-1], out=rows[1:, 1:])  # uint8 arithmetic wraps mod 256
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, truecolour, no interlace
+    return (
+        PNG_SIGNATURE
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -29,7 +29,9 @@ class Residual(nn.Module):
         self.conv1 = nn.Conv2d(hidden, channels, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv1(F.relu(self.conv3(F.relu(x))))
+        # In-place ReLUs on fresh conv/add outputs (never on x, which the skip needs): no
+        # large allocation per layer, and autograd needs only the ReLU's own output.
+        return x + self.conv1(F.relu(self.conv3(F.relu(x)), inplace=True))
 
 
 class ResidualStack(nn.Module):
@@ -42,7 +44,7 @@ class ResidualStack(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers:
             x = layer(x)
-        return F.relu(x)
+        return F.relu(x, inplace=len(self.layers) > 0)
 
 
 class Encoder(nn.Module):
@@ -55,8 +57,8 @@ class Encoder(nn.Module):
         self.residual = ResidualStack(h, cfg.num_residual_hiddens, cfg.num_residual_layers)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, h, H/4, W/4)
-        x = F.relu(self.conv1(x))
-        x = F.relu(self.conv2(x))
+        x = F.relu(self.conv1(x), inplace=True)
+        x = F.relu(self.conv2(x), inplace=True)
         return self.residual(self.conv3(x))
 
 
@@ -71,7 +73,7 @@ class Decoder(nn.Module):
 
     def forward(self, q: Tensor) -> Tensor:  # (B, D, h, w) -> (B, 3, 4h, 4w)
         x = self.residual(self.conv(q))
-        return self.up2(F.relu(self.up1(x)))
+        return self.up2(F.relu(self.up1(x), inplace=True))
 
 
 class VQVAEOutput(NamedTuple):
