@@ -12,7 +12,6 @@ import torch
 from typer.testing import CliRunner
 
 from vqtool.checkpoint import (
-    atomic_write,
     fingerprint,
     load_checkpoint,
     load_model,
@@ -20,6 +19,7 @@ from vqtool.checkpoint import (
 )
 from vqtool.cli import app
 from vqtool.errors import UsageError, WorkError
+from vqtool.files import atomic_write
 
 runner = CliRunner()
 

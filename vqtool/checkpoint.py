@@ -8,8 +8,6 @@ file whose weights were changed behind its back is refused.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch
 from torch import Tensor
 
 from vqtool.errors import UsageError, WorkError
+from vqtool.files import atomic_write
 from vqtool.model import VQVAE, build_model
 from vqtool.profiles import Profile, profile_from_dict
 
@@ -45,40 +44,6 @@ def model_state(model: torch.nn.Module) -> dict[str, Tensor]:
     inner = getattr(model, "module", model)
     inner = getattr(inner, "_orig_mod", inner)
     return {k: v.detach().clone().cpu() for k, v in inner.state_dict().items()}
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Write through `write(file)` to a temp file beside `path`, fsync, rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file 0600; give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename is durable only once the directory entry is on disk.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

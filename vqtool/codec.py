@@ -21,17 +21,17 @@ import torch
 from torch import Tensor
 from torch.nn.utils import parametrize
 
-from vqtool.checkpoint import LoadedModel, atomic_write
+from vqtool.checkpoint import LoadedModel
 from vqtool.codes import CodeFile, check_codes_for_model, read_codes
 from vqtool.errors import UsageError, WorkError
 from vqtool.evaluate import to_model_input
+from vqtool.files import atomic_write, fsync_dir
 from vqtool.images import (
     MULTIPLE,
     Grid,
     ImageItem,
     file_mode,
     find_images,
-    fsync_dir,
     load_item,
     name_problem,
     pad_to,

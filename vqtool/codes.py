@@ -74,7 +74,7 @@ class CodeFile:
 
 def write_codes(path: Path, code_file: CodeFile) -> None:
     """Write a code file atomically (temp file, fsync, rename); it is validated first."""
-    from vqtool.checkpoint import atomic_write
+    from vqtool.files import atomic_write
 
     try:
         _validate(code_file, path)

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vqtool.checkpoint import atomic_write, load_model, resolve_checkpoint
+from vqtool.checkpoint import load_model, resolve_checkpoint
 from vqtool.data import load_cifar10
+from vqtool.files import atomic_write
 from vqtool.model import DOWNSAMPLE, VQVAE
 from vqtool.quantizer import code_counts, perplexity_from_counts
 

@@ -406,20 +406,6 @@ def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make the renames in `folder` durable (best effort: some filesystems refuse)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def file_mode() -> int:
     """The mode a plain open() would give a new file under the current umask."""
     umask = os.umask(0)

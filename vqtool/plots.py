@@ -26,7 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from vqtool.checkpoint import atomic_write  # noqa: E402
+from vqtool.files import atomic_write  # noqa: E402
 from vqtool.runs import Run  # noqa: E402
 
 if TYPE_CHECKING:

@@ -216,6 +216,6 @@ def emit_json(data: Any, target: str) -> None:
     else:
         from pathlib import Path
 
-        from vqtool.checkpoint import atomic_write
+        from vqtool.files import atomic_write
 
         atomic_write(Path(target), lambda f: f.write(text.encode()))
