@@ -219,7 +219,9 @@ def name_problem(name: str) -> str | None:
         return f"a name longer than {MAX_NAME_CHARS} characters"
     if name.startswith("/"):
         return f"an absolute name {name[:60]!r}"
-    if any(_bad_char(c) for c in name):
+    # Printable ASCII without a backslash is fine as it is: the common case, checked fast.
+    plain = name.isascii() and name.isprintable() and "\\" not in name
+    if not plain and any(_bad_char(c) for c in name):
         return f"a name with a backslash or control character {name[:60]!r}"
     for part in name.split("/"):
         if part in ("", ".", ".."):
