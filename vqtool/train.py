@@ -520,12 +520,13 @@ class Trainer:
             sums += self.train_step(x)
             self.step += 1
             count += 1
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                if self.placement.device.type == "cuda":
-                    torch.cuda.synchronize()
-                spent = time.perf_counter() - tick
-                window_train_s += spent
-                self.elapsed_s += spent
+            at_log = self.step % cfg.log_every == 0 or self.step == cfg.steps
+            if at_log and self.placement.device.type == "cuda":
+                torch.cuda.synchronize()  # the queued GPU work belongs to this window's time
+            spent = time.perf_counter() - tick
+            window_train_s += spent
+            self.elapsed_s += spent
+            if at_log:
                 last_record = self.log_record(sums, count, window_train_s)
                 self.write_metric(last_record)
                 self.callback(TrainEvent("log", self.step, cfg.steps, last_record))
@@ -534,10 +535,6 @@ class Trainer:
                 sums.zero_()
                 count = 0
                 window_train_s = 0.0
-            else:
-                spent = time.perf_counter() - tick
-                window_train_s += spent
-                self.elapsed_s += spent
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self.evaluate_test()
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
