@@ -8,9 +8,12 @@ learn them in a few steps; every batch is a protocol-2 pickle with str keys, as 
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
+import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +168,37 @@ def write_tiny_profile(path: Path, extra: str = "") -> Path:
     """Write the tiny test profile (plus `extra` TOML lines appended) to `path`."""
     path.write_text(TINY_PROFILE + extra)
     return path
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Long enough (200 steps of a few ms) that a signal sent at the first checkpoint lands mid-run.
+SLOW_PROFILE = """
+extends = "tiny.toml"
+
+[train]
+steps = 200
+log_every = 10
+checkpoint_every = 40
+"""
+
+
+def write_slow_profile(folder: Path) -> Path:
+    """The tiny model for 200 steps (`folder/slow.toml`, extending `folder/tiny.toml`)."""
+    write_tiny_profile(folder / "tiny.toml")
+    (folder / "slow.toml").write_text(SLOW_PROFILE)
+    return folder / "slow.toml"
+
+
+def source_env() -> dict[str, str]:
+    """The environment for a subprocess that must import vqtool from this checkout."""
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
+    """Poll until `path` exists; fails if `proc` ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.005)

@@ -95,36 +95,16 @@ def test_bad_profiles_exit_2_naming_the_problem(
 
 def test_train_then_evaluate(tiny_profile: Path, data_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "--profile",
-            str(tiny_profile),
-            "--run-dir",
-            str(run),
-            "--data-dir",
-            str(data_dir),
-        ],
-    )
+    train_args = ["train", "--profile", str(tiny_profile), "--run-dir", str(run)]
+    train_args += ["--data-dir", str(data_dir)]
+    result = runner.invoke(app, train_args)
     assert result.exit_code == 0, result.output
     assert str(run) in result.stdout
     assert "training on cpu" in result.output and "img/s" in result.output
     for name in ("profile.toml", "metrics.jsonl", "checkpoint.pt"):
         assert (run / name).is_file()
 
-    again = runner.invoke(
-        app,
-        [
-            "train",
-            "--profile",
-            str(tiny_profile),
-            "--run-dir",
-            str(run),
-            "--data-dir",
-            str(data_dir),
-        ],
-    )
+    again = runner.invoke(app, train_args)
     assert again.exit_code == 2 and "--resume" in one_error_line(again.output)
 
     result = runner.invoke(app, ["evaluate", str(run), "--data-dir", str(data_dir), "--json", "-"])
@@ -174,13 +154,19 @@ def test_evaluate_bad_split(trained_run: Path) -> None:
     assert result.exit_code == 2 and "split" in one_error_line(result.output)
 
 
+def download(data_dir: str | Path, source: str | Path, *flags: str):  # type: ignore[no-untyped-def]
+    """`vqtool download --data-dir D --source S FLAGS...` through the CliRunner."""
+    return runner.invoke(
+        app, ["download", "--data-dir", str(data_dir), "--source", str(source), *flags]
+    )
+
+
 def test_download_from_file_then_already_there(cifar_archive: Path, tmp_path: Path) -> None:
     target = tmp_path / "d"
-    args = ["download", "--data-dir", str(target), "--source", str(cifar_archive), "--no-verify"]
-    result = runner.invoke(app, args)
+    result = download(target, cifar_archive, "--no-verify")
     assert result.exit_code == 0, result.output
     assert (target / "cifar-10-batches-py" / "test_batch").is_file()
-    result = runner.invoke(app, args)
+    result = download(target, cifar_archive, "--no-verify")
     assert result.exit_code == 0 and "already" in result.output
 
 
@@ -191,49 +177,15 @@ def test_download_over_http_with_md5(cifar_archive: Path, http_server, tmp_path:
     shutil.copy(cifar_archive, http_server.root / "c.tar.gz")
     md5 = hashlib.md5(cifar_archive.read_bytes()).hexdigest()
     target = tmp_path / "d"
-    result = runner.invoke(
-        app,
-        [
-            "download",
-            "--data-dir",
-            str(target),
-            "--source",
-            http_server.url("c.tar.gz"),
-            "--md5",
-            md5,
-        ],
-    )
+    result = download(target, http_server.url("c.tar.gz"), "--md5", md5)
     assert result.exit_code == 0, result.output
-    bad = runner.invoke(
-        app,
-        [
-            "download",
-            "--data-dir",
-            str(tmp_path / "e"),
-            "--source",
-            http_server.url("c.tar.gz"),
-            "--md5",
-            "0" * 32,
-        ],
-    )
+    bad = download(tmp_path / "e", http_server.url("c.tar.gz"), "--md5", "0" * 32)
     assert bad.exit_code == 1 and "checksum" in one_error_line(bad.output)
     assert not (tmp_path / "e").exists()
 
 
 def test_download_md5_and_no_verify_together(cifar_archive: Path, tmp_path: Path) -> None:
-    result = runner.invoke(
-        app,
-        [
-            "download",
-            "--data-dir",
-            str(tmp_path / "d"),
-            "--source",
-            str(cifar_archive),
-            "--md5",
-            "0" * 32,
-            "--no-verify",
-        ],
-    )
+    result = download(tmp_path / "d", cifar_archive, "--md5", "0" * 32, "--no-verify")
     assert result.exit_code == 2
     one_error_line(result.output)
 
@@ -244,17 +196,7 @@ def test_download_unreachable_host(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = runner.invoke(
-        app,
-        [
-            "download",
-            "--data-dir",
-            str(tmp_path / "d"),
-            "--source",
-            f"http://127.0.0.1:{port}/x.tar.gz",
-            "--no-verify",
-        ],
-    )
+    result = download(tmp_path / "d", f"http://127.0.0.1:{port}/x.tar.gz", "--no-verify")
     assert result.exit_code == 1
     assert "vqtool download --source FILE" in one_error_line(result.output)
     assert not (tmp_path / "d").exists()

@@ -8,28 +8,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from helpers import write_tiny_profile
+from helpers import source_env, wait_for, write_slow_profile, write_tiny_profile
 
 from vqtool.checkpoint import load_checkpoint, model_state
 from vqtool.profiles import load_profile
 from vqtool.train import train
-
-REPO = Path(__file__).resolve().parent.parent
-
-SLOW = """
-extends = "tiny.toml"
-
-[train]
-steps = 200
-log_every = 10
-checkpoint_every = 40
-"""
 
 
 def free_port() -> int:
@@ -81,7 +69,7 @@ def test_two_processes_agree_and_match_one(data_dir: Path, tmp_path: Path) -> No
 
 
 def torchrun(*args: str, nproc: int = 2) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = source_env()
     return subprocess.Popen(
         [
             sys.executable,
@@ -98,14 +86,6 @@ def torchrun(*args: str, nproc: int = 2) -> subprocess.Popen[bytes]:
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-
-
-def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
 
 
 def children(pid: int) -> list[int]:
@@ -125,15 +105,9 @@ def descendants(pid: int) -> list[int]:
     return found + [d for child in found for d in descendants(child)]
 
 
-def slow_profile(folder: Path) -> Path:
-    write_tiny_profile(folder / "tiny.toml")
-    (folder / "slow.toml").write_text(SLOW)
-    return folder / "slow.toml"
-
-
 @pytest.mark.timeout(600)
 def test_two_process_sigkill_resume_is_bit_identical(data_dir: Path, tmp_path: Path) -> None:
-    common = ["train", "--profile", str(slow_profile(tmp_path)), "--data-dir", str(data_dir)]
+    common = ["train", "--profile", str(write_slow_profile(tmp_path)), "--data-dir", str(data_dir)]
     straight = torchrun(*common, "--run-dir", str(tmp_path / "straight"))
     assert straight.wait(timeout=300) == 0, straight.stderr.read().decode()
 
@@ -158,7 +132,7 @@ def test_two_process_sigkill_resume_is_bit_identical(data_dir: Path, tmp_path: P
 @pytest.mark.timeout(600)
 def test_one_rank_killed_then_resume_on_one_process(data_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    common = ["train", "--profile", str(slow_profile(tmp_path)), "--data-dir", str(data_dir)]
+    common = ["train", "--profile", str(write_slow_profile(tmp_path)), "--data-dir", str(data_dir)]
     job = torchrun(*common, "--run-dir", str(run))
     wait_for(run / "checkpoint.pt", job)
     workers = children(job.pid)
@@ -175,7 +149,7 @@ def test_one_rank_killed_then_resume_on_one_process(data_dir: Path, tmp_path: Pa
     assert not list(run.glob(".*.tmp"))
 
     # The 2-process run continues on 1 process: the batch size is global.
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = source_env()
     resumed = subprocess.run(
         [sys.executable, "-m", "vqtool", *common, "--run-dir", str(run), "--resume"],
         env=env,

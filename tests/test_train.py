@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_tiny_profile
+from helpers import source_env, wait_for, write_slow_profile, write_tiny_profile
 
 from vqtool.checkpoint import load_checkpoint
 from vqtool.errors import UsageError, WorkError
@@ -26,41 +24,15 @@ from vqtool.train import (
     truncate_metrics,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-
-# Long enough (200 steps of a few ms) that a signal sent at the first checkpoint lands mid-run.
-SIGNAL_PROFILE = """
-extends = "tiny.toml"
-
-[train]
-steps = 200
-log_every = 10
-checkpoint_every = 40
-"""
-
-
-def signal_profile(folder: Path) -> Path:
-    write_tiny_profile(folder / "tiny.toml")
-    (folder / "slow.toml").write_text(SIGNAL_PROFILE)
-    return folder / "slow.toml"
-
 
 def vqtool_process(*args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = source_env()
     return subprocess.Popen(
         [sys.executable, "-m", "vqtool", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-
-
-def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.005)
 
 
 def test_train_writes_run_files(tiny_profile: Path, data_dir: Path, tmp_path: Path) -> None:
@@ -138,7 +110,7 @@ def test_resume_extends_a_finished_run(tiny_profile: Path, data_dir: Path, tmp_p
 
 
 def test_sigkill_then_resume_is_bit_identical(data_dir: Path, tmp_path: Path) -> None:
-    profile = signal_profile(tmp_path)
+    profile = write_slow_profile(tmp_path)
     common = ["--profile", str(profile), "--data-dir", str(data_dir)]
     straight = vqtool_process("train", *common, "--run-dir", str(tmp_path / "straight"))
     assert straight.wait(timeout=300) == 0, straight.stderr.read().decode()
@@ -167,7 +139,7 @@ def test_sigkill_then_resume_is_bit_identical(data_dir: Path, tmp_path: Path) ->
 def test_signal_saves_checkpoint_and_exits(
     sig: signal.Signals, code: int, data_dir: Path, tmp_path: Path
 ) -> None:
-    profile = signal_profile(tmp_path)
+    profile = write_slow_profile(tmp_path)
     run = tmp_path / "run"
     proc = vqtool_process(
         "train", "--profile", str(profile), "--data-dir", str(data_dir), "--run-dir", str(run)
@@ -241,7 +213,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(
 
 
 def test_second_train_on_a_busy_run_folder_refuses(data_dir: Path, tmp_path: Path) -> None:
-    profile = signal_profile(tmp_path)
+    profile = write_slow_profile(tmp_path)
     run = tmp_path / "run"
     args = ["train", "--profile", str(profile), "--data-dir", str(data_dir), "--run-dir", str(run)]
     first = vqtool_process(*args)

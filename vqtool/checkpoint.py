@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from vqtool.errors import UsageError, WorkError
-from vqtool.files import atomic_write
+from vqtool.files import save_or_fail
 from vqtool.model import VQVAE, build_model
 from vqtool.profiles import Profile, profile_from_dict
 
@@ -50,14 +50,12 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Atomically save a checkpoint dict; adds format, version and the model fingerprint."""
     payload = {**payload, "format": FORMAT, "version": VERSION}
     payload["fingerprint"] = fingerprint(payload["model"])
-    try:
-        atomic_write(path, lambda f: torch.save(payload, f))
-    except OSError as exc:
-        raise WorkError(
-            f"could not write the checkpoint: {exc.strerror or exc}",
-            path,
-            "free disk space or choose another --run-dir; the previous checkpoint is intact",
-        ) from exc
+    save_or_fail(
+        path,
+        lambda f: torch.save(payload, f),
+        "the checkpoint",
+        "free disk space or choose another --run-dir; the previous checkpoint is intact",
+    )
 
 
 def resolve_checkpoint(path: Path) -> Path:

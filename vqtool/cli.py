@@ -117,11 +117,6 @@ RunOrCheckpoint = Annotated[
 ]
 
 
-def distributed_rank() -> int:
-    """This process's rank under torchrun (0 otherwise): only rank 0 reports results."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def _data_dir(data_dir: Path | None) -> Path:
     from vqtool.data import default_data_dir
 
@@ -194,6 +189,7 @@ def train(
 
     Example: [bold]vqtool train --profile smoke --run-dir runs/demo[/bold]
     """
+    from vqtool.distributed import world_from_env
     from vqtool.train import resolve_run
     from vqtool.train import train as run_training
 
@@ -208,7 +204,7 @@ def train(
             callback=shown,
             on_download=shown.download,
         )
-    if distributed_rank() == 0:
+    if world_from_env().rank == 0:  # under torchrun only rank 0 reports
         progress.out.print(str(folder), markup=False)
 
 

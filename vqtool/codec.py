@@ -25,7 +25,7 @@ from vqtool.checkpoint import LoadedModel
 from vqtool.codes import CodeFile, check_codes_for_model, read_codes
 from vqtool.errors import UsageError, WorkError
 from vqtool.evaluate import to_model_input
-from vqtool.files import atomic_write, fsync_dir
+from vqtool.files import DISK_FIX, fsync_dir, save_or_fail
 from vqtool.images import (
     MULTIPLE,
     Grid,
@@ -53,7 +53,6 @@ PNG_WRITERS = max(1, min(4, (os.cpu_count() or 2) // 2))
 PNG_TASK = 64  # images per PNG-writing task
 
 Progress = Callable[[int, int], None]
-_DISK = "check that the folder is writable and the disk has room"
 
 
 def _check_images(images: Tensor) -> None:
@@ -229,7 +228,7 @@ def _write_png(path: Path, image: np.ndarray, mode: int) -> None:
     try:
         write_file(path, png_bytes(image), mode)
     except OSError as exc:
-        raise WorkError(f"could not write the PNG: {exc.strerror or exc}", path, _DISK) from exc
+        raise WorkError(f"could not write the PNG: {exc.strerror or exc}", path, DISK_FIX) from exc
 
 
 def decode_file(
@@ -262,7 +261,7 @@ def decode_file(
             folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise WorkError(
-            f"could not make the folder: {exc.strerror or exc}", out_dir, _DISK
+            f"could not make the folder: {exc.strerror or exc}", out_dir, DISK_FIX
         ) from exc
     mode = file_mode()
     model = folded_model(loaded.model)
@@ -299,10 +298,5 @@ def decode_file(
         fsync_dir(folder)
     if grid is not None and sheet is not None:
         data = sheet.png()
-        try:
-            atomic_write(grid, lambda f: f.write(data))
-        except OSError as exc:
-            raise WorkError(
-                f"could not write the grid: {exc.strerror or exc}", grid, _DISK
-            ) from exc
+        save_or_fail(grid, lambda f: f.write(data), "the grid")
     return DecodeResult(n, Path(out_dir), grid, sheet.capacity if sheet is not None else 0)

@@ -74,7 +74,7 @@ class CodeFile:
 
 def write_codes(path: Path, code_file: CodeFile) -> None:
     """Write a code file atomically (temp file, fsync, rename); it is validated first."""
-    from vqtool.files import atomic_write
+    from vqtool.files import save_or_fail
 
     try:
         _validate(code_file, path)
@@ -100,14 +100,7 @@ def write_codes(path: Path, code_file: CodeFile) -> None:
                     )
 
     check_output(path)
-    try:
-        atomic_write(path, write)
-    except OSError as exc:
-        raise WorkError(
-            f"could not write the code file: {exc.strerror or exc}",
-            path,
-            "check that the folder is writable and the disk has room",
-        ) from exc
+    save_or_fail(path, write, "the code file")
 
 
 def check_output(path: Path) -> None:

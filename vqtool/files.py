@@ -8,6 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from vqtool.errors import WorkError
+
+DISK_FIX = "check that the folder is writable and the disk has room"
+
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write through `write(file)` to a temp file beside `path`, fsync, rename over it."""
@@ -41,3 +45,13 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def save_or_fail(
+    path: Path, write: Callable[[BinaryIO], object], what: str, fix: str = DISK_FIX
+) -> None:
+    """`atomic_write`, with a failure (disk full, no permission) as one WorkError line."""
+    try:
+        atomic_write(path, write)
+    except OSError as exc:
+        raise WorkError(f"could not write {what}: {exc.strerror or exc}", path, fix) from exc

@@ -213,11 +213,13 @@ class VectorQuantizer(nn.Module):
         quantized_flat = F.embedding(indices, self.embedding)  # (N, D)
         counts = code_counts(indices, self.num_embeddings)
         restarted = 0
-        if self.training:
+        if self.training and (self.uses_ema or self.dead_code_steps > 0):
+            # Codebook updates use every process's counts: reduced once, used by both steps.
+            global_counts = all_reduce_sum(counts)
             if self.uses_ema:
-                self._ema_step(flat.detach(), indices, counts)
+                self._ema_step(flat.detach(), indices, global_counts)
             if self.dead_code_steps > 0:
-                restarted = self._restart_dead_codes(flat.detach(), counts)
+                restarted = self._restart_dead_codes(flat.detach(), global_counts)
         quantized = quantized_flat.view(b, h, w, d).permute(0, 3, 1, 2)
         commitment = F.mse_loss(z, quantized.detach())
         if self.uses_ema:
@@ -232,14 +234,14 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _ema_step(self, flat: Tensor, indices: Tensor, counts: Tensor) -> None:
         sums = code_sums(flat, indices, self.num_embeddings)
-        counts, sums = all_reduce_sum(counts), all_reduce_sum(sums)
+        sums = all_reduce_sum(sums)
         ema_update_(self.cluster_size, counts, self.decay)
         ema_update_(self.embed_sum, sums, self.decay)
         self.embedding.copy_(codebook_from_ema(self.cluster_size, self.embed_sum))
 
     @torch.no_grad()
     def _restart_dead_codes(self, flat: Tensor, counts: Tensor) -> int:
-        used = all_reduce_sum(counts) > 0
+        used = counts > 0
         self.unused_steps.add_(1).masked_fill_(used, 0)
         dead = self.unused_steps >= self.dead_code_steps
         n_dead = int(dead.sum())

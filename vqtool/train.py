@@ -30,7 +30,6 @@ from torch import Tensor
 from vqtool import distributed
 from vqtool.checkpoint import (
     CHECKPOINT_NAME,
-    atomic_write,
     load_checkpoint,
     model_state,
     save_checkpoint,
@@ -38,6 +37,7 @@ from vqtool.checkpoint import (
 from vqtool.data import cifar10_present, download_cifar10, load_cifar10
 from vqtool.errors import Interrupted, UsageError, WorkError
 from vqtool.evaluate import evaluate_images, to_model_input
+from vqtool.files import atomic_write
 from vqtool.guard import CollapseGuard, agree
 from vqtool.model import VQVAE, build_model
 from vqtool.profiles import (
@@ -157,11 +157,12 @@ def resolve_run(
 
 
 def _refuse_model_or_data_change(saved: Profile, new: Profile, where: Path) -> None:
+    before, after = profile_to_dict(saved), profile_to_dict(new)
     changed = [
         f"{section}.{key}"
         for section in ("model", "data")
-        for key, value in profile_to_dict(new)[section].items()
-        if profile_to_dict(saved)[section].get(key) != value
+        for key, value in after[section].items()
+        if before[section].get(key) != value
     ]
     if changed:
         raise UsageError(
