@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Every GPU figure of issue 5 in one run (about 4 minutes on one H100/H200):
-#   1. the seed's recipe against vqtool ema-kaiming at batch 32 (target: vqtool >= 6,000 img/s),
-#      then vqtool's images/s at batch 32 to 4096, eager, and at 32 compiled;
+# Every GPU figure of issue 5 in one run (about 5 minutes on one H100/H200):
+#   1. the gpu tests (CUDA-graph steps against eager ones, no host syncs, bf16 with an fp32
+#      quantizer, checkpoints that load on the CPU);
 #   2. `vqtool train --profile fast` to test NMSE <= 0.056 (target: within 8 s of training),
-#      its figures read back from the run's metrics.jsonl;
-#   3. the gpu tests (bf16 with an fp32 quantizer, no host syncs per step).
+#      as it stands and with a few alternative settings, each summarised from its metrics.jsonl;
+#   3. the seed's recipe against vqtool ema-kaiming at batch 32 (target: vqtool >= 6,000 img/s),
+#      CUDA graphs on and off, then vqtool's images/s at batch 32 to 4096.
 #
 #   PYTHONPATH=. bash benchmarks/gpu_check.sh DATA_DIR [OUT_DIR]
 #
 # DATA_DIR holds cifar-10-batches-py/ (e.g. made beforehand with
 # `python3 make_cifar10_python.py --folder DATA_DIR --source cifar10-jpeg.tar.gz`).
-# OUT_DIR (default $OUT, else ./gpu-check) receives the logs, JSON figures and the fast run's
-# metrics.jsonl. A dry run on the CPU: VQTOOL_CHECK_TINY=1 (a few steps of everything).
+# OUT_DIR (default $OUT, else ./gpu-check) receives the logs, JSON figures and each run's
+# metrics.jsonl (the runs themselves go to a temporary folder). A dry run on the CPU:
+# VQTOOL_CHECK_TINY=1 (a few steps of everything).
 set -uo pipefail
 
 DATA=${1:?usage: gpu_check.sh DATA_DIR [OUT_DIR]}
@@ -19,22 +21,32 @@ OUTDIR=${2:-${OUT:-gpu-check}}
 PY=${PYTHON:-python}
 export PYTHONPATH=${PYTHONPATH:-.}
 mkdir -p "$OUTDIR"
+RUNS=$(mktemp -d)
+trap 'rm -rf "$RUNS"' EXIT
 
 if [[ ! -d "$DATA/cifar-10-batches-py" ]]; then
     echo "error: $DATA/cifar-10-batches-py not found (prepare it with make_cifar10_python.py --folder)" >&2
     exit 2
 fi
 
+# Time-to-quality runs: NAME and its --set overrides of the fast profile.
 if [[ -n "${VQTOOL_CHECK_TINY:-}" ]]; then
     # Known to run, not to measure: tiny step counts, CPU allowed.
-    BENCH_STEPS=4; ROUNDS=1; SIZES=32,64; COMPILED_SIZES=32
-    FAST_SET=(--set train.steps=8 --set train.log_every=4 --set train.eval_every=4
-              --set train.warmup_steps=2 --set train.compile=false --set data.batch_size=64)
+    BENCH_STEPS=4; SIZES=32,64; LIMIT=600
+    TINY="train.steps=8,train.log_every=4,train.eval_every=4,train.warmup_steps=2,data.batch_size=64"
+    VARIANTS=("fast:$TINY,train.compile=false" "b1024:$TINY,train.compile=false,train.learning_rate=2e-3")
     TESTS=(tests/test_speed.py)
+    LATE_VARIANTS=()
 else
-    BENCH_STEPS=300; ROUNDS=1; SIZES=32,256,512,1024,4096; COMPILED_SIZES=32
-    FAST_SET=()
-    # The fast run above already trains compiled on CUDA; skip the compile test's second compile.
+    BENCH_STEPS=300; SIZES=32,256,1024,4096; LIMIT=150
+    VARIANTS=(
+        "fast:train.compile=false"
+        "steps2000:train.compile=false,train.steps=2000"
+        "b1024:train.compile=false,data.batch_size=1024,train.learning_rate=2e-3,train.steps=2000"
+        "b256:train.compile=false,data.batch_size=256,train.learning_rate=1e-3,train.steps=4000"
+    )
+    # Last, as compiling takes a while: torch.compile with the CUDA graph around it.
+    LATE_VARIANTS=("compiled:train.compile=true")
     TESTS=(-m gpu -k "not compile" tests/test_speed.py)
 fi
 
@@ -52,30 +64,43 @@ else:
     print("gpu: none (CPU dry run)")
 EOF
 
-step "1. images/s: seed recipe vs vqtool (batch 32), then by batch size, eager"
-$PY benchmarks/bench_train.py --data-dir "$DATA" --steps "$BENCH_STEPS" --rounds "$ROUNDS" \
-    --batch-sizes "$SIZES" --no-ttq --json "$OUTDIR/bench-eager.json" || status=1
+step "1. gpu tests"
+timeout 180 $PY -m pytest -q -p no:cacheprovider "${TESTS[@]}" 2>&1 | tail -25 || status=1
 
-step "1b. images/s compiled (train.compile=true; start-up includes compilation)"
-$PY benchmarks/bench_train.py --data-dir "$DATA" --steps "$BENCH_STEPS" --no-seed \
-    --batch-sizes "$COMPILED_SIZES" --compile --no-ttq --json "$OUTDIR/bench-compiled.json" \
-    || status=1
+time_to_quality() {
+for variant in "$@"; do
+    name=${variant%%:*}
+    sets=()
+    IFS=, read -ra pairs <<< "${variant#*:}"
+    for pair in "${pairs[@]}"; do sets+=(--set "$pair"); done
+    echo; echo "-- $name: ${sets[*]}"
+    start=$(date +%s%N)
+    timeout "$LIMIT" $PY -m vqtool train --profile fast --data-dir "$DATA" \
+        --run-dir "$RUNS/$name" "${sets[@]}" > "$OUTDIR/ttq-$name.log" 2>&1 || status=1
+    grep -v "^step " "$OUTDIR/ttq-$name.log" | tail -8
+    echo "wall time of the whole command: $(( ($(date +%s%N) - start) / 1000000 )) ms"
+    if [[ -f "$RUNS/$name/metrics.jsonl" ]]; then
+        cp "$RUNS/$name/metrics.jsonl" "$OUTDIR/ttq-$name.metrics.jsonl"
+        $PY benchmarks/bench_train.py --summarize "$RUNS/$name/metrics.jsonl" \
+            --json "$OUTDIR/ttq-$name.json" || status=1
+    else
+        echo "no metrics.jsonl: the run failed (see ttq-$name.log)"; status=1
+    fi
+done
+}
 
-step "2. vqtool train --profile fast (time to test NMSE <= 0.056)"
-rm -rf "$OUTDIR/fast"
-start=$(date +%s)
-$PY -m vqtool train --profile fast --data-dir "$DATA" --run-dir "$OUTDIR/fast" ${FAST_SET[@]+"${FAST_SET[@]}"} \
-    2>&1 | tee "$OUTDIR/fast.log" | grep -v "^step " || true
-echo "wall time of the whole command: $(( $(date +%s) - start )) s"
-if [[ -f "$OUTDIR/fast/metrics.jsonl" ]]; then
-    $PY benchmarks/bench_train.py --summarize "$OUTDIR/fast/metrics.jsonl" \
-        --json "$OUTDIR/fast-summary.json" || status=1
-else
-    echo "no metrics.jsonl: the fast run failed (see $OUTDIR/fast.log)"; status=1
+step "2. vqtool train --profile fast: time to test NMSE <= 0.056"
+time_to_quality "${VARIANTS[@]}"
+
+step "3. images/s: seed recipe vs vqtool (batch 32, CUDA graphs on and off), then by batch size"
+timeout 300 $PY benchmarks/bench_train.py --data-dir "$DATA" --steps "$BENCH_STEPS" --rounds 1 \
+    --batch-sizes "$SIZES" --variant eager=train.cuda_graphs=false --no-ttq \
+    --json "$OUTDIR/bench.json" || status=1
+
+if (( ${#LATE_VARIANTS[@]} )); then
+    step "4. the fast profile compiled (torch.compile inside the CUDA graph)"
+    time_to_quality "${LATE_VARIANTS[@]}"
 fi
-
-step "3. gpu tests"
-$PY -m pytest -q -p no:cacheprovider "${TESTS[@]}" 2>&1 | tail -15 || status=1
 
 echo
 echo "figures and logs in $OUTDIR (exit status $status)"

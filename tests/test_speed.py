@@ -95,8 +95,9 @@ def test_bf16_training_step_keeps_the_quantizer_in_fp32(tmp_path: Path) -> None:
 @pytest.mark.gpu
 @cuda
 def test_cuda_training_step_does_not_sync_with_the_host(tmp_path: Path) -> None:
-    # Host syncs stall the GPU queue every step; dead-code restart (off here) needs one.
-    trainer = tiny_trainer(tmp_path, "cuda", ["model.dead_code_steps=0"])
+    # Host syncs stall the GPU queue every step (and cannot be recorded in a CUDA graph);
+    # eager steps, with dead-code restart on, must not make one.
+    trainer = tiny_trainer(tmp_path, "cuda", ["model.dead_code_steps=2", "train.cuda_graphs=false"])
     trainer.model.train()
     x = trainer.next_batch(0)
     trainer.init_codebook(x)
@@ -116,3 +117,63 @@ def test_compile_on_cuda_trains_and_saves_a_plain_checkpoint(
     data_dir: Path, tmp_path: Path
 ) -> None:
     train_compiled(tmp_path, data_dir, "cuda")
+
+
+def run_steps(trainer: Trainer, steps: int) -> list[list[float]]:
+    trainer.model.train()
+    out = []
+    for step in range(steps):
+        x = trainer.next_batch(step)
+        if step == 0:
+            trainer.init_codebook(x)
+        out.append(trainer.train_step(x).tolist())
+        trainer.step += 1
+    return out
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_graph_steps_train_like_eager_steps(tmp_path: Path) -> None:
+    # Same seed, same batches: the recorded and replayed steps (with a learning rate that
+    # changes every step and EMA codebook updates) follow the eager ones.
+    schedule = ["train.warmup_steps=8", "train.lr_schedule=cosine", "model.dead_code_steps=0"]
+    eager = tiny_trainer(tmp_path / "eager", "cuda", [*schedule, "train.cuda_graphs=false"])
+    graphed = tiny_trainer(tmp_path / "graphed", "cuda", [*schedule, "train.cuda_graphs=true"])
+    assert eager.graphed is None and graphed.graphed is not None
+    a, b = run_steps(eager, 12), run_steps(graphed, 12)
+    assert graphed.graphed.graph is not None and graphed.graphed.failure is None
+    for row_a, row_b in zip(a, b, strict=True):
+        assert row_b[0] == pytest.approx(row_a[0], rel=0.05)  # NMSE, bf16 autocast both
+    assert float(graphed.optimizer.param_groups[0]["lr"]) == pytest.approx(
+        eager.optimizer.param_groups[0]["lr"]
+    )
+    states = zip(eager.model.state_dict().items(), graphed.model.state_dict().values(), strict=True)
+    for (name, p_a), p_b in states:
+        assert torch.allclose(p_a.float(), p_b.float(), rtol=0.05, atol=0.02), name
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_graph_steps_restart_dead_codes(tmp_path: Path) -> None:
+    trainer = tiny_trainer(tmp_path, "cuda", ["model.dead_code_steps=2", "train.cuda_graphs=true"])
+    rows = run_steps(trainer, 12)
+    assert trainer.graphed is not None and trainer.graphed.graph is not None
+    assert sum(row[3] for row in rows[5:]) > 0  # codes re-seeded inside the replays
+    assert all(torch.isfinite(torch.tensor(row)).all() for row in rows)
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_graph_run_saves_a_checkpoint_that_loads_on_the_cpu(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    profile = load_profile(
+        write_tiny_profile(tmp_path / "tiny.toml"),
+        ["train.device=cuda", "train.cuda_graphs=true", "train.steps=12", "train.log_every=4"],
+    )
+    result = train(profile, tmp_path / "run", data_dir)
+    assert result.step == 12
+    payload = load_checkpoint(tmp_path / "run")
+    assert all(isinstance(g["lr"], float) for g in payload["optimizer"]["param_groups"])
+    loaded = load_model(tmp_path / "run", device="cpu")
+    assert loaded.model.encode(torch.zeros(1, 3, 32, 32)).shape == (1, 8, 8)

@@ -40,6 +40,13 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def rank_and_size() -> tuple[int, int]:
+    """This process's rank and the process count of the active group ((0, 1) alone)."""
+    if active():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 @contextlib.contextmanager
 def process_group(world: World, device: torch.device) -> Iterator[None]:
     """Join the process group for the run (gloo on the CPU, nccl on CUDA) and leave it after."""

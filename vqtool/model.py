@@ -81,7 +81,7 @@ class VQVAEOutput(NamedTuple):
     vq_loss: Tensor  # scalar
     perplexity: Tensor  # scalar
     indices: Tensor  # (B, H/4, W/4)
-    restarted: int  # dead codes re-seeded this step
+    restarted: Tensor  # scalar: dead codes re-seeded this step
 
 
 class VQVAE(nn.Module):

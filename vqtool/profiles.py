@@ -69,6 +69,7 @@ class TrainConfig:
     precision: str = "auto"
     device: str = "auto"
     compile: bool = False
+    cuda_graphs: bool = True  # one CUDA process: each step replayed as one recorded CUDA graph
     lr_schedule: str = "constant"
     warmup_steps: int = 0  # linear warm-up from 0 to learning_rate
     collapse_guard: bool = False

@@ -131,7 +131,8 @@ class TrainProgress(_Bar):
         record: Mapping[str, Any] = event.record
         if event.kind == "start":
             compiled = ", torch.compile" if record.get("compile") else ""
-            self.setup = f"{record['device']}, {record['precision']}{compiled}"
+            graphs = ", CUDA graphs" if record.get("cuda_graphs") else ""
+            self.setup = f"{record['device']}, {record['precision']}{compiled}{graphs}"
             self.first_log = True
             info(
                 f"training on {self.setup}, "

@@ -13,7 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqtool.distributed import all_gather_rows, all_reduce_sum, broadcast_from_rank0
+from vqtool.distributed import (
+    all_gather_rows,
+    all_reduce_sum,
+    broadcast_from_rank0,
+    rank_and_size,
+)
 
 # Laplace smoothing of the EMA cluster sizes (Sonnet's epsilon): keeps every divisor positive.
 EMA_EPSILON = 1e-5
@@ -24,7 +29,7 @@ class QuantizerOutput(NamedTuple):
     loss: Tensor  # scalar: codebook + commitment terms (commitment only with EMA)
     perplexity: Tensor  # scalar: exp(entropy) of the batch's code histogram
     indices: Tensor  # (B, H, W) int64
-    restarted: int  # dead codes re-seeded in this step
+    restarted: Tensor  # scalar: dead codes re-seeded in this step
 
 
 def squared_distances(z: Tensor, codebook: Tensor) -> Tensor:
@@ -212,7 +217,7 @@ class VectorQuantizer(nn.Module):
         indices = nearest_codes(flat, self.codebook())
         quantized_flat = F.embedding(indices, self.embedding)  # (N, D)
         counts = code_counts(indices, self.num_embeddings)
-        restarted = 0
+        restarted = counts.new_zeros(())
         if self.training and (self.uses_ema or self.dead_code_steps > 0):
             # Codebook updates use every process's counts: reduced once, used by both steps.
             global_counts = all_reduce_sum(counts)
@@ -240,14 +245,27 @@ class VectorQuantizer(nn.Module):
         self.embedding.copy_(codebook_from_ema(self.cluster_size, self.embed_sum))
 
     @torch.no_grad()
-    def _restart_dead_codes(self, flat: Tensor, counts: Tensor) -> int:
-        used = counts > 0
-        self.unused_steps.add_(1).masked_fill_(used, 0)
+    def _restart_dead_codes(self, flat: Tensor, counts: Tensor) -> Tensor:
+        """Re-seed codes unused for `dead_code_steps` steps from this step's encoder outputs.
+
+        Every step draws a candidate for every code from the global batch and keeps those of
+        the dead codes. Nothing is read back to the host, so a GPU never waits here and the
+        step can be captured as a CUDA graph; every process draws the same picks (same seed,
+        same RNG use), so one process and several give the same codebook.
+        """
+        self.unused_steps.add_(1).masked_fill_(counts > 0, 0)
         dead = self.unused_steps >= self.dead_code_steps
-        n_dead = int(dead.sum())
-        if n_dead == 0:
-            return 0
-        # Re-seed from this step's encoder outputs (the global batch); rank 0 draws, all agree.
-        vectors = broadcast_from_rank0(sample_rows(all_gather_rows(flat), n_dead))
-        self.set_codes(dead, vectors)
-        return n_dead
+        rank, size = rank_and_size()
+        n = flat.shape[0]
+        picks = torch.randint(n * size, (self.num_embeddings,), device=flat.device) - rank * n
+        # Each process contributes the picked rows it holds; the sum assembles the draw.
+        mine = (picks >= 0) & (picks < n)
+        rows = all_reduce_sum(torch.where(mine.unsqueeze(1), flat[picks.clamp(0, n - 1)], 0.0))
+        vectors = rows + 1e-4 * rows.std().clamp_min(1e-6) * torch.randn_like(rows)
+        keep = dead.unsqueeze(1)
+        self.embedding.data.copy_(torch.where(keep, vectors, self.embedding.data))
+        if self.uses_ema:
+            self.cluster_size.copy_(torch.where(dead, 1.0, self.cluster_size))
+            self.embed_sum.copy_(torch.where(keep, vectors, self.embed_sum))
+        self.unused_steps.masked_fill_(dead, 0)
+        return dead.sum().float()

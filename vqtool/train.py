@@ -38,6 +38,7 @@ from vqtool.data import cifar10_present, download_cifar10, load_cifar10
 from vqtool.errors import Interrupted, UsageError, WorkError
 from vqtool.evaluate import evaluate_images, to_model_input
 from vqtool.files import atomic_write
+from vqtool.graphs import GraphedStep, learning_rates_as_floats, set_learning_rate
 from vqtool.guard import CollapseGuard, agree
 from vqtool.model import VQVAE, build_model
 from vqtool.profiles import (
@@ -319,6 +320,11 @@ class Trainer:
         )
         # What the training step calls: the model itself, or its DDP wrapper (see `run`).
         self.forward_model: torch.nn.Module = self.model
+        # One CUDA process: the whole step recorded as a CUDA graph (vqtool/graphs.py).
+        self.graphed: GraphedStep | None = None
+        if cfg.cuda_graphs and placement.device.type == "cuda" and placement.world_size == 1:
+            self.graphed = GraphedStep(self.optimizer_step, self.optimizer)
+        self._graph_failure_told = False
         self.guard = CollapseGuard.for_profile(profile)
         self.step = 0
         self.elapsed_s = 0.0
@@ -350,7 +356,7 @@ class Trainer:
         return {
             "profile": profile_to_dict(self.profile),
             "model": model_state(self.model),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": learning_rates_as_floats(self.optimizer.state_dict()),
             "step": self.step,
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -400,10 +406,21 @@ class Trainer:
 
     def train_step(self, x: Tensor) -> Tensor:
         """One optimizer step; returns (nmse, vq_loss, perplexity, restarted) as a device tensor."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.profile, self.step, self.lr_scale)
+        set_learning_rate(self.optimizer, learning_rate(self.profile, self.step, self.lr_scale))
+        if self.graphed is not None:
+            return self.graphed(x)
+        return self.optimizer_step(x)
+
+    def optimizer_step(self, x: Tensor) -> Tensor:
+        """Forward, backward and update: the part of a step that a CUDA graph records."""
         dtype = self.placement.autocast_dtype
-        with torch.autocast(self.placement.device.type, dtype=dtype, enabled=dtype is not None):
+        device_type = self.placement.device.type
+        # No autocast weight cache on CUDA: a graph cannot record it, and each weight is cast
+        # once per step anyway.
+        autocast = torch.autocast(
+            device_type, dtype=dtype, enabled=dtype is not None, cache_enabled=device_type != "cuda"
+        )
+        with autocast:
             out = self.forward_model(x)
         # NMSE as in Sonnet and zalando: MSE over the variance of the training pixels.
         nmse = F.mse_loss(out.reconstruction.float(), x) / self.variance
@@ -416,7 +433,7 @@ class Trainer:
                 nmse.detach(),
                 out.vq_loss.detach(),
                 out.perplexity.detach(),
-                nmse.new_full((), float(out.restarted)),  # a fill, not a host-to-device copy
+                out.restarted,
             ]
         )
 
@@ -482,6 +499,8 @@ class Trainer:
             self.guard.snapshot(self.model, self.optimizer)
             return
         good_step = self.guard.restore(self.model, self.optimizer)
+        if self.graphed is not None:
+            self.graphed.reset()  # the optimizer's state tensors were replaced
         self.lr_scale *= self.guard.lr_factor
         note = {
             "kind": "guard",
@@ -495,6 +514,15 @@ class Trainer:
             f"collapse guard: {verdict.reason}; restored the state of step {good_step}, "
             f"learning rate x{self.lr_scale:g}"
         )
+        self.callback(TrainEvent("note", self.step, self.profile.train.steps, note, message))
+
+    def tell_graph_failure(self) -> None:
+        if self.graphed is None or self.graphed.failure is None or self._graph_failure_told:
+            return
+        self._graph_failure_told = True
+        message = f"CUDA graph recording failed ({self.graphed.failure}); training goes on eagerly"
+        note = {"kind": "note", "step": self.step, "message": message}
+        self.write_metric(note)
         self.callback(TrainEvent("note", self.step, self.profile.train.steps, note, message))
 
     def should_stop(self, stop: StopSignals) -> bool:
@@ -520,6 +548,7 @@ class Trainer:
                 self.init_codebook(x)
             sums += self.train_step(x)
             self.step += 1
+            self.tell_graph_failure()
             count += 1
             at_log = self.step % cfg.log_every == 0 or self.step == cfg.steps
             if at_log and self.placement.device.type == "cuda":
@@ -635,6 +664,7 @@ def describe(placement: Placement, trainer: Trainer) -> dict[str, Any]:
         "device": name,
         "precision": "bf16 autocast (fp32 quantizer)" if placement.autocast_dtype else "fp32",
         "compile": trainer.profile.train.compile,
+        "cuda_graphs": trainer.graphed is not None,
         "world_size": placement.world_size,
         "train_images": int(trainer.images.shape[0]),
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
