@@ -77,8 +77,9 @@ def test_shipped_profiles_differ_from_the_base_as_documented() -> None:
     assert (ema.model.decay, ema.model.kaiming_init) == (0.99, False)
     assert smoke.model.num_embeddings == 128 and smoke.train.steps == 800
     assert smoke.model.kaiming_init is False  # inherited from ema through two levels
-    assert (fast.data.batch_size, fast.train.steps, fast.train.learning_rate) == (512, 3000, 1.5e-3)
-    assert fast.train.compile and fast.train.collapse_guard and fast.model.dead_code_steps > 0
+    assert (fast.data.batch_size, fast.train.steps, fast.train.learning_rate) == (512, 4000, 1.5e-3)
+    assert fast.train.cuda_graphs and not fast.train.amsgrad and not fast.model.kaiming_init
+    assert fast.train.collapse_guard and fast.model.dead_code_steps > 0
 
 
 def test_round_trip_keeps_awkward_strings_and_floats(tmp_path: Path) -> None:

@@ -137,10 +137,12 @@ def test_cuda_graph_steps_train_like_eager_steps(tmp_path: Path) -> None:
     # Same seed, same batches: the recorded and replayed steps (with a learning rate that
     # changes every step and EMA codebook updates) follow the eager ones.
     schedule = ["train.warmup_steps=8", "train.lr_schedule=cosine", "model.dead_code_steps=0"]
+    # Each trainer seeds the RNGs when built: build and run one, then the other.
     eager = tiny_trainer(tmp_path / "eager", "cuda", [*schedule, "train.cuda_graphs=false"])
+    a = run_steps(eager, 12)
     graphed = tiny_trainer(tmp_path / "graphed", "cuda", [*schedule, "train.cuda_graphs=true"])
+    b = run_steps(graphed, 12)
     assert eager.graphed is None and graphed.graphed is not None
-    a, b = run_steps(eager, 12), run_steps(graphed, 12)
     assert graphed.graphed.graph is not None and graphed.graphed.failure is None
     for row_a, row_b in zip(a, b, strict=True):
         assert row_b[0] == pytest.approx(row_a[0], rel=0.05)  # NMSE, bf16 autocast both

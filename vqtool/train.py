@@ -102,7 +102,7 @@ def resolve_placement(profile: Profile, world: distributed.World) -> Placement:
     device = resolve_device(profile.train.device)
     if device.type == "cuda" and world.size > 1 and device.index is None:
         device = torch.device("cuda", world.local_rank)
-    if device.type == "cuda":
+    if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     return Placement(
         device, resolve_precision(profile.train.precision, device), world.rank, world.size
@@ -447,7 +447,7 @@ class Trainer:
             "nmse": nmse,
             "vq_loss": vq_loss,
             "perplexity": perplexity,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
             "images_per_s": (
                 count * self.profile.data.batch_size / window_s if window_s > 0 else 0.0
             ),
