@@ -54,6 +54,25 @@ def test_python_dash_m_works() -> None:
     assert result.returncode == 0 and "train" in result.stdout
 
 
+def test_the_command_keeps_its_output_and_exit_code_through_its_fast_exit() -> None:
+    # main() ends with os._exit after flushing: nothing printed may be lost, codes stay.
+    def vqtool(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "vqtool", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    shown = vqtool("profiles", "ema-kaiming")
+    assert shown.returncode == 0 and shown.stdout.rstrip().endswith("collapse_guard = false")
+    refused = vqtool("train", "--profile", "no-such-profile")
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert len(refused.stderr.strip().splitlines()) == 1 and "no-such-profile" in refused.stderr
+    # A reader that stops early (| head -1): no traceback about the closed pipe.
+    piped = subprocess.run(
+        f"{sys.executable} -m vqtool profiles ema-kaiming | head -1",
+        shell=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert piped.returncode == 0 and "Traceback" not in piped.stderr
+
+
 def test_profiles_lists_and_resolves() -> None:
     result = runner.invoke(app, ["profiles"])
     assert result.exit_code == 0

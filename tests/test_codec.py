@@ -4,6 +4,7 @@ against evaluate, real-photo kinds, folders, and every error path as one line.""
 from __future__ import annotations
 
 import dataclasses
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -442,3 +443,69 @@ def test_pixel_budget_bounds_batches() -> None:
     assert list(codec.batch_ranges(5, 2, 1024)) == [(0, 2), (2, 4), (4, 5)]
     assert list(codec.batch_ranges(3, 256, 1000 * 872)) == [(0, 1), (1, 2), (2, 3)]
     assert len(list(codec.batch_ranges(10_000, 256, 1024))) == 40
+
+
+def test_png_bytes_store_small_images_and_compress_large_ones() -> None:
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    ramp = np.linspace(0, 255, 300, dtype=np.uint8)
+    large = np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :200], 128), axis=-1)
+    large = large.astype(np.uint8)
+    for image, compressed in ((small, False), (large, True)):
+        data = images.png_bytes(np.ascontiguousarray(image))
+        with Image.open(io.BytesIO(data)) as read:
+            assert np.array_equal(np.asarray(read), image)
+        raw_size = image.size + image.shape[0]  # one filter byte a row
+        assert (len(data) < raw_size // 2) is compressed
+
+
+def test_decode_into_a_new_folder_appears_whole(trained_run: Path, tmp_path: Path) -> None:
+    data = make_cifar_folder(tmp_path / "d")
+    assert (
+        invoke("encode", trained_run, "cifar10:test:12", "-o", "c.vqc", "--data-dir", data)[0] == 0
+    )
+    code, output = invoke("decode", trained_run, "c.vqc", "-o", "new/sub")
+    assert code == 0, output
+    assert len(list((tmp_path / "new" / "sub").glob("*.png"))) == 12
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["sub"]  # no staging left
+    umask = images.current_umask()
+    assert (tmp_path / "new" / "sub").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in (tmp_path / "new/sub").iterdir())
+    # Into the folder that now exists: each PNG replaced through a temp name of its own.
+    code, output = invoke("decode", trained_run, "c.vqc", "-o", "new/sub")
+    assert code == 0, output
+    assert sorted(p.name for p in (tmp_path / "new" / "sub").iterdir()) == sorted(
+        f"cifar10-test-{i:05d}.png" for i in range(12)
+    )
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_a_failed_decode_leaves_no_png_and_no_temp_file(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exists: bool
+) -> None:
+    data = make_cifar_folder(tmp_path / "d")
+    assert (
+        invoke("encode", trained_run, "cifar10:test:12", "-o", "c.vqc", "--data-dir", data)[0] == 0
+    )
+    if exists:
+        (tmp_path / "out").mkdir()
+    calls = []
+
+    def full_disk(write: codec.Writer) -> codec.Writer:
+        def writer(path: Path, data: bytes, mode: int) -> None:
+            calls.append(path)
+            if len(calls) > 5:
+                raise OSError(28, "No space left on device")
+            write(path, data, mode)
+
+        return writer
+
+    monkeypatch.setattr(codec, "_write_new_file", full_disk(codec._write_new_file))
+    monkeypatch.setattr(codec, "write_file", full_disk(codec.write_file))
+    code, output = invoke("decode", trained_run, "c.vqc", "-o", "out")
+    assert code == 1 and "No space left" in one_error_line(output)
+    if exists:  # the PNGs written before the failure are whole; no temp file is left
+        names = [p.name for p in (tmp_path / "out").iterdir()]
+        assert all(n.endswith(".png") and not n.startswith(".") for n in names) and len(names) <= 5
+    else:  # the new folder never appeared, and its staging folder is gone
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["c.vqc", "d"]

@@ -58,8 +58,9 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     )
 
 
-def resolve_checkpoint(path: Path) -> Path:
+def resolve_checkpoint(path: str | Path) -> Path:
     """A run folder or a checkpoint file -> the checkpoint file."""
+    path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
         if not path.is_file():
@@ -71,7 +72,7 @@ def resolve_checkpoint(path: Path) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and verify a checkpoint (run folder or file); never executes code from it."""
     path = resolve_checkpoint(path)
     try:
@@ -116,7 +117,7 @@ class LoadedModel(NamedTuple):
     path: Path
 
 
-def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the model from a checkpoint's own profile (never from weight shapes).
 
     The model comes back in eval mode.

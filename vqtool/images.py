@@ -12,7 +12,7 @@ import math
 import os
 import re
 import struct
-import tempfile
+import threading
 import unicodedata
 import warnings
 import zlib
@@ -369,14 +369,22 @@ def _png_chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
 
+# Images this small are stored in their PNGs without compression: for a 32x32 image deflate
+# takes 58 us of the 68 us a PNG costs and saves 6% of its 3 KB (measured on 10,000 decoded
+# CIFAR-10 test images); larger images compress better and their pixels outweigh its set-up.
+STORED_PNG_PIXELS = 64 * 64
+
+
 def png_bytes(image: np.ndarray) -> bytes:
-    """uint8 (H, W, 3) -> PNG bytes (8-bit RGB, every row with the "Up" filter, zlib level 1).
+    """uint8 (H, W, 3) -> PNG bytes (8-bit RGB, every row with the "Up" filter, zlib level 1;
+    stored without compression up to STORED_PNG_PIXELS pixels).
 
     Written directly rather than through Pillow: decoded images are smooth, so one fixed
     filter compresses within 2% of Pillow's adaptive choice at 2.5x the speed, which is most
     of what `vqtool decode` spends per image. Pillow and every PNG reader read it back.
     """
     h, w, _ = image.shape
+    level = 0 if h * w <= STORED_PNG_PIXELS else 1
     flat = image.reshape(h, w * 3)
     rows = np.empty((h, w * 3 + 1), np.uint8)  # a filter-type byte, then the row
     rows[:, 0] = 2  # Up: each byte minus the one above (the first row has zeros above)
@@ -386,7 +394,7 @@ def png_bytes(image: np.ndarray) -> bytes:
     return (
         PNG_SIGNATURE
         + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
+        + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), level))
         + _png_chunk(b"IEND", b"")
     )
 
@@ -395,24 +403,35 @@ def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write to a temp file beside `path`, then rename over it: never a torn file at `path`.
 
     Unlike checkpoint.atomic_write this does not fsync each file (about 1 ms apiece, 10 s for
-    the 10,000 PNGs of the test split); callers fsync the folders once at the end.
+    the 10,000 PNGs of the test split); callers fsync the folders once at the end. Plain
+    os calls: a file object and mkstemp's random names cost more than the write itself here.
+    The temp name holds the process and thread ids, so concurrent writers never share one.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def file_mode() -> int:
     """The mode a plain open() would give a new file under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~current_umask()
 
 
 class Grid:
