@@ -1,4 +1,5 @@
-"""All benchmarks (`nox -s bench`): training speed, then the codec benchmark when present.
+"""All benchmarks (`nox -s bench`): training speed, the CPU's ceiling for it (on the CPU), then
+the codec benchmark when present.
 
     python benchmarks/run.py [--data-dir D] [--codec-run R] [--codec-images N]
                              [bench_train.py options...]
@@ -11,6 +12,7 @@ depends on the model's sizes, not on how well it is trained).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -85,9 +87,28 @@ def main(argv: list[str]) -> int:
     path = os.pathsep.join(p for p in (str(HERE.parent), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path}
     print("== training speed (benchmarks/bench_train.py)", flush=True)
-    status = subprocess.call([sys.executable, str(HERE / "bench_train.py"), *argv], env=env)
+    with tempfile.TemporaryDirectory(prefix="vqtool-bench-") as tmp:
+        figures = Path(tmp) / "train.json"
+        train = [sys.executable, str(HERE / "bench_train.py"), *argv]
+        if "--json" not in argv:
+            train += ["--json", str(figures)]
+        status = subprocess.call(train, env=env)
+        status |= _ceiling(figures, env)
     status |= _codec(_data_dir(argv), codec_run, codec_images, env)
     return status
+
+
+def _ceiling(figures: Path, env: dict[str, str]) -> int:
+    """On the CPU: what any implementation of the network could reach here (cpu_ceiling.py)."""
+    if not figures.is_file():
+        return 0
+    result = json.loads(figures.read_text())
+    if not str(result.get("device", "")).startswith("cpu"):
+        return 0
+    print("== CPU ceiling (benchmarks/cpu_ceiling.py)", flush=True)
+    seed = result.get("seed_vs_vqtool", {}).get("median", {}).get("seed")
+    extra = ["--seed-images-per-s", str(seed)] if seed else []
+    return subprocess.call([sys.executable, str(HERE / "cpu_ceiling.py"), *extra], env=env)
 
 
 if __name__ == "__main__":
