@@ -179,3 +179,28 @@ def test_cuda_graph_run_saves_a_checkpoint_that_loads_on_the_cpu(
     assert all(isinstance(g["lr"], float) for g in payload["optimizer"]["param_groups"])
     loaded = load_model(tmp_path / "run", device="cpu")
     assert loaded.model.encode(torch.zeros(1, 3, 32, 32)).shape == (1, 8, 8)
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_graph_is_recorded_again_after_the_guard_restores(tmp_path: Path) -> None:
+    # The guard loads a saved optimizer state: new state tensors, which the old recording
+    # would not see. The step is recorded again and training goes on from the saved state.
+    trainer = tiny_trainer(tmp_path, "cuda", ["train.collapse_guard=true"])
+    run_steps(trainer, 6)
+    assert trainer.guard is not None and trainer.graphed is not None
+    first = trainer.graphed.graph
+    assert first is not None
+    trainer.guard.snapshot(trainer.model, trainer.optimizer)
+    saved = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    rows = run_steps(trainer, 3)
+    trainer.guard.restore(trainer.model, trainer.optimizer)
+    trainer.graphed.reset()
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    rows += run_steps(trainer, 4)
+    assert trainer.graphed.graph is not None and trainer.graphed.graph is not first
+    assert trainer.graphed.failure is None
+    assert all(torch.isfinite(torch.tensor(row)).all() for row in rows)
+    moved = any(not torch.equal(v, saved[k]) for k, v in trainer.model.state_dict().items())
+    assert moved  # the replays after the restore still train
