@@ -38,7 +38,7 @@ if [[ -n "${VQTOOL_CHECK_TINY:-}" ]]; then
     TESTS=(tests/test_speed.py)
     LATE_VARIANTS=()
 else
-    BENCH_STEPS=300; SIZES=32,256,1024,4096; LIMIT=150
+    BENCH_STEPS=300; SIZES=32,256,1024,4096; LIMIT=60  # a fast run takes about 20 s
     # The fast profile as it is, then the alternatives it was chosen against (profiles/fast.toml).
     VARIANTS=(
         "fast:"
@@ -47,7 +47,7 @@ else
         "kaiming:model.kaiming_init=true"
     )
     # Last, as compiling takes a while: torch.compile with the CUDA graph around it.
-    LATE_VARIANTS=("compiled:train.compile=true")
+    LATE_VARIANTS=("compiled:train.compile=true")  # about 35 s
     TESTS=(-m gpu -k "not compile" tests/test_speed.py)
 fi
 
@@ -66,7 +66,7 @@ else:
 EOF
 
 step "1. gpu tests"
-timeout 180 $PY -m pytest -q -p no:cacheprovider "${TESTS[@]}" 2>&1 | tail -25 || status=1
+timeout 90 $PY -m pytest -q -p no:cacheprovider "${TESTS[@]}" 2>&1 | tail -25 || status=1
 
 time_to_quality() {
 for variant in "$@"; do
@@ -94,7 +94,7 @@ step "2. vqtool train --profile fast: time to test NMSE <= 0.056"
 time_to_quality "${VARIANTS[@]}"
 
 step "3. images/s: seed recipe vs vqtool (batch 32, CUDA graphs on and off), then by batch size"
-timeout 300 $PY benchmarks/bench_train.py --data-dir "$DATA" --steps "$BENCH_STEPS" --rounds 1 \
+timeout 150 $PY benchmarks/bench_train.py --data-dir "$DATA" --steps "$BENCH_STEPS" --rounds 1 \
     --batch-sizes "$SIZES" --variant eager=train.cuda_graphs=false --no-ttq \
     --json "$OUTDIR/bench.json" || status=1
 

@@ -90,7 +90,11 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="vqtool-bench-") as tmp:
         figures = Path(tmp) / "train.json"
         train = [sys.executable, str(HERE / "bench_train.py"), *argv]
-        if "--json" not in argv:
+        given = [a for a in argv if a == "--json" or a.startswith("--json=")]
+        if given:  # the caller's file is the one to read back
+            i = argv.index(given[0])
+            figures = Path(argv[i + 1] if given[0] == "--json" else given[0].split("=", 1)[1])
+        else:
             train += ["--json", str(figures)]
         status = subprocess.call(train, env=env)
         status |= _ceiling(figures, env)

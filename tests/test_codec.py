@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import signal
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import make_cifar_folder
+from helpers import make_cifar_folder, source_env, wait_for
 from PIL import Image
 from torch.nn.utils import parametrize
 from typer.testing import CliRunner
@@ -509,3 +512,36 @@ def test_a_failed_decode_leaves_no_png_and_no_temp_file(
         assert all(n.endswith(".png") and not n.startswith(".") for n in names) and len(names) <= 5
     else:  # the new folder never appeared, and its staging folder is gone
         assert sorted(p.name for p in tmp_path.iterdir()) == ["c.vqc", "d"]
+
+
+def test_sigterm_during_decode_leaves_nothing(
+    trained_run: Path, trained_data_dir: Path, tmp_path: Path
+) -> None:
+    assert invoke(
+        "encode", trained_run, "cifar10:test:40", "-o", "c.vqc", "--data-dir", trained_data_dir
+    )[0] == 0  # fmt: skip
+    # The real command, with each PNG write slowed down so that the signal lands mid-way.
+    script = (
+        "import sys, time\n"
+        "from vqtool import codec, cli\n"
+        "write, started = codec._write_new_file, sys.argv[1]\n"
+        "def slow(path, data, mode):\n"
+        "    write(path, data, mode)\n"
+        "    open(started, 'a').close()\n"
+        "    time.sleep(0.2)\n"
+        "codec._write_new_file = slow\n"
+        "sys.argv = ['vqtool', *sys.argv[2:]]\n"
+        "cli.main()\n"
+    )
+    started = tmp_path / "started"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(started), "decode", str(trained_run), "c.vqc",
+         "-o", "out"],
+        cwd=tmp_path, env=source_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    wait_for(started, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert "interrupted (SIGTERM)" in stderr.decode() and "Traceback" not in stderr.decode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.vqc", "started"]

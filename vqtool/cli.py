@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -17,7 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from vqtool import progress
-from vqtool.errors import Interrupted, VqtoolError
+from vqtool.errors import Interrupted, Terminated, VqtoolError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,13 +75,33 @@ app = typer.Typer(
 )
 
 
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises Terminated (a KeyboardInterrupt) while a command runs, so that a killed
+    `decode` or `encode` removes what it had started writing, as on Ctrl-C. `train` installs
+    its own handler inside (StopSignals: checkpoint, then exit 143)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def reports_errors(command: F) -> F:
     """One line and the contract's exit code for every failure; VQTOOL_DEBUG=1 shows the trace."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            with _sigterm_unwinds():
+                return command(*args, **kwargs)
         except VqtoolError as exc:
             if os.environ.get("VQTOOL_DEBUG"):
                 raise
@@ -88,9 +110,10 @@ def reports_errors(command: F) -> F:
         except Interrupted as exc:
             progress.info(f"stopped by {exc.signal_name}; the checkpoint is saved")
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            progress.error_line("error: interrupted (Ctrl-C): nothing was kept from this command")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
+            progress.error_line(f"error: interrupted ({name}): nothing was kept from this command")
+            raise typer.Exit(code) from None
         except typer.Exit:
             raise
         except Exception as exc:
@@ -450,7 +473,8 @@ def main() -> None:
         code = 0
     if isinstance(code, str):
         print(code, file=sys.stderr)
-        code = 1
+    if not isinstance(code, int):  # a message (printed above) or anything else: a failure
+        code = 0 if code is None else 1
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe, a closed stream
             stream.flush()

@@ -258,20 +258,27 @@ def _staging_folder(out_dir: Path) -> Path | None:
         return None
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(
-            tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent)
-        )
+        # A short fixed prefix: a name of its own could push a long -o name past NAME_MAX.
+        made = tempfile.mkdtemp(prefix=".vqtool-decode-", suffix=".partial", dir=out_dir.parent)
+        staging = Path(made)
+        # mkdtemp's 0o700 -> what mkdir would give (keeping a setgid bit inherited from the
+        # parent, so the PNGs get the shared folder's group as they would in a plain folder).
+        inherited = os.stat(staging).st_mode & 0o7000
+        os.chmod(staging, inherited | (0o777 & ~current_umask()))
     except OSError as exc:
         raise WorkError(
             f"could not make the folder: {exc.strerror or exc}", out_dir, DISK_FIX
         ) from exc
-    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0o700 -> what mkdir would give
     return staging
 
 
 def _publish(staging: Path, out_dir: Path) -> None:
-    """Rename the finished staging folder to `out_dir`, durably."""
+    """Rename the finished staging folder to `out_dir` and make the rename durable (the PNGs'
+    own bytes are not fsynced: see images.write_file)."""
     try:
+        if os.path.lexists(out_dir):
+            # rename(2) would silently replace an empty folder that appeared meanwhile.
+            raise FileExistsError(17, "File exists")
         os.rename(staging, out_dir)
     except OSError as exc:
         raise WorkError(

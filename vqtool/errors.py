@@ -46,3 +46,7 @@ class Interrupted(Exception):
         self.signal_name = signal_name
         self.exit_code = exit_code
         super().__init__(f"stopped by {signal_name}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside training: unwinds like Ctrl-C, so every cleanup runs (exit 143)."""

@@ -92,13 +92,17 @@ class GraphedStep:
         self.static_input = x.clone()
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)
+        stream = torch.cuda.current_stream()
         try:
             with torch.cuda.graph(graph):
                 self.static_output = self.body(self.static_input)
-        except RuntimeError as exc:
+        except Exception as exc:
             # Recording runs nothing, so this step has not happened yet: run it eagerly, and
-            # every later one too.
-            self.failure = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            # every later one too. A failed capture can leave its stream current: put ours
+            # back. Its own message is often generic; the cause is the error it followed.
+            torch.cuda.set_stream(stream)
+            cause = exc.__context__ or exc
+            self.failure = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
             for group in self.optimizer.param_groups:
                 group["capturable"] = False
             self.optimizer.zero_grad(set_to_none=True)

@@ -408,7 +408,13 @@ def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     The temp name holds the process and thread ids, so concurrent writers never share one.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o600)
+    except FileExistsError:
+        # Left by a killed process that had this pid and thread id: no live writer uses it.
+        tmp.unlink()
+        fd = os.open(tmp, flags, 0o600)
     try:
         try:
             os.fchmod(fd, mode)

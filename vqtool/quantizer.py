@@ -248,20 +248,25 @@ class VectorQuantizer(nn.Module):
     def _restart_dead_codes(self, flat: Tensor, counts: Tensor) -> Tensor:
         """Re-seed codes unused for `dead_code_steps` steps from this step's encoder outputs.
 
-        Every step draws a candidate for every code from the global batch and keeps those of
-        the dead codes. Nothing is read back to the host, so a GPU never waits here and the
-        step can be captured as a CUDA graph; every process draws the same picks (same seed,
-        same RNG use), so one process and several give the same codebook.
+        Every step draws a candidate row of the global batch for every code (with replacement:
+        two codes restarted in one step may draw the same row, told apart by the noise) and
+        keeps those of the dead codes: a (K, D) gather and draw per step, plus under torchrun
+        two broadcasts and a (K, D) all-reduce. Nothing is read back to the host, so a GPU
+        never waits here and the step can be recorded as a CUDA graph. Rank 0's draw is the
+        one every process uses, so one process and several give the same codebook, whatever
+        each process's generator holds (after a resume they need not agree).
         """
         self.unused_steps.add_(1).masked_fill_(counts > 0, 0)
         dead = self.unused_steps >= self.dead_code_steps
         rank, size = rank_and_size()
-        n = flat.shape[0]
-        picks = torch.randint(n * size, (self.num_embeddings,), device=flat.device) - rank * n
+        n, k = flat.shape[0], self.num_embeddings
+        picks = broadcast_from_rank0(torch.randint(n * size, (k,), device=flat.device))
+        noise = broadcast_from_rank0(torch.randn(k, flat.shape[1], device=flat.device))
         # Each process contributes the picked rows it holds; the sum assembles the draw.
-        mine = (picks >= 0) & (picks < n)
-        rows = all_reduce_sum(torch.where(mine.unsqueeze(1), flat[picks.clamp(0, n - 1)], 0.0))
-        vectors = rows + 1e-4 * rows.std().clamp_min(1e-6) * torch.randn_like(rows)
+        local = picks - rank * n
+        mine = (local >= 0) & (local < n)
+        rows = all_reduce_sum(torch.where(mine.unsqueeze(1), flat[local.clamp(0, n - 1)], 0.0))
+        vectors = rows + 1e-4 * rows.std().clamp_min(1e-6) * noise
         keep = dead.unsqueeze(1)
         self.embedding.data.copy_(torch.where(keep, vectors, self.embedding.data))
         if self.uses_ema:

@@ -18,7 +18,7 @@ from torch import nn
 def compile_for_training(module: nn.Module) -> nn.Module:
     """The module compiled with inductor for a fixed batch shape (the last batch is dropped).
 
-    The quantizer's dead-code restart reads a count back to the host, which splits the graph
-    there; everything else (convolutions, weight norm, EMA updates) compiles as one piece.
+    Nothing in the step reads a value back to the host (the dead-code restart included), so
+    the forward pass compiles as one piece: convolutions, weight norm, EMA updates.
     """
     return cast(nn.Module, torch.compile(module, dynamic=False))
