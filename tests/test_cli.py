@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import source_env
 from typer.testing import CliRunner
 
 from vqtool.cli import app
@@ -241,3 +242,64 @@ def test_train_offline_says_download_source(
     )
     assert result.exit_code == 1
     assert "vqtool download --source FILE" in one_error_line(result.output)
+
+
+def test_a_signal_during_the_torch_import_is_acted_on_after_it() -> None:
+    # A KeyboardInterrupt raised inside torch's extension loading is lost there: the command
+    # would then run to its end. import_torch holds Ctrl-C until the import is done.
+    script = (
+        "import os, signal, sys, threading, time\n"
+        "from vqtool.cli import import_torch\n"
+        "def interrupt():\n"
+        "    while 'torch' not in sys.modules:\n"
+        "        time.sleep(0.0005)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "threading.Thread(target=interrupt).start()\n"
+        "try:\n"
+        "    import_torch()\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted after the import', 'torch.nn' in sys.modules)\n"
+        "time.sleep(0.5)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        env=source_env(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "interrupted after the import True"
+
+
+def test_evaluate_of_a_run_it_cannot_write_still_gives_the_metrics(
+    trained_run: Path, trained_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vqtool.evaluate
+
+    def read_only(path: Path, metrics: dict[str, object]) -> Path:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(vqtool.evaluate, "write_eval", read_only)
+    result = runner.invoke(
+        app, ["evaluate", str(trained_run), "--json", "-", "--data-dir", str(trained_data_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"] > 0
+    assert "could not save eval-test.json" in result.stderr and "Read-only" in result.stderr
+
+
+def test_no_arguments_shows_the_help_without_an_empty_error() -> None:
+    result = runner.invoke(app, [])
+    assert result.exit_code == 2 and "Usage" in result.output and "error:" not in result.output
+
+
+def test_unknown_device_is_a_usage_error(trained_run: Path) -> None:
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--device", "gpu"])
+    assert result.exit_code == 2 and "unknown device 'gpu'" in one_error_line(result.output)
+
+
+def test_errors_keep_colons_as_typed(trained_run: Path) -> None:
+    # rich would render ":train:" as an emoji.
+    result = runner.invoke(
+        app, ["encode", str(trained_run), "cifar10:train:5:smile:", "-o", "x.vqc"]
+    )
+    assert result.exit_code == 2
+    assert "cifar10:train:5:smile:" in one_error_line(result.output)

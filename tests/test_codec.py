@@ -545,3 +545,48 @@ def test_sigterm_during_decode_leaves_nothing(
     assert proc.returncode == 143
     assert "interrupted (SIGTERM)" in stderr.decode() and "Traceback" not in stderr.decode()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.vqc", "started"]
+
+
+def test_output_paths_are_checked_before_any_work(
+    trained_run: Path, trained_data_dir: Path, tmp_path: Path
+) -> None:
+    assert invoke(
+        "encode", trained_run, "cifar10:test:3", "-o", "c.vqc", "--data-dir", trained_data_dir
+    )[0] == 0  # fmt: skip
+    (tmp_path / "afile").write_text("a file")
+    cases = [
+        (["encode", trained_run, "cifar10:test:3", "-o", "afile/x.vqc"], "a file is in the way"),
+        (["encode", trained_run, "cifar10:test:3", "-o", "no/x.vqc"], "no such folder"),
+        (["decode", trained_run, "c.vqc", "-o", "afile/sub"], "a file is in the way"),
+        (
+            ["decode", trained_run, "c.vqc", "-o", "out", "--grid", "afile/g.png"],
+            "a file is in the way",
+        ),
+        (["decode", trained_run, "c.vqc", "-o", "out", "--grid", "none/g.png"], "no such folder"),
+        (
+            ["encode", trained_run, "cifar10:test:3", "-o", "x.vqc", "--device", "gpu"],
+            "unknown device",
+        ),
+    ]
+    for args, message in cases:
+        code, output = (
+            invoke(*args, "--data-dir", trained_data_dir) if args[0] == "encode" else invoke(*args)
+        )
+        assert code == 2 and message in one_error_line(output), (args, output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "c.vqc"]
+
+
+def test_a_grid_that_cannot_be_written_leaves_no_new_folder(
+    trained_run: Path, trained_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert invoke(
+        "encode", trained_run, "cifar10:test:3", "-o", "c.vqc", "--data-dir", trained_data_dir
+    )[0] == 0  # fmt: skip
+
+    def full(path: Path, write: object, what: str, fix: str = "") -> None:
+        raise codec.WorkError(f"could not write {what}: No space left on device", path, fix)
+
+    monkeypatch.setattr(codec, "save_or_fail", full)
+    code, output = invoke("decode", trained_run, "c.vqc", "-o", "out", "--grid", "g.png")
+    assert code == 1 and "could not write the grid" in one_error_line(output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.vqc"]

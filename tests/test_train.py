@@ -223,3 +223,21 @@ def test_second_train_on_a_busy_run_folder_refuses(data_dir: Path, tmp_path: Pat
     assert b"another vqtool train is using this run folder" in second.stderr.read()  # type: ignore[union-attr]
     assert first.wait(timeout=300) == 0  # the first is unharmed
     assert load_checkpoint(run)["step"] == 200
+
+
+def test_resume_past_the_steps_trains_nothing_and_keeps_the_profile(
+    trained_run: Path, trained_data_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = (run / "profile.toml").read_text(), (run / "checkpoint.pt").read_bytes()
+    notes: list[str] = []
+    fewer, folder = resolve_run(None, ["train.steps=10"], run, resume=True)
+    result = train(
+        fewer, folder, trained_data_dir, resume=True,
+        callback=lambda e: notes.append(e.message) if e.kind == "note" else None,
+    )  # fmt: skip
+    assert result.step == 30 and any("nothing to train" in n for n in notes)
+    assert ((run / "profile.toml").read_text(), (run / "checkpoint.pt").read_bytes()) == before

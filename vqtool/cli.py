@@ -54,6 +54,8 @@ class OneLineErrors(TyperGroup):
                 raise
             ctx = getattr(exc, "ctx", None)
             command = ctx.command_path if ctx is not None else "vqtool"
+            if not exc.format_message():  # `vqtool` alone: the help was shown, nothing to add
+                sys.exit(exc.exit_code)
             progress.error_line(
                 f"error: {exc.format_message()} ({command}): see '{command} --help'"
             )
@@ -73,6 +75,33 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+
+
+def import_torch() -> None:
+    """Import torch with Ctrl-C and SIGTERM held until it is done, then act on them.
+
+    A KeyboardInterrupt raised while torch's extension modules load is swallowed there (the
+    command then ran to the end, exit 0) or, rarely, aborts the process; the import takes
+    over a second, so a quick Ctrl-C often lands in it. Commands that need torch call this
+    before anything else.
+    """
+    if "torch" in sys.modules or threading.current_thread() is not threading.main_thread():
+        import torch  # noqa: F401
+
+        return
+    received: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        import torch  # noqa: F401
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise Terminated() if received[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 @contextlib.contextmanager
@@ -112,8 +141,19 @@ def reports_errors(command: F) -> F:
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
-            progress.error_line(f"error: interrupted ({name}): nothing was kept from this command")
+            progress.error_line(f"error: interrupted ({name}); no file was left half-written")
             raise typer.Exit(code) from None
+        except OSError as exc:
+            # A folder that cannot be written (permissions, read-only file system, full disk)
+            # anywhere no more specific message was given.
+            if os.environ.get("VQTOOL_DEBUG"):
+                raise
+            where = f" ({exc.filename})" if exc.filename else ""
+            progress.error_line(
+                f"error: {exc.strerror or exc}{where}: check that the folder exists, is writable "
+                "and has free space"
+            )
+            raise typer.Exit(1) from None
         except typer.Exit:
             raise
         except Exception as exc:
@@ -213,21 +253,27 @@ def train(
 
     Example: [bold]vqtool train --profile smoke --run-dir runs/demo[/bold]
     """
+    import_torch()
     from vqtool.distributed import world_from_env
     from vqtool.train import resolve_run
     from vqtool.train import train as run_training
 
     overrides = list(set_ or []) + ([f"train.device={device}"] if device else [])
     chosen, folder = resolve_run(profile, overrides, run_dir, resume)
-    with progress.TrainProgress() as shown:
-        run_training(
-            chosen,
-            folder,
-            _data_dir(data_dir),
-            resume=resume,
-            callback=shown,
-            on_download=shown.download,
-        )
+    try:
+        with progress.TrainProgress() as shown:
+            run_training(
+                chosen,
+                folder,
+                _data_dir(data_dir),
+                resume=resume,
+                callback=shown,
+                on_download=shown.download,
+            )
+    except Interrupted:
+        if world_from_env().rank == 0:
+            progress.info(f"to continue: vqtool train --resume --run-dir {folder}")
+        raise
     if world_from_env().rank == 0:  # under torchrun only rank 0 reports
         progress.out.print(str(folder), markup=False)
 
@@ -248,22 +294,35 @@ def evaluate(
 
     Example: [bold]vqtool evaluate runs/demo --split test[/bold]
     """
+    import_torch()
     from vqtool.errors import UsageError
     from vqtool.evaluate import evaluate_checkpoint, write_eval
+    from vqtool.files import check_output_file
     from vqtool.train import resolve_device
 
     if split not in ("test", "train"):
         raise UsageError(f"unknown split {split!r}", "--split", "use test or train")
+    if json_out not in (None, "-"):
+        check_output_file(Path(json_out), "the --json file", "--json metrics.json")
     with progress.CountProgress(f"evaluating {split}") as bar:
         metrics = evaluate_checkpoint(
             run, split, _data_dir(data_dir), resolve_device(device), bar.update
         )
-    written = write_eval(run, metrics)
-    progress.info(f"wrote {written}")
+    # The results first: a run folder that cannot be written (shared, read-only) still
+    # gives them, and only its own copy is missing.
     if json_out is not None:
         progress.emit_json(metrics, json_out)
     if json_out != "-":
         progress.print_result(progress.metrics_table(f"{split} split", metrics))
+    try:
+        written = write_eval(run, metrics)
+    except OSError as exc:
+        progress.warn(
+            f"could not save eval-{split}.json in the run folder ({exc.strerror or exc}); "
+            "the metrics shown are complete"
+        )
+    else:
+        progress.info(f"wrote {written}")
 
 
 @app.command()
@@ -306,6 +365,7 @@ def plot(
 
     Example: [bold]vqtool plot runs/demo -o figures/demo[/bold]
     """
+    import_torch()
     from vqtool.plots import write_run_plots
     from vqtool.report import run_arrays
     from vqtool.runs import load_run
@@ -341,6 +401,7 @@ def compare(
 
     Example: [bold]vqtool compare runs/original runs/ema runs/ema-kaiming --json runs.json[/bold]
     """
+    import_torch()
 
     from vqtool.plots import compare_figure, save_png
     from vqtool.runs import COMPARE_COLUMNS, compare_row, load_run, run_labels, summarise_run
@@ -391,6 +452,7 @@ def encode(
 
     Example: [bold]vqtool encode runs/demo photos/ cifar10:test:100 -o codes.vqc --size 32x32[/bold]
     """
+    import_torch()
     from vqtool.checkpoint import load_model
     from vqtool.codec import encode_inputs
     from vqtool.codes import check_output, write_codes
@@ -443,6 +505,7 @@ def decode(
 
     Example: [bold]vqtool decode runs/demo codes.vqc -o decoded --grid grid.png[/bold]
     """
+    import_torch()
     from vqtool.checkpoint import load_model
     from vqtool.codec import decode_file
     from vqtool.train import resolve_device

@@ -27,7 +27,7 @@ from vqtool.checkpoint import LoadedModel
 from vqtool.codes import CodeFile, check_codes_for_model, read_codes
 from vqtool.errors import UsageError, WorkError
 from vqtool.evaluate import to_model_input
-from vqtool.files import DISK_FIX, fsync_dir, save_or_fail
+from vqtool.files import DISK_FIX, check_output_file, fsync_dir, save_or_fail
 from vqtool.images import (
     MULTIPLE,
     Grid,
@@ -256,6 +256,11 @@ def _staging_folder(out_dir: Path) -> Path | None:
     """
     if os.path.lexists(out_dir):
         return None
+    for parent in out_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError("a file is in the way", parent, "remove it or choose another -o")
+            break
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         # A short fixed prefix: a name of its own could push a long -o name past NAME_MAX.
@@ -312,8 +317,8 @@ def decode_file(
         code_file, loaded.fingerprint, config.num_embeddings, config.embedding_dim, codes_path
     )
     targets = plan_outputs(code_file.names, out_dir)
-    if grid is not None and Path(grid).is_dir():
-        raise UsageError("the grid is a folder", grid, "give a file name, e.g. --grid grid.png")
+    if grid is not None:
+        check_output_file(Path(grid), "the grid", "--grid grid.png")
     n = len(targets)
     sheet = Grid(n, code_file.image_size) if grid is not None else None
     out_dir = Path(out_dir)
@@ -322,15 +327,16 @@ def decode_file(
         if staging is not None:
             targets = [staging / t.relative_to(out_dir) for t in targets]
         _decode_into(loaded, code_file, targets, batch_size, sheet, staging, on_progress)
+        if grid is not None and sheet is not None:
+            # Before the folder appears: a grid that cannot be written leaves no new folder.
+            data = sheet.png()
+            save_or_fail(grid, lambda f: f.write(data), "the grid")
         if staging is not None:
             _publish(staging, out_dir)
     except BaseException:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    if grid is not None and sheet is not None:
-        data = sheet.png()
-        save_or_fail(grid, lambda f: f.write(data), "the grid")
     return DecodeResult(n, out_dir, grid, sheet.capacity if sheet is not None else 0)
 
 

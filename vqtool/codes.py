@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from vqtool.errors import UsageError, VqtoolError, WorkError
+from vqtool.files import check_output_file
 from vqtool.images import MAX_IMAGE_PIXELS, MULTIPLE, name_problem, padded_size
 
 FORMAT = "vqtool-codes"
@@ -105,8 +106,7 @@ def write_codes(path: Path, code_file: CodeFile) -> None:
 
 def check_output(path: Path) -> None:
     """Refuse an output path that cannot take a code file (call it before the work)."""
-    if Path(path).is_dir():
-        raise UsageError("the output is a folder", path, "give a file name, e.g. -o codes.vqc")
+    check_output_file(Path(path), "the output", "-o codes.vqc")
 
 
 def read_codes(path: Path) -> CodeFile:

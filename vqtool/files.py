@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from vqtool.errors import WorkError
+from vqtool.errors import UsageError, WorkError
 
 DISK_FIX = "check that the folder is writable and the disk has room"
 
@@ -55,3 +55,19 @@ def save_or_fail(
         atomic_write(path, write)
     except OSError as exc:
         raise WorkError(f"could not write {what}: {exc.strerror or exc}", path, fix) from exc
+
+
+def check_output_file(path: Path, what: str, example: str) -> None:
+    """Refuse, before any work, an output file that could not be written where it is asked
+    for: a folder in its place, a file where a parent folder should be, or a missing folder.
+    `example` is the option with a good value, for the fix (e.g. "-o codes.vqc")."""
+    if path.is_dir():
+        raise UsageError(f"{what} is a folder", path, f"give a file name, e.g. {example}")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise UsageError("a file is in the way", parent, "remove it or choose another path")
+    if not parent.exists():
+        above = next((p for p in parent.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise UsageError("a file is in the way", above, "remove it or choose another path")
+        raise UsageError("no such folder", parent, "make it first, or choose another path")

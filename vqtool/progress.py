@@ -26,11 +26,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False, soft_wrap=True)
+# emoji=False: rich would turn ":train:" in `cifar10:train:N` (or in a file name) into an emoji.
+err = Console(stderr=True, highlight=False, emoji=False)
+out = Console(highlight=False, soft_wrap=True, emoji=False)
 if not out.is_terminal:
     # Piped results have no terminal width to fit; rich's default 80 columns would cut cells.
-    out = Console(highlight=False, soft_wrap=True, width=160)
+    out = Console(highlight=False, soft_wrap=True, width=160, emoji=False)
 
 
 def info(message: str) -> None:

@@ -89,6 +89,9 @@ def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda when available, else cpu; refuses a device that is not there."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda|cuda:\d+|mps", name):
+        fix = "use auto, cpu, cuda, cuda:N or mps"
+        raise UsageError(f"unknown device {name!r}", "--device", fix)
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("CUDA is not available", f"device {name}", "use --device cpu or auto")
@@ -641,7 +644,16 @@ def _train(
         trainer = Trainer(profile, run_dir, images, placement, notify, test_images)
         if payload is not None:
             trainer.restore(payload)
-        if writer:
+        finished = payload is not None and trainer.step >= profile.train.steps
+        if writer and finished:
+            # Nothing to train: profile.toml keeps the steps the checkpoint was trained to.
+            message = (
+                f"the run is already at step {trainer.step} (train.steps = "
+                f"{profile.train.steps}): nothing to train; raise train.steps to continue"
+            )
+            note = {"kind": "note", "step": trainer.step, "message": message}
+            notify(TrainEvent("note", trainer.step, profile.train.steps, note, message))
+        elif writer:
             if payload is not None:
                 truncate_metrics(run_dir / METRICS_NAME, trainer.step)
             else:
