@@ -244,11 +244,14 @@ def test_train_offline_says_download_source(
     assert "vqtool download --source FILE" in one_error_line(result.output)
 
 
-def test_a_signal_during_the_torch_import_is_acted_on_after_it() -> None:
+@pytest.mark.parametrize("ignored", [False, True])
+def test_a_signal_during_the_torch_import_is_acted_on_after_it(ignored: bool) -> None:
     # A KeyboardInterrupt raised inside torch's extension loading is lost there: the command
-    # would then run to its end. import_torch holds Ctrl-C until the import is done.
+    # would then run to its end. import_torch holds Ctrl-C until the import is done; a Ctrl-C
+    # the process ignores (a background job of a script) stays ignored.
     script = (
         "import os, signal, sys, threading, time\n"
+        f"{'signal.signal(signal.SIGINT, signal.SIG_IGN)' if ignored else ''}\n"
         "from vqtool.cli import import_torch\n"
         "def interrupt():\n"
         "    while 'torch' not in sys.modules:\n"
@@ -259,6 +262,8 @@ def test_a_signal_during_the_torch_import_is_acted_on_after_it() -> None:
         "    import_torch()\n"
         "except KeyboardInterrupt:\n"
         "    print('interrupted after the import', 'torch.nn' in sys.modules)\n"
+        "else:\n"
+        "    print('not interrupted', 'torch.nn' in sys.modules)\n"
         "time.sleep(0.5)\n"
     )
     result = subprocess.run(
@@ -266,7 +271,8 @@ def test_a_signal_during_the_torch_import_is_acted_on_after_it() -> None:
         env=source_env(),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "interrupted after the import True"
+    expected = "not interrupted" if ignored else "interrupted after the import"
+    assert result.stdout.strip() == f"{expected} True"
 
 
 def test_evaluate_of_a_run_it_cannot_write_still_gives_the_metrics(

@@ -94,7 +94,9 @@ def import_torch() -> None:
     def hold(signum: int, frame: object) -> None:
         received.append(signum)
 
-    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # A signal the process ignores (SIGINT for a background job of a script) stays ignored.
+    held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, hold) for sig in held}
     try:
         import torch  # noqa: F401
     finally:
@@ -109,7 +111,8 @@ def _sigterm_unwinds() -> Iterator[None]:
     """SIGTERM raises Terminated (a KeyboardInterrupt) while a command runs, so that a killed
     `decode` or `encode` removes what it had started writing, as on Ctrl-C. `train` installs
     its own handler inside (StopSignals: checkpoint, then exit 143)."""
-    if threading.current_thread() is not threading.main_thread():
+    ignored = signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    if ignored or threading.current_thread() is not threading.main_thread():
         yield
         return
 
