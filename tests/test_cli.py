@@ -309,3 +309,16 @@ def test_errors_keep_colons_as_typed(trained_run: Path) -> None:
     )
     assert result.exit_code == 2
     assert "cifar10:train:5:smile:" in one_error_line(result.output)
+
+
+def test_evaluate_keeps_its_file_when_the_reader_stops_early(
+    trained_run: Path, trained_data_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "eval-test.json").unlink(missing_ok=True)
+    command = f"{sys.executable} -m vqtool evaluate {run} --data-dir {trained_data_dir} | head -c 0"
+    subprocess.run(command, shell=True, env=source_env(), timeout=120, capture_output=True)
+    assert json.loads((run / "eval-test.json").read_text())["split"] == "test"

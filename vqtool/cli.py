@@ -311,21 +311,19 @@ def evaluate(
         metrics = evaluate_checkpoint(
             run, split, _data_dir(data_dir), resolve_device(device), bar.update
         )
-    # The results first: a run folder that cannot be written (shared, read-only) still
-    # gives them, and only its own copy is missing.
+    # The run's own copy first (a reader that closes stdout early must not cost it), but a
+    # run folder that cannot be written (shared, read-only) still gives the results.
+    try:
+        progress.info(f"wrote {write_eval(run, metrics)}")
+    except OSError as exc:
+        progress.warn(
+            f"could not save eval-{split}.json in the run folder ({exc.strerror or exc}); "
+            "the metrics below are complete"
+        )
     if json_out is not None:
         progress.emit_json(metrics, json_out)
     if json_out != "-":
         progress.print_result(progress.metrics_table(f"{split} split", metrics))
-    try:
-        written = write_eval(run, metrics)
-    except OSError as exc:
-        progress.warn(
-            f"could not save eval-{split}.json in the run folder ({exc.strerror or exc}); "
-            "the metrics shown are complete"
-        )
-    else:
-        progress.info(f"wrote {written}")
 
 
 @app.command()
