@@ -18,6 +18,7 @@ import re
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -489,6 +490,9 @@ class Trainer:
                 "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
             )
             no_buffer_sync: dict[str, Any] = {no_sync: False}
+            # channels_last input gives 1x1 convolutions channels_last weight gradients, which
+            # DDP copies into its buckets (a few KB a step) and warns about on every rank.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
             self.forward_model = DistributedDataParallel(
                 self.model, device_ids=device_ids, **no_buffer_sync
             )
