@@ -58,6 +58,12 @@ def one_error_line(output: str) -> str:
     return lines[0]
 
 
+def encode_test_images(run: Path, data_dir: Path, n: int) -> None:
+    """`vqtool encode RUN cifar10:test:N -o c.vqc` in the test's folder; it must succeed."""
+    code, output = invoke("encode", run, f"cifar10:test:{n}", "-o", "c.vqc", "--data-dir", data_dir)
+    assert code == 0, output
+
+
 def read_png(path: Path) -> torch.Tensor:
     with Image.open(path) as image:
         assert image.mode == "RGB"
@@ -426,9 +432,7 @@ def test_encode_without_data_or_run(trained_run: Path, tmp_path: Path) -> None:
 
 
 def test_decode_errors(trained_run: Path, trained_data_dir: Path, tmp_path: Path) -> None:
-    assert invoke(
-        "encode", trained_run, "cifar10:test:2", "-o", "c.vqc", "--data-dir", trained_data_dir
-    )[0] == 0  # fmt: skip
+    encode_test_images(trained_run, trained_data_dir, 2)
     (tmp_path / "file").write_text("in the way")
     code, output = invoke("decode", trained_run, "c.vqc", "-o", "file")
     assert code == 2 and "not a folder" in one_error_line(output)
@@ -462,11 +466,10 @@ def test_png_bytes_store_small_images_and_compress_large_ones() -> None:
         assert (len(data) < raw_size // 2) is compressed
 
 
-def test_decode_into_a_new_folder_appears_whole(trained_run: Path, tmp_path: Path) -> None:
-    data = make_cifar_folder(tmp_path / "d")
-    assert (
-        invoke("encode", trained_run, "cifar10:test:12", "-o", "c.vqc", "--data-dir", data)[0] == 0
-    )
+def test_decode_into_a_new_folder_appears_whole(
+    trained_run: Path, trained_data_dir: Path, tmp_path: Path
+) -> None:
+    encode_test_images(trained_run, trained_data_dir, 12)
     code, output = invoke("decode", trained_run, "c.vqc", "-o", "new/sub")
     assert code == 0, output
     assert len(list((tmp_path / "new" / "sub").glob("*.png"))) == 12
@@ -484,12 +487,13 @@ def test_decode_into_a_new_folder_appears_whole(trained_run: Path, tmp_path: Pat
 
 @pytest.mark.parametrize("exists", [False, True])
 def test_a_failed_decode_leaves_no_png_and_no_temp_file(
-    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exists: bool
+    trained_run: Path,
+    trained_data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    exists: bool,
 ) -> None:
-    data = make_cifar_folder(tmp_path / "d")
-    assert (
-        invoke("encode", trained_run, "cifar10:test:12", "-o", "c.vqc", "--data-dir", data)[0] == 0
-    )
+    encode_test_images(trained_run, trained_data_dir, 12)
     if exists:
         (tmp_path / "out").mkdir()
     calls = []
@@ -511,15 +515,13 @@ def test_a_failed_decode_leaves_no_png_and_no_temp_file(
         names = [p.name for p in (tmp_path / "out").iterdir()]
         assert all(n.endswith(".png") and not n.startswith(".") for n in names) and len(names) <= 5
     else:  # the new folder never appeared, and its staging folder is gone
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["c.vqc", "d"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["c.vqc"]
 
 
 def test_sigterm_during_decode_leaves_nothing(
     trained_run: Path, trained_data_dir: Path, tmp_path: Path
 ) -> None:
-    assert invoke(
-        "encode", trained_run, "cifar10:test:40", "-o", "c.vqc", "--data-dir", trained_data_dir
-    )[0] == 0  # fmt: skip
+    encode_test_images(trained_run, trained_data_dir, 40)
     # The real command, with each PNG write slowed down so that the signal lands mid-way.
     script = (
         "import sys, time\n"
@@ -550,19 +552,15 @@ def test_sigterm_during_decode_leaves_nothing(
 def test_output_paths_are_checked_before_any_work(
     trained_run: Path, trained_data_dir: Path, tmp_path: Path
 ) -> None:
-    assert invoke(
-        "encode", trained_run, "cifar10:test:3", "-o", "c.vqc", "--data-dir", trained_data_dir
-    )[0] == 0  # fmt: skip
+    encode_test_images(trained_run, trained_data_dir, 3)
     (tmp_path / "afile").write_text("a file")
     cases = [
         (["encode", trained_run, "cifar10:test:3", "-o", "afile/x.vqc"], "a file is in the way"),
-        (["encode", trained_run, "cifar10:test:3", "-o", "no/x.vqc"], "no such folder"),
         (["decode", trained_run, "c.vqc", "-o", "afile/sub"], "a file is in the way"),
         (
             ["decode", trained_run, "c.vqc", "-o", "out", "--grid", "afile/g.png"],
             "a file is in the way",
         ),
-        (["decode", trained_run, "c.vqc", "-o", "out", "--grid", "none/g.png"], "no such folder"),
         (
             ["encode", trained_run, "cifar10:test:3", "-o", "x.vqc", "--device", "gpu"],
             "unknown device",
@@ -579,9 +577,7 @@ def test_output_paths_are_checked_before_any_work(
 def test_a_grid_that_cannot_be_written_leaves_no_new_folder(
     trained_run: Path, trained_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert invoke(
-        "encode", trained_run, "cifar10:test:3", "-o", "c.vqc", "--data-dir", trained_data_dir
-    )[0] == 0  # fmt: skip
+    encode_test_images(trained_run, trained_data_dir, 3)
 
     def full(path: Path, write: object, what: str, fix: str = "") -> None:
         raise codec.WorkError(f"could not write {what}: No space left on device", path, fix)
@@ -590,3 +586,15 @@ def test_a_grid_that_cannot_be_written_leaves_no_new_folder(
     code, output = invoke("decode", trained_run, "c.vqc", "-o", "out", "--grid", "g.png")
     assert code == 1 and "could not write the grid" in one_error_line(output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.vqc"]
+
+
+def test_missing_folders_of_output_files_are_made(
+    trained_run: Path, trained_data_dir: Path, tmp_path: Path
+) -> None:
+    code, output = invoke(
+        "encode", trained_run, "cifar10:test:3", "-o", "new/c.vqc", "--data-dir", trained_data_dir
+    )
+    assert code == 0, output
+    code, output = invoke("decode", trained_run, "new/c.vqc", "-o", "out", "--grid", "g/h/grid.png")
+    assert code == 0, output
+    assert (tmp_path / "g" / "h" / "grid.png").is_file()

@@ -27,7 +27,14 @@ from vqtool.checkpoint import LoadedModel
 from vqtool.codes import CodeFile, check_codes_for_model, read_codes
 from vqtool.errors import UsageError, WorkError
 from vqtool.evaluate import to_model_input
-from vqtool.files import DISK_FIX, check_output_file, fsync_dir, save_or_fail
+from vqtool.files import (
+    DISK_FIX,
+    check_no_file_above,
+    check_output_file,
+    fsync_dir,
+    save_or_fail,
+    write_all,
+)
 from vqtool.images import (
     MULTIPLE,
     Grid,
@@ -240,9 +247,7 @@ def _write_new_file(path: Path, data: bytes, mode: int) -> None:
     which is renamed into place whole, so no file needs a temp name of its own."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
     finally:
         os.close(fd)
 
@@ -256,11 +261,7 @@ def _staging_folder(out_dir: Path) -> Path | None:
     """
     if os.path.lexists(out_dir):
         return None
-    for parent in out_dir.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError("a file is in the way", parent, "remove it or choose another -o")
-            break
+    check_no_file_above(out_dir, "remove it or choose another -o")
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         # A short fixed prefix: a name of its own could push a long -o name past NAME_MAX.

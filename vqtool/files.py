@@ -59,15 +59,22 @@ def save_or_fail(
 
 def check_output_file(path: Path, what: str, example: str) -> None:
     """Refuse, before any work, an output file that could not be written where it is asked
-    for: a folder in its place, a file where a parent folder should be, or a missing folder.
-    `example` is the option with a good value, for the fix (e.g. "-o codes.vqc")."""
+    for: a folder in its place, or a file where a parent folder should be (missing folders are
+    made when it is written). `example` is the option with a good value, for the fix."""
     if path.is_dir():
         raise UsageError(f"{what} is a folder", path, f"give a file name, e.g. {example}")
-    parent = path.parent
-    if parent.exists() and not parent.is_dir():
-        raise UsageError("a file is in the way", parent, "remove it or choose another path")
-    if not parent.exists():
-        above = next((p for p in parent.parents if p.exists()), None)
-        if above is not None and not above.is_dir():
-            raise UsageError("a file is in the way", above, "remove it or choose another path")
-        raise UsageError("no such folder", parent, "make it first, or choose another path")
+    check_no_file_above(path, "remove it or choose another path")
+
+
+def check_no_file_above(path: Path, fix: str) -> None:
+    """Refuse a path whose nearest existing ancestor is a file: no folder can be made there."""
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UsageError("a file is in the way", above, fix)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a write may take only part)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from vqtool.errors import UsageError, WorkError
+from vqtool.files import write_all
 
 MULTIPLE = 4  # the model's downsampling: image sides must be multiples of it
 # The largest image vqtool reads: 4096 x 4096. Larger ones cost several GB in the model.
@@ -418,9 +419,7 @@ def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     try:
         try:
             os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, path)
