@@ -20,7 +20,7 @@ from PIL import Image
 from torch.nn.utils import parametrize
 from typer.testing import CliRunner
 
-from vqtool import codec, images
+from vqtool import codec, files, images
 from vqtool.checkpoint import LoadedModel, load_model
 from vqtool.cli import app
 from vqtool.codec import decode_indices, encode_images, encode_inputs
@@ -474,7 +474,7 @@ def test_decode_into_a_new_folder_appears_whole(
     assert code == 0, output
     assert len(list((tmp_path / "new" / "sub").glob("*.png"))) == 12
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["sub"]  # no staging left
-    umask = images.current_umask()
+    umask = files.current_umask()
     assert (tmp_path / "new" / "sub").stat().st_mode & 0o777 == 0o777 & ~umask
     assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in (tmp_path / "new/sub").iterdir())
     # Into the folder that now exists: each PNG replaced through a temp name of its own.

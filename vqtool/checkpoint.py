@@ -20,10 +20,10 @@ from vqtool.errors import UsageError, WorkError
 from vqtool.files import save_or_fail
 from vqtool.model import VQVAE, build_model
 from vqtool.profiles import Profile, profile_from_dict
+from vqtool.runs import CHECKPOINT_NAME
 
 FORMAT = "vqtool-checkpoint"
 VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def fingerprint(state_dict: Mapping[str, Tensor]) -> str:
@@ -39,11 +39,15 @@ def fingerprint(state_dict: Mapping[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare module under DDP (`.module`) and torch.compile (`._orig_mod`)."""
+    inner = getattr(model, "module", model)
+    return getattr(inner, "_orig_mod", inner)
+
+
 def model_state(model: torch.nn.Module) -> dict[str, Tensor]:
     """The bare model's state dict, whatever DDP or torch.compile wrapped around it."""
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "_orig_mod", inner)
-    return {k: v.detach().clone().cpu() for k, v in inner.state_dict().items()}
+    return {k: v.detach().clone().cpu() for k, v in unwrap_model(model).state_dict().items()}
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

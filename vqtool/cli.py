@@ -402,7 +402,6 @@ def compare(
 
     Example: [bold]vqtool compare runs/original runs/ema runs/ema-kaiming --json runs.json[/bold]
     """
-    import_torch()
 
     from vqtool.plots import compare_figure, save_png
     from vqtool.runs import COMPARE_COLUMNS, compare_row, load_run, run_labels, summarise_run

@@ -26,11 +26,13 @@ from torch.nn.utils import parametrize
 from vqtool.checkpoint import LoadedModel
 from vqtool.codes import CodeFile, check_codes_for_model, read_codes
 from vqtool.errors import UsageError, WorkError
-from vqtool.evaluate import to_model_input
+from vqtool.evaluate import decode_to_unit, to_model_input
 from vqtool.files import (
     DISK_FIX,
     check_no_file_above,
     check_output_file,
+    current_umask,
+    file_mode,
     fsync_dir,
     save_or_fail,
     write_all,
@@ -39,8 +41,6 @@ from vqtool.images import (
     MULTIPLE,
     Grid,
     ImageItem,
-    current_umask,
-    file_mode,
     find_images,
     load_item,
     name_problem,
@@ -93,7 +93,7 @@ def decode_indices(model: VQVAE, indices: Tensor) -> Tensor:
         raise ValueError(f"expected integer indices (B, h, w), got {indices.dtype} {indices.shape}")
     device = next(model.parameters()).device
     with torch.inference_mode():
-        recon = model.decode(indices.to(device, torch.long)).float().add_(0.5).clamp_(0.0, 1.0)
+        recon = decode_to_unit(model, indices.to(device, torch.long))
         return recon.mul_(255.0).round_().to(torch.uint8).cpu()
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from vqtool.errors import UsageError, VqtoolError, WorkError
-from vqtool.files import check_output_file
+from vqtool.files import check_output_file, save_or_fail
 from vqtool.images import MAX_IMAGE_PIXELS, MULTIPLE, name_problem, padded_size
 
 FORMAT = "vqtool-codes"
@@ -75,7 +75,6 @@ class CodeFile:
 
 def write_codes(path: Path, code_file: CodeFile) -> None:
     """Write a code file atomically (temp file, fsync, rename); it is validated first."""
-    from vqtool.files import save_or_fail
 
     try:
         _validate(code_file, path)

@@ -34,8 +34,12 @@ def reconstruct_from_codes(model: VQVAE, images: Tensor) -> tuple[Tensor, Tensor
     """
     device = next(model.parameters()).device
     indices = model.encode(to_model_input(images, device))
-    recon = model.decode(indices).float().add_(0.5).clamp_(0.0, 1.0)
-    return indices, recon
+    return indices, decode_to_unit(model, indices)
+
+
+def decode_to_unit(model: VQVAE, indices: Tensor) -> Tensor:
+    """The images decoded from code indices, in [0, 1]: what evaluate and decode both use."""
+    return model.decode(indices).float().add_(0.5).clamp_(0.0, 1.0)
 
 
 @torch.no_grad()

@@ -18,10 +18,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        # mkstemp makes the file 0600; give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, file_mode())  # mkstemp makes it 0600
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -55,6 +52,17 @@ def save_or_fail(
         atomic_write(path, write)
     except OSError as exc:
         raise WorkError(f"could not write {what}: {exc.strerror or exc}", path, fix) from exc
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def file_mode() -> int:
+    """The mode a plain open() would give a new file under the current umask."""
+    return 0o666 & ~current_umask()
 
 
 def check_output_file(path: Path, what: str, example: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from vqtool.checkpoint import unwrap_model
 from vqtool.distributed import active, broadcast_from_rank0
 from vqtool.profiles import Profile
 
@@ -39,12 +40,6 @@ LR_FACTOR = 0.5
 class Verdict(NamedTuple):
     restore: bool  # True: put back the last good state
     reason: str  # why, for the log ("" when ok)
-
-
-def _inner(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare module under DDP (`.module`) and torch.compile (`._orig_mod`)."""
-    inner = getattr(model, "module", model)
-    return getattr(inner, "_orig_mod", inner)
 
 
 class CollapseGuard:
@@ -98,7 +93,8 @@ class CollapseGuard:
     @torch.no_grad()
     def snapshot(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Keep a copy of the current (good) model and optimizer state, on their device."""
-        self._model_state = {k: v.detach().clone() for k, v in _inner(model).state_dict().items()}
+        state = unwrap_model(model).state_dict()
+        self._model_state = {k: v.detach().clone() for k, v in state.items()}
         self._optimizer_state = copy.deepcopy(optimizer.state_dict())
 
     @torch.no_grad()
@@ -106,7 +102,7 @@ class CollapseGuard:
         """Put back the last snapshot (it stays, should a later record collapse again);
         returns the step it was taken at."""
         assert self._model_state is not None and self._optimizer_state is not None
-        _inner(model).load_state_dict(self._model_state)
+        unwrap_model(model).load_state_dict(self._model_state)
         optimizer.load_state_dict(copy.deepcopy(self._optimizer_state))
         self.restores += 1
         return int(self.good["step"]) if self.good else 0

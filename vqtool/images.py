@@ -403,7 +403,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write to a temp file beside `path`, then rename over it: never a torn file at `path`.
 
-    Unlike checkpoint.atomic_write this does not fsync each file (about 1 ms apiece, 10 s for
+    Unlike files.atomic_write this does not fsync each file (about 1 ms apiece, 10 s for
     the 10,000 PNGs of the test split); callers fsync the folders once at the end. Plain
     os calls: a file object and mkstemp's random names cost more than the write itself here.
     The temp name holds the process and thread ids, so concurrent writers never share one.
@@ -426,17 +426,6 @@ def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def current_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def file_mode() -> int:
-    """The mode a plain open() would give a new file under the current umask."""
-    return 0o666 & ~current_umask()
 
 
 class Grid:

@@ -174,12 +174,14 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def set_codes(self, which: Tensor, vectors: Tensor) -> None:
-        """Replace the codes selected by `which` (bool (K,) or indices) and reset their state."""
-        self.embedding.data[which] = vectors
+        """Replace the codes where `which` (bool (K,)) is set by the rows of `vectors` (K, D) and
+        reset their state; selecting with `where`, no index is read back to the host."""
+        keep = which.unsqueeze(1)
+        self.embedding.data.copy_(torch.where(keep, vectors, self.embedding.data))
         if self.uses_ema:
-            self.cluster_size[which] = 1.0
-            self.embed_sum[which] = vectors
-        self.unused_steps[which] = 0
+            self.cluster_size.copy_(torch.where(which, 1.0, self.cluster_size))
+            self.embed_sum.copy_(torch.where(keep, vectors, self.embed_sum))
+        self.unused_steps.masked_fill_(which, 0)
 
     @torch.no_grad()
     def init_from_data(self, z: Tensor) -> None:
@@ -266,11 +268,5 @@ class VectorQuantizer(nn.Module):
         local = picks - rank * n
         mine = (local >= 0) & (local < n)
         rows = all_reduce_sum(torch.where(mine.unsqueeze(1), flat[local.clamp(0, n - 1)], 0.0))
-        vectors = rows + 1e-4 * rows.std().clamp_min(1e-6) * noise
-        keep = dead.unsqueeze(1)
-        self.embedding.data.copy_(torch.where(keep, vectors, self.embedding.data))
-        if self.uses_ema:
-            self.cluster_size.copy_(torch.where(dead, 1.0, self.cluster_size))
-            self.embed_sum.copy_(torch.where(keep, vectors, self.embed_sum))
-        self.unused_steps.masked_fill_(dead, 0)
+        self.set_codes(dead, rows + 1e-4 * rows.std().clamp_min(1e-6) * noise)
         return dead.sum().float()

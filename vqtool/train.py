@@ -50,10 +50,9 @@ from vqtool.profiles import (
     profile_to_toml,
     with_overrides,
 )
+from vqtool.runs import METRICS_NAME, PROFILE_NAME
 from vqtool.speed import compile_for_training
 
-PROFILE_NAME = "profile.toml"
-METRICS_NAME = "metrics.jsonl"
 LOCK_NAME = ".lock"
 
 
