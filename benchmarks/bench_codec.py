@@ -1,11 +1,11 @@
 """Encode and decode speed against the seed model's bare forward pass.
 
-    python benchmarks/bench_codec.py --data-dir /work/cifar-full --run /tmp/bench-run
+    python benchmarks/bench_codec.py --data-dir data --run /tmp/bench-run
 
 Times `vqtool encode R cifar10:test -o X.vqc` and `vqtool decode R X.vqc -o DIR` (10,000 PNGs),
 each as a whole process (interpreter start, imports, checkpoint, data, files included), and
 compares their images/s with the forward pass of the seed's model (seed_baseline.py:
-swasun/VQ-VAE-Images as /work/shared/anchors.md describes it, residual stacks that repeat one
+swasun/VQ-VAE-Images as published, residual stacks that repeat one
 module object so the layers share weights, Kaiming init with weight norm, a quantizer that
 builds a dense one-hot matrix, multiplies it with the codebook and computes its loss and
 perplexity) on the same images, batch 256, in this process. The run should have the seed's

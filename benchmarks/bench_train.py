@@ -8,14 +8,14 @@
 What it prints, with the device it ran on:
 1. The seed's recipe (benchmarks/seed_baseline.py) and vqtool's `ema-kaiming` at batch 32,
    measured in turns in the same process on the same images (R rounds of N steps each), and
-   their ratio. vqtool is measured through `vqtool.train.train`, its own loop.
+   their ratio. vqtool is measured through `vqtool.train.run_training`, its own loop.
 2. vqtool's images/s at each of `--batch-sizes` (ema-kaiming with data.batch_size changed).
 3. On CUDA only: time to quality, i.e. seconds of training until the test NMSE, evaluated
    every `train.eval_every` steps of the `fast` profile, is at most 0.056. Evaluation time is
    excluded (and printed); so is nothing else: the first steps' start-up, including
    torch.compile, counts and is printed on its own.
 
-The data folder holds `cifar-10-batches-py` (default $VQTOOL_BENCH_DATA, else /work/cifar-full).
+The data folder holds `cifar-10-batches-py` (default $VQTOOL_BENCH_DATA, else ./data).
 """
 
 from __future__ import annotations
@@ -37,15 +37,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vqtool.data import load_cifar10  # noqa: E402
+from vqtool.device import resolve_device  # noqa: E402
 from vqtool.profiles import load_profile  # noqa: E402
-from vqtool.train import TrainEvent, resolve_device, train  # noqa: E402
+from vqtool.train import TrainEvent, run_training  # noqa: E402
 
 TARGET_NMSE = 0.056
 WARMUP_STEPS = 25
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get("VQTOOL_BENCH_DATA", "/work/cifar-full"))
+    return Path(os.environ.get("VQTOOL_BENCH_DATA", "data"))
 
 
 def device_name(device: torch.device) -> str:
@@ -82,7 +83,7 @@ def vqtool_images_per_s(
             records.append(event.record)
 
     with tempfile.TemporaryDirectory(prefix="vqtool-bench-") as tmp:
-        train(profile, Path(tmp) / "run", data_dir, callback=collect)
+        run_training(profile, Path(tmp) / "run", data_dir, callback=collect)
     first = records[0]
     last = records[-1]
     seconds = last["elapsed_s"] - first["elapsed_s"]
@@ -194,7 +195,7 @@ def time_to_quality(
     with tempfile.TemporaryDirectory(prefix="vqtool-ttq-") as tmp:
         run = Path(tmp) / "run"
         with contextlib.suppress(_Reached):
-            train(profile, run, data_dir, callback=stop_at_target)
+            run_training(profile, run, data_dir, callback=stop_at_target)
         summary = summarize_run(run / "metrics.jsonl")
     summary.update(
         profile=profile_name,

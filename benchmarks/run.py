@@ -5,7 +5,7 @@ the codec benchmark when present.
                              [bench_train.py options...]
 
 Each benchmark runs as its own process, one after the other (never two heavy runs at once).
-The data folder defaults to $VQTOOL_BENCH_DATA, else /work/cifar-full. The codec benchmark
+The data folder defaults to $VQTOOL_BENCH_DATA, else ./data (vqtool's own default). The codec benchmark
 times a run folder: `--codec-run R`, else a one-step `ema-kaiming` run made here (its speed
 depends on the model's sizes, not on how well it is trained).
 """
@@ -28,7 +28,7 @@ def _data_dir(argv: list[str]) -> str:
             return argv[i + 1]
         if arg.startswith("--data-dir="):
             return arg.split("=", 1)[1]
-    return os.environ.get("VQTOOL_BENCH_DATA", "/work/cifar-full")
+    return os.environ.get("VQTOOL_BENCH_DATA", "data")
 
 
 def _pop_option(argv: list[str], name: str) -> str | None:

@@ -1,6 +1,6 @@
 """The seed's training recipe (swasun/VQ-VAE-Images, EMA + Kaiming), rebuilt as a yardstick.
 
-Written from the description in ../shared/anchors.md, defects included, because the benchmark
+Written from the seed's code as published, defects included, because the benchmark
 measures how fast *that* recipe trains: the residual stack repeats one module object
 (`[Residual(...)] * n`, so its layers share weights); the encoder's third conv has no weight
 norm (the seed's typo); the EMA quantizer builds a dense one-hot matrix and re-creates its

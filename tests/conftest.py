@@ -92,12 +92,12 @@ def tiny_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder trained for 30 steps with the tiny profile on the tiny dataset."""
     from vqtool.profiles import load_profile
-    from vqtool.train import train
+    from vqtool.train import run_training
 
     root = tmp_path_factory.mktemp("trained")
     data = make_cifar_folder(root / "data")
     profile = load_profile(write_tiny_profile(root / "tiny.toml"))
-    train(profile, root / "run", data)
+    run_training(profile, root / "run", data)
     return root / "run"
 
 

@@ -1,8 +1,8 @@
 """Tiny CIFAR-10 stand-ins for tests: archives and folders in the official python layout.
 
 The images are smooth colour gradients with one soft blob and a little noise, so a model can
-learn them in a few steps; every batch is a protocol-2 pickle with str keys, as written by
-../shared/data/make_cifar10_python.py.
+learn them in a few steps; every batch is a protocol-2 pickle with str keys, as in the
+official CIFAR-10 python archive.
 """
 
 from __future__ import annotations
@@ -15,8 +15,14 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pytest
+import torch
+
+if TYPE_CHECKING:
+    from vqtool.train import Trainer
 
 BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -202,3 +208,43 @@ def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 180.0) 
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.005)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def tiny_trainer(tmp_path: Path, device: str, overrides: list[str]) -> Trainer:
+    """A Trainer on a tiny profile and made-up data, on `device` (bf16 autocast on CUDA)."""
+    from vqtool.data import load_cifar10
+    from vqtool.device import Placement
+    from vqtool.profiles import load_profile
+    from vqtool.train import Trainer
+
+    data = make_cifar_folder(tmp_path / "data")
+    profile = load_profile(write_tiny_profile(tmp_path / "tiny.toml"), overrides)
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else None
+    images = load_cifar10(data, "train").to(dev)
+    return Trainer(profile, tmp_path / "run", images, Placement(dev, dtype), lambda e: None)
+
+
+def run_steps(trainer: Trainer, steps: int) -> list[list[float]]:
+    """Train `steps` steps by hand; a row per step: nmse, vq_loss, perplexity, restarts."""
+    trainer.model.train()
+    out = []
+    for step in range(steps):
+        x = trainer.next_batch(step)
+        if step == 0:
+            trainer.init_codebook(x)
+        out.append(trainer.train_step(x).tolist())
+        trainer.step += 1
+    return out
+
+
+def one_error_line(output: str) -> str:
+    """The single `error: ...` line a failed command printed (no traceback); returns it."""
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    assert lines[0].startswith("error: "), output
+    assert "Traceback" not in output
+    return lines[0]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import source_env
+from helpers import one_error_line, source_env
 from typer.testing import CliRunner
 
 from vqtool.cli import app
@@ -29,14 +29,6 @@ EVAL_KEYS = {
     "checkpoint",
     "step",
 }
-
-
-def one_error_line(output: str) -> str:
-    lines = [line for line in output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, output
-    assert lines[0].startswith("error: "), output
-    assert "Traceback" not in output
-    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -252,7 +244,7 @@ def test_a_signal_during_the_torch_import_is_acted_on_after_it(ignored: bool) ->
     script = (
         "import os, signal, sys, threading, time\n"
         f"{'signal.signal(signal.SIGINT, signal.SIG_IGN)' if ignored else ''}\n"
-        "from vqtool.cli import import_torch\n"
+        "from vqtool.process import import_torch\n"
         "def interrupt():\n"
         "    while 'torch' not in sys.modules:\n"
         "        time.sleep(0.0005)\n"

@@ -15,7 +15,7 @@ from helpers import write_tiny_profile
 
 from vqtool.evaluate import evaluate_checkpoint
 from vqtool.profiles import load_profile
-from vqtool.train import train
+from vqtool.train import run_training
 
 
 def train_and_evaluate(
@@ -23,7 +23,7 @@ def train_and_evaluate(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """30 tiny-model steps; the test-split metrics and the run's metrics records."""
     profile = load_profile(write_tiny_profile(folder / "tiny.toml"), overrides)
-    train(profile, folder / name, data_dir)
+    run_training(profile, folder / name, data_dir)
     records = [json.loads(x) for x in (folder / name / "metrics.jsonl").read_text().splitlines()]
     return evaluate_checkpoint(folder / name, "test", data_dir), records
 

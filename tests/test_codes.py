@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import one_error_line
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -277,10 +278,7 @@ def test_hostile_code_files_fail_cleanly(
     before = sorted(p.name for p in tmp_path.parent.iterdir())
     result = runner.invoke(app, ["decode", str(trained_run), str(path), "-o", "out/deeper"])
     assert result.exit_code == exit_code, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    assert "Traceback" not in result.output
-    assert message in lines[0], lines[0]
+    assert message in one_error_line(result.output)
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.parent.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hostile.vqc"]

@@ -17,7 +17,7 @@ from helpers import source_env, wait_for, write_slow_profile, write_tiny_profile
 
 from vqtool.checkpoint import load_checkpoint, model_state
 from vqtool.profiles import load_profile
-from vqtool.train import train
+from vqtool.train import run_training
 
 
 def free_port() -> int:
@@ -35,7 +35,7 @@ def _worker(rank: int, world: int, port: int, profile: Path, data: Path, out: Pa
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    result = train(load_profile(profile), out / "run", data)
+    result = run_training(load_profile(profile), out / "run", data)
     torch.save(model_state(result.model), out / f"rank{rank}.pt")
 
 
@@ -59,7 +59,7 @@ def test_two_processes_agree_and_match_one(data_dir: Path, tmp_path: Path) -> No
         assert torch.equal(rank0[key], rank1[key]), key
 
     torch.set_num_threads(1)
-    one = model_state(train(load_profile(short), tmp_path / "one" / "run", data_dir).model)
+    one = model_state(run_training(load_profile(short), tmp_path / "one" / "run", data_dir).model)
     assert load_profile(profile).data.batch_size == 20  # global batch in both runs
     for key in one:
         assert torch.allclose(one[key].float(), rank0[key].float(), rtol=1e-3, atol=1e-4), key

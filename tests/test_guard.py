@@ -16,7 +16,7 @@ import vqtool.train as train_module
 from vqtool.checkpoint import load_checkpoint
 from vqtool.guard import CollapseGuard
 from vqtool.profiles import load_profile
-from vqtool.train import resolve_run, train
+from vqtool.train import resolve_run, run_training
 
 # The tiny model's learning rate is multiplied by this for steps 30-39: a blow-up.
 SPIKE = 300.0
@@ -94,9 +94,9 @@ def test_guard_restores_the_last_good_state_and_lowers_the_rate(
             notes.append(event.message)
 
     guarded = load_profile(tiny, ["train.steps=60", "train.collapse_guard=true"])
-    train(guarded, tmp_path / "on", data_dir, callback=watch)
+    run_training(guarded, tmp_path / "on", data_dir, callback=watch)
     unguarded = load_profile(tiny, ["train.steps=60", "train.collapse_guard=false"])
-    train(unguarded, tmp_path / "off", data_dir)
+    run_training(unguarded, tmp_path / "off", data_dir)
 
     on, off = run_records(tmp_path / "on"), run_records(tmp_path / "off")
     before = next(r for r in on if r["kind"] == "train" and r["step"] == 30)["nmse"]
@@ -121,11 +121,11 @@ def test_guard_restores_the_last_good_state_and_lowers_the_rate(
 def test_resume_with_the_guard_is_bit_identical(data_dir: Path, tmp_path: Path) -> None:
     tiny = write_tiny_profile(tmp_path / "tiny.toml")
     straight = load_profile(tiny, ["train.collapse_guard=true"])
-    train(straight, tmp_path / "straight", data_dir)
+    run_training(straight, tmp_path / "straight", data_dir)
     short = load_profile(tiny, ["train.collapse_guard=true", "train.steps=20"])
-    train(short, tmp_path / "split", data_dir)
+    run_training(short, tmp_path / "split", data_dir)
     assert load_checkpoint(tmp_path / "split")["guard"]["good"]["step"] == 20
     longer, run = resolve_run(None, ["train.steps=30"], tmp_path / "split", resume=True)
-    train(longer, run, data_dir, resume=True)
+    run_training(longer, run, data_dir, resume=True)
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
     assert a["fingerprint"] == b["fingerprint"]

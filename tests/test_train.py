@@ -15,13 +15,12 @@ from helpers import source_env, wait_for, write_slow_profile, write_tiny_profile
 from vqtool.checkpoint import load_checkpoint
 from vqtool.errors import UsageError, WorkError
 from vqtool.profiles import load_profile
+from vqtool.runs import RunDir
 from vqtool.train import (
     epoch_order,
     pixel_variance,
     resolve_run,
-    run_lock,
-    train,
-    truncate_metrics,
+    run_training,
 )
 
 
@@ -38,7 +37,9 @@ def vqtool_process(*args: str) -> subprocess.Popen[bytes]:
 def test_train_writes_run_files(tiny_profile: Path, data_dir: Path, tmp_path: Path) -> None:
     profile = load_profile(tiny_profile)
     events: list[str] = []
-    result = train(profile, tmp_path / "run", data_dir, callback=lambda e: events.append(e.kind))
+    result = run_training(
+        profile, tmp_path / "run", data_dir, callback=lambda e: events.append(e.kind)
+    )
     run = tmp_path / "run"
     assert result.step == 30
     assert events[0] == "start" and events[-1] == "end" and events.count("log") == 3
@@ -66,7 +67,7 @@ def test_train_writes_run_files(tiny_profile: Path, data_dir: Path, tmp_path: Pa
 
 def test_eval_every_logs_test_metrics(data_dir: Path, tmp_path: Path) -> None:
     profile = load_profile(write_tiny_profile(tmp_path / "p.toml", "eval_every = 15\n"))
-    train(profile, tmp_path / "run", data_dir)
+    run_training(profile, tmp_path / "run", data_dir)
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [15, 30]
@@ -87,8 +88,8 @@ def test_epoch_order_depends_on_seed_and_epoch_only() -> None:
 
 def test_training_is_repeatable(tiny_profile: Path, data_dir: Path, tmp_path: Path) -> None:
     profile = load_profile(tiny_profile)
-    train(profile, tmp_path / "a", data_dir)
-    train(profile, tmp_path / "b", data_dir)
+    run_training(profile, tmp_path / "a", data_dir)
+    run_training(profile, tmp_path / "b", data_dir)
     assert (
         load_checkpoint(tmp_path / "a")["fingerprint"]
         == load_checkpoint(tmp_path / "b")["fingerprint"]
@@ -98,11 +99,11 @@ def test_training_is_repeatable(tiny_profile: Path, data_dir: Path, tmp_path: Pa
 def test_resume_extends_a_finished_run(tiny_profile: Path, data_dir: Path, tmp_path: Path) -> None:
     """20 steps, then --resume --set train.steps=30, equals 30 steps straight."""
     straight = load_profile(tiny_profile)
-    train(straight, tmp_path / "straight", data_dir)
+    run_training(straight, tmp_path / "straight", data_dir)
     short = load_profile(tiny_profile, ["train.steps=20"])
-    train(short, tmp_path / "split", data_dir)
+    run_training(short, tmp_path / "split", data_dir)
     longer, run = resolve_run(None, ["train.steps=30"], tmp_path / "split", resume=True)
-    train(longer, run, data_dir, resume=True)
+    run_training(longer, run, data_dir, resume=True)
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
     assert a["fingerprint"] == b["fingerprint"]
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -175,19 +176,19 @@ def test_default_run_dir_is_named_after_profile() -> None:
 
 def test_second_trainer_on_same_folder_is_refused(tmp_path: Path) -> None:
     with (
-        run_lock(tmp_path / "run"),
+        RunDir.at(tmp_path / "run").lock(),
         pytest.raises(UsageError, match="another vqtool train"),
-        run_lock(tmp_path / "run"),
+        RunDir.at(tmp_path / "run").lock(),
     ):
         pass
-    with run_lock(tmp_path / "run"):  # released again
+    with RunDir.at(tmp_path / "run").lock():  # released again
         pass
 
 
 def test_truncate_metrics_drops_later_and_torn_lines(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 10}\n{"step": 20}\n{"step": 30}\n{"step": 4')
-    truncate_metrics(path, 20)
+    RunDir.at(tmp_path).truncate_metrics(20)
     assert path.read_text() == '{"step": 10}\n{"step": 20}\n'
 
 
@@ -206,7 +207,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(
 
     monkeypatch.setattr(torch, "save", save_once)
     with pytest.raises(WorkError, match="No space left") as info:
-        train(load_profile(tiny_profile), tmp_path / "run", data_dir)
+        run_training(load_profile(tiny_profile), tmp_path / "run", data_dir)
     assert "previous checkpoint is intact" in info.value.line()
     assert load_checkpoint(tmp_path / "run")["step"] == 10
     assert not list((tmp_path / "run").glob(".*.tmp"))
@@ -235,7 +236,7 @@ def test_resume_past_the_steps_trains_nothing_and_keeps_the_profile(
     before = (run / "profile.toml").read_text(), (run / "checkpoint.pt").read_bytes()
     notes: list[str] = []
     fewer, folder = resolve_run(None, ["train.steps=10"], run, resume=True)
-    result = train(
+    result = run_training(
         fewer, folder, trained_data_dir, resume=True,
         callback=lambda e: notes.append(e.message) if e.kind == "note" else None,
     )  # fmt: skip

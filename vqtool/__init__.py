@@ -8,6 +8,8 @@ The library behind the CLI, for notebooks::
     loaded = load_model(Path("runs/nb"))
     indices = loaded.model.encode(images)      # (B, 3, H, W) in [-0.5, 0.5] -> (B, H/4, W/4)
     recon = loaded.model.decode(indices)       # -> (B, 3, H, W)
+    codes = loaded.model.images_to_codes(uint8_images)   # the model's pixel convention
+    pixels = loaded.model.codes_to_images(codes)         # uint8, as vqtool decode writes
 
 Names are imported lazily so that `vqtool --help` does not wait for torch.
 """
@@ -15,9 +17,13 @@ Names are imported lazily so that `vqtool --help` does not wait for torch.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import Any
 
-__version__ = "0.1.0"
+try:
+    __version__ = importlib.metadata.version("vqtool")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree without installing
+    __version__ = "0+unknown"
 
 # public name -> module that defines it
 _API = {
@@ -43,8 +49,9 @@ _API = {
     "decode_indices": "vqtool.codec",
     "encode_inputs": "vqtool.codec",
     "decode_file": "vqtool.codec",
+    "RunDir": "vqtool.runs",
     "load_run": "vqtool.runs",
-    "summarise_run": "vqtool.runs",
+    "summarise_run": "vqtool.summary",
     "run_arrays": "vqtool.report",
     "write_run_plots": "vqtool.plots",
     "compare_figure": "vqtool.plots",
@@ -57,5 +64,4 @@ def __getattr__(name: str) -> Any:
     module = _API.get(name)
     if module is None:
         raise AttributeError(f"module 'vqtool' has no attribute {name!r}")
-    source = "train" if name == "run_training" else name
-    return getattr(importlib.import_module(module), source)
+    return getattr(importlib.import_module(module), name)

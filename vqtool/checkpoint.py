@@ -16,11 +16,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from vqtool.errors import UsageError, WorkError
+from vqtool.errors import UsageError, WorkError, first_line
 from vqtool.files import save_or_fail
 from vqtool.model import VQVAE, build_model
 from vqtool.profiles import Profile, profile_from_dict
-from vqtool.runs import CHECKPOINT_NAME
+from vqtool.runs import RunDir
 
 FORMAT = "vqtool-checkpoint"
 VERSION = 1
@@ -62,34 +62,20 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     )
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder or a checkpoint file -> the checkpoint file."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-        if not path.is_file():
-            raise UsageError(
-                "no checkpoint in this folder", path.parent, "give a run folder that has trained"
-            )
-    elif not path.is_file():
-        raise UsageError("no such run folder or checkpoint", path, "check the path")
-    return path
-
-
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and verify a checkpoint (run folder or file); never executes code from it."""
-    path = resolve_checkpoint(path)
+    path = RunDir.with_checkpoint(path).checkpoint
     try:
         with warnings.catch_warnings():
             # torch warns about odd pickle protocols before refusing them; the refusal is enough.
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt, truncated or unsafe files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             reason = "it holds objects other than tensors and plain data (refused, not run)"
         raise WorkError(
-            f"cannot read the checkpoint: {reason[:200]}",
+            f"cannot read the checkpoint: {reason}",
             path,
             "the file is truncated, corrupt or not a vqtool checkpoint; use another one",
         ) from exc
@@ -118,7 +104,11 @@ class LoadedModel(NamedTuple):
     step: int
     fingerprint: str
     train_variance: float
-    path: Path
+    path: Path  # the checkpoint file
+
+    @property
+    def run_dir(self) -> RunDir:
+        return RunDir.with_checkpoint(self.path)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -126,8 +116,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
 
     The model comes back in eval mode.
     """
-    payload = load_checkpoint(path)
-    checkpoint_path = resolve_checkpoint(path)
+    run = RunDir.with_checkpoint(path)
+    payload = load_checkpoint(run.checkpoint)
+    checkpoint_path = run.checkpoint
     try:
         profile = profile_from_dict(
             payload["profile"], payload["profile"].get("name", "checkpoint"), str(checkpoint_path)

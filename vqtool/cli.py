@@ -5,13 +5,9 @@ Heavy imports (torch, matplotlib) happen inside the commands so that `--help` is
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -19,7 +15,8 @@ import typer
 from typer.core import TyperGroup
 
 from vqtool import progress
-from vqtool.errors import Interrupted, Terminated, VqtoolError
+from vqtool.errors import Interrupted, Terminated, VqtoolError, debug_enabled, os_reason
+from vqtool.process import exit_now, import_torch, sigterm_unwinds
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,65 +74,16 @@ app = typer.Typer(
 )
 
 
-def import_torch() -> None:
-    """Import torch with Ctrl-C and SIGTERM held until it is done, then act on them.
-
-    A KeyboardInterrupt raised while torch's extension modules load is swallowed there (the
-    command then ran to the end, exit 0) or, rarely, aborts the process; the import takes
-    over a second, so a quick Ctrl-C often lands in it. Commands that need torch call this
-    before anything else.
-    """
-    if "torch" in sys.modules or threading.current_thread() is not threading.main_thread():
-        import torch  # noqa: F401
-
-        return
-    received: list[int] = []
-
-    def hold(signum: int, frame: object) -> None:
-        received.append(signum)
-
-    # A signal the process ignores (SIGINT for a background job of a script) stays ignored.
-    held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) != signal.SIG_IGN]
-    previous = {sig: signal.signal(sig, hold) for sig in held}
-    try:
-        import torch  # noqa: F401
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if received:
-        raise Terminated() if received[0] == signal.SIGTERM else KeyboardInterrupt()
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds() -> Iterator[None]:
-    """SIGTERM raises Terminated (a KeyboardInterrupt) while a command runs, so that a killed
-    `decode` or `encode` removes what it had started writing, as on Ctrl-C. `train` installs
-    its own handler inside (StopSignals: checkpoint, then exit 143)."""
-    ignored = signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
-    if ignored or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def terminate(signum: int, frame: object) -> None:
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def reports_errors(command: F) -> F:
-    """One line and the contract's exit code for every failure; VQTOOL_DEBUG=1 shows the trace."""
+    """One line and the documented exit code for every failure; VQTOOL_DEBUG=1 shows the trace."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            with _sigterm_unwinds():
+            with sigterm_unwinds():
                 return command(*args, **kwargs)
         except VqtoolError as exc:
-            if os.environ.get("VQTOOL_DEBUG"):
+            if debug_enabled():
                 raise
             progress.error_line(exc.line())
             raise typer.Exit(exc.exit_code) from None
@@ -149,18 +97,18 @@ def reports_errors(command: F) -> F:
         except OSError as exc:
             # A folder that cannot be written (permissions, read-only file system, full disk)
             # anywhere no more specific message was given.
-            if os.environ.get("VQTOOL_DEBUG"):
+            if debug_enabled():
                 raise
             where = f" ({exc.filename})" if exc.filename else ""
             progress.error_line(
-                f"error: {exc.strerror or exc}{where}: check that the folder exists, is writable "
+                f"error: {os_reason(exc)}{where}: check that the folder exists, is writable "
                 "and has free space"
             )
             raise typer.Exit(1) from None
         except typer.Exit:
             raise
         except Exception as exc:
-            if os.environ.get("VQTOOL_DEBUG"):
+            if debug_enabled():
                 raise
             progress.error_line(
                 f"error: unexpected {type(exc).__name__}: {exc} (vqtool): "
@@ -179,6 +127,8 @@ DataDir = Annotated[
         show_default=False,
     ),
 ]
+DEVICE_HELP = "Where to run: auto (CUDA when present), cpu, cuda, cuda:N or mps."
+Device = Annotated[str, typer.Option(help=DEVICE_HELP)]
 RunOrCheckpoint = Annotated[
     Path, typer.Argument(help="A run folder or its checkpoint.pt.", show_default=False)
 ]
@@ -244,7 +194,7 @@ def train(
     ] = None,
     data_dir: DataDir = None,
     device: Annotated[
-        str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps (overrides train.device).")
+        str | None, typer.Option(help=f"{DEVICE_HELP} Overrides train.device.")
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --run-dir from its checkpoint.")
@@ -258,8 +208,7 @@ def train(
     """
     import_torch()
     from vqtool.distributed import world_from_env
-    from vqtool.train import resolve_run
-    from vqtool.train import train as run_training
+    from vqtool.train import resolve_run, run_training
 
     overrides = list(set_ or []) + ([f"train.device={device}"] if device else [])
     chosen, folder = resolve_run(profile, overrides, run_dir, resume)
@@ -291,17 +240,18 @@ def evaluate(
         str | None,
         typer.Option("--json", help="Write the metrics as JSON to FILE, or - for stdout."),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: Device = "auto",
 ) -> None:
     """Metrics over a whole split from the decoded codes; writes eval-<split>.json in the run.
 
     Example: [bold]vqtool evaluate runs/demo --split test[/bold]
     """
     import_torch()
+    from vqtool.device import resolve_device
     from vqtool.errors import UsageError
     from vqtool.evaluate import evaluate_checkpoint, write_eval
     from vqtool.files import check_output_file
-    from vqtool.train import resolve_device
+    from vqtool.runs import RunDir
 
     if split not in ("test", "train"):
         raise UsageError(f"unknown split {split!r}", "--split", "use test or train")
@@ -317,7 +267,8 @@ def evaluate(
         progress.info(f"wrote {write_eval(run, metrics)}")
     except OSError as exc:
         progress.warn(
-            f"could not save eval-{split}.json in the run folder ({exc.strerror or exc}); "
+            f"could not save {RunDir.with_checkpoint(run).eval_file(split).name} in the run folder "
+            f"({os_reason(exc)}); "
             "the metrics below are complete"
         )
     if json_out is not None:
@@ -359,7 +310,7 @@ def plot(
         ),
     ] = None,
     data_dir: DataDir = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: Device = "auto",
 ) -> None:
     """Write loss.png, reconstructions.png (test images over their reconstructions) and
     codebook.png (code usage, dead codes, PCA of the codes) for a run.
@@ -367,10 +318,10 @@ def plot(
     Example: [bold]vqtool plot runs/demo -o figures/demo[/bold]
     """
     import_torch()
+    from vqtool.device import resolve_device
     from vqtool.plots import write_run_plots
     from vqtool.report import run_arrays
     from vqtool.runs import load_run
-    from vqtool.train import resolve_device
 
     loaded = load_run(run)
     for message in loaded.warnings:
@@ -404,7 +355,8 @@ def compare(
     """
 
     from vqtool.plots import compare_figure, save_png
-    from vqtool.runs import COMPARE_COLUMNS, compare_row, load_run, run_labels, summarise_run
+    from vqtool.runs import load_run
+    from vqtool.summary import COMPARE_COLUMNS, compare_row, run_labels, summarise_run
 
     loaded = [load_run(path) for path in runs]
     labels = run_labels([r.path for r in loaded])
@@ -445,7 +397,7 @@ def encode(
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 256,
     data_dir: DataDir = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: Device = "auto",
 ) -> None:
     """Encode images into a code file (.vqc): code indices, names, sizes and the checkpoint's
     fingerprint.
@@ -456,8 +408,8 @@ def encode(
     from vqtool.checkpoint import load_model
     from vqtool.codec import encode_inputs
     from vqtool.codes import check_output, write_codes
-    from vqtool.images import parse_size
-    from vqtool.train import resolve_device
+    from vqtool.device import resolve_device
+    from vqtool.pixels import parse_size
 
     shape = parse_size(size) if size is not None else None
     check_output(output)
@@ -498,7 +450,7 @@ def decode(
         typer.Option(help="Also write the images side by side to this PNG.", show_default=False),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 256,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: Device = "auto",
 ) -> None:
     """Decode a code file into one PNG per image, at the size it was encoded at, named after
     the stored names (DIR/cat/0001.png).
@@ -508,7 +460,7 @@ def decode(
     import_torch()
     from vqtool.checkpoint import load_model
     from vqtool.codec import decode_file
-    from vqtool.train import resolve_device
+    from vqtool.device import resolve_device
 
     loaded = load_model(run, resolve_device(device))
     with progress.CountProgress("decoding") as bar:
@@ -531,14 +483,5 @@ def main() -> None:
     try:
         app()
     except SystemExit as exc:
-        code = exc.code
-    else:  # pragma: no cover - click always ends with SystemExit in standalone mode
-        code = 0
-    if isinstance(code, str):
-        print(code, file=sys.stderr)
-    if not isinstance(code, int):  # a message (printed above) or anything else: a failure
-        code = 0 if code is None else 1
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe, a closed stream
-            stream.flush()
-    os._exit(code or 0)
+        exit_now(exc.code)
+    exit_now(0)  # pragma: no cover - click always ends with SystemExit in standalone mode

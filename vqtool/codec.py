@@ -2,15 +2,15 @@
 
 `encode_images` / `decode_indices` turn a batch of uint8 images into indices and back, exactly
 as `evaluate` reconstructs them: decode_indices(encode_images(x)) equals
-`(reconstruct_from_codes(model, x)[1] * 255).round()`. `encode_inputs` (files, folders,
-CIFAR-10 -> CodeFile) and `decode_file` (.vqc -> PNGs) stream batches, so memory stays
-bounded however many images there are: only the codes (small) are kept.
+`model.codes_to_images(model.images_to_codes(x))` (the model's pixel methods).
+`encode_inputs` (files, folders, CIFAR-10 -> CodeFile) and `decode_file` (.vqc -> PNGs)
+stream batches, so memory stays bounded however many images there are: only the codes (small)
+are kept.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -21,12 +21,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
-from torch.nn.utils import parametrize
 
 from vqtool.checkpoint import LoadedModel
 from vqtool.codes import CodeFile, check_codes_for_model, read_codes
-from vqtool.errors import UsageError, WorkError
-from vqtool.evaluate import decode_to_unit, to_model_input
+from vqtool.errors import UsageError, WorkError, os_reason
 from vqtool.files import (
     DISK_FIX,
     check_no_file_above,
@@ -36,22 +34,14 @@ from vqtool.files import (
     fsync_dir,
     save_or_fail,
     write_all,
-)
-from vqtool.images import (
-    MULTIPLE,
-    Grid,
-    ImageItem,
-    find_images,
-    load_item,
-    name_problem,
-    pad_to,
-    pad_to_multiple,
-    padded_size,
-    png_bytes,
-    unique_names,
     write_file,
 )
-from vqtool.model import VQVAE, build_model
+from vqtool.inputs import ImageItem, find_images, load_item
+from vqtool.model import VQVAE
+from vqtool.model_config import DOWNSAMPLE
+from vqtool.names import name_problem, unique_names
+from vqtool.pixels import pad_to, pad_to_multiple, padded_size
+from vqtool.png import Grid, png_bytes
 
 DEFAULT_BATCH = 256
 # Pixels per model batch, whatever --batch-size says: 1,024 CIFAR images, or one 1000x1000
@@ -79,9 +69,8 @@ def encode_images(model: VQVAE, images: Tensor) -> Tensor:
     copies when too short), as `vqtool encode` does.
     """
     _check_images(images)
-    device = next(model.parameters()).device
     with torch.inference_mode():
-        return model.encode(to_model_input(pad_to_multiple(images), device)).cpu()
+        return model.images_to_codes(pad_to_multiple(images)).cpu()
 
 
 def decode_indices(model: VQVAE, indices: Tensor) -> Tensor:
@@ -91,30 +80,8 @@ def decode_indices(model: VQVAE, indices: Tensor) -> Tensor:
     """
     if indices.ndim != 3 or indices.dtype.is_floating_point or indices.dtype == torch.bool:
         raise ValueError(f"expected integer indices (B, h, w), got {indices.dtype} {indices.shape}")
-    device = next(model.parameters()).device
     with torch.inference_mode():
-        recon = decode_to_unit(model, indices.to(device, torch.long))
-        return recon.mul_(255.0).round_().to(torch.uint8).cpu()
-
-
-def folded_model(model: VQVAE) -> VQVAE:
-    """The same model with weight norm folded into plain weights, computed once.
-
-    Weight norm recomputes every conv's weight on each call (about a tenth of an encode on
-    the CPU); the folded weights are the very tensors it computes, so outputs are identical.
-    """
-    folded_weights = {
-        f"{name}.weight": module.weight.detach()
-        for name, module in model.named_modules()
-        if parametrize.is_parametrized(module, "weight")
-    }
-    if not folded_weights:
-        return model
-    state = {k: v for k, v in model.state_dict().items() if ".parametrizations." not in k}
-    with torch.random.fork_rng(devices=[]):  # building draws an init we overwrite at once
-        plain = build_model(dataclasses.replace(model.config, kaiming_init=False))
-    plain.load_state_dict({**state, **folded_weights})
-    return plain.to(next(model.parameters()).device).eval()
+        return model.codes_to_images(indices.to(model.device, torch.long)).cpu()
 
 
 def batch_ranges(n: int, batch_size: int, pixels_per_image: int) -> Iterator[tuple[int, int]]:
@@ -165,8 +132,8 @@ def encode_inputs(
         more = f" and {len(found.skipped) - 5} more" if len(found.skipped) > 5 else ""
         on_note(f"skipped {len(found.skipped)} file(s) that are not images: {shown}{more}")
     n = len(items)
-    codes = np.empty((n, shape[0] // MULTIPLE, shape[1] // MULTIPLE), np.uint16)
-    model = folded_model(loaded.model)
+    codes = np.empty((n, shape[0] // DOWNSAMPLE, shape[1] // DOWNSAMPLE), np.uint16)
+    model = loaded.model.folded()
     for start, stop in batch_ranges(n, batch_size, shape[0] * shape[1]):
         batch = torch.stack([pad_to(load_item(item, size), shape) for item in items[start:stop]])
         codes[start:stop] = encode_images(model, batch).numpy()
@@ -237,9 +204,7 @@ def _write_pngs(jobs: Sequence[tuple[Path, np.ndarray]], mode: int, writer: Writ
         try:
             writer(path, png_bytes(image), mode)
         except OSError as exc:
-            raise WorkError(
-                f"could not write the PNG: {exc.strerror or exc}", path, DISK_FIX
-            ) from exc
+            raise WorkError(f"could not write the PNG: {os_reason(exc)}", path, DISK_FIX) from exc
 
 
 def _write_new_file(path: Path, data: bytes, mode: int) -> None:
@@ -272,9 +237,7 @@ def _staging_folder(out_dir: Path) -> Path | None:
         inherited = os.stat(staging).st_mode & 0o7000
         os.chmod(staging, inherited | (0o777 & ~current_umask()))
     except OSError as exc:
-        raise WorkError(
-            f"could not make the folder: {exc.strerror or exc}", out_dir, DISK_FIX
-        ) from exc
+        raise WorkError(f"could not make the folder: {os_reason(exc)}", out_dir, DISK_FIX) from exc
     return staging
 
 
@@ -288,7 +251,7 @@ def _publish(staging: Path, out_dir: Path) -> None:
         os.rename(staging, out_dir)
     except OSError as exc:
         raise WorkError(
-            f"could not move the PNGs into place ({exc.strerror or exc}; did the folder appear "
+            f"could not move the PNGs into place ({os_reason(exc)}; did the folder appear "
             "while decoding?)",
             out_dir,
             "choose another -o",
@@ -359,11 +322,11 @@ def _decode_into(
             folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise WorkError(
-            f"could not make the folder: {exc.strerror or exc}", folders[0], DISK_FIX
+            f"could not make the folder: {os_reason(exc)}", folders[0], DISK_FIX
         ) from exc
     mode = file_mode()
     writer: Writer = _write_new_file if staging is not None else write_file
-    model = folded_model(loaded.model)
+    model = loaded.model.folded()
     pixels = code_file.image_size[0] * code_file.image_size[1]
     pool = concurrent.futures.ThreadPoolExecutor(PNG_WRITERS)
     try:

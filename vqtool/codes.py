@@ -29,9 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from vqtool.errors import UsageError, VqtoolError, WorkError
+from vqtool.errors import UsageError, VqtoolError, WorkError, first_line
 from vqtool.files import check_output_file, save_or_fail
-from vqtool.images import MAX_IMAGE_PIXELS, MULTIPLE, name_problem, padded_size
+from vqtool.imagefiles import MAX_IMAGE_PIXELS
+from vqtool.model_config import DOWNSAMPLE
+from vqtool.names import name_problem
+from vqtool.pixels import padded_size
 
 FORMAT = "vqtool-codes"
 VERSION = 1
@@ -58,7 +61,7 @@ class CodeFile:
     num_embeddings: int  # K: every code is < K
     embedding_dim: int  # D
     image_size: tuple[int, int]  # (H, W) shared by every image after padding; multiples of 4
-    downsample: int = MULTIPLE
+    downsample: int = DOWNSAMPLE
     version: int = VERSION
 
     def header(self) -> dict[str, Any]:
@@ -119,8 +122,7 @@ def read_codes(path: Path) -> CodeFile:
     except VqtoolError:
         raise
     except Exception as exc:  # zipfile and numpy raise many types on damaged input
-        text = str(exc).strip().splitlines()
-        reason = text[0][:120] if text else type(exc).__name__
+        reason = first_line(exc, 120)
         raise WorkError(f"not a readable code file: {reason}", path, _DAMAGED) from exc
     return _from_arrays(arrays, path)
 
@@ -245,13 +247,13 @@ def _from_arrays(arrays: dict[str, np.ndarray], path: Path) -> CodeFile:
         raise _damaged("the header's num_embeddings is not an integer in 2..65536", path)
     if not _int(header["embedding_dim"], 1, 1 << 20):
         raise _damaged("the header's embedding_dim is not a positive integer", path)
-    if header["downsample"] != MULTIPLE or isinstance(header["downsample"], bool):
-        raise _damaged(f"the header's downsample is not {MULTIPLE}", path)
+    if header["downsample"] != DOWNSAMPLE or isinstance(header["downsample"], bool):
+        raise _damaged(f"the header's downsample is not {DOWNSAMPLE}", path)
     image_size = header["image_size"]
     if not (
         isinstance(image_size, list)
         and len(image_size) == 2
-        and all(_int(s, MULTIPLE, MAX_IMAGE_PIXELS) and s % MULTIPLE == 0 for s in image_size)
+        and all(_int(s, DOWNSAMPLE, MAX_IMAGE_PIXELS) and s % DOWNSAMPLE == 0 for s in image_size)
         and image_size[0] * image_size[1] <= MAX_IMAGE_PIXELS
     ):
         raise _damaged("the header's image_size is not [H, W] in multiples of 4", path)
@@ -277,7 +279,7 @@ def _validate(
     """Arrays against the header: dtypes, shapes, every index < K, sizes, names."""
     codes, sizes = code_file.codes, code_file.sizes
     n = codes.shape[0] if codes.ndim else 0
-    h, w = code_file.image_size[0] // MULTIPLE, code_file.image_size[1] // MULTIPLE
+    h, w = code_file.image_size[0] // DOWNSAMPLE, code_file.image_size[1] // DOWNSAMPLE
     if codes.dtype.kind != "u" or codes.dtype.itemsize != 2:
         raise _damaged(f"codes must be uint16, got {codes.dtype}", path)
     if codes.ndim != 3 or codes.shape[1:] != (h, w):

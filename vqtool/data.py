@@ -33,7 +33,7 @@ from typing import IO, Any, NamedTuple
 import numpy as np
 import torch
 
-from vqtool.errors import UsageError, WorkError
+from vqtool.errors import UsageError, WorkError, os_reason
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -143,7 +143,7 @@ def _read_batch(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise WorkError("missing batch file", path, _REDOWNLOAD) from None
     except OSError as e:
-        raise WorkError(f"cannot read batch file: {e.strerror or e}", path, _REDOWNLOAD) from None
+        raise WorkError(f"cannot read batch file: {os_reason(e)}", path, _REDOWNLOAD) from None
     except Exception as e:  # any malformed pickle: UnpicklingError, EOFError, ValueError, ...
         raise WorkError(f"corrupt batch file: {e}", path, _REDOWNLOAD) from None
     if not isinstance(raw, dict):
@@ -240,7 +240,7 @@ def _open_source(source: str) -> Iterator[tuple[IO[bytes], int | None]]:
             f = open(source, "rb")  # noqa: SIM115 - closed below, after the caller streams it
         except OSError as e:
             raise WorkError(
-                f"cannot read the archive: {e.strerror or e}",
+                f"cannot read the archive: {os_reason(e)}",
                 source,
                 "check the path given to --source",
             ) from None
@@ -286,7 +286,7 @@ def _fetch(
                 out.write(chunk)
             except OSError as e:
                 raise WorkError(
-                    f"cannot write the download: {e.strerror or e}",
+                    f"cannot write the download: {os_reason(e)}",
                     out_path,
                     "free some disk space or choose another --data-dir",
                 ) from None
@@ -391,7 +391,7 @@ def _make_dirs(data_dir: Path) -> list[Path]:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WorkError(
-            f"cannot create the data folder: {e.strerror or e}",
+            f"cannot create the data folder: {os_reason(e)}",
             data_dir,
             "choose another --data-dir",
         ) from None
@@ -469,7 +469,7 @@ def download_cifar10(
             _install(new, folder)
         except OSError as e:
             raise WorkError(
-                f"cannot move the extracted data into place: {e.strerror or e}",
+                f"cannot move the extracted data into place: {os_reason(e)}",
                 folder,
                 "check the permissions of the data folder",
             ) from None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 
 class VqtoolError(Exception):
     """A failure the CLI prints as `error: <what> (<where>): <what to do>`.
 
-    `exit_code` follows the contract: 1 when the work failed on a well-formed request
+    `exit_code` is 1 when the work failed on a well-formed request
     (network, disk, checksum, corrupt or tampered file), 2 when the request itself is wrong.
     """
 
@@ -50,3 +52,19 @@ class Interrupted(Exception):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM outside training: unwinds like Ctrl-C, so every cleanup runs (exit 143)."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message as one line of at most `limit` characters (its type if empty)."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+def os_reason(exc: OSError) -> str:
+    """The system's words for an OSError ('No space left on device'), else its message."""
+    return exc.strerror or str(exc)
+
+
+def debug_enabled() -> bool:
+    """VQTOOL_DEBUG=1: let errors escape with their traceback instead of one line."""
+    return bool(os.environ.get("VQTOOL_DEBUG"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -12,34 +11,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vqtool.checkpoint import load_model, resolve_checkpoint
+from vqtool.checkpoint import load_model
 from vqtool.data import load_cifar10
-from vqtool.files import atomic_write
 from vqtool.model import DOWNSAMPLE, VQVAE
-from vqtool.quantizer import code_counts, perplexity_from_counts
+from vqtool.quantizer import code_counts, entropy_bits_from_counts, perplexity_from_counts
+from vqtool.runs import RunDir
 
 EVAL_BATCH = 500
-
-
-def to_model_input(images: Tensor, device: torch.device | str) -> Tensor:
-    """uint8 (B, 3, H, W) in [0, 255] -> float (B, 3, H, W) in [-0.5, 0.5] on `device`."""
-    return images.to(device, non_blocking=True).float().div_(255.0).sub_(0.5)
-
-
-@torch.no_grad()
-def reconstruct_from_codes(model: VQVAE, images: Tensor) -> tuple[Tensor, Tensor]:
-    """Codes and their decoded reconstruction in [0, 1]: uint8 (B,3,H,W) -> ((B,h,w), (B,3,H,W)).
-
-    No straight-through term: exactly what decode(encode(x)) gives.
-    """
-    device = next(model.parameters()).device
-    indices = model.encode(to_model_input(images, device))
-    return indices, decode_to_unit(model, indices)
-
-
-def decode_to_unit(model: VQVAE, indices: Tensor) -> Tensor:
-    """The images decoded from code indices, in [0, 1]: what evaluate and decode both use."""
-    return model.decode(indices).float().add_(0.5).clamp_(0.0, 1.0)
 
 
 @torch.no_grad()
@@ -50,10 +28,10 @@ def evaluate_images(
     batch_size: int = EVAL_BATCH,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Every metric of the contract over uint8 images (N, 3, H, W); the model is left as it was."""
+    """Every metric of eval-<split>.json over uint8 images (N, 3, H, W); the model is left as it was."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model.device
     k = model.config.num_embeddings
     counts = torch.zeros(k, device=device)
     squared_error = 0.0
@@ -61,7 +39,7 @@ def evaluate_images(
     n = images.shape[0]
     for begin in range(0, n, batch_size):
         batch = images[begin : begin + batch_size]
-        indices, recon = reconstruct_from_codes(model, batch)
+        indices, recon = model.reconstruct(batch)
         target = batch.to(device).float().div_(255.0)
         squared_error += float((recon - target).double().pow(2).sum())
         counts += code_counts(indices, k)
@@ -70,8 +48,7 @@ def evaluate_images(
     seconds = time.perf_counter() - start
     model.train(was_training)
     mse = squared_error / images[:1].numel() / n
-    probs = counts / counts.sum()
-    entropy_bits = float(-(probs[probs > 0] * probs[probs > 0].log2()).sum())
+    entropy_bits = float(entropy_bits_from_counts(counts))
     h, w = images.shape[2] // DOWNSAMPLE, images.shape[3] // DOWNSAMPLE
     used = int((counts > 0).sum())
     return {
@@ -103,8 +80,5 @@ def evaluate_checkpoint(
 
 
 def write_eval(path: Path, metrics: dict[str, Any]) -> Path:
-    """Write `eval-<split>.json` beside the checkpoint, atomically; returns its path."""
-    out = resolve_checkpoint(path).parent / f"eval-{metrics['split']}.json"
-    text = json.dumps(metrics, indent=2) + "\n"
-    atomic_write(out, lambda f: f.write(text.encode()))
-    return out
+    """Write `eval-<split>.json` in the run of `path` (a run folder or checkpoint)."""
+    return RunDir.with_checkpoint(path).write_eval(metrics)

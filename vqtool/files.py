@@ -1,14 +1,16 @@
-"""Writing files so that a crash never leaves a torn one: temp file, fsync, rename."""
+"""Every file vqtool writes goes through here, so that a crash never leaves a torn one:
+temp file beside the target, (fsync,) rename."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from vqtool.errors import UsageError, WorkError
+from vqtool.errors import UsageError, WorkError, os_reason
 
 DISK_FIX = "check that the folder is writable and the disk has room"
 
@@ -28,6 +30,16 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_text(path: Path, text: str) -> None:
+    """`atomic_write` of UTF-8 text."""
+    write_bytes(path, text.encode())
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """`atomic_write` of bytes already in memory."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def fsync_dir(folder: Path) -> None:
@@ -51,7 +63,7 @@ def save_or_fail(
     try:
         atomic_write(path, write)
     except OSError as exc:
-        raise WorkError(f"could not write {what}: {exc.strerror or exc}", path, fix) from exc
+        raise WorkError(f"could not write {what}: {os_reason(exc)}", path, fix) from exc
 
 
 def current_umask() -> int:
@@ -86,3 +98,31 @@ def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write to a temp file beside `path`, then rename over it: never a torn file at `path`.
+
+    Unlike files.atomic_write this does not fsync each file (about 1 ms apiece, 10 s for
+    the 10,000 PNGs of the test split); callers fsync the folders once at the end. Plain
+    os calls: a file object and mkstemp's random names cost more than the write itself here.
+    The temp name holds the process and thread ids, so concurrent writers never share one.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o600)
+    except FileExistsError:
+        # Left by a killed process that had this pid and thread id: no live writer uses it.
+        tmp.unlink()
+        fd = os.open(tmp, flags, 0o600)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vqtool.errors import first_line
+
 WARMUP_STEPS = 3
 
 
@@ -102,7 +104,7 @@ class GraphedStep:
             # back. Its own message is often generic; the cause is the error it followed.
             torch.cuda.set_stream(stream)
             cause = exc.__context__ or exc
-            self.failure = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+            self.failure = first_line(cause)
             for group in self.optimizer.param_groups:
                 group["capturable"] = False
             self.optimizer.zero_grad(set_to_none=True)

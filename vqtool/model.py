@@ -3,6 +3,10 @@
 Encoder: two stride-2 4x4 convs and a 3x3 conv, then a residual stack; a 1x1 conv maps to
 the embedding size. Decoder: a 3x3 conv, a residual stack, two stride-2 transposed convs.
 Images are 4x smaller per side in the latent grid (`DOWNSAMPLE`).
+
+The model owns its pixel convention: uint8 images in [0, 255] go in as [-0.5, 0.5] floats,
+and codes come back out as images in [0, 1] (clamped) or uint8 (rounded). Evaluation, code
+files, plots and training all go through these methods, so they see the same pixels.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
-from vqtool.profiles import ModelConfig
+from vqtool.model_config import DOWNSAMPLE, ModelConfig
 from vqtool.quantizer import VectorQuantizer
 
-DOWNSAMPLE = 4
+__all__ = ["DOWNSAMPLE", "VQVAE", "ModelConfig", "build_model"]
 
 
 class Residual(nn.Module):
@@ -128,6 +133,59 @@ class VQVAE(nn.Module):
     def decode(self, indices: Tensor) -> Tensor:
         """Code indices to images in [-0.5, 0.5] (unclamped): (B, h, w) -> (B, 3, 4h, 4w)."""
         return self.decoder(self.quantizer.lookup(indices))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @staticmethod
+    def to_input(images: Tensor, device: torch.device | str) -> Tensor:
+        """uint8 (B, 3, H, W) in [0, 255] -> float (B, 3, H, W) in [-0.5, 0.5] on `device`."""
+        return images.to(device, non_blocking=True).float().div_(255.0).sub_(0.5)
+
+    @torch.no_grad()
+    def images_to_codes(self, images: Tensor) -> Tensor:
+        """uint8 (B, 3, H, W), sides multiples of DOWNSAMPLE -> int64 codes (B, H/4, W/4)."""
+        return self.encode(self.to_input(images, self.device))
+
+    @torch.no_grad()
+    def codes_to_unit(self, indices: Tensor) -> Tensor:
+        """Code indices (B, h, w) -> images in [0, 1] (B, 3, 4h, 4w): the decoded pixels that
+        evaluation measures and code files decode to."""
+        return self.decode(indices).float().add_(0.5).clamp_(0.0, 1.0)
+
+    @torch.no_grad()
+    def codes_to_images(self, indices: Tensor) -> Tensor:
+        """Code indices (B, h, w) -> uint8 images (B, 3, 4h, 4w): codes_to_unit rounded."""
+        return self.codes_to_unit(indices).mul_(255.0).round_().to(torch.uint8)
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """uint8 (B, 3, H, W) -> (codes (B, h, w), reconstruction in [0, 1] (B, 3, H, W)).
+
+        No straight-through term: exactly what decoding the codes gives.
+        """
+        indices = self.images_to_codes(images)
+        return indices, self.codes_to_unit(indices)
+
+    def folded(self) -> VQVAE:
+        """An eval-mode copy with weight norm folded into plain weights (self if it has none).
+
+        Weight norm recomputes every conv's weight on each call (about a tenth of an encode on
+        the CPU); the folded weights are the very tensors it computes, so outputs are identical.
+        """
+        if not any(parametrize.is_parametrized(m) for m in self.modules()):
+            return self
+        # A copy through the config and the state dict: deepcopy cannot copy a parametrized
+        # module. Building draws an init that the state dict overwrites at once.
+        with torch.random.fork_rng(devices=[]):
+            plain = build_model(self.config)
+        plain.load_state_dict(self.state_dict())
+        plain.to(self.device).eval()
+        for module in plain.modules():
+            if parametrize.is_parametrized(module, "weight"):
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        return plain
 
 
 def apply_kaiming_weight_norm(model: nn.Module) -> None:

@@ -26,7 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from vqtool.files import atomic_write  # noqa: E402
+from vqtool.files import write_bytes  # noqa: E402
 from vqtool.runs import Run  # noqa: E402
 
 if TYPE_CHECKING:
@@ -144,16 +144,13 @@ def loss_figure(run: Run) -> Figure:
 
 
 def image_grid(images: np.ndarray, columns: int = SAMPLE_COLUMNS, gap: int = 2) -> np.ndarray:
-    """(N, 3, H, W) in [0, 1] -> one (rows*(H+gap)-gap, cols*(W+gap)-gap, 3) image, white gaps."""
-    n, _, h, w = images.shape
-    columns = max(1, min(columns, n))
-    rows = math.ceil(n / columns)
-    grid = np.ones((rows * (h + gap) - gap, columns * (w + gap) - gap, 3), dtype=np.float32)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        top, left = r * (h + gap), c * (w + gap)
-        grid[top : top + h, left : left + w] = np.transpose(image, (1, 2, 0))
-    return grid
+    """(N, 3, H, W) in [0, 1] -> one (H', W', 3) image of `columns` per row, white gaps."""
+    import torch
+    from torchvision.utils import make_grid
+
+    tensor = torch.from_numpy(np.asarray(images, dtype=np.float32))
+    grid = make_grid(tensor, nrow=max(1, min(columns, len(images))), padding=gap, pad_value=1.0)
+    return grid.permute(1, 2, 0).numpy()
 
 
 def reconstructions_figure(
@@ -206,6 +203,14 @@ def pca_2d(vectors: np.ndarray, fit: np.ndarray | None = None) -> tuple[np.ndarr
     return projected, explained
 
 
+def _perplexity(counts: np.ndarray) -> float:
+    import torch
+
+    from vqtool.quantizer import perplexity_from_counts
+
+    return float(perplexity_from_counts(torch.from_numpy(counts)))
+
+
 def codebook_figure(
     counts: np.ndarray, codebook: np.ndarray, title: str = "", images: int = 0
 ) -> Figure:
@@ -218,8 +223,7 @@ def codebook_figure(
     total = counts.sum()
     used = int((counts > 0).sum())
     probs = counts / total if total > 0 else np.zeros(k)
-    nz = probs[probs > 0]
-    perplexity = float(np.exp(-(nz * np.log(nz)).sum())) if len(nz) else 0.0
+    perplexity = _perplexity(counts) if total > 0 else 0.0
 
     fig = Figure(figsize=(12, 4.8), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -300,7 +304,7 @@ def save_png(fig: Figure, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
     data = buffer.getvalue()
-    atomic_write(path, lambda f: f.write(data))
+    write_bytes(path, data)
     return path
 
 

@@ -13,7 +13,6 @@ import difflib
 import math
 import os
 import re
-import sys
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,11 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from vqtool.errors import UsageError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
+from vqtool.model_config import ModelConfig
+from vqtool.tomlio import TOMLDecodeError, dumps_toml, loads_toml, toml_value
 
 
 @dataclass(frozen=True)
@@ -35,24 +31,6 @@ class DataConfig:
     dataset: str = "cifar10"
     shuffle: bool = True
     batch_size: int = 32  # global batch: split evenly across DDP processes
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The VQ-VAE's sizes, its quantizer and how its weights and codebook start."""
-
-    num_hiddens: int = 128
-    num_residual_hiddens: int = 32
-    num_residual_layers: int = 2
-    embedding_dim: int = 64
-    num_embeddings: int = 512
-    commitment_cost: float = 0.25
-    decay: float = 0.99  # 0 = the paper's codebook loss, no EMA
-    kaiming_init: bool = True
-    # "seed": normal for EMA, uniform(-1/K, 1/K) without; "encoder": sampled encoder outputs of
-    # the first batch; "kmeans": k-means++ on those outputs.
-    codebook_init: str = "encoder"
-    dead_code_steps: int = 0  # codes unused this many steps are re-seeded; 0 = off
 
 
 @dataclass(frozen=True)
@@ -95,7 +73,9 @@ _TYPE_NAMES = {
     float: "a number",
     str: "a string",
 }
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+# The device names every --device and train.device accept (vqtool.device resolves them).
+DEVICE_NAMES = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
 
 
 def _at_least(low: int) -> tuple[Callable[[Any], bool], str]:
@@ -106,7 +86,7 @@ def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in choices), "one of " + ", ".join(choices)
 
 
-# Allowed values per key (design.md "Profiles"); keys not listed accept any value of their type.
+# Allowed values per key; keys not listed accept any value of their type.
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.dataset": _one_of("cifar10"),
     "data.batch_size": _at_least(1),
@@ -127,7 +107,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.checkpoint_every": _at_least(1),
     "train.eval_every": _at_least(0),
     "train.precision": _one_of("auto", "fp32", "bf16"),
-    "train.device": (lambda v: bool(_DEVICE_RE.match(v)), "one of auto, cpu, cuda, cuda:N, mps"),
+    "train.device": (lambda v: bool(DEVICE_NAMES.fullmatch(v)), f"one of {DEVICE_CHOICES}"),
     "train.lr_schedule": _one_of("constant", "cosine"),
     "train.warmup_steps": _at_least(0),
 }
@@ -209,9 +189,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
             f"cannot read profile: {exc}", where, "give a readable UTF-8 TOML file"
         ) from None
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        # tomllib's message carries the line and column, e.g. "(at line 3, column 7)".
+        return loads_toml(text)
+    except TOMLDecodeError as exc:
+        # The TOML reader's message carries the line and column, e.g. "(at line 3, column 7)".
         raise UsageError(f"malformed TOML: {exc}", where, "fix the syntax at that line") from None
 
 
@@ -307,7 +287,7 @@ def _check_value(qualified: str, value: Any, kind: type, where: str) -> Any:
     else:
         allowed = f"{_TYPE_NAMES[kind]} {rule[1]}"
     if not ok or (rule and not rule[0](value)):
-        shown = _toml_value(value) if isinstance(value, (bool, int, float, str)) else repr(value)
+        shown = toml_value(value) if isinstance(value, (bool, int, float, str)) else repr(value)
         raise UsageError(
             f"{qualified} must be {allowed}, got {shown} ({type(value).__name__})",
             where,
@@ -322,7 +302,7 @@ def _default_hint(qualified: str) -> str:
         return ""
     default = getattr(SECTIONS[section](), key)
     # Every string default is a bare word, which --set takes without shell-unfriendly quotes.
-    shown = default if isinstance(default, str) else _toml_value(default)
+    shown = default if isinstance(default, str) else toml_value(default)
     return f", e.g. --set {qualified}={shown} (the default)"
 
 
@@ -373,8 +353,8 @@ def _parse_override(text: str) -> tuple[str, Any]:
             "write it as section.key=value, e.g. --set train.steps=1000",
         )
     try:
-        value = tomllib.loads(f"v = {value_text.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+        value = loads_toml(f"v = {value_text.strip()}")["v"]
+    except TOMLDecodeError:
         value = value_text.strip()  # a bare word such as cosine or cuda:1
     return key, value
 
@@ -429,41 +409,7 @@ def profile_to_dict(p: Profile) -> dict[str, Any]:
     return dataclasses.asdict(p)
 
 
-def _toml_string(text: str) -> str:
-    out = []
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_value(value: bool | int | float | str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)  # repr always holds '.' or 'e', so TOML reads it back as a float
-    return _toml_string(value)
-
-
 def profile_to_toml(p: Profile) -> str:
     """The full resolved profile as TOML that `load_profile` reads back into an equal Profile."""
-    d = profile_to_dict(p)
-    lines = [
-        "# Resolved vqtool profile; repeat the run with: vqtool train --profile <this file>",
-        f"name = {_toml_value(d['name'])}",
-        f"description = {_toml_value(d['description'])}",
-    ]
-    for section in SECTIONS:
-        lines += ["", f"[{section}]"]
-        lines += [f"{key} = {_toml_value(value)}" for key, value in d[section].items()]
-    return "\n".join(lines) + "\n"
+    header = "# Resolved vqtool profile; repeat the run with: vqtool train --profile <this file>\n"
+    return header + dumps_toml(profile_to_dict(p))

@@ -27,7 +27,9 @@ from rich.progress import (
 from rich.table import Table
 
 # emoji=False: rich would turn ":train:" in `cifar10:train:N` (or in a file name) into an emoji.
-err = Console(stderr=True, highlight=False, emoji=False)
+# soft_wrap: a status line is one line however long, so that logs stay greppable; a terminal
+# wraps it for the eye.
+err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True, emoji=False)
 if not out.is_terminal:
     # Piped results have no terminal width to fit; rich's default 80 columns would cut cells.
@@ -168,7 +170,7 @@ class TrainProgress(_Bar):
                 f"perplexity {record['perplexity']:.1f}"
             )
         elif event.kind == "note":
-            warn(event.message) if event.message.startswith("collapse") else info(event.message)
+            warn(event.message) if record.get("kind") == "guard" else info(event.message)
         elif event.kind == "end" and record:
             info(
                 f"done: step {event.step}, nmse {record['nmse']:.4f}, "
@@ -218,6 +220,6 @@ def emit_json(data: Any, target: str) -> None:
     else:
         from pathlib import Path
 
-        from vqtool.files import atomic_write
+        from vqtool.files import write_text
 
-        atomic_write(Path(target), lambda f: f.write(text.encode()))
+        write_text(Path(target), text)

@@ -65,6 +65,12 @@ def perplexity_from_counts(counts: Tensor) -> Tensor:
     return torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
 
 
+def entropy_bits_from_counts(counts: Tensor) -> Tensor:
+    """Entropy of a code histogram in bits per code: log2 of its perplexity, without smoothing."""
+    probs = counts[counts > 0] / counts.sum()
+    return -(probs * probs.log2()).sum()
+
+
 def code_sums(z: Tensor, indices: Tensor, num_embeddings: int) -> Tensor:
     """Sum of the vectors assigned to each code: (N, D), (N,) -> (K, D)."""
     return torch.zeros(num_embeddings, z.shape[1], device=z.device, dtype=z.dtype).index_add_(

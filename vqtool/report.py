@@ -15,7 +15,7 @@ import torch
 
 from vqtool.checkpoint import load_model
 from vqtool.data import load_cifar10
-from vqtool.evaluate import EVAL_BATCH, reconstruct_from_codes, to_model_input
+from vqtool.evaluate import EVAL_BATCH
 from vqtool.quantizer import code_counts
 
 SAMPLES = 32
@@ -50,14 +50,13 @@ def run_arrays(
     if max_images is not None:
         images = images[:max_images]
     originals = images[:samples]
-    _, recon = reconstruct_from_codes(model, originals)
-    loaded_device = next(model.parameters()).device
+    _, recon = model.reconstruct(originals)
     k = model.config.num_embeddings
     counts = torch.zeros(k, dtype=torch.float64)
     n = images.shape[0]
     for begin in range(0, n, EVAL_BATCH):
         # Encoding alone is enough to count codes; decoding would double the time.
-        indices = model.encode(to_model_input(images[begin : begin + EVAL_BATCH], loaded_device))
+        indices = model.images_to_codes(images[begin : begin + EVAL_BATCH])
         counts += code_counts(indices, k).double().cpu()
         if on_progress is not None:
             on_progress(min(begin + EVAL_BATCH, n), n)

@@ -1,30 +1,191 @@
-"""Reading a run folder's result files: metrics.jsonl, eval-<split>.json, profile.toml.
+"""The run folder: the one module that knows its layout. Every other module asks it.
 
-Nothing here loads a model. Readers are forgiving where a run can legitimately be caught
-mid-write (a torn last line of metrics.jsonl while training runs or after a kill) and return
-what they skipped as warnings for the caller to show; a folder that is not a run, or a run
-with nothing logged yet, is an error.
+A run folder holds what one training wrote and what later commands add to it:
+
+- `profile.toml`: the full resolved profile;
+- `metrics.jsonl`: one JSON record per line (kind "train", "eval", "guard", "note");
+- `checkpoint.pt`: the model, optimizer and everything a resume needs;
+- `eval-<split>.json`: the metrics of `vqtool evaluate` over a split;
+- `.lock`: held by the training process, so that a second one on the folder refuses;
+- for a prior run, `codes-<split>.vqc`: the VQ run's codes it trains on.
+
+`RunDir.of` turns a user's path (a run folder, or a checkpoint file) into a run; the readers
+below are forgiving where a run can legitimately be caught mid-write (a torn last line of
+metrics.jsonl while training runs or after a kill) and return what they skipped as warnings.
+Nothing here loads a model.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
+import fcntl
 import json
-import math
-import sys
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from vqtool.errors import UsageError, WorkError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from vqtool.errors import UsageError, WorkError, os_reason
+from vqtool.files import write_text
+from vqtool.tomlio import TOMLDecodeError, loads_toml
 
 METRICS_NAME = "metrics.jsonl"
 PROFILE_NAME = "profile.toml"
 CHECKPOINT_NAME = "checkpoint.pt"
+LOCK_NAME = ".lock"
+EVAL_PREFIX = "eval-"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run folder and the checkpoint file it answers for."""
+
+    path: Path
+    checkpoint: Path
+
+    @classmethod
+    def at(cls, folder: str | Path) -> RunDir:
+        """The run in `folder` (it need not exist yet)."""
+        folder = Path(folder)
+        return cls(folder, folder / CHECKPOINT_NAME)
+
+    @classmethod
+    def default(cls, profile_name: str, parent: Path = Path("runs")) -> RunDir:
+        """`runs/<profile>-<YYYYmmdd-HHMMSS>`: a new run's folder when none is given."""
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        return cls.at(parent / f"{profile_name}-{stamp}")
+
+    @classmethod
+    def with_checkpoint(cls, path: str | Path) -> RunDir:
+        """A run folder or a checkpoint file -> the run whose checkpoint exists.
+
+        A checkpoint file may lie anywhere: its folder is then where eval files go.
+        """
+        path = Path(path)
+        if path.is_dir():
+            run = cls.at(path)
+            if not run.checkpoint.is_file():
+                raise UsageError(
+                    "no checkpoint in this folder", path, "give a run folder that has trained"
+                )
+            return run
+        if not path.is_file():
+            raise UsageError("no such run folder or checkpoint", path, "check the path")
+        return cls(path.parent, path)
+
+    @classmethod
+    def with_results(cls, path: str | Path) -> RunDir:
+        """A run folder (or a file inside one) that holds results: metrics or a profile."""
+        path = Path(path)
+        if path.is_file() and (path.parent / METRICS_NAME).exists():
+            return cls.at(path.parent)
+        if not path.exists():
+            raise UsageError("no such run folder", path, "check the path")
+        if not path.is_dir() or not (
+            (path / METRICS_NAME).exists() or (path / PROFILE_NAME).exists()
+        ):
+            raise UsageError(
+                "not a run folder",
+                path,
+                f"give a folder written by vqtool train (it holds {METRICS_NAME} and "
+                f"{PROFILE_NAME})",
+            )
+        return cls.at(path)
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_NAME
+
+    @property
+    def profile(self) -> Path:
+        return self.path / PROFILE_NAME
+
+    def eval_file(self, split: str) -> Path:
+        return self.path / f"{EVAL_PREFIX}{split}.json"
+
+    def codes_file(self, split: str) -> Path:
+        """The code file of a split that a prior run keeps beside its checkpoint."""
+        return self.path / f"codes-{split}.vqc"
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint.is_file()
+
+    @contextlib.contextmanager
+    def lock(self, command: str = "vqtool train") -> Iterator[None]:
+        """Hold an exclusive lock on the folder: a second trainer on it refuses at once."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(
+                    f"another {command} is using this run folder",
+                    self.path,
+                    "wait for it to finish, or choose another --run-dir",
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+
+    def append_metric(self, record: dict[str, Any]) -> None:
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def reset_metrics(self) -> None:
+        """A fresh run starts with no records."""
+        self.metrics.unlink(missing_ok=True)
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Drop records past the checkpoint (and a torn last line): each step is logged once."""
+        if not self.metrics.exists():
+            return
+        kept = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= last_step:
+                kept.append(line)
+        write_text(self.metrics, "".join(line + "\n" for line in kept))
+
+    def write_profile(self, toml_text: str) -> None:
+        write_text(self.profile, toml_text)
+
+    def write_eval(self, metrics: dict[str, Any]) -> Path:
+        """Write `eval-<split>.json` atomically; returns its path."""
+        out = self.eval_file(metrics["split"])
+        write_text(out, json.dumps(metrics, indent=2) + "\n")
+        return out
+
+    def read_eval_files(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """The eval-<split>.json files: ({split: metrics}, warnings for unreadable ones)."""
+        found: dict[str, dict[str, Any]] = {}
+        warnings: list[str] = []
+        for path in sorted(self.path.glob(f"{EVAL_PREFIX}*.json")):
+            split = path.stem.removeprefix(EVAL_PREFIX)
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                warnings.append(f"skipped {path}: not readable JSON ({exc})")
+                continue
+            if not isinstance(data, dict):
+                warnings.append(f"skipped {path}: not a JSON object")
+                continue
+            found[split] = data
+        return found, warnings
+
+    def read_profile_dict(self) -> tuple[dict[str, Any] | None, list[str]]:
+        """profile.toml as a dict (None when absent or unreadable, with a warning)."""
+        if not self.profile.exists():
+            return None, []
+        try:
+            return loads_toml(self.profile.read_text(encoding="utf-8")), []
+        except (OSError, UnicodeDecodeError, TOMLDecodeError) as exc:
+            return None, [f"could not read {self.profile}: {exc}"]
 
 
 class MetricsLog(NamedTuple):
@@ -43,25 +204,11 @@ class Run(NamedTuple):
     evals: list[dict[str, Any]]
     eval_files: dict[str, dict[str, Any]]  # split -> contents of eval-<split>.json
     warnings: list[str]
+    kind: str = "vq"  # "vq" (a VQ-VAE run) or "prior" (a prior over a VQ run's codes)
 
     @property
     def has_checkpoint(self) -> bool:
-        return (self.path / CHECKPOINT_NAME).is_file()
-
-
-def run_folder(path: Path) -> Path:
-    """The run folder for `path` (a run folder, or a file inside one such as checkpoint.pt)."""
-    if path.is_file() and (path.parent / METRICS_NAME).exists():
-        return path.parent
-    if not path.exists():
-        raise UsageError("no such run folder", path, "check the path")
-    if not path.is_dir() or not ((path / METRICS_NAME).exists() or (path / PROFILE_NAME).exists()):
-        raise UsageError(
-            "not a run folder",
-            path,
-            f"give a folder written by vqtool train (it holds {METRICS_NAME} and {PROFILE_NAME})",
-        )
-    return path
+        return RunDir.at(self.path).has_checkpoint()
 
 
 def read_metrics(path: Path) -> MetricsLog:
@@ -76,7 +223,7 @@ def read_metrics(path: Path) -> MetricsLog:
             "the run has no metrics yet", path, "train it for at least train.log_every steps"
         ) from None
     except OSError as exc:
-        raise WorkError(f"cannot read the metrics: {exc.strerror or exc}", path) from exc
+        raise WorkError(f"cannot read the metrics: {os_reason(exc)}", path) from exc
     lines = text.splitlines()
     train: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
@@ -126,124 +273,34 @@ def _parse_record(line: str) -> dict[str, Any] | None:
     return record
 
 
-def read_eval_files(run_dir: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """The eval-<split>.json files of a run: ({split: metrics}, warnings for unreadable ones)."""
-    found: dict[str, dict[str, Any]] = {}
-    warnings: list[str] = []
-    for path in sorted(run_dir.glob("eval-*.json")):
-        split = path.stem.removeprefix("eval-")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            warnings.append(f"skipped {path}: not readable JSON ({exc})")
-            continue
-        if not isinstance(data, dict):
-            warnings.append(f"skipped {path}: not a JSON object")
-            continue
-        found[split] = data
-    return found, warnings
-
-
-def read_profile_facts(run_dir: Path) -> tuple[str | None, int | None, list[str]]:
-    """(profile name, num_embeddings, warnings) from profile.toml; None where absent."""
-    path = run_dir / PROFILE_NAME
-    if not path.exists():
-        return None, None, []
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        return None, None, [f"could not read {path}: {exc}"]
-    name = data.get("name")
-    k = data.get("model", {}).get("num_embeddings") if isinstance(data.get("model"), dict) else None
+def _profile_facts(raw: dict[str, Any] | None) -> tuple[str | None, int | None, str]:
+    """(profile name, K, run kind) from a profile dict; None where absent."""
+    if raw is None:
+        return None, None, "vq"
+    name = raw.get("name")
+    kind = "prior" if isinstance(raw.get("prior"), dict) else "vq"
+    model = raw.get("model")
+    k = model.get("num_embeddings") if isinstance(model, dict) else None
     return (
         name if isinstance(name, str) else None,
         k if isinstance(k, int) and not isinstance(k, bool) else None,
-        [],
+        kind,
     )
 
 
 def load_run(path: Path) -> Run:
     """Read a run folder's result files (never its checkpoint)."""
-    folder = run_folder(path)
-    log = read_metrics(folder / METRICS_NAME)
-    eval_files, eval_warnings = read_eval_files(folder)
-    name, k, profile_warnings = read_profile_facts(folder)
+    run_dir = RunDir.with_results(path)
+    log = read_metrics(run_dir.metrics)
+    eval_files, eval_warnings = run_dir.read_eval_files()
+    raw, profile_warnings = run_dir.read_profile_dict()
+    name, k, kind = _profile_facts(raw)
     warnings = log.warnings + eval_warnings + profile_warnings
     last_step = log.train[-1]["step"]
     test = eval_files.get("test")
     if test is not None and isinstance(test.get("step"), int) and test["step"] != last_step:
         warnings.append(
-            f"{folder / 'eval-test.json'} is from step {test['step']} but the metrics reach step "
-            f"{last_step}; rerun vqtool evaluate {folder}"
+            f"{run_dir.eval_file('test')} is from step {test['step']} but the metrics reach step "
+            f"{last_step}; rerun vqtool evaluate {run_dir.path}"
         )
-    return Run(folder, name, k, log.train, log.evals, eval_files, warnings)
-
-
-def _number(value: Any) -> float | int | None:
-    """A finite JSON number, else None (so summaries stay valid JSON)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def summarise_run(run: Run, label: str | None = None) -> dict[str, Any]:
-    """One run as a flat dict for tables and JSON; None where a value is absent.
-
-    Test metrics come from eval-test.json (written by `vqtool evaluate`); wall time is the last
-    training record's elapsed_s; images/s is the mean over the training records.
-    """
-    last = run.train[-1]
-    test = run.eval_files.get("test", {})
-    speeds = [v for r in run.train if (v := _number(r.get("images_per_s"))) is not None]
-    return {
-        "run": label if label is not None else run.path.name,
-        "path": str(run.path),
-        "profile": run.profile,
-        "steps": last["step"],
-        "train_nmse": _number(last.get("nmse")),
-        "test_nmse": _number(test.get("nmse")),
-        "psnr": _number(test.get("psnr")),
-        "perplexity": _number(test.get("perplexity")),
-        "codebook_usage": _number(test.get("codebook_usage")),
-        "dead_codes": _number(test.get("dead_codes")),
-        "eval_step": _number(test.get("step")),
-        "wall_s": _number(last.get("elapsed_s")),
-        "images_per_s": sum(speeds) / len(speeds) if speeds else None,
-    }
-
-
-# summary key -> column header of `vqtool compare`'s table
-COMPARE_COLUMNS = {
-    "run": "run",
-    "profile": "profile",
-    "steps": "steps",
-    "train_nmse": "train NMSE",
-    "test_nmse": "test NMSE",
-    "psnr": "PSNR (dB)",
-    "perplexity": "perplexity",
-    "codebook_usage": "codes used",
-    "wall_s": "wall (s)",
-    "images_per_s": "images/s",
-}
-
-
-def compare_row(summary: dict[str, Any]) -> list[Any]:
-    """A summary as a table row: the COMPARE_COLUMNS values, usage as a percentage."""
-    row = [summary[key] for key in COMPARE_COLUMNS]
-    usage = summary["codebook_usage"]
-    if usage is not None:
-        row[list(COMPARE_COLUMNS).index("codebook_usage")] = f"{usage:.1%}"
-    return row
-
-
-def run_labels(paths: Sequence[Path]) -> list[str]:
-    """Short names for runs: the folder name, with parent folders added until they differ."""
-    resolved = [p.resolve() for p in paths]
-    depth = 1
-    while True:
-        labels = ["/".join(p.parts[-depth:]) for p in resolved]
-        if len(set(labels)) == len(labels) or depth >= max(len(p.parts) for p in resolved):
-            return labels
-        depth += 1
+    return Run(run_dir.path, name, k, log.train, log.evals, eval_files, warnings, kind)

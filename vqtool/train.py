@@ -8,19 +8,12 @@ is a permutation drawn from (seed, e) alone, so a resumed run visits the same ba
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import fcntl
 import inspect
-import json
 import math
-import os
 import re
-import signal
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,19 +22,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vqtool import distributed
-from vqtool.checkpoint import (
-    CHECKPOINT_NAME,
-    load_checkpoint,
-    model_state,
-    save_checkpoint,
-)
+from vqtool.checkpoint import load_checkpoint, model_state, save_checkpoint
 from vqtool.data import cifar10_present, download_cifar10, load_cifar10
-from vqtool.errors import Interrupted, UsageError, WorkError
-from vqtool.evaluate import evaluate_images, to_model_input
-from vqtool.files import atomic_write
+from vqtool.device import Placement, describe_device, describe_precision, resolve_placement
+from vqtool.errors import UsageError, WorkError, first_line
+from vqtool.evaluate import evaluate_images
 from vqtool.graphs import GraphedStep, learning_rates_as_floats, set_learning_rate
 from vqtool.guard import CollapseGuard, agree
 from vqtool.model import VQVAE, build_model
+from vqtool.process import StopSignals
 from vqtool.profiles import (
     Profile,
     load_profile,
@@ -50,10 +39,8 @@ from vqtool.profiles import (
     profile_to_toml,
     with_overrides,
 )
-from vqtool.runs import METRICS_NAME, PROFILE_NAME
+from vqtool.runs import RunDir
 from vqtool.speed import compile_for_training
-
-LOCK_NAME = ".lock"
 
 
 class TrainEvent(NamedTuple):
@@ -75,67 +62,18 @@ class TrainResult(NamedTuple):
     model: VQVAE  # the trained model, still on the training device
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where training runs: the device, its precision and this process's share of the batch."""
-
-    device: torch.device
-    autocast_dtype: torch.dtype | None  # None: plain fp32
-    rank: int = 0
-    world_size: int = 1
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; refuses a device that is not there."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not re.fullmatch(r"cpu|cuda|cuda:\d+|mps", name):
-        fix = "use auto, cpu, cuda, cuda:N or mps"
-        raise UsageError(f"unknown device {name!r}", "--device", fix)
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("CUDA is not available", f"device {name}", "use --device cpu or auto")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("MPS is not available", f"device {name}", "use --device cpu or auto")
-    return device
-
-
-def resolve_placement(profile: Profile, world: distributed.World) -> Placement:
-    """Device, precision and rank; under torchrun each process takes its own GPU."""
-    device = resolve_device(profile.train.device)
-    if device.type == "cuda" and world.size > 1 and device.index is None:
-        device = torch.device("cuda", world.local_rank)
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)
-    return Placement(
-        device, resolve_precision(profile.train.precision, device), world.rank, world.size
-    )
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """'auto' is bf16 autocast on CUDA and fp32 elsewhere (deterministic on the CPU)."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-def default_run_dir(profile: Profile) -> Path:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{profile.name}-{stamp}"
-
-
 def resolve_run(
     profile_spec: str | None,
     overrides: list[str],
     run_dir: Path | None,
     resume: bool,
 ) -> tuple[Profile, Path]:
-    """The profile and run folder a `train` request means, with the resume rules of the contract.
+    """The profile and run folder a `train` request means, with the resume rules.
 
     --resume continues from the run's checkpoint and profile.toml; only [train] may change.
     A run folder without a checkpoint starts fresh, so a job script can always pass --resume.
     """
-    checkpoint = run_dir / CHECKPOINT_NAME if run_dir is not None else None
+    checkpoint = RunDir.at(run_dir).checkpoint if run_dir is not None else None
     if resume and run_dir is None:
         raise UsageError("--resume needs the run to continue", "--run-dir", "pass --run-dir R")
     if checkpoint is not None and checkpoint.exists() and not resume:
@@ -152,12 +90,12 @@ def resolve_run(
         _refuse_model_or_data_change(saved, profile, checkpoint)
         return profile, checkpoint.parent
     if profile_spec is None:
-        saved_toml = run_dir / PROFILE_NAME if run_dir is not None else None
+        saved_toml = RunDir.at(run_dir).profile if run_dir is not None else None
         if saved_toml is None or not saved_toml.is_file():
             raise UsageError("no profile given", "--profile", "pass --profile NAME or FILE")
         profile_spec = str(saved_toml)
     profile = load_profile(profile_spec, overrides)
-    return profile, run_dir if run_dir is not None else default_run_dir(profile)
+    return profile, run_dir if run_dir is not None else RunDir.default(profile.name).path
 
 
 def _refuse_model_or_data_change(saved: Profile, new: Profile, where: Path) -> None:
@@ -174,53 +112,6 @@ def _refuse_model_or_data_change(saved: Profile, new: Profile, where: Path) -> N
             where,
             "only [train] keys may change on resume; start a new run for a new model or data",
         )
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the run folder: a second `train` on it refuses at once."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(
-                "another vqtool train is using this run folder",
-                run_dir,
-                "wait for it to finish, or choose another --run-dir",
-            ) from None
-        yield
-    finally:
-        os.close(fd)
-
-
-class StopSignals:
-    """Turns SIGINT and SIGTERM into a flag the loop checks after each step."""
-
-    CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-    def __init__(self) -> None:
-        self.received: signal.Signals | None = None
-        self._previous: dict[signal.Signals, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.CODES:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.received = signal.Signals(signum)
-
-    def interrupted(self) -> Interrupted:
-        # Another training process may have been signalled and not this one: report SIGTERM.
-        received = self.received or signal.SIGTERM
-        return Interrupted(received.name, self.CODES[received])
 
 
 def pixel_variance(images: Tensor) -> float:
@@ -252,22 +143,6 @@ def learning_rate(profile: Profile, step: int, scale: float) -> float:
     return lr
 
 
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop records past the checkpoint (and a torn last line): each step is logged once."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and record.get("step", 0) <= last_step:
-            kept.append(line)
-    text = "".join(line + "\n" for line in kept)
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
 class Trainer:
     """One training run: model, optimizer, data and the files of its run folder."""
 
@@ -282,6 +157,7 @@ class Trainer:
     ) -> None:
         self.profile = profile
         self.run_dir = run_dir
+        self.files = RunDir.at(run_dir)
         self.placement = placement
         self.callback = callback
         self.images = images
@@ -375,7 +251,7 @@ class Trainer:
 
     def save(self) -> None:
         if self.is_writer:
-            save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.checkpoint_payload())
+            save_checkpoint(self.files.checkpoint, self.checkpoint_payload())
             self.callback(TrainEvent("checkpoint", self.step, self.profile.train.steps, {}))
 
     def batch_indices(self, step: int) -> Tensor:
@@ -391,7 +267,7 @@ class Trainer:
         return self._order[start : start + self.local_batch]
 
     def next_batch(self, step: int) -> Tensor:
-        x = to_model_input(self.images[self.batch_indices(step)], self.placement.device)
+        x = VQVAE.to_input(self.images[self.batch_indices(step)], self.placement.device)
         if self.placement.device.type in ("cuda", "cpu"):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -463,8 +339,7 @@ class Trainer:
 
     def write_metric(self, record: dict[str, Any]) -> None:
         if self.is_writer:
-            with open(self.run_dir / METRICS_NAME, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            self.files.append_metric(record)
 
     def evaluate_test(self) -> None:
         # Evaluation has no collectives: rank 0 alone runs it while the others wait at the
@@ -586,7 +461,7 @@ def ensure_data(
         download_cifar10(data_dir, on_progress=on_progress)
 
 
-def train(
+def run_training(
     profile: Profile,
     run_dir: Path,
     data_dir: Path,
@@ -601,7 +476,7 @@ def train(
     Under torchrun every process calls this; rank 0 alone writes files and reports.
     """
     world = distributed.world_from_env()
-    placement = resolve_placement(profile, world)
+    placement = resolve_placement(profile.train.device, profile.train.precision, world)
     try:
         return _train(profile, run_dir, data_dir, resume, callback, on_download, world, placement)
     except RuntimeError as exc:
@@ -618,9 +493,8 @@ def train(
 
 def _peer_error(exc: BaseException) -> str:
     """gloo/nccl's message without its source location and advice: 'Connection reset by peer'."""
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    text = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". This is typically")[0]
-    return text[:160]
+    text = re.sub(r"^\[[^\]]*\]\s*", "", first_line(exc, 10_000))
+    return text.split(". This is typically")[0][:160]
 
 
 def _train(
@@ -635,9 +509,10 @@ def _train(
 ) -> TrainResult:
     writer = world.rank == 0
     notify = callback if callback is not None and writer else (lambda event: None)
-    lock = run_lock(run_dir) if writer else contextlib.nullcontext()
+    files = RunDir.at(run_dir)
+    lock = files.lock() if writer else contextlib.nullcontext()
     with distributed.process_group(world, placement.device), lock, StopSignals() as stop:
-        checkpoint = run_dir / CHECKPOINT_NAME
+        checkpoint = files.checkpoint
         payload = load_checkpoint(checkpoint) if resume and checkpoint.exists() else None
         if writer:
             ensure_data(data_dir, on_download)
@@ -658,11 +533,10 @@ def _train(
             notify(TrainEvent("note", trainer.step, profile.train.steps, note, message))
         elif writer:
             if payload is not None:
-                truncate_metrics(run_dir / METRICS_NAME, trainer.step)
+                files.truncate_metrics(trainer.step)
             else:
-                (run_dir / METRICS_NAME).unlink(missing_ok=True)
-            text = profile_to_toml(profile)
-            atomic_write(run_dir / PROFILE_NAME, lambda f: f.write(text.encode()))
+                files.reset_metrics()
+            files.write_profile(profile_to_toml(profile))
         notify(TrainEvent("start", trainer.step, profile.train.steps, describe(placement, trainer)))
         result = trainer.run(stop)
         notify(TrainEvent("end", result.step, profile.train.steps, result.last_record))
@@ -671,13 +545,9 @@ def _train(
 
 def describe(placement: Placement, trainer: Trainer) -> dict[str, Any]:
     """What the user got: device, precision, process count, data and model size."""
-    device = placement.device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device.type}"
-    if device.type == "cpu":
-        name = f"cpu ({torch.get_num_threads()} threads)"
     return {
-        "device": name,
-        "precision": "bf16 autocast (fp32 quantizer)" if placement.autocast_dtype else "fp32",
+        "device": describe_device(placement),
+        "precision": describe_precision(placement),
         "compile": trainer.profile.train.compile,
         "cuda_graphs": trainer.graphed is not None,
         "world_size": placement.world_size,

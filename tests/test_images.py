@@ -1,0 +1,65 @@
+"""Image files and pixels: reading, padding, names, PNG output (vqtool.imagefiles, pixels,
+names, png)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vqtool.errors import UsageError
+from vqtool.imagefiles import from_pil
+from vqtool.names import clean_name, name_problem, unique_names
+from vqtool.pixels import pad_index, pad_to_multiple, parse_size
+from vqtool.png import png_bytes
+
+
+def test_padding_reflects_then_copies_edges() -> None:
+    assert pad_index(5, 8).tolist() == [0, 1, 2, 3, 4, 3, 2, 1]
+    assert pad_index(3, 4).tolist() == [0, 1, 2, 1]
+    assert pad_index(2, 4).tolist() == [0, 1, 1, 1]  # too short to reflect 2 pixels
+    assert pad_index(1, 4).tolist() == [0, 0, 0, 0]
+    assert pad_index(8, 8).tolist() == list(range(8))
+    image = torch.arange(2 * 5, dtype=torch.uint8).view(1, 2, 5)
+    padded = pad_to_multiple(image)
+    assert padded.shape == (1, 4, 8)
+    assert padded[0, :, 5:].tolist() == [[3, 2, 1], [8, 7, 6], [8, 7, 6], [8, 7, 6]]
+
+
+def test_sixteen_bit_grey_keeps_its_top_bits() -> None:
+    values = np.arange(256, dtype=np.uint16).reshape(16, 16)
+    image = Image.fromarray(values * 257)  # 16-bit grey, mode I;16
+    assert image.mode == "I;16"
+    rgb = from_pil(image)
+    assert rgb.shape == (3, 16, 16) and rgb[0].numpy().tolist() == values.tolist()
+
+
+def test_names_are_cleaned_checked_and_made_unique() -> None:
+    assert clean_name("cat/0001") == "cat/0001"
+    assert clean_name("../a\\b/./c\x00") == "_/a_b/_/c_"
+    assert clean_name("x" * 300) == "x" * 200
+    assert name_problem("cat/0001") is None and name_problem("café") is None
+    for bad in ("", "/abs", "a/../b", "a//b", "a\\b", "a\x01", "./a", "a/"):
+        assert name_problem(bad) is not None, bad
+    assert unique_names(["a", "a", "b", "a", "a-2"]) == ["a", "a-2", "b", "a-3", "a-2-2"]
+    assert parse_size("64x48") == (64, 48)
+    for bad in ("64", "0x4", "axb", "5000x5000"):
+        with pytest.raises(UsageError):
+            parse_size(bad)
+
+
+def test_png_bytes_store_small_images_and_compress_large_ones() -> None:
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    ramp = np.linspace(0, 255, 300, dtype=np.uint8)
+    large = np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :200], 128), axis=-1)
+    large = large.astype(np.uint8)
+    for image, compressed in ((small, False), (large, True)):
+        data = png_bytes(np.ascontiguousarray(image))
+        with Image.open(io.BytesIO(data)) as read:
+            assert np.array_equal(np.asarray(read), image)
+        raw_size = image.size + image.shape[0]  # one filter byte a row
+        assert (len(data) < raw_size // 2) is compressed

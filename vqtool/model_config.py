@@ -1,0 +1,27 @@
+"""The VQ-VAE's configuration: sizes, quantizer and init. Torch-free, so that profiles load
+without importing torch; `vqtool.model` builds the network from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The encoder halves each side twice: an H x W image has (H / 4) x (W / 4) codes.
+DOWNSAMPLE = 4
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The VQ-VAE's sizes, its quantizer and how its weights and codebook start."""
+
+    num_hiddens: int = 128
+    num_residual_hiddens: int = 32
+    num_residual_layers: int = 2
+    embedding_dim: int = 64
+    num_embeddings: int = 512
+    commitment_cost: float = 0.25
+    decay: float = 0.99  # 0 = the paper's codebook loss, no EMA
+    kaiming_init: bool = True
+    # "seed": normal for EMA, uniform(-1/K, 1/K) without; "encoder": sampled encoder outputs of
+    # the first batch; "kmeans": k-means++ on those outputs.
+    codebook_init: str = "encoder"
+    dead_code_steps: int = 0  # codes unused this many steps are re-seeded; 0 = off

@@ -1,0 +1,71 @@
+"""Pixel operations on uint8 image tensors (3, H, W) or (B, 3, H, W): sizes, padding, resizing."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from vqtool.errors import UsageError
+from vqtool.imagefiles import MAX_IMAGE_PIXELS, from_pil
+from vqtool.model_config import DOWNSAMPLE
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'HxW' (e.g. '64x64') -> (H, W); each side >= 1 and within MAX_IMAGE_PIXELS."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if match is None or int(match[1]) < 1 or int(match[2]) < 1:
+        raise UsageError(f"bad size {text!r}", "--size", "give HEIGHTxWIDTH, e.g. --size 64x64")
+    size = (int(match[1]), int(match[2]))
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise UsageError(
+            f"size {text} is too large ({size[0] * size[1]:,} pixels)",
+            "--size",
+            f"use at most {MAX_IMAGE_PIXELS:,} pixels, e.g. 4096x4096",
+        )
+    return size
+
+
+def padded_size(size: tuple[int, int], multiple: int = DOWNSAMPLE) -> tuple[int, int]:
+    """(H, W) rounded up to multiples of `multiple`."""
+    return (math.ceil(size[0] / multiple) * multiple, math.ceil(size[1] / multiple) * multiple)
+
+
+def pad_index(size: int, padded: int) -> Tensor:
+    """Source index of each padded position along one axis: reflection, else edge copies.
+
+    Reflection without repeating the edge (like numpy's 'reflect'): position size + j takes
+    size - 2 - j. It needs pad <= size - 1; a side too short for that repeats its last pixel.
+    """
+    index = torch.arange(padded)
+    pad = padded - size
+    if pad > 0:
+        tail = index[size:]
+        index[size:] = 2 * (size - 1) - tail if pad <= size - 1 else size - 1
+    return index
+
+
+def pad_to(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """Pad (..., h, w) at the bottom and right to `size` (H, W) >= (h, w): see pad_index."""
+    h, w = image.shape[-2:]
+    if (h, w) == size:
+        return image
+    rows, cols = pad_index(h, size[0]), pad_index(w, size[1])
+    return image.index_select(-2, rows.to(image.device)).index_select(-1, cols.to(image.device))
+
+
+def pad_to_multiple(images: Tensor, multiple: int = DOWNSAMPLE) -> Tensor:
+    """Pad (..., H, W) at the bottom and right so H and W are multiples of `multiple`."""
+    return pad_to(images, padded_size((images.shape[-2], images.shape[-1]), multiple))
+
+
+def resize(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """uint8 (3, h, w) -> (3, H, W): Pillow's bicubic (antialiased when shrinking)."""
+    if tuple(image.shape[-2:]) == size:
+        return image
+    pil = Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))
+    return from_pil(pil.resize((size[1], size[0]), Image.Resampling.BICUBIC))

@@ -1,0 +1,78 @@
+"""PNG output: a direct encoder for decoded images, and the grid of `vqtool decode --grid`."""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+
+import numpy as np
+
+from vqtool.imagefiles import MAX_IMAGE_PIXELS
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+# Images this small are stored in their PNGs without compression: for a 32x32 image deflate
+# takes 58 us of the 68 us a PNG costs and saves 6% of its 3 KB (measured on 10,000 decoded
+# CIFAR-10 test images); larger images compress better and their pixels outweigh its set-up.
+STORED_PNG_PIXELS = 64 * 64
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """uint8 (H, W, 3) -> PNG bytes (8-bit RGB, every row with the "Up" filter, zlib level 1;
+    stored without compression up to STORED_PNG_PIXELS pixels).
+
+    Written directly rather than through Pillow: decoded images are smooth, so one fixed
+    filter compresses within 2% of Pillow's adaptive choice at 2.5x the speed, which is most
+    of what `vqtool decode` spends per image. Pillow and every PNG reader read it back.
+    """
+    h, w, _ = image.shape
+    level = 0 if h * w <= STORED_PNG_PIXELS else 1
+    flat = image.reshape(h, w * 3)
+    rows = np.empty((h, w * 3 + 1), np.uint8)  # a filter-type byte, then the row
+    rows[:, 0] = 2  # Up: each byte minus the one above (the first row has zeros above)
+    rows[0, 1:] = flat[0]
+    np.subtract(flat[1:], flat[:-1], out=rows[1:, 1:])  # uint8 arithmetic wraps mod 256
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits, truecolour, no interlace
+    return (
+        PNG_SIGNATURE
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), level))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+class Grid:
+    """A grid of images of one cell size, filled as images arrive (the first `capacity`).
+
+    Cells are `cell` (H, W) plus a 2-pixel black border, like torchvision's make_grid; the
+    grid is about square and holds at most MAX_IMAGE_PIXELS pixels.
+    """
+
+    PAD = 2
+
+    def __init__(self, count: int, cell: tuple[int, int]) -> None:
+        pitch = ((cell[0] + self.PAD), (cell[1] + self.PAD))
+        self.capacity = max(1, min(count, MAX_IMAGE_PIXELS // (pitch[0] * pitch[1])))
+        self.columns = math.ceil(math.sqrt(self.capacity))
+        rows = math.ceil(self.capacity / self.columns)
+        self.pitch = pitch
+        self.canvas = np.zeros(
+            (rows * pitch[0] + self.PAD, self.columns * pitch[1] + self.PAD, 3), np.uint8
+        )
+
+    def add(self, index: int, image: np.ndarray) -> None:
+        """Place uint8 (h, w, 3) image number `index` (ignored beyond capacity)."""
+        if index >= self.capacity:
+            return
+        row, col = divmod(index, self.columns)
+        top, left = row * self.pitch[0] + self.PAD, col * self.pitch[1] + self.PAD
+        self.canvas[top : top + image.shape[0], left : left + image.shape[1]] = image
+
+    def png(self) -> bytes:
+        return png_bytes(self.canvas)
