@@ -4,10 +4,10 @@ the codec benchmark when present.
     python benchmarks/run.py [--data-dir D] [--codec-run R] [--codec-images N]
                              [bench_train.py options...]
 
-Each benchmark runs as its own process, one after the other (never two heavy runs at once).
-The data folder defaults to $VQTOOL_BENCH_DATA, else ./data (vqtool's own default). The codec benchmark
-times a run folder: `--codec-run R`, else a one-step `ema-kaiming` run made here (its speed
-depends on the model's sizes, not on how well it is trained).
+Each benchmark runs as its own process, one after the other (never two heavy runs at once). The
+data folder defaults to $VQTOOL_BENCH_DATA, else ./data (vqtool's own default). The codec benchmark
+times a run folder: `--codec-run R`, else a one-step `ema-kaiming` run made here (its speed depends
+on the model's sizes, not on how well it is trained).
 """
 
 from __future__ import annotations

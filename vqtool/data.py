@@ -45,6 +45,10 @@ SPLITS = {"train": TRAIN_FILES, "test": TEST_FILES}
 DOWNLOAD_TIMEOUT_S = 30.0
 CHUNK_BYTES = 1 << 20
 IMAGE_SHAPE = (3, 32, 32)
+# Label -> class name, as batches.meta lists them (the names are fixed by the dataset).
+CLASS_NAMES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
 ROW_BYTES = 3 * 32 * 32
 
 _URL_SCHEMES = {"http", "https", "ftp", "file"}

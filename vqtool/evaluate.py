@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from vqtool.checkpoint import load_model
-from vqtool.data import load_cifar10
+from vqtool.datasets import load_images
 from vqtool.model import DOWNSAMPLE, VQVAE
 from vqtool.quantizer import code_counts, entropy_bits_from_counts, perplexity_from_counts
 from vqtool.runs import RunDir
@@ -28,7 +28,8 @@ def evaluate_images(
     batch_size: int = EVAL_BATCH,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Every metric of eval-<split>.json over uint8 images (N, 3, H, W); the model is left as it was."""
+    """Every metric of eval-<split>.json over uint8 images (N, 3, H, W); the model is left as
+    it was."""
     was_training = model.training
     model.eval()
     device = model.device
@@ -72,9 +73,9 @@ def evaluate_checkpoint(
     device: str | torch.device = "cpu",
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Load a run (or checkpoint), evaluate it on a CIFAR-10 split, return the metrics dict."""
+    """Load a run (or checkpoint), evaluate it on a split of its dataset, return the metrics."""
     loaded = load_model(path, device)
-    images = load_cifar10(data_dir, split)
+    images = load_images(loaded.profile.data, data_dir, split)
     metrics = evaluate_images(loaded.model, images, loaded.train_variance, on_progress=on_progress)
     return {"split": split, **metrics, "checkpoint": loaded.fingerprint, "step": loaded.step}
 

@@ -1,12 +1,12 @@
 """The collapse guard (`train.collapse_guard`): undo a stretch of training that went wrong.
 
 Large batches with a high learning rate can make a VQ-VAE collapse mid-run: the reconstruction
-error jumps and the codebook falls back to a handful of codes (a batch of 1024 at lr 2e-3
-on a GPU: NMSE fell, then jumped several-fold while perplexity fell to a dozen codes). The guard judges each training
-log record against the last good one. A jump in NMSE, a crash in perplexity or a non-finite
-value means: put back the model and optimizer state of the last good record and halve the
-learning rate. Otherwise the current state becomes the new last good one. Records are
-averages over a log window (`train.log_every` steps), so one noisy batch does not trigger it.
+error jumps and the codebook falls back to a handful of codes (a batch of 1024 at lr 2e-3 on a GPU:
+NMSE fell, then jumped several-fold while perplexity fell to a dozen codes). The guard judges each
+training log record against the last good one. A jump in NMSE, a crash in perplexity or a non-
+finite value means: put back the model and optimizer state of the last good record and halve the
+learning rate. Otherwise the current state becomes the new last good one. Records are averages over
+a log window (`train.log_every` steps), so one noisy batch does not trigger it.
 
 The snapshot is an in-memory copy on the training device; the reference values travel in the
 checkpoint (`state_dict`), and a resumed run takes its snapshot from the checkpoint it loads.
@@ -30,8 +30,8 @@ from vqtool.profiles import Profile
 # it several-fold.
 NMSE_JUMP = 2.0
 # A record whose perplexity falls below this fraction of the last good record's, while its
-# NMSE is no better, is a collapse (hundreds of codes in use falling to a dozen). Early in training perplexity
-# may fall as fast while NMSE improves: that is the encoder settling, not a collapse.
+# NMSE is no better, is a collapse (hundreds of codes in use falling to a dozen). Early in
+# training perplexity may fall as fast while NMSE improves: that is the encoder settling.
 PERPLEXITY_CRASH = 0.25
 # Each restore multiplies the learning-rate scale by this.
 LR_FACTOR = 0.5

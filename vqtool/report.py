@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from vqtool.checkpoint import load_model
-from vqtool.data import load_cifar10
+from vqtool.datasets import load_images
 from vqtool.evaluate import EVAL_BATCH
 from vqtool.quantizer import code_counts
 
@@ -46,7 +46,7 @@ def run_arrays(
     """
     loaded = load_model(run, device)
     model = loaded.model
-    images = load_cifar10(data_dir, "test")
+    images = load_images(loaded.profile.data, data_dir, "test")
     if max_images is not None:
         images = images[:max_images]
     originals = images[:samples]

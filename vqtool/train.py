@@ -23,7 +23,7 @@ from torch import Tensor
 
 from vqtool import distributed
 from vqtool.checkpoint import load_checkpoint, model_state, save_checkpoint
-from vqtool.data import cifar10_present, download_cifar10, load_cifar10
+from vqtool.datasets import ensure_dataset, load_images
 from vqtool.device import Placement, describe_device, describe_precision, resolve_placement
 from vqtool.errors import UsageError, WorkError, first_line
 from vqtool.evaluate import evaluate_images
@@ -453,14 +453,6 @@ class Trainer:
         return TrainResult(self.run_dir, self.step, last_record, self.elapsed_s, self.model)
 
 
-def ensure_data(
-    data_dir: Path, on_progress: Callable[[int, int | None], None] | None = None
-) -> None:
-    """Download CIFAR-10 from the official URL when the data folder does not have it."""
-    if not cifar10_present(data_dir):
-        download_cifar10(data_dir, on_progress=on_progress)
-
-
 def run_training(
     profile: Profile,
     run_dir: Path,
@@ -515,10 +507,12 @@ def _train(
         checkpoint = files.checkpoint
         payload = load_checkpoint(checkpoint) if resume and checkpoint.exists() else None
         if writer:
-            ensure_data(data_dir, on_download)
+            ensure_dataset(profile.data, data_dir, on_download)
         distributed.barrier()
-        images = load_cifar10(data_dir, "train").to(placement.device)
-        test_images = load_cifar10(data_dir, "test") if profile.train.eval_every else None
+        images = load_images(profile.data, data_dir, "train").to(placement.device)
+        test_images = (
+            load_images(profile.data, data_dir, "test") if profile.train.eval_every else None
+        )
         trainer = Trainer(profile, run_dir, images, placement, notify, test_images)
         if payload is not None:
             trainer.restore(payload)
