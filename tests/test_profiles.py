@@ -23,6 +23,7 @@ from vqtool.profiles import (
 )
 
 SHIPPED = ["ema", "ema-kaiming", "fast", "original", "smoke"]
+PRIOR_SHIPPED = ["prior", "prior-cpu", "prior-small"]
 
 
 def write(path: Path, text: str) -> Path:
@@ -37,7 +38,7 @@ def usage_line(excinfo: pytest.ExceptionInfo[UsageError]) -> str:
 
 def test_list_profiles_names_every_shipped_profile_with_a_description() -> None:
     listed = list_profiles()
-    assert [name for name, _ in listed] == SHIPPED
+    assert [name for name, _ in listed] == sorted(SHIPPED + PRIOR_SHIPPED)
     for name, description in listed:
         assert description.strip(), name
         assert description.count(". ") == 0, f"{name}: one sentence"
@@ -47,6 +48,13 @@ def test_list_profiles_names_every_shipped_profile_with_a_description() -> None:
 def test_shipped_file_opens_with_its_command(name: str) -> None:
     text = (profiles_dir() / f"{name}.toml").read_text(encoding="utf-8")
     assert text.splitlines()[0] == f"# vqtool train --profile {name}"
+    assert "\ndescription = " in text
+
+
+@pytest.mark.parametrize("name", PRIOR_SHIPPED)
+def test_shipped_prior_file_opens_with_its_command(name: str) -> None:
+    text = (profiles_dir() / f"{name}.toml").read_text(encoding="utf-8")
+    assert text.splitlines()[0] == f"# vqtool prior RUN --profile {name}"
     assert "\ndescription = " in text
 
 

@@ -23,7 +23,10 @@ from vqtool.profiles import Profile, profile_from_dict
 from vqtool.runs import RunDir
 
 FORMAT = "vqtool-checkpoint"
+PRIOR_FORMAT = "vqtool-prior"
 VERSION = 1
+# format -> what it holds, for messages
+KINDS = {FORMAT: "a VQ-VAE run (vqtool train)", PRIOR_FORMAT: "a prior run (vqtool prior)"}
 
 
 def fingerprint(state_dict: Mapping[str, Tensor]) -> str:
@@ -50,9 +53,25 @@ def model_state(model: torch.nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone().cpu() for k, v in unwrap_model(model).state_dict().items()}
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+def rng_states() -> dict[str, Any]:
+    """Every RNG state a resumed run needs to continue bit-identically."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(states: dict[str, Any]) -> None:
+    """Put back what rng_states saved (CUDA states only on as many devices as saved them)."""
+    torch.set_rng_state(states["torch"])
+    cuda_states = states.get("cuda") or []
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any], fmt: str = FORMAT) -> None:
     """Atomically save a checkpoint dict; adds format, version and the model fingerprint."""
-    payload = {**payload, "format": FORMAT, "version": VERSION}
+    payload = {**payload, "format": fmt, "version": VERSION}
     payload["fingerprint"] = fingerprint(payload["model"])
     save_or_fail(
         path,
@@ -62,8 +81,11 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     )
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and verify a checkpoint (run folder or file); never executes code from it."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", fmt: str = FORMAT
+) -> dict[str, Any]:
+    """Load and verify a checkpoint (run folder or file) of format `fmt` (a VQ-VAE's, or a
+    prior's); never executes code from it."""
     path = RunDir.with_checkpoint(path).checkpoint
     try:
         with warnings.catch_warnings():
@@ -79,8 +101,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             path,
             "the file is truncated, corrupt or not a vqtool checkpoint; use another one",
         ) from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in KINDS:
         raise WorkError("not a vqtool checkpoint", path, "give a checkpoint.pt written by vqtool")
+    if payload["format"] != fmt:
+        raise UsageError(
+            f"this is the checkpoint of {KINDS[payload['format']]}, not of {KINDS[fmt]}",
+            path,
+            f"give {KINDS[fmt]}'s run folder",
+        )
     if payload.get("version") != VERSION:
         raise WorkError(
             f"unsupported checkpoint version {payload.get('version')!r} "

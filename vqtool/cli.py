@@ -232,6 +232,114 @@ def train(
 
 @app.command()
 @reports_errors
+def prior(
+    run: RunOrCheckpoint,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile", "-p", help="Prior profile: prior-small, prior-cpu, prior or a TOML file."
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override one key: prior.KEY=VALUE or train.KEY=VALUE."),
+    ] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(help="The prior's run folder (default: RUN/prior).", show_default=False),
+    ] = None,
+    data_dir: DataDir = None,
+    device: Annotated[
+        str | None, typer.Option(help=f"{DEVICE_HELP} Overrides train.device.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the prior in --run-dir from its checkpoint.")
+    ] = False,
+) -> None:
+    """Train a prior over a VQ run's codes; prints the prior's run folder when done.
+
+    The VQ run's dataset is encoded once into code files kept in the prior's folder. Ctrl-C or
+    SIGTERM saves a checkpoint; --resume continues it. Then: vqtool evaluate P, vqtool sample P.
+
+    Example: [bold]vqtool prior runs/demo --profile prior-small[/bold]
+    """
+    import_torch()
+    from vqtool.distributed import world_from_env
+    from vqtool.prior import resolve_prior_run, train_prior
+
+    overrides = list(set_ or []) + ([f"train.device={device}"] if device else [])
+    chosen, folder = resolve_prior_run(run, profile, overrides, run_dir, resume)
+    try:
+        with progress.PriorProgress() as shown:
+            train_prior(run, chosen, folder, _data_dir(data_dir), resume=resume, callback=shown)
+    except Interrupted:
+        if world_from_env().rank == 0:
+            progress.info(f"to continue: vqtool prior {run} --resume --run-dir {folder}")
+        raise
+    if world_from_env().rank == 0:
+        progress.out.print(str(folder), markup=False)
+
+
+@app.command()
+@reports_errors
+def sample(
+    run: Annotated[
+        Path, typer.Argument(help="A prior run folder or its checkpoint.pt.", show_default=False)
+    ],
+    n: Annotated[int, typer.Option("-n", help="How many images to sample.")] = 64,
+    output: Annotated[
+        Path,
+        typer.Option("-o", "--output", help="The code file to write (.vqc).", show_default=False),
+    ] = Path("samples.vqc"),
+    temperature: Annotated[
+        float, typer.Option(help="Softmax temperature, > 0: lower is safer, higher more varied.")
+    ] = 1.0,
+    top_k: Annotated[
+        int | None,
+        typer.Option(help="Draw each code from the K likeliest only.", show_default=False),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Same seed, same samples.")] = 0,
+    label: Annotated[
+        str | None,
+        typer.Option(
+            help="Class to draw (conditional priors; default: every class in turn).",
+            show_default=False,
+        ),
+    ] = None,
+    device: Device = "auto",
+) -> None:
+    """Sample code grids from a prior into a code file for its VQ run; decode it to see them.
+
+    Example: [bold]vqtool sample runs/demo/prior -n 64 -o s.vqc && vqtool decode runs/demo s.vqc
+    -o samples --grid grid.png[/bold]
+    """
+    import_torch()
+    from vqtool.codes import check_output, write_codes
+    from vqtool.device import resolve_device
+    from vqtool.prior import load_prior, sample_codes
+
+    check_output(output)
+    loaded = load_prior(run, resolve_device(device))
+    with progress.CountProgress("sampling") as bar:
+        code_file = sample_codes(
+            loaded,
+            n,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+            label=label,
+            on_progress=bar.update,
+        )
+    write_codes(output, code_file)
+    h, w = code_file.codes.shape[1:]
+    progress.info(
+        f"wrote {output}: {n:,} sampled grids of {h}x{w} codes for the VQ checkpoint "
+        f"{loaded.vq.fingerprint[:12]}... ({loaded.vq.checkpoint})"
+    )
+
+
+@app.command()
+@reports_errors
 def evaluate(
     run: RunOrCheckpoint,
     split: Annotated[str, typer.Option(help="test or train.")] = "test",
@@ -258,9 +366,16 @@ def evaluate(
     if json_out not in (None, "-"):
         check_output_file(Path(json_out), "the --json file", "--json metrics.json")
     with progress.CountProgress(f"evaluating {split}") as bar:
-        metrics = evaluate_checkpoint(
-            run, split, _data_dir(data_dir), resolve_device(device), bar.update
-        )
+        if RunDir.with_checkpoint(run).kind() == "prior":
+            from vqtool.prior import evaluate_prior
+
+            if split != "test":
+                raise UsageError("a prior is evaluated on its test codes", "--split", "use test")
+            metrics = evaluate_prior(run, resolve_device(device), bar.update)
+        else:
+            metrics = evaluate_checkpoint(
+                run, split, _data_dir(data_dir), resolve_device(device), bar.update
+            )
     # The run's own copy first (a reader that closes stdout early must not cost it), but a
     # run folder that cannot be written (shared, read-only) still gives the results.
     try:
@@ -288,10 +403,10 @@ def profiles(
 
     Example: [bold]vqtool profiles ema[/bold]
     """
-    from vqtool.profiles import list_profiles, load_profile, profile_to_toml
+    from vqtool.profiles import list_profiles, load_any_profile, profile_to_toml
 
     if name is not None:
-        progress.out.print(profile_to_toml(load_profile(name)), markup=False, end="")
+        progress.out.print(profile_to_toml(load_any_profile(name)), markup=False, end="")
         return
     progress.print_result(progress.rows_table("profiles", ["name", "description"], list_profiles()))
 

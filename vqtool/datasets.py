@@ -43,6 +43,11 @@ def load_images(data: DataConfig, data_dir: Path, split: str) -> Tensor:
     return load_cifar10(data_dir, split)
 
 
+def dataset_classes(data: DataConfig) -> tuple[str, ...]:
+    """The class names a dataset's labels index; empty for a dataset without labels."""
+    return CLASS_NAMES
+
+
 def load_split(data: DataConfig, data_dir: Path, split: str) -> Split:
     """Images and labels of one split."""
     return Split(load_cifar10(data_dir, split), load_cifar10_labels(data_dir, split), CLASS_NAMES)

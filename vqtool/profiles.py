@@ -17,10 +17,11 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 from vqtool.errors import UsageError
 from vqtool.model_config import ModelConfig
+from vqtool.prior_config import PriorConfig
 from vqtool.tomlio import TOMLDecodeError, dumps_toml, loads_toml, toml_value
 
 
@@ -64,7 +65,50 @@ class Profile:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+@dataclass(frozen=True)
+class PriorTrainConfig:
+    """How a prior over codes is trained: AdamW on batches of code grids."""
+
+    steps: int = 2000
+    batch_size: int = 128  # global batch of code grids: split evenly across DDP processes
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    eval_every: int = 0  # steps between test evaluations during training; 0 = off
+    precision: str = "auto"
+    device: str = "auto"
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 100
+
+
+@dataclass(frozen=True)
+class PriorProfile:
+    """One fully resolved prior profile: the transformer's sizes and its training."""
+
+    name: str
+    description: str
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    train: PriorTrainConfig = field(default_factory=PriorTrainConfig)
+
+
+AnyProfile = Profile | PriorProfile
+
+
+class Schema(NamedTuple):
+    """One kind of profile: its sections and the dataclass they build."""
+
+    kind: str  # "vq" or "prior"
+    sections: dict[str, type]
+    root: type
+    command: str  # the command that trains with it
+
+
+VQ = Schema(
+    "vq", {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}, Profile, "train"
+)
+PRIOR = Schema("prior", {"prior": PriorConfig, "train": PriorTrainConfig}, PriorProfile, "prior")
 TOP_LEVEL_KEYS = ("name", "description", "extends")
 
 _TYPE_NAMES = {
@@ -110,12 +154,21 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.device": (lambda v: bool(DEVICE_NAMES.fullmatch(v)), f"one of {DEVICE_CHOICES}"),
     "train.lr_schedule": _one_of("constant", "cosine"),
     "train.warmup_steps": _at_least(0),
+    "train.batch_size": _at_least(1),
+    "train.weight_decay": ((lambda v: v >= 0), ">= 0"),
+    "prior.layers": _at_least(1),
+    "prior.width": _at_least(1),
+    "prior.heads": _at_least(1),
+    "prior.mlp_ratio": _at_least(1),
+    "prior.dropout": ((lambda v: 0 <= v < 1), ">= 0 and < 1"),
+    "prior.num_classes": _at_least(1),
 }
 
 
-def _field_types(section: str) -> dict[str, type]:
-    hints = typing.get_type_hints(SECTIONS[section])
-    return {f.name: hints[f.name] for f in dataclasses.fields(SECTIONS[section])}
+def _field_types(section: str, schema: Schema = VQ) -> dict[str, type]:
+    cls = schema.sections[section]
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:
@@ -146,7 +199,7 @@ def _shipped_names() -> list[str]:
 
 def list_profiles() -> list[tuple[str, str]]:
     """(name, description) of each shipped profile, sorted by name."""
-    return [(name, load_profile(name).description) for name in _shipped_names()]
+    return [(name, load_any_profile(name).description) for name in _shipped_names()]
 
 
 def _looks_like_path(spec: str, base: Path) -> bool:
@@ -154,9 +207,11 @@ def _looks_like_path(spec: str, base: Path) -> bool:
     return spec.endswith(".toml") or any(s in spec for s in seps) or (base / spec).is_file()
 
 
-def _shipped_path(name: str, where: str) -> Path:
+def _shipped_path(name: str, where: str, kind: Schema | None = None) -> Path:
     names = _shipped_names()
     if name not in names:
+        if kind is not None:  # list the profiles the command can take
+            names = [n for n in names if _kind_of(profiles_dir() / f"{n}.toml", []) is kind]
         raise UsageError(
             f"unknown profile '{name}'",
             where,
@@ -168,7 +223,9 @@ def _shipped_path(name: str, where: str) -> Path:
     return profiles_dir() / f"{name}.toml"
 
 
-def _resolve_spec(spec: str, base: Path, where: str) -> tuple[Path, str]:
+def _resolve_spec(
+    spec: str, base: Path, where: str, kind: Schema | None = None
+) -> tuple[Path, str]:
     """The file a profile spec names and its default name (shipped name or file stem)."""
     if _looks_like_path(spec, base):
         path = base / spec
@@ -177,7 +234,7 @@ def _resolve_spec(spec: str, base: Path, where: str) -> tuple[Path, str]:
                 f"profile file not found: {spec}", where, "check the path, or use a shipped name"
             )
         return path, path.stem
-    return _shipped_path(spec, where), spec
+    return _shipped_path(spec, where, kind), spec
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -195,18 +252,19 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"malformed TOML: {exc}", where, "fix the syntax at that line") from None
 
 
-def _check_keys(raw: Mapping[str, Any], where: str) -> None:
+def _check_keys(raw: Mapping[str, Any], where: str, schema: Schema) -> None:
     """Reject unknown top-level keys, sections and section keys, suggesting close matches."""
-    top_allowed = [*TOP_LEVEL_KEYS, *SECTIONS]
+    sections = schema.sections
+    top_allowed = [*TOP_LEVEL_KEYS, *sections]
     for key, value in raw.items():
-        if key in SECTIONS:
+        if key in sections:
             if not isinstance(value, Mapping):
                 raise UsageError(
                     f"'{key}' must be a table [{key}], got {value!r}",
                     where,
                     f"write its keys under a [{key}] header",
                 )
-            allowed = sorted(_field_types(key))
+            allowed = sorted(_field_types(key, schema))
             for sub in value:
                 if sub not in allowed:
                     raise UsageError(
@@ -219,9 +277,9 @@ def _check_keys(raw: Mapping[str, Any], where: str) -> None:
                 raise UsageError(
                     f"unknown section [{key}]",
                     where,
-                    "allowed sections are data, model, train" + _suggest(key, list(SECTIONS)),
+                    f"allowed sections are {', '.join(sections)}" + _suggest(key, list(sections)),
                 )
-            qualified = [f"{s}.{k}" for s in SECTIONS for k in _field_types(s)]
+            qualified = [f"{s}.{k}" for s in sections for k in _field_types(s, schema)]
             near = difflib.get_close_matches(key, [q.split(".")[1] for q in qualified], n=1)
             hint = ""
             if near:
@@ -237,7 +295,22 @@ def _check_keys(raw: Mapping[str, Any], where: str) -> None:
 _Sources = dict[str, str]
 
 
-def _load_raw(path: Path, chain: list[Path]) -> tuple[dict[str, Any], _Sources]:
+def _kind_of(path: Path, chain: list[Path]) -> Schema:
+    """A profile file's kind: a prior profile has a [prior] section or extends one."""
+    resolved = path.resolve()
+    if resolved in chain:
+        return VQ  # a cycle: reported by _load_raw
+    raw = _read_toml(path)
+    if "prior" in raw:
+        return PRIOR
+    parent = raw.get("extends")
+    if isinstance(parent, str):
+        parent_path, _ = _resolve_spec(parent, path.parent, _display(path))
+        return _kind_of(parent_path, [*chain, resolved])
+    return VQ
+
+
+def _load_raw(path: Path, chain: list[Path], schema: Schema) -> tuple[dict[str, Any], _Sources]:
     """A file's keys merged over those of the profiles it extends, and where each came from."""
     where = _display(path)
     resolved = path.resolve()
@@ -245,7 +318,7 @@ def _load_raw(path: Path, chain: list[Path]) -> tuple[dict[str, Any], _Sources]:
         loop = " -> ".join(_display(p) for p in [*chain, resolved])
         raise UsageError(f"profiles extend each other in a cycle: {loop}", where, "break the cycle")
     raw = _read_toml(path)
-    _check_keys(raw, where)
+    _check_keys(raw, where, schema)
     merged: dict[str, Any] = {}
     sources: _Sources = {}
     parent = raw.pop("extends", None)
@@ -257,10 +330,10 @@ def _load_raw(path: Path, chain: list[Path]) -> tuple[dict[str, Any], _Sources]:
                 "give a shipped profile name or a path relative to this file",
             )
         parent_path, _ = _resolve_spec(parent, path.parent, where)
-        merged, sources = _load_raw(parent_path, [*chain, resolved])
+        merged, sources = _load_raw(parent_path, [*chain, resolved], schema)
         merged.pop("name", None)  # a child is named after itself, never after its parent
     for key, value in raw.items():
-        if key in SECTIONS:
+        if key in schema.sections:
             section = dict(merged.get(key, {}))
             for sub, subvalue in value.items():
                 section[sub] = subvalue
@@ -272,7 +345,7 @@ def _load_raw(path: Path, chain: list[Path]) -> tuple[dict[str, Any], _Sources]:
     return merged, sources
 
 
-def _check_value(qualified: str, value: Any, kind: type, where: str) -> Any:
+def _check_value(qualified: str, value: Any, kind: type, where: str, schema: Schema = VQ) -> Any:
     """The value converted to its field's type, or a UsageError naming what is allowed."""
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -291,43 +364,61 @@ def _check_value(qualified: str, value: Any, kind: type, where: str) -> Any:
         raise UsageError(
             f"{qualified} must be {allowed}, got {shown} ({type(value).__name__})",
             where,
-            f"use {allowed}" + _default_hint(qualified),
+            f"use {allowed}" + _default_hint(qualified, schema),
         )
     return value
 
 
-def _default_hint(qualified: str) -> str:
+def _default_hint(qualified: str, schema: Schema) -> str:
     section, _, key = qualified.partition(".")
-    if section not in SECTIONS:
+    if section not in schema.sections:
         return ""
-    default = getattr(SECTIONS[section](), key)
+    default = getattr(schema.sections[section](), key)
     # Every string default is a bare word, which --set takes without shell-unfriendly quotes.
     shown = default if isinstance(default, str) else toml_value(default)
     return f", e.g. --set {qualified}={shown} (the default)"
 
 
-def _build(raw: Mapping[str, Any], name: str, sources: Mapping[str, str], source: str) -> Profile:
+def _build(
+    raw: Mapping[str, Any], name: str, sources: Mapping[str, str], source: str, schema: Schema
+) -> Any:
     if "extends" in raw:
         raise UsageError(
             "'extends' is not resolved here", source, "load the file with load_profile"
         )
-    _check_keys(raw, source)
+    _check_keys(raw, source, schema)
     top = {}
     for key in ("name", "description"):
         value = raw.get(key, name if key == "name" else "")
         top[key] = _check_value(key, value, str, sources.get(key, source))
     sections = {}
-    for section, cls in SECTIONS.items():
+    for section, cls in schema.sections.items():
         given = raw.get(section, {})
         values = {
             key: _check_value(
-                f"{section}.{key}", given[key], kind, sources.get(f"{section}.{key}", source)
+                f"{section}.{key}",
+                given[key],
+                kind,
+                sources.get(f"{section}.{key}", source),
+                schema,
             )
-            for key, kind in _field_types(section).items()
+            for key, kind in _field_types(section, schema).items()
             if key in given
         }
         sections[section] = cls(**values)
-    return Profile(name=top["name"], description=top["description"], **sections)
+    _check_consistency(sections, source)
+    return schema.root(name=top["name"], description=top["description"], **sections)
+
+
+def _check_consistency(sections: Mapping[str, Any], source: str) -> None:
+    """Rules that tie two keys together."""
+    prior = sections.get("prior")
+    if isinstance(prior, PriorConfig) and prior.width % prior.heads:
+        raise UsageError(
+            f"prior.heads ({prior.heads}) must divide prior.width ({prior.width})",
+            source,
+            "choose a width that is a multiple of heads, e.g. width 192 with 4 heads",
+        )
 
 
 def profile_from_dict(raw: Mapping[str, Any], name: str, source: str) -> Profile:
@@ -336,7 +427,12 @@ def profile_from_dict(raw: Mapping[str, Any], name: str, source: str) -> Profile
     `name` is used when `raw` has no `name` key; `source` is named in errors. Missing keys take
     their defaults; unknown keys, wrong types and out-of-range values raise UsageError.
     """
-    return _build(raw, name, {}, source)
+    return cast(Profile, _build(raw, name, {}, source, VQ))
+
+
+def prior_profile_from_dict(raw: Mapping[str, Any], name: str, source: str) -> PriorProfile:
+    """`profile_from_dict` for a prior profile."""
+    return cast(PriorProfile, _build(raw, name, {}, source, PRIOR))
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -359,7 +455,9 @@ def _parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _apply_overrides(raw: dict[str, Any], sources: _Sources, overrides: Sequence[str]) -> None:
+def _apply_overrides(
+    raw: dict[str, Any], sources: _Sources, overrides: Sequence[str], schema: Schema
+) -> None:
     for text in overrides:
         key, value = _parse_override(text)
         where = f"--set {text}"
@@ -368,13 +466,14 @@ def _apply_overrides(raw: dict[str, Any], sources: _Sources, overrides: Sequence
             sources[key] = where
             continue
         section, sub = key.split(".")
-        if section not in SECTIONS:
+        if section not in schema.sections:
+            names = list(schema.sections)
             raise UsageError(
                 f"unknown section '{section}' in '{key}'",
                 where,
-                "allowed sections are data, model, train" + _suggest(section, list(SECTIONS)),
+                f"allowed sections are {', '.join(names)}" + _suggest(section, names),
             )
-        allowed = sorted(_field_types(section))
+        allowed = sorted(_field_types(section, schema))
         if sub not in allowed:
             raise UsageError(
                 f"unknown key '{sub}' in [{section}]",
@@ -385,31 +484,61 @@ def _apply_overrides(raw: dict[str, Any], sources: _Sources, overrides: Sequence
         sources[key] = where
 
 
+def _load(spec: str | Path, overrides: Sequence[str], want: Schema | None) -> Any:
+    where = f"--profile {spec}"
+    path, default_name = _resolve_spec(str(spec), Path.cwd(), where, want)
+    schema = _kind_of(path, [])
+    if want is not None and schema is not want:
+        example = "prior-small" if want is PRIOR else "smoke"
+        raise UsageError(
+            f"'{spec}' is a {schema.kind} profile, for vqtool {schema.command}",
+            where,
+            f"vqtool {want.command} takes a {want.kind} profile, e.g. {example} "
+            "(see: vqtool profiles)",
+        )
+    raw, sources = _load_raw(path, [], schema)
+    _apply_overrides(raw, sources, overrides, schema)
+    return _build(raw, default_name, sources, _display(path), schema)
+
+
 def load_profile(spec: str | Path, overrides: Sequence[str] = ()) -> Profile:
     """Load a shipped profile by name, or a TOML file by path, then apply `--set` overrides.
 
     `spec` is a path when it ends in .toml, holds a path separator or names an existing file.
     """
-    path, default_name = _resolve_spec(str(spec), Path.cwd(), f"--profile {spec}")
-    raw, sources = _load_raw(path, [])
-    _apply_overrides(raw, sources, overrides)
-    return _build(raw, default_name, sources, _display(path))
+    return cast(Profile, _load(spec, overrides, VQ))
 
 
-def with_overrides(p: Profile, overrides: Sequence[str]) -> Profile:
+def load_prior_profile(spec: str | Path, overrides: Sequence[str] = ()) -> PriorProfile:
+    """`load_profile` for a prior profile (a [prior] section, or extending a profile with one)."""
+    return cast(PriorProfile, _load(spec, overrides, PRIOR))
+
+
+def load_any_profile(spec: str | Path) -> AnyProfile:
+    """A profile of either kind, as its file says."""
+    return cast(AnyProfile, _load(spec, (), None))
+
+
+def schema_of(p: AnyProfile) -> Schema:
+    return PRIOR if isinstance(p, PriorProfile) else VQ
+
+
+def with_overrides(p: Any, overrides: Sequence[str]) -> Any:
     """A copy of `p` with `section.key=value` overrides applied and validated (e.g. --resume)."""
+    schema = schema_of(p)
     raw = profile_to_dict(p)
     sources: _Sources = {}
-    _apply_overrides(raw, sources, overrides)
-    return _build(raw, p.name, sources, f"profile '{p.name}'")
+    _apply_overrides(raw, sources, overrides, schema)
+    return _build(raw, p.name, sources, f"profile '{p.name}'", schema)
 
 
-def profile_to_dict(p: Profile) -> dict[str, Any]:
-    """Nested plain dict: name, description, data{}, model{}, train{}."""
+def profile_to_dict(p: AnyProfile) -> dict[str, Any]:
+    """Nested plain dict: name, description and one dict per section."""
     return dataclasses.asdict(p)
 
 
-def profile_to_toml(p: Profile) -> str:
+def profile_to_toml(p: AnyProfile) -> str:
     """The full resolved profile as TOML that `load_profile` reads back into an equal Profile."""
-    header = "# Resolved vqtool profile; repeat the run with: vqtool train --profile <this file>\n"
+    command = "vqtool train --profile" if schema_of(p) is VQ else "vqtool prior RUN --profile"
+    header = f"# Resolved vqtool profile; repeat the run with: {command} <this file>\n"
     return header + dumps_toml(profile_to_dict(p))

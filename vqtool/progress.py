@@ -179,6 +179,69 @@ class TrainProgress(_Bar):
             )
 
 
+class PriorProgress(_Bar):
+    """Renders prior-training events: the code files first, then steps with bits per code."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "prior",
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        self.codes: dict[str, TaskID] = {}  # split -> its encoding task on the same display
+        self.setup = ""
+
+    def __call__(self, event: Any) -> None:
+        record: Mapping[str, Any] = event.record
+        if event.kind == "codes":  # step: grids encoded so far, total_steps: of how many
+            split = record["split"]
+            if self.live and split not in self.codes:
+                self.codes[split] = self.progress.add_task(
+                    f"encoding {split}", total=event.total_steps, stats=""
+                )
+            if split in self.codes:
+                self.progress.update(self.codes[split], completed=event.step)
+            if event.step == event.total_steps:
+                info(f"encoded the {split} split with the VQ run: {event.step:,} code grids")
+        elif event.kind == "start":
+            self.setup = f"{record['device']}, {record['precision']}"
+            info(
+                f"training a prior on {self.setup}, {record['world_size']} process(es), "
+                f"{record['train_images']:,} code grids, {record['parameters']:,} parameters "
+                f"-> {record['run_dir']}"
+            )
+            if self.live:
+                self.task = self.progress.add_task(
+                    "prior", total=event.total_steps, completed=event.step, stats=""
+                )
+        elif event.kind == "log":
+            stats = (
+                f"{record['bits_per_code']:.3f} bits/code  "
+                f"{record['bits_per_image']:,.1f} bits/image  {record['images_per_s']:,.0f} grids/s"
+            )
+            if self.task is not None:
+                self.progress.update(self.task, completed=event.step, stats=stats)
+            else:
+                info(f"step {event.step}/{event.total_steps}  {stats}")
+        elif event.kind == "eval":
+            info(
+                f"step {event.step}: test {record['bits_per_code']:.3f} bits/code, "
+                f"{record['bits_per_image']:,.1f} bits/image"
+            )
+        elif event.kind == "note":
+            info(event.message)
+        elif event.kind == "end" and record:
+            info(
+                f"done: step {event.step}, {record['bits_per_code']:.3f} bits/code, "
+                f"{record['images_per_s']:,.0f} grids/s on {self.setup}, "
+                f"{record['elapsed_s']:.1f} s of training"
+            )
+
+
 def metrics_table(title: str, metrics: Mapping[str, Any]) -> Table:
     table = Table(title=title)
     table.add_column("metric")

@@ -112,6 +112,11 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return self.checkpoint.is_file()
 
+    def kind(self) -> str:
+        """ "prior" for a prior run (its profile.toml has a [prior] section), else "vq"."""
+        raw, _ = self.read_profile_dict()
+        return _profile_facts(raw)[2]
+
     @contextlib.contextmanager
     def lock(self, command: str = "vqtool train") -> Iterator[None]:
         """Hold an exclusive lock on the folder: a second trainer on it refuses at once."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 import re
 import time
 import warnings
@@ -22,7 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vqtool import distributed
-from vqtool.checkpoint import load_checkpoint, model_state, save_checkpoint
+from vqtool.checkpoint import (
+    load_checkpoint,
+    model_state,
+    restore_rng,
+    rng_states,
+    save_checkpoint,
+)
 from vqtool.datasets import ensure_dataset, load_images
 from vqtool.device import Placement, describe_device, describe_precision, resolve_placement
 from vqtool.errors import UsageError, WorkError, first_line
@@ -40,6 +45,7 @@ from vqtool.profiles import (
     with_overrides,
 )
 from vqtool.runs import RunDir
+from vqtool.schedule import epoch_order, scheduled_rate
 from vqtool.speed import compile_for_training
 
 
@@ -123,24 +129,9 @@ def pixel_variance(images: Tensor) -> float:
     return float((hist * (values - mean) ** 2).sum() / n)
 
 
-def epoch_order(n: int, epoch: int, seed: int, shuffle: bool) -> Tensor:
-    """The visiting order of epoch `epoch`: drawn from (seed, epoch) alone, or file order."""
-    if not shuffle:
-        return torch.arange(n)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=generator)
-
-
 def learning_rate(profile: Profile, step: int, scale: float) -> float:
-    """Base rate x collapse-guard scale x linear warm-up x optional cosine decay."""
-    cfg = profile.train
-    lr = cfg.learning_rate * scale
-    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        lr *= (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "cosine":
-        progress = min(1.0, step / max(1, cfg.steps))
-        lr *= 0.5 * (1.0 + math.cos(math.pi * progress))
-    return lr
+    """Base rate x collapse-guard scale x the schedule (vqtool.schedule)."""
+    return scheduled_rate(profile.train, step) * scale
 
 
 class Trainer:
@@ -220,15 +211,7 @@ class Trainer:
         self.lr_scale = float(payload.get("lr_scale", 1.0))
         if self.guard is not None:
             self.guard.resume(payload.get("guard", {}), self.model, self.optimizer)
-        rng = payload["rng"]
-        torch.set_rng_state(rng["torch"])
-        cuda_states = rng.get("cuda") or []
-        if (
-            cuda_states
-            and torch.cuda.is_available()
-            and len(cuda_states) == torch.cuda.device_count()
-        ):
-            torch.cuda.set_rng_state_all(cuda_states)
+        restore_rng(payload["rng"])
 
     def checkpoint_payload(self) -> dict[str, Any]:
         epoch, position = divmod(self.step, self.batches_per_epoch)
@@ -237,10 +220,7 @@ class Trainer:
             "model": model_state(self.model),
             "optimizer": learning_rates_as_floats(self.optimizer.state_dict()),
             "step": self.step,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "rng": rng_states(),
             "data": {"epoch": epoch, "position": position},
             "train_variance": self.variance,
             "elapsed_s": self.elapsed_s,

@@ -1,0 +1,695 @@
+"""Priors over codes: the second kind of run. A prior run P learns p(codes) for a VQ run R.
+
+P is a run folder like R (vqtool.runs.RunDir): profile.toml, metrics.jsonl, checkpoint.pt
+(format "vqtool-prior", holding R's fingerprint), eval-test.json, the lock. Its data are R's
+codes of R's dataset, encoded once with R's checkpoint and kept in P as ordinary code files
+(`codes-train.vqc`, `codes-test.vqc`); a labelled dataset stores each image's class as the
+first part of its name (`cat/train-00042`), so the code files carry the labels too.
+
+Training follows the VQ loop's rules: the data order of epoch e is drawn from (seed, e), every
+RNG state is in the checkpoint, so a resumed run is bit-identical; SIGINT/SIGTERM save a
+checkpoint first; under torchrun each process takes its slice of the global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vqtool import distributed
+from vqtool.checkpoint import (
+    PRIOR_FORMAT,
+    LoadedModel,
+    load_checkpoint,
+    load_model,
+    model_state,
+    restore_rng,
+    rng_states,
+    save_checkpoint,
+)
+from vqtool.codec import batch_ranges, encode_images
+from vqtool.codes import CodeFile, check_codes_for_model, read_codes, write_codes
+from vqtool.datasets import dataset_classes, load_split
+from vqtool.device import Placement, describe_device, describe_precision, resolve_placement
+from vqtool.errors import UsageError, WorkError
+from vqtool.model import DOWNSAMPLE
+from vqtool.prior_model import CodePrior, nll_bits, sample
+from vqtool.process import StopSignals
+from vqtool.profiles import (
+    PriorProfile,
+    load_prior_profile,
+    prior_profile_from_dict,
+    profile_to_dict,
+    profile_to_toml,
+    with_overrides,
+)
+from vqtool.quantizer import code_counts, entropy_bits_from_counts
+from vqtool.runs import RunDir
+from vqtool.schedule import epoch_order, scheduled_rate
+
+PRIOR_DIR = "prior"  # P defaults to R/prior
+EVAL_BATCH = 500
+SAMPLE_BATCH = 256  # grids per sampling call: fixed, so a seed gives the same grids for any n
+Progress = Callable[[int, int], None]
+
+
+class PriorEvent(NamedTuple):
+    kind: str  # "codes" | "start" | "log" | "eval" | "checkpoint" | "note" | "end"
+    step: int
+    total_steps: int
+    record: dict[str, Any]
+    message: str = ""
+
+
+PriorCallback = Callable[[PriorEvent], None]
+
+
+@dataclass(frozen=True)
+class VQFacts:
+    """What a prior remembers of its VQ run: enough to check and to decode what it samples."""
+
+    fingerprint: str
+    num_embeddings: int
+    embedding_dim: int
+    image_size: tuple[int, int]  # (H, W) of the images; codes are (H / 4, W / 4)
+    class_names: tuple[str, ...]  # the dataset's labels; empty when it has none
+    checkpoint: str  # where R's checkpoint was when P was made
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.image_size[0] // DOWNSAMPLE, self.image_size[1] // DOWNSAMPLE
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "num_embeddings": self.num_embeddings,
+            "embedding_dim": self.embedding_dim,
+            "image_size": list(self.image_size),
+            "class_names": list(self.class_names),
+            "checkpoint": self.checkpoint,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> VQFacts:
+        return cls(
+            str(raw["fingerprint"]),
+            int(raw["num_embeddings"]),
+            int(raw["embedding_dim"]),
+            (int(raw["image_size"][0]), int(raw["image_size"][1])),
+            tuple(str(n) for n in raw["class_names"]),
+            str(raw["checkpoint"]),
+        )
+
+
+class PriorData(NamedTuple):
+    codes: Tensor  # int64 (N, h, w)
+    labels: Tensor | None  # int64 (N,)
+
+
+# --- codes of the VQ run's dataset, kept in P ----------------------------------------------
+
+
+def encode_split(
+    vq: LoadedModel, data_dir: Path, split: str, on_progress: Progress | None = None
+) -> CodeFile:
+    """R's codes of one split of its dataset, as a CodeFile named by class and index."""
+    images, labels, class_names = load_split(vq.profile.data, data_dir, split)
+    n, _, height, width = images.shape
+    model = vq.model.folded()
+    codes = np.empty((n, height // DOWNSAMPLE, width // DOWNSAMPLE), np.uint16)
+    for start, stop in batch_ranges(n, EVAL_BATCH, height * width):
+        codes[start:stop] = encode_images(model, images[start:stop]).numpy()
+        if on_progress is not None:
+            on_progress(stop, n)
+    if labels is not None and class_names:
+        names = [f"{class_names[int(y)]}/{split}-{i:05d}" for i, y in enumerate(labels)]
+    else:
+        names = [f"{split}-{i:05d}" for i in range(n)]
+    config = vq.model.config
+    return CodeFile(
+        codes=codes,
+        names=tuple(names),
+        sizes=np.tile(np.array([[height, width]], np.int32), (n, 1)),
+        checkpoint=vq.fingerprint,
+        num_embeddings=config.num_embeddings,
+        embedding_dim=config.embedding_dim,
+        image_size=(height, width),
+    )
+
+
+def labels_from_names(code_file: CodeFile, class_names: tuple[str, ...]) -> Tensor | None:
+    """The class of each image from its name's first part, or None without classes."""
+    if not class_names:
+        return None
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = [index.get(name.split("/", 1)[0], -1) for name in code_file.names]
+    if min(labels) < 0:
+        return None
+    return torch.tensor(labels, dtype=torch.long)
+
+
+def prepare_codes(
+    vq: LoadedModel,
+    run: RunDir,
+    data_dir: Path,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[dict[str, PriorData], tuple[int, int]]:
+    """The train and test codes of R's dataset, read from P when there, else encoded and kept;
+    and the images' (H, W)."""
+    found: dict[str, PriorData] = {}
+    class_names = dataset_classes(vq.profile.data)
+    config = vq.model.config
+    image_size = (0, 0)
+    for split in ("train", "test"):
+        path = run.codes_file(split)
+        if path.is_file():
+            code_file = read_codes(path)
+            check_codes_for_model(
+                code_file, vq.fingerprint, config.num_embeddings, config.embedding_dim, path
+            )
+        else:
+            progress = None
+            if on_progress is not None:
+                progress = functools.partial(on_progress, split)
+            code_file = encode_split(vq, data_dir, split, progress)
+            write_codes(path, code_file)
+        codes = torch.from_numpy(code_file.codes.astype(np.int64))
+        found[split] = PriorData(codes, labels_from_names(code_file, class_names))
+        image_size = code_file.image_size
+    return found, image_size
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+class PriorResult(NamedTuple):
+    run_dir: Path
+    step: int
+    last_record: dict[str, Any]
+    elapsed_s: float
+    model: CodePrior
+
+
+def default_prior_dir(vq_run: Path) -> Path:
+    """P when none is given: `R/prior` beside R's checkpoint."""
+    return RunDir.with_checkpoint(vq_run).path / PRIOR_DIR
+
+
+def resolve_prior_run(
+    vq_run: Path,
+    profile_spec: str | None,
+    overrides: list[str],
+    run_dir: Path | None,
+    resume: bool,
+) -> tuple[PriorProfile, Path]:
+    """The profile and folder a `vqtool prior` request means; the same resume rules as train.
+
+    --resume continues from P's checkpoint and its profile; only [train] may change. A folder
+    without a checkpoint starts fresh, so a job script can always pass --resume.
+    """
+    folder = run_dir if run_dir is not None else default_prior_dir(vq_run)
+    files = RunDir.at(folder)
+    if files.checkpoint.exists() and not resume:
+        raise UsageError(
+            "this prior run folder already holds a checkpoint",
+            folder,
+            "pass --resume to continue it, or choose another --run-dir",
+        )
+    if resume and files.checkpoint.exists():
+        saved_raw = load_checkpoint(files.checkpoint, fmt=PRIOR_FORMAT)["profile"]
+        saved = prior_profile_from_dict(
+            saved_raw, saved_raw.get("name", "prior"), str(files.checkpoint)
+        )
+        base = load_prior_profile(profile_spec) if profile_spec else saved
+        profile: PriorProfile = with_overrides(base, overrides)
+        if profile.prior != saved.prior:
+            raise UsageError(
+                "--resume cannot change [prior]",
+                files.checkpoint,
+                "only [train] keys may change on resume; start a new prior for a new model",
+            )
+        return profile, folder
+    if profile_spec is None:
+        if not files.profile.is_file():
+            raise UsageError(
+                "no profile given", "--profile", "pass --profile prior-small (see vqtool profiles)"
+            )
+        profile_spec = str(files.profile)
+    return load_prior_profile(profile_spec, overrides), folder
+
+
+class PriorTrainer:
+    """One prior run: the transformer, its optimizer, R's codes and P's files."""
+
+    def __init__(
+        self,
+        profile: PriorProfile,
+        run_dir: Path,
+        vq: VQFacts,
+        train: PriorData,
+        test: PriorData,
+        placement: Placement,
+        callback: PriorCallback,
+    ) -> None:
+        self.profile = profile
+        self.files = RunDir.at(run_dir)
+        self.vq = vq
+        self.placement = placement
+        self.callback = callback
+        self.is_writer = placement.rank == 0
+        cfg = profile.train
+        if cfg.batch_size % placement.world_size:
+            raise UsageError(
+                f"train.batch_size {cfg.batch_size} does not divide among "
+                f"{placement.world_size} processes",
+                "--set train.batch_size",
+                "choose a multiple of the process count (it is the global batch)",
+            )
+        if profile.prior.conditional and train.labels is None:
+            raise UsageError(
+                "prior.conditional needs a dataset with labels",
+                "--set prior.conditional",
+                "set prior.conditional=false for an unlabelled dataset",
+            )
+        if profile.prior.conditional and len(vq.class_names) > profile.prior.num_classes:
+            raise UsageError(
+                f"the dataset has {len(vq.class_names)} classes but prior.num_classes is "
+                f"{profile.prior.num_classes}",
+                "--set prior.num_classes",
+                f"use --set prior.num_classes={len(vq.class_names)}",
+            )
+        self.local_batch = cfg.batch_size // placement.world_size
+        self.batches_per_epoch = train.codes.shape[0] // cfg.batch_size
+        if self.batches_per_epoch == 0:
+            raise UsageError(
+                f"train.batch_size {cfg.batch_size} exceeds the {train.codes.shape[0]} "
+                "training grids",
+                "--set train.batch_size",
+                "choose a smaller batch size",
+            )
+        device = placement.device
+        self.codes = train.codes.to(device)
+        self.labels = (
+            train.labels.to(device)
+            if profile.prior.conditional and train.labels is not None
+            else None
+        )
+        self.test = test
+        torch.manual_seed(cfg.seed)
+        self.model = CodePrior(profile.prior, vq.num_embeddings, vq.grid).to(device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+        )
+        self.forward_model: torch.nn.Module = self.model
+        self.step = 0
+        self.elapsed_s = 0.0
+        self._order_epoch = -1
+        self._order = torch.empty(0)
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.step = int(payload["step"])
+        self.elapsed_s = float(payload.get("elapsed_s", 0.0))
+        restore_rng(payload["rng"])
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        epoch, position = divmod(self.step, self.batches_per_epoch)
+        return {
+            "profile": profile_to_dict(self.profile),
+            "model": model_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "rng": rng_states(),
+            "data": {"epoch": epoch, "position": position},
+            "elapsed_s": self.elapsed_s,
+            "world_size": self.placement.world_size,
+            "vq": self.vq.as_dict(),
+        }
+
+    def save(self) -> None:
+        if self.is_writer:
+            save_checkpoint(self.files.checkpoint, self.checkpoint_payload(), PRIOR_FORMAT)
+            self.callback(PriorEvent("checkpoint", self.step, self.profile.train.steps, {}))
+
+    def batch_indices(self, step: int) -> Tensor:
+        """This process's slice of the global batch of `step`."""
+        epoch, position = divmod(step, self.batches_per_epoch)
+        if epoch != self._order_epoch:
+            order = epoch_order(self.codes.shape[0], epoch, self.profile.train.seed, True)
+            self._order = order.to(self.codes.device)
+            self._order_epoch = epoch
+        cfg = self.profile.train
+        start = position * cfg.batch_size + self.placement.rank * self.local_batch
+        return self._order[start : start + self.local_batch]
+
+    def train_step(self, index: Tensor) -> Tensor:
+        """One optimizer step on the grids at `index`; returns the bits per code (device)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = scheduled_rate(self.profile.train, self.step)
+        codes = self.codes[index]
+        labels = self.labels[index] if self.labels is not None else None
+        dtype = self.placement.autocast_dtype
+        device_type = self.placement.device.type
+        with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+            logits = self.forward_model(codes, labels)
+        loss = F.cross_entropy(logits.float().transpose(1, 2), codes.flatten(1))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach() / math.log(2.0)
+
+    def log_record(self, total: Tensor, count: int, window_s: float) -> dict[str, Any]:
+        total = distributed.all_reduce_sum(total) / self.placement.world_size
+        cfg = self.profile.train
+        return {
+            "kind": "train",
+            "step": self.step,
+            "bits_per_code": float(total) / count,
+            "bits_per_image": float(total) / count * self.model.length,
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            "images_per_s": count * cfg.batch_size / window_s if window_s > 0 else 0.0,
+            "elapsed_s": self.elapsed_s,
+            "world_size": self.placement.world_size,
+        }
+
+    def write_metric(self, record: dict[str, Any]) -> None:
+        if self.is_writer:
+            self.files.append_metric(record)
+
+    def evaluate_test(self) -> None:
+        if not self.is_writer:
+            return
+        metrics = evaluate_codes(self.model, self.test, self.profile.prior.conditional)
+        record = {"kind": "eval", "step": self.step, "split": "test", **metrics}
+        self.write_metric(record)
+        self.callback(PriorEvent("eval", self.step, self.profile.train.steps, record))
+
+    def wrap_for_processes(self) -> None:
+        if self.placement.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.placement.device] if self.placement.device.type == "cuda" else None
+            self.forward_model = DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def run(self, stop: StopSignals) -> PriorResult:
+        cfg = self.profile.train
+        self.wrap_for_processes()
+        self.model.train()
+        total = torch.zeros((), device=self.placement.device)
+        count = 0
+        window_s = 0.0
+        last: dict[str, Any] = {}
+        while self.step < cfg.steps:
+            if distributed.any_rank(stop.received is not None, self.placement.device):
+                self.save()
+                raise stop.interrupted()
+            tick = time.perf_counter()
+            total += self.train_step(self.batch_indices(self.step))
+            self.step += 1
+            count += 1
+            at_log = self.step % cfg.log_every == 0 or self.step == cfg.steps
+            if at_log and self.placement.device.type == "cuda":
+                torch.cuda.synchronize()
+            spent = time.perf_counter() - tick
+            window_s += spent
+            self.elapsed_s += spent
+            if at_log:
+                last = self.log_record(total, count, window_s)
+                self.write_metric(last)
+                self.callback(PriorEvent("log", self.step, cfg.steps, last))
+                total.zero_()
+                count, window_s = 0, 0.0
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                self.evaluate_test()
+                self.model.train()
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save()
+        return PriorResult(self.files.path, self.step, last, self.elapsed_s, self.model)
+
+
+def train_prior(
+    vq_run: Path,
+    profile: PriorProfile,
+    run_dir: Path,
+    data_dir: Path,
+    *,
+    resume: bool = False,
+    callback: PriorCallback | None = None,
+) -> PriorResult:
+    """Train (or continue) a prior over the codes of VQ run `vq_run`; files land in `run_dir`.
+
+    Raises UsageError when `run_dir` holds a checkpoint and `resume` is False, and Interrupted
+    after a signal (the checkpoint saved first).
+    """
+    files = RunDir.at(run_dir)
+    if files.checkpoint.exists() and not resume:
+        raise UsageError(
+            "this prior run folder already holds a checkpoint",
+            run_dir,
+            "pass resume=True (--resume) to continue it, or choose another folder",
+        )
+    world = distributed.world_from_env()
+    cfg = profile.train
+    placement = resolve_placement(cfg.device, cfg.precision, world)
+    vq = load_model(vq_run, "cpu")
+    writer = world.rank == 0
+    notify = callback if callback is not None and writer else (lambda event: None)
+    lock = files.lock("vqtool prior") if writer else contextlib.nullcontext()
+    with distributed.process_group(world, placement.device), lock, StopSignals() as stop:
+        payload = (
+            load_checkpoint(files.checkpoint, fmt=PRIOR_FORMAT)
+            if resume and files.checkpoint.exists()
+            else None
+        )
+        if payload is not None and payload["vq"]["fingerprint"] != vq.fingerprint:
+            raise UsageError(
+                "this prior was trained on the codes of another VQ checkpoint",
+                run_dir,
+                "resume it with the VQ run it was made for, or start a new prior",
+            )
+
+        def codes_progress(split: str, done: int, total: int) -> None:
+            notify(PriorEvent("codes", done, total, {"split": split}))
+
+        if writer:  # the others wait, then read the code files rank 0 wrote
+            data, image_size = prepare_codes(vq, files, data_dir, codes_progress)
+        distributed.barrier()
+        if not writer:
+            data, image_size = prepare_codes(vq, files, data_dir)
+        facts = VQFacts(
+            vq.fingerprint,
+            vq.model.config.num_embeddings,
+            vq.model.config.embedding_dim,
+            image_size,
+            dataset_classes(vq.profile.data),
+            str(vq.path.resolve()),
+        )
+        trainer = PriorTrainer(
+            profile, run_dir, facts, data["train"], data["test"], placement, notify
+        )
+        if payload is not None:
+            trainer.restore(payload)
+        if writer and payload is not None and trainer.step >= cfg.steps:
+            message = (
+                f"the prior is already at step {trainer.step} (train.steps = {cfg.steps}): "
+                "nothing to train; raise train.steps to continue"
+            )
+            notify(PriorEvent("note", trainer.step, cfg.steps, {"kind": "note"}, message))
+        elif writer:
+            if payload is not None:
+                files.truncate_metrics(trainer.step)
+                message = f"resuming from step {trainer.step}"
+                notify(PriorEvent("note", trainer.step, cfg.steps, {"kind": "note"}, message))
+            else:
+                files.reset_metrics()
+            files.write_profile(profile_to_toml(profile))
+        notify(PriorEvent("start", trainer.step, cfg.steps, _describe(placement, trainer)))
+        result = trainer.run(stop)
+        notify(PriorEvent("end", result.step, cfg.steps, result.last_record))
+        return result
+
+
+def _describe(placement: Placement, trainer: PriorTrainer) -> dict[str, Any]:
+    return {
+        "device": describe_device(placement),
+        "precision": describe_precision(placement),
+        "world_size": placement.world_size,
+        "train_images": int(trainer.codes.shape[0]),
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "run_dir": str(trainer.files.path),
+    }
+
+
+# --- loading, evaluating, sampling ------------------------------------------------------
+
+
+class LoadedPrior(NamedTuple):
+    model: CodePrior  # eval mode
+    profile: PriorProfile
+    step: int
+    fingerprint: str  # the prior checkpoint's
+    vq: VQFacts
+    path: Path  # the checkpoint file
+
+    @property
+    def vq_fingerprint(self) -> str:
+        return self.vq.fingerprint
+
+
+def load_prior(path: str | Path, device: str | torch.device = "cpu") -> LoadedPrior:
+    """Rebuild a prior from its checkpoint's own profile and VQ facts; never runs code."""
+    files = RunDir.with_checkpoint(path)
+    payload = load_checkpoint(files.checkpoint, fmt=PRIOR_FORMAT)
+    try:
+        raw = payload["profile"]
+        profile = prior_profile_from_dict(raw, raw.get("name", "prior"), str(files.checkpoint))
+        vq = VQFacts.from_dict(payload["vq"])
+        model = CodePrior(profile.prior, vq.num_embeddings, vq.grid)
+        model.load_state_dict(payload["model"])
+        step = int(payload["step"])
+    except (KeyError, IndexError, RuntimeError, AttributeError, TypeError, ValueError) as exc:
+        raise WorkError(
+            f"the checkpoint does not describe a prior this vqtool can build: {exc}",
+            files.checkpoint,
+            "use a checkpoint written by this version of vqtool",
+        ) from exc
+    except UsageError as exc:
+        raise WorkError(exc.what, files.checkpoint, "the checkpoint's profile is invalid") from exc
+    model.to(device).eval()
+    return LoadedPrior(model, profile, step, str(payload["fingerprint"]), vq, files.checkpoint)
+
+
+@torch.no_grad()
+def evaluate_codes(
+    model: CodePrior, data: PriorData, conditional: bool, on_progress: Progress | None = None
+) -> dict[str, Any]:
+    """Bits the prior needs for a set of code grids (base-2 NLL), beside simpler models."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    k = model.num_embeddings
+    n = data.codes.shape[0]
+    total = 0.0
+    counts = torch.zeros(k, dtype=torch.float64)
+    start = time.perf_counter()
+    for begin in range(0, n, EVAL_BATCH):
+        codes = data.codes[begin : begin + EVAL_BATCH].to(device)
+        labels = None
+        if conditional and data.labels is not None:
+            labels = data.labels[begin : begin + EVAL_BATCH].to(device)
+        total += float(nll_bits(model, codes, labels).double().sum())
+        counts += code_counts(codes, k).double().cpu()
+        if on_progress is not None:
+            on_progress(min(begin + EVAL_BATCH, n), n)
+    seconds = time.perf_counter() - start
+    model.train(was_training)
+    length = model.length
+    bits_per_image = total / n
+    unigram = float(entropy_bits_from_counts(counts)) * length
+    return {
+        "bits_per_code": bits_per_image / length,
+        "bits_per_image": bits_per_image,
+        "unigram_bits_per_image": unigram,
+        "uniform_bits_per_image": length * math.log2(k),
+        "ratio_to_unigram": bits_per_image / unigram if unigram > 0 else None,
+        "images": n,
+        "images_per_s": n / seconds if seconds > 0 else float("inf"),
+    }
+
+
+def evaluate_prior(
+    path: Path, device: str | torch.device = "cpu", on_progress: Progress | None = None
+) -> dict[str, Any]:
+    """The prior of run `path` on its test codes: eval-test.json's contents."""
+    loaded = load_prior(path, device)
+    files = RunDir.with_checkpoint(path)
+    code_file = read_codes(files.codes_file("test"))
+    vq = loaded.vq
+    check_codes_for_model(
+        code_file, vq.fingerprint, vq.num_embeddings, vq.embedding_dim, files.codes_file("test")
+    )
+    data = PriorData(
+        torch.from_numpy(code_file.codes.astype(np.int64)),
+        labels_from_names(code_file, vq.class_names),
+    )
+    metrics = evaluate_codes(loaded.model, data, loaded.profile.prior.conditional, on_progress)
+    return {"split": "test", **metrics, "checkpoint": loaded.fingerprint, "step": loaded.step}
+
+
+def sample_codes(
+    loaded: LoadedPrior,
+    n: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    label: str | None = None,
+    on_progress: Progress | None = None,
+) -> CodeFile:
+    """n code grids drawn from the prior, as a code file for R's checkpoint.
+
+    A conditional prior draws `label`'s class, or without one the classes in turn in equal
+    blocks (the first n/C grids of class 0, ...). The same seed gives the same file.
+    """
+    vq = loaded.vq
+    k = vq.num_embeddings
+    if n < 1:
+        raise UsageError(f"-n must be at least 1, got {n}", "-n", "ask for 1 or more samples")
+    if not temperature > 0 or not math.isfinite(temperature):
+        raise UsageError(
+            f"the temperature must be > 0, got {temperature}", "--temperature", "use e.g. 1.0"
+        )
+    if top_k is not None and not 1 <= top_k <= k:
+        raise UsageError(f"--top-k must be 1 to {k}, got {top_k}", "--top-k", f"use 1 to {k}")
+    labels = _sample_labels(loaded, n, label)
+    device = next(loaded.model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    codes = np.empty((n, *vq.grid), np.uint16)
+    for start in range(0, n, SAMPLE_BATCH):
+        stop = min(start + SAMPLE_BATCH, n)
+        chunk = labels[start:stop].to(device) if labels is not None else None
+        drawn = sample(
+            loaded.model,
+            stop - start,
+            temperature=temperature,
+            top_k=top_k,
+            labels=chunk,
+            generator=generator,
+        )
+        codes[start:stop] = drawn.cpu().numpy()
+        if on_progress is not None:
+            on_progress(stop, n)
+    return CodeFile(
+        codes=codes,
+        names=tuple(f"sample-{i + 1:05d}" for i in range(n)),
+        sizes=np.tile(np.array([vq.image_size], np.int32), (n, 1)),
+        checkpoint=vq.fingerprint,
+        num_embeddings=k,
+        embedding_dim=vq.embedding_dim,
+        image_size=vq.image_size,
+    )
+
+
+def _sample_labels(loaded: LoadedPrior, n: int, label: str | None) -> Tensor | None:
+    names = loaded.vq.class_names
+    if not loaded.profile.prior.conditional:
+        if label is not None:
+            raise UsageError("this prior is not class-conditional", "--label", "leave --label out")
+        return None
+    if label is None:
+        return torch.arange(n, dtype=torch.long) * len(names) // n
+    if label not in names:
+        raise UsageError(f"unknown label {label!r}", "--label", f"use one of {', '.join(names)}")
+    return torch.full((n,), names.index(label), dtype=torch.long)
