@@ -428,7 +428,8 @@ def plot(
     device: Device = "auto",
 ) -> None:
     """Write loss.png, reconstructions.png (test images over their reconstructions) and
-    codebook.png (code usage, dead codes, PCA of the codes) for a run.
+    codebook.png (code usage, dead codes, PCA of the codes) for a run; for a prior run,
+    loss.png (bits per code) and samples.png (samples decoded by its VQ run).
 
     Example: [bold]vqtool plot runs/demo -o figures/demo[/bold]
     """
@@ -441,6 +442,10 @@ def plot(
     loaded = load_run(run)
     for message in loaded.warnings:
         progress.warn(message)
+    target = out_dir if out_dir is not None else loaded.path
+    if loaded.kind == "prior":
+        _plot_prior(loaded, target, resolve_device(device))
+        return
     arrays = None
     if loaded.has_checkpoint:
         with progress.CountProgress("encoding the test split") as bar:
@@ -449,7 +454,23 @@ def plot(
             )
     else:
         progress.warn(f"no checkpoint in {loaded.path}: wrote the loss curves only")
-    for path in write_run_plots(loaded, out_dir if out_dir is not None else loaded.path, arrays):
+    for path in write_run_plots(loaded, target, arrays):
+        progress.info(f"wrote {path}")
+
+
+def _plot_prior(run: Any, out_dir: Path, device: Any) -> None:
+    """`vqtool plot P`: the loss curve, and samples decoded by the VQ run when it is found."""
+    from vqtool.prior_plots import write_prior_plots
+    from vqtool.report import prior_samples
+
+    samples, title = None, ""
+    if run.has_checkpoint:
+        try:
+            samples, vq_path = prior_samples(run.path, device)
+            title = f"64 samples of {run.path.name} ({run.profile}), decoded by {Path(vq_path).parent.name}"
+        except VqtoolError as exc:
+            progress.warn(f"{exc.what} ({exc.where}): wrote the loss curve only")
+    for path in write_prior_plots(run, out_dir, samples, title):
         progress.info(f"wrote {path}")
 
 

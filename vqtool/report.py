@@ -15,6 +15,7 @@ import torch
 
 from vqtool.checkpoint import load_model
 from vqtool.datasets import load_images
+from vqtool.errors import VqtoolError
 from vqtool.evaluate import EVAL_BATCH
 from vqtool.quantizer import code_counts
 
@@ -68,3 +69,36 @@ def run_arrays(
         n,
         loaded.step,
     )
+
+
+def prior_samples(
+    prior_run: Path, device: str | torch.device = "cpu", n: int = 64, seed: int = 0
+) -> tuple[np.ndarray, str]:
+    """n samples of a prior decoded by its VQ run: (uint8 (n, 3, H, W), where R was found).
+
+    R is the checkpoint the prior recorded, else the folder above the prior (its default
+    place); either must have the fingerprint the prior was trained on.
+    """
+    from vqtool.codec import decode_indices
+    from vqtool.errors import UsageError
+    from vqtool.prior import load_prior, sample_codes
+    from vqtool.runs import RunDir
+
+    loaded = load_prior(prior_run, device)
+    candidates = [Path(loaded.vq.checkpoint), RunDir.with_checkpoint(prior_run).path.parent]
+    for candidate in candidates:
+        try:
+            vq = load_model(candidate, device)
+        except VqtoolError:
+            continue
+        if vq.fingerprint == loaded.vq.fingerprint:
+            break
+    else:
+        raise UsageError(
+            "the VQ run this prior was trained on is not where it was",
+            loaded.vq.checkpoint,
+            "decode samples yourself: vqtool sample P -o s.vqc && vqtool decode R s.vqc -o DIR",
+        )
+    codes = sample_codes(loaded, n, seed=seed)
+    indices = torch.from_numpy(codes.codes.astype(np.int64))
+    return decode_indices(vq.model.folded(), indices).numpy(), str(vq.path)

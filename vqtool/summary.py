@@ -34,6 +34,7 @@ def summarise_run(run: Run, label: str | None = None) -> dict[str, Any]:
     return {
         "run": label if label is not None else run.path.name,
         "path": str(run.path),
+        "kind": run.kind,
         "profile": run.profile,
         "steps": last["step"],
         "train_nmse": _number(last.get("nmse")),
@@ -42,6 +43,8 @@ def summarise_run(run: Run, label: str | None = None) -> dict[str, Any]:
         "perplexity": _number(test.get("perplexity")),
         "codebook_usage": _number(test.get("codebook_usage")),
         "dead_codes": _number(test.get("dead_codes")),
+        "train_bits_per_code": _number(last.get("bits_per_code")),
+        "test_bits_per_image": _number(test.get("bits_per_image")) if run.kind == "prior" else None,
         "eval_step": _number(test.get("step")),
         "wall_s": _number(last.get("elapsed_s")),
         "images_per_s": sum(speeds) / len(speeds) if speeds else None,
@@ -58,6 +61,7 @@ COMPARE_COLUMNS = {
     "psnr": "PSNR (dB)",
     "perplexity": "perplexity",
     "codebook_usage": "codes used",
+    "test_bits_per_image": "test bits/image",
     "wall_s": "wall (s)",
     "images_per_s": "images/s",
 }
