@@ -467,7 +467,8 @@ def _plot_prior(run: Any, out_dir: Path, device: Any) -> None:
     if run.has_checkpoint:
         try:
             samples, vq_path = prior_samples(run.path, device)
-            title = f"64 samples of {run.path.name} ({run.profile}), decoded by {Path(vq_path).parent.name}"
+            decoder = Path(vq_path).parent.name
+            title = f"64 samples of {run.path.name} ({run.profile}), decoded by {decoder}"
         except VqtoolError as exc:
             progress.warn(f"{exc.what} ({exc.where}): wrote the loss curve only")
     for path in write_prior_plots(run, out_dir, samples, title):
