@@ -1,5 +1,5 @@
-"""All benchmarks (`nox -s bench`): training speed, the CPU's ceiling for it (on the CPU), then
-the codec benchmark when present.
+"""All benchmarks (`nox -s bench`): training speed, the CPU's ceiling for it (on the CPU), the
+codec benchmark when present, then the prior's sampling with and without its KV cache.
 
     python benchmarks/run.py [--data-dir D] [--codec-run R] [--codec-images N]
                              [bench_train.py options...]
@@ -99,6 +99,8 @@ def main(argv: list[str]) -> int:
         status = subprocess.call(train, env=env)
         status |= _ceiling(figures, env)
     status |= _codec(_data_dir(argv), codec_run, codec_images, env)
+    print("== prior sampling, KV cache against recomputing (benchmarks/bench_prior.py)", flush=True)
+    status |= subprocess.call([sys.executable, str(HERE / "bench_prior.py")], env=env)
     return status
 
 
