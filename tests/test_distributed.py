@@ -16,7 +16,8 @@ import torch.multiprocessing as mp
 from helpers import source_env, wait_for, write_slow_profile, write_tiny_profile
 
 from vqtool.checkpoint import load_checkpoint, model_state
-from vqtool.profiles import load_profile
+from vqtool.prior import train_prior
+from vqtool.profiles import load_prior_profile, load_profile
 from vqtool.train import run_training
 
 
@@ -165,3 +166,42 @@ def test_one_rank_killed_then_resume_on_one_process(data_dir: Path, tmp_path: Pa
         json.loads(x)["world_size"] for x in (run / "metrics.jsonl").read_text().splitlines()
     }
     assert world_sizes == {1, 2}
+
+
+def _prior_worker(
+    rank: int, world: int, port: int, vq_run: Path, profile: Path, data: Path, out: Path
+) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    result = train_prior(vq_run, load_prior_profile(profile), out / "prior", data)
+    torch.save(model_state(result.model), out / f"rank{rank}.pt")
+
+
+def test_a_prior_on_two_processes_agrees_and_matches_one(
+    trained_run: Path, trained_data_dir: Path, tmp_path: Path
+) -> None:
+    profile = tmp_path / "prior.toml"
+    profile.write_text(
+        'extends = "prior-small"\n[prior]\nlayers = 1\nwidth = 32\nheads = 2\ndropout = 0.0\n'
+        "[train]\nsteps = 6\nbatch_size = 16\nlog_every = 3\ncheckpoint_every = 3\n"
+    )
+    args = (2, free_port(), trained_run, profile, trained_data_dir, tmp_path / "two")
+    mp.start_processes(_prior_worker, args=args, nprocs=2, start_method="spawn")
+    rank0 = torch.load(tmp_path / "two" / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "two" / "rank1.pt", weights_only=True)
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    torch.set_num_threads(1)
+    one = train_prior(
+        trained_run, load_prior_profile(profile), tmp_path / "one" / "prior", trained_data_dir
+    )
+    for key, value in model_state(one.model).items():
+        assert torch.allclose(value, rank0[key], rtol=1e-3, atol=1e-5), key
+    records = (tmp_path / "two" / "prior" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["world_size"] for r in records] == [2, 2]
