@@ -4,7 +4,7 @@
 
 Draws N grids of h x w codes (K codes) from an untrained prior (speed does not depend on the
 weights) with `sample` (one new token per sequence and step, keys and values kept) and with
-`sample_without_cache` (the whole prefix recomputed at every step), both from the same seed,
+`sample(..., use_cache=False)` (the whole prefix recomputed at every step), both from the same seed,
 and prints images/s for each, the speed-up and whether the two drew the same grids. The target
 is a speed-up of at least 5. `run(...)` returns the figures as a dict.
 """
@@ -12,6 +12,7 @@ is a speed-up of at least 5. `run(...)` returns the figures as a dict.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import time
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from vqtool.prior_config import PriorConfig
-from vqtool.prior_model import CodePrior, sample, sample_without_cache
+from vqtool.prior_model import CodePrior, sample
 
 TARGET_SPEEDUP = 5.0
 
@@ -55,7 +56,9 @@ def run(
     cfg = PriorConfig(layers=layers, width=width, heads=heads)
     model = CodePrior(cfg, codes, grid).eval()
     cached_s, cached = best_seconds(sample, model, n, repeats)
-    uncached_s, uncached = best_seconds(sample_without_cache, model, n, repeats)
+    uncached_s, uncached = best_seconds(
+        functools.partial(sample, use_cache=False), model, n, repeats
+    )
     return {
         "n": n,
         "grid": list(grid),

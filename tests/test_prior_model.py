@@ -14,7 +14,6 @@ from vqtool.prior_model import (
     draw,
     nll_bits,
     sample,
-    sample_without_cache,
 )
 
 K = 16
@@ -106,7 +105,7 @@ def test_cached_and_uncached_sampling_agree(dtype: torch.dtype) -> None:
     model = tiny_prior(dtype=dtype)
     for seed in range(3):
         cached = sample(model, 8, generator=seeded(seed))
-        uncached = sample_without_cache(model, 8, generator=seeded(seed))
+        uncached = sample(model, 8, generator=seeded(seed), use_cache=False)
         assert cached.shape == (8, *GRID)
         assert cached.dtype == torch.long
         assert torch.equal(cached, uncached), seed
@@ -116,8 +115,8 @@ def test_cached_and_uncached_sampling_agree_conditional() -> None:
     model = tiny_prior(TINY_CONDITIONAL, torch.float64)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     cached = sample(model, 6, labels=labels, generator=seeded(5), top_k=5, temperature=0.7)
-    uncached = sample_without_cache(
-        model, 6, labels=labels, generator=seeded(5), top_k=5, temperature=0.7
+    uncached = sample(
+        model, 6, labels=labels, generator=seeded(5), top_k=5, temperature=0.7, use_cache=False
     )
     assert torch.equal(cached, uncached)
 
@@ -144,7 +143,7 @@ def test_top_k_one_is_argmax_decoding_whatever_the_seed() -> None:
     for seed in range(3):
         assert torch.equal(sample(model, 4, top_k=1, generator=seeded(seed)), expected)
         assert torch.equal(
-            sample_without_cache(model, 4, top_k=1, generator=seeded(seed)), expected
+            sample(model, 4, top_k=1, generator=seeded(seed), use_cache=False), expected
         )
 
 

@@ -220,12 +220,7 @@ def resolve_prior_run(
     """
     folder = run_dir if run_dir is not None else default_prior_dir(vq_run)
     files = RunDir.at(folder)
-    if files.checkpoint.exists() and not resume:
-        raise UsageError(
-            "this prior run folder already holds a checkpoint",
-            folder,
-            "pass --resume to continue it, or choose another --run-dir",
-        )
+    files.refuse_overwrite(resume)
     if resume and files.checkpoint.exists():
         saved_raw = load_checkpoint(files.checkpoint, fmt=PRIOR_FORMAT)["profile"]
         saved = prior_profile_from_dict(
@@ -454,12 +449,7 @@ def train_prior(
     after a signal (the checkpoint saved first).
     """
     files = RunDir.at(run_dir)
-    if files.checkpoint.exists() and not resume:
-        raise UsageError(
-            "this prior run folder already holds a checkpoint",
-            run_dir,
-            "pass resume=True (--resume) to continue it, or choose another folder",
-        )
+    files.refuse_overwrite(resume)
     world = distributed.world_from_env()
     cfg = profile.train
     placement = resolve_placement(cfg.device, cfg.precision, world)

@@ -269,38 +269,24 @@ def sample(
     top_k: int | None = None,
     labels: Tensor | None = None,
     generator: torch.Generator | None = None,
+    use_cache: bool = True,
 ) -> Tensor:
-    """n grids drawn position by position with the KV cache: -> (n, h, w) int64.
+    """n grids drawn position by position: -> (n, h, w) int64. Call on a model in eval mode.
 
-    Call on a model in eval mode. The same generator state gives the same grids.
-    """
-    cache = model.new_cache(n, labels)
-    codes = torch.empty(n, model.length, dtype=torch.long, device=cache.start.device)
-    previous: Tensor | None = None
-    for t in range(model.length):
-        previous = draw(model.step_logits(cache, previous), temperature, top_k, generator)
-        codes[:, t] = previous
-    return codes.view(n, *model.grid)
-
-
-@torch.no_grad()
-def sample_without_cache(
-    model: CodePrior,
-    n: int,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    labels: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """As `sample`, but recomputing the whole prefix at every position: -> (n, h, w) int64.
-
-    The reference the cached sampler is tested and timed against; it consumes the generator
-    in the same order, so both give the same grids for the same seed.
+    With the KV cache (the default) each position costs one token; without it the whole
+    prefix is recomputed at every position, the reference the cache is tested and timed
+    against. Both consume the generator in the same order, so the same generator state gives
+    the same grids either way.
     """
     device = model.positions.device
     codes = torch.empty(n, model.length, dtype=torch.long, device=device)
+    cache = model.new_cache(n, labels) if use_cache else None
+    previous: Tensor | None = None
     for t in range(model.length):
-        last = model.hidden(codes[:, :t], labels)[:, -1]  # (n, C)
-        codes[:, t] = draw(model.head(last), temperature, top_k, generator)
+        if cache is not None:
+            logits = model.step_logits(cache, previous)
+        else:
+            logits = model.head(model.hidden(codes[:, :t], labels)[:, -1])  # (n, K)
+        previous = draw(logits, temperature, top_k, generator)
+        codes[:, t] = previous
     return codes.view(n, *model.grid)

@@ -55,11 +55,15 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class Profile:
-    """One fully resolved profile: everything a run needs besides paths."""
-
+class _Named:
     name: str
     description: str
+
+
+@dataclass(frozen=True)
+class Profile(_Named):
+    """One fully resolved profile: everything a run needs besides paths."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -84,11 +88,9 @@ class PriorTrainConfig:
 
 
 @dataclass(frozen=True)
-class PriorProfile:
+class PriorProfile(_Named):
     """One fully resolved prior profile: the transformer's sizes and its training."""
 
-    name: str
-    description: str
     prior: PriorConfig = field(default_factory=PriorConfig)
     train: PriorTrainConfig = field(default_factory=PriorTrainConfig)
 

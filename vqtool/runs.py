@@ -112,6 +112,15 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return self.checkpoint.is_file()
 
+    def refuse_overwrite(self, resume: bool) -> None:
+        """A folder that holds a checkpoint is continued (resume), never trained over."""
+        if self.checkpoint.exists() and not resume:
+            raise UsageError(
+                "this run folder already holds a checkpoint",
+                self.path,
+                "pass --resume (resume=True) to continue it, or choose another --run-dir",
+            )
+
     def kind(self) -> str:
         """ "prior" for a prior run (its profile.toml has a [prior] section), else "vq"."""
         raw, _ = self.read_profile_dict()
