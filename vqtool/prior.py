@@ -453,7 +453,7 @@ def train_prior(
     world = distributed.world_from_env()
     cfg = profile.train
     placement = resolve_placement(cfg.device, cfg.precision, world)
-    vq = load_model(vq_run, "cpu")
+    vq = load_model(vq_run, placement.device)  # encodes the dataset where training runs
     writer = world.rank == 0
     notify = callback if callback is not None and writer else (lambda event: None)
     lock = files.lock("vqtool prior") if writer else contextlib.nullcontext()
