@@ -76,12 +76,8 @@ def resolve_run(
     checkpoint = RunDir.at(run_dir).checkpoint if run_dir is not None else None
     if resume and run_dir is None:
         raise UsageError("--resume needs the run to continue", "--run-dir", "pass --run-dir R")
-    if checkpoint is not None and checkpoint.exists() and not resume:
-        raise UsageError(
-            "this run folder already holds a checkpoint",
-            run_dir,
-            "pass --resume to continue it, or choose another --run-dir",
-        )
+    if run_dir is not None:
+        refuse_to_replace(run_dir, resume)
     if resume and checkpoint is not None and checkpoint.exists():
         saved_raw = load_checkpoint(checkpoint)["profile"]
         saved = profile_from_dict(saved_raw, saved_raw.get("name", "run"), str(checkpoint))
@@ -96,6 +92,16 @@ def resolve_run(
         profile_spec = str(saved_toml)
     profile = load_profile(profile_spec, overrides)
     return profile, run_dir if run_dir is not None else RunDir.default(profile.name).path
+
+
+def refuse_to_replace(run_dir: Path, resume: bool) -> None:
+    """A run folder that holds a checkpoint is continued (resume) or left alone, never replaced."""
+    if not resume and RunDir.at(run_dir).checkpoint.exists():
+        raise UsageError(
+            "this run folder already holds a checkpoint",
+            run_dir,
+            "pass --resume (resume=True in Python) to continue it, or choose another --run-dir",
+        )
 
 
 def _refuse_model_or_data_change(saved: Profile, new: Profile, where: Path) -> None:
@@ -472,7 +478,9 @@ def run_training(
 ) -> TrainResult:
     """Train (or continue) a run; files land in `run_dir`. Raises Interrupted after a signal.
 
-    `resume` continues from `run_dir/checkpoint.pt` when there is one (see `resolve_run`).
+    `resume` continues from `run_dir/checkpoint.pt` when there is one (see `resolve_run`);
+    without it, a folder that already holds a checkpoint is refused (UsageError), as the CLI
+    refuses it without --resume.
     Under torchrun every process calls this; rank 0 alone writes files and reports.
     """
     world = distributed.world_from_env()
@@ -512,6 +520,7 @@ def _train(
     files = RunDir.at(run_dir)
     lock = files.lock() if writer else contextlib.nullcontext()
     with distributed.process_group(world, placement.device), lock, StopSignals() as stop:
+        refuse_to_replace(run_dir, resume)
         checkpoint = files.checkpoint
         payload = load_checkpoint(checkpoint) if resume and checkpoint.exists() else None
         if writer:
