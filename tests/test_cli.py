@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import one_error_line, source_env
+from helpers import closed_port, one_error_line, source_env
 from typer.testing import CliRunner
 
 from vqtool.cli import app
@@ -314,3 +314,39 @@ def test_evaluate_keeps_its_file_when_the_reader_stops_early(
     command = f"{sys.executable} -m vqtool evaluate {run} --data-dir {trained_data_dir} | head -c 0"
     subprocess.run(command, shell=True, env=source_env(), timeout=120, capture_output=True)
     assert json.loads((run / "eval-test.json").read_text())["split"] == "test"
+
+
+@pytest.mark.parametrize("chosen_by", ["default", "VQTOOL_DATA_DIR", "--data-dir"])
+def test_a_train_without_data_names_the_folder_and_leaves_nothing(
+    chosen_by: str, tiny_profile: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 11, item 4: no data and no network used to fail with the network error alone and
+    # leave runs/<profile>-<timestamp>/.lock behind each time.
+    monkeypatch.setattr("vqtool.data.CIFAR10_URL", f"http://127.0.0.1:{closed_port()}/c.tar.gz")
+    args = ["train", "--profile", str(tiny_profile)]
+    folder = "data"
+    if chosen_by == "VQTOOL_DATA_DIR":
+        folder = "from-env"
+        monkeypatch.setenv("VQTOOL_DATA_DIR", folder)
+    elif chosen_by == "--data-dir":
+        folder = "given"
+        args += ["--data-dir", folder]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    line = one_error_line(result.output)
+    assert f"no CIFAR-10 in {folder} " in line and chosen_by in line, line
+    assert "vqtool download --source FILE" in line
+    assert (f"--data-dir {folder}" in line) is (chosen_by == "--data-dir")
+    assert list(tmp_path.iterdir()) == []  # no runs/, no .lock, no data folder
+
+
+def test_a_train_that_cannot_start_makes_no_run_folder(
+    tiny_profile: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    # Issue 11, item 4: everything that can refuse the request comes before the run folder.
+    args = ["train", "--profile", str(tiny_profile), "--data-dir", str(data_dir)]
+    result = runner.invoke(app, [*args, "--set", "data.batch_size=1000"])
+    assert result.exit_code == 2 and "batch_size" in one_error_line(result.output)
+    result = runner.invoke(app, [*args, "--run-dir", "runs/x", "--set", "data.batch_size=1000"])
+    assert result.exit_code == 2
+    assert list(tmp_path.iterdir()) == []

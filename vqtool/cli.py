@@ -135,9 +135,9 @@ RunOrCheckpoint = Annotated[
 
 
 def _data_dir(data_dir: Path | None) -> Path:
-    from vqtool.data import default_data_dir
+    from vqtool.data import resolve_data_dir
 
-    return data_dir if data_dir is not None else default_data_dir()
+    return resolve_data_dir(data_dir)[0]
 
 
 @app.command()
@@ -210,17 +210,21 @@ def train(
     from vqtool.distributed import world_from_env
     from vqtool.train import resolve_run, run_training
 
+    from vqtool.data import resolve_data_dir
+
     overrides = list(set_ or []) + ([f"train.device={device}"] if device else [])
     chosen, folder = resolve_run(profile, overrides, run_dir, resume)
+    data_folder, data_origin = resolve_data_dir(data_dir)
     try:
         with progress.TrainProgress() as shown:
             run_training(
                 chosen,
                 folder,
-                _data_dir(data_dir),
+                data_folder,
                 resume=resume,
                 callback=shown,
                 on_download=shown.download,
+                data_origin=data_origin,
             )
     except Interrupted:
         if world_from_env().rank == 0:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from vqtool import distributed
 from vqtool.checkpoint import load_checkpoint, model_state, save_checkpoint
-from vqtool.data import cifar10_present, download_cifar10, load_cifar10
+from vqtool.data import cifar10_present, default_data_dir, download_cifar10, load_cifar10
 from vqtool.device import Placement, describe_device, describe_precision, resolve_placement
 from vqtool.errors import UsageError, WorkError, first_line
 from vqtool.evaluate import evaluate_images
@@ -460,11 +460,24 @@ class Trainer:
 
 
 def ensure_data(
-    data_dir: Path, on_progress: Callable[[int, int | None], None] | None = None
+    data_dir: Path,
+    on_progress: Callable[[int, int | None], None] | None = None,
+    origin: str = "",
 ) -> None:
-    """Download CIFAR-10 from the official URL when the data folder does not have it."""
-    if not cifar10_present(data_dir):
+    """Download CIFAR-10 from the official URL when the data folder does not have it.
+
+    A failure names the folder it looked in and `origin`, how that folder was chosen.
+    """
+    if cifar10_present(data_dir):
+        return
+    try:
         download_cifar10(data_dir, on_progress=on_progress)
+    except WorkError as exc:
+        chosen = f" ({origin})" if origin else ""
+        # `vqtool download` fills the default folder unless it is told this one.
+        same = Path(data_dir) == default_data_dir()
+        fix = exc.fix if same else f"{exc.fix} (with --data-dir {data_dir})"
+        raise WorkError(f"no CIFAR-10 in {data_dir}{chosen}; {exc.what}", exc.where, fix) from exc
 
 
 def run_training(
@@ -475,8 +488,13 @@ def run_training(
     resume: bool = False,
     callback: TrainCallback | None = None,
     on_download: Callable[[int, int | None], None] | None = None,
+    data_origin: str = "",
 ) -> TrainResult:
     """Train (or continue) a run; files land in `run_dir`. Raises Interrupted after a signal.
+
+    Nothing is written to `run_dir` until training can start: the data is there (downloaded
+    when missing; `data_origin` says how `data_dir` was chosen, for the error) and the
+    profile fits it.
 
     `resume` continues from `run_dir/checkpoint.pt` when there is one (see `resolve_run`);
     without it, a folder that already holds a checkpoint is refused (UsageError), as the CLI
@@ -486,7 +504,9 @@ def run_training(
     world = distributed.world_from_env()
     placement = resolve_placement(profile.train.device, profile.train.precision, world)
     try:
-        return _train(profile, run_dir, data_dir, resume, callback, on_download, world, placement)
+        return _train(
+            profile, run_dir, data_dir, resume, callback, on_download, data_origin, world, placement
+        )
     except RuntimeError as exc:
         if world.size == 1:
             raise
@@ -512,44 +532,59 @@ def _train(
     resume: bool,
     callback: TrainCallback | None,
     on_download: Callable[[int, int | None], None] | None,
+    data_origin: str,
     world: distributed.World,
     placement: Placement,
 ) -> TrainResult:
     writer = world.rank == 0
     notify = callback if callback is not None and writer else (lambda event: None)
     files = RunDir.at(run_dir)
-    lock = files.lock() if writer else contextlib.nullcontext()
-    with distributed.process_group(world, placement.device), lock, StopSignals() as stop:
+    with distributed.process_group(world, placement.device):
+        # Whatever can refuse the request comes before the lock, which makes the run folder:
+        # a train that cannot start leaves nothing behind.
         refuse_to_replace(run_dir, resume)
-        checkpoint = files.checkpoint
-        payload = load_checkpoint(checkpoint) if resume and checkpoint.exists() else None
         if writer:
-            ensure_data(data_dir, on_download)
+            ensure_data(data_dir, on_download, data_origin)
         distributed.barrier()
         images = load_cifar10(data_dir, "train").to(placement.device)
         test_images = load_cifar10(data_dir, "test") if profile.train.eval_every else None
         trainer = Trainer(profile, run_dir, images, placement, notify, test_images)
+        lock = files.lock() if writer else contextlib.nullcontext()
+        with lock, StopSignals() as stop:
+            return _train_locked(trainer, files, resume, notify, stop)
+
+
+def _train_locked(
+    trainer: Trainer, files: RunDir, resume: bool, notify: TrainCallback, stop: StopSignals
+) -> TrainResult:
+    """The part of a run that holds the run folder's lock: restore, write the files, train."""
+    profile, writer = trainer.profile, trainer.is_writer
+    if writer:
+        refuse_to_replace(files.path, resume)  # again: another run may have ended meanwhile
+    checkpoint = files.checkpoint
+    payload = load_checkpoint(checkpoint) if resume and checkpoint.exists() else None
+    if payload is not None:
+        trainer.restore(payload)
+    finished = payload is not None and trainer.step >= profile.train.steps
+    if writer and finished:
+        # Nothing to train: profile.toml keeps the steps the checkpoint was trained to.
+        message = (
+            f"the run is already at step {trainer.step} (train.steps = "
+            f"{profile.train.steps}): nothing to train; raise train.steps to continue"
+        )
+        note = {"kind": "note", "step": trainer.step, "message": message}
+        notify(TrainEvent("note", trainer.step, profile.train.steps, note, message))
+    elif writer:
         if payload is not None:
-            trainer.restore(payload)
-        finished = payload is not None and trainer.step >= profile.train.steps
-        if writer and finished:
-            # Nothing to train: profile.toml keeps the steps the checkpoint was trained to.
-            message = (
-                f"the run is already at step {trainer.step} (train.steps = "
-                f"{profile.train.steps}): nothing to train; raise train.steps to continue"
-            )
-            note = {"kind": "note", "step": trainer.step, "message": message}
-            notify(TrainEvent("note", trainer.step, profile.train.steps, note, message))
-        elif writer:
-            if payload is not None:
-                files.truncate_metrics(trainer.step)
-            else:
-                files.reset_metrics()
-            files.write_profile(profile_to_toml(profile))
-        notify(TrainEvent("start", trainer.step, profile.train.steps, describe(placement, trainer)))
-        result = trainer.run(stop)
-        notify(TrainEvent("end", result.step, profile.train.steps, result.last_record))
-        return result
+            files.truncate_metrics(trainer.step)
+        else:
+            files.reset_metrics()
+        files.write_profile(profile_to_toml(profile))
+    start = describe(trainer.placement, trainer)
+    notify(TrainEvent("start", trainer.step, profile.train.steps, start))
+    result = trainer.run(stop)
+    notify(TrainEvent("end", result.step, profile.train.steps, result.last_record))
+    return result
 
 
 def describe(placement: Placement, trainer: Trainer) -> dict[str, Any]:
