@@ -350,3 +350,25 @@ def test_a_train_that_cannot_start_makes_no_run_folder(
     result = runner.invoke(app, [*args, "--run-dir", "runs/x", "--set", "data.batch_size=1000"])
     assert result.exit_code == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_log_lines_stay_whole_when_stderr_is_not_a_terminal(
+    tiny_profile: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    # Issue 11, item 5: lines were wrapped at 80 columns in logs, which broke grep.
+    run = tmp_path / ("a-run-folder-with-a-long-name-" * 3)
+    env = {k: v for k, v in source_env().items() if k not in ("COLUMNS", "LINES")}
+    done = subprocess.run(
+        [sys.executable, "-m", "vqtool", "train", "--profile", str(tiny_profile),
+         "--data-dir", str(data_dir), "--run-dir", str(run)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    start = [line for line in lines if line.startswith("training on ")]
+    assert len(start) == 1 and start[0].endswith(f"-> {run}") and len(start[0]) > 100
+    steps = [line for line in lines if line.startswith("step ")]
+    assert len(steps) == 3 and all(line.endswith("img/s") for line in steps)
+    end = [line for line in lines if line.startswith("done: ")]
+    assert len(end) == 1 and end[0].endswith("s of training") and len(end[0]) > 80
+    assert len(lines) == 5, lines
