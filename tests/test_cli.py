@@ -372,3 +372,33 @@ def test_log_lines_stay_whole_when_stderr_is_not_a_terminal(
     end = [line for line in lines if line.startswith("done: ")]
     assert len(end) == 1 and end[0].endswith("s of training") and len(end[0]) > 80
     assert len(lines) == 5, lines
+
+
+COMMANDS = ["download", "train", "evaluate", "profiles", "plot", "compare", "encode", "decode"]
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_shows_placeholders_not_python_types(command: str | None) -> None:
+    # Issue 11, item 6: `--resume <bool>`, `--set <list[str]>`, `<path>`, `<str>`.
+    result = runner.invoke(app, [command, "--help"] if command else ["--help"])
+    assert result.exit_code == 0, result.output
+    for python_type in ("<bool>", "<str>", "<path>", "<int", "list[", "{run}"):
+        assert python_type not in result.output, (python_type, result.output)
+    if command == "train":
+        assert "KEY=VALUE" in result.output and "--resume " in result.output
+
+
+def test_the_command_list_gives_each_command_one_line() -> None:
+    # Issue 11, item 6: descriptions in `vqtool --help` broke mid-sentence.
+    output = runner.invoke(app, ["--help"]).output
+    after = output[output.index("Commands") :].splitlines()[1:]
+    panel = after[: next(i for i, line in enumerate(after) if not line.startswith("│"))]
+    assert [line.split()[1] for line in panel] == COMMANDS, output
+    assert all(line.rstrip(" │").endswith(".") for line in panel), output
+
+
+def test_version() -> None:
+    import vqtool
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"vqtool {vqtool.__version__}\n"

@@ -17,8 +17,8 @@ import torch
 from helpers import (
     BATCHES_DIR,
     cifar_batch_blobs,
-    closed_port,
     cifar_members,
+    closed_port,
     file_member,
     make_cifar_archive,
     make_cifar_folder,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from vqtool import progress
 from vqtool.errors import Interrupted, Terminated, VqtoolError, debug_enabled, os_reason
@@ -21,7 +21,33 @@ from vqtool.process import exit_now, import_torch, sigterm_unwinds
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class OneLineErrors(TyperGroup):
+def _no_type(ctx: Any) -> None:
+    return None
+
+
+class PlainHelp:
+    """Help that shows placeholders (FILE, KEY=VALUE), never Python type names.
+
+    typer's rich help prints a type beside every parameter: `<bool>` beside a flag, as if
+    `--resume true` were accepted (it is not), and `<path>` beside an argument whose name
+    column already shows its placeholder.
+    """
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+            elif getattr(param, "param_type_name", "") == "argument" and param.metavar:
+                param.display_type_rich = _no_type
+        return params
+
+
+class Command(PlainHelp, TyperCommand):
+    """A vqtool command (see PlainHelp)."""
+
+
+class OneLineErrors(PlainHelp, TyperGroup):
     """Usage errors (bad option, missing argument) as one `error:` line with exit 2."""
 
     def main(
@@ -74,6 +100,27 @@ app = typer.Typer(
 )
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from vqtool import __version__
+
+        progress.out.print(f"vqtool {__version__}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    # The options of `vqtool` itself; the app's help text is the one given to typer.Typer.
+    pass
+
+
 def reports_errors(command: F) -> F:
     """One line and the documented exit code for every failure; VQTOOL_DEBUG=1 shows the trace."""
 
@@ -124,14 +171,17 @@ DataDir = Annotated[
     typer.Option(
         "--data-dir",
         help="Folder holding cifar-10-batches-py/ (default: $VQTOOL_DATA_DIR, else ./data).",
+        metavar="DIR",
         show_default=False,
     ),
 ]
 DEVICE_HELP = "Where to run: auto (CUDA when present), cpu, cuda, cuda:N or mps."
-Device = Annotated[str, typer.Option(help=DEVICE_HELP)]
+Device = Annotated[str, typer.Option(help=DEVICE_HELP, metavar="DEVICE")]
 RunOrCheckpoint = Annotated[
-    Path, typer.Argument(help="A run folder or its checkpoint.pt.", show_default=False)
+    Path,
+    typer.Argument(help="A run folder or its checkpoint.pt.", metavar="RUN", show_default=False),
 ]
+BatchSize = Annotated[int, typer.Option(min=1, help="Images per batch.", metavar="N")]
 
 
 def _data_dir(data_dir: Path | None) -> Path:
@@ -140,16 +190,21 @@ def _data_dir(data_dir: Path | None) -> Path:
     return resolve_data_dir(data_dir)[0]
 
 
-@app.command()
+@app.command(cls=Command, short_help="Fetch, verify and extract the CIFAR-10 archive.")
 @reports_errors
 def download(
     data_dir: DataDir = None,
     source: Annotated[
         str | None,
-        typer.Option(help="URL or local archive to fetch instead of the official URL."),
+        typer.Option(
+            help="URL or local archive to fetch instead of the official URL.", metavar="URL|FILE"
+        ),
     ] = None,
     md5: Annotated[
-        str | None, typer.Option(help="Expected md5 of the archive (default: the official one).")
+        str | None,
+        typer.Option(
+            help="Expected md5 of the archive (default: the official one).", metavar="HEX"
+        ),
     ] = None,
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="Skip the md5 check (e.g. a rebuilt archive).")
@@ -173,28 +228,35 @@ def download(
         progress.info(f"CIFAR-10 is ready in {result.folder}")
 
 
-@app.command()
+@app.command(cls=Command, short_help="Train a VQ-VAE; prints the run folder when done.")
 @reports_errors
 def train(
     profile: Annotated[
         str | None,
         typer.Option(
-            "--profile", "-p", help="Shipped profile name or a TOML file (see: vqtool profiles)."
+            "--profile",
+            "-p",
+            help="Shipped profile name or a TOML file (see: vqtool profiles).",
+            metavar="NAME|FILE",
         ),
     ] = None,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Override one key: section.key=value (repeatable)."),
+        typer.Option(
+            "--set", help="Override one key: section.key=value (repeatable).", metavar="KEY=VALUE"
+        ),
     ] = None,
     run_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Run folder (default: runs/<profile>-<YYYYmmdd-HHMMSS>).", show_default=False
+            help="Run folder (default: runs/<profile>-<YYYYmmdd-HHMMSS>).",
+            metavar="DIR",
+            show_default=False,
         ),
     ] = None,
     data_dir: DataDir = None,
     device: Annotated[
-        str | None, typer.Option(help=f"{DEVICE_HELP} Overrides train.device.")
+        str | None, typer.Option(help=f"{DEVICE_HELP} Overrides train.device.", metavar="DEVICE")
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --run-dir from its checkpoint.")
@@ -207,10 +269,9 @@ def train(
     Example: [bold]vqtool train --profile smoke --run-dir runs/demo[/bold]
     """
     import_torch()
+    from vqtool.data import resolve_data_dir
     from vqtool.distributed import world_from_env
     from vqtool.train import resolve_run, run_training
-
-    from vqtool.data import resolve_data_dir
 
     overrides = list(set_ or []) + ([f"train.device={device}"] if device else [])
     chosen, folder = resolve_run(profile, overrides, run_dir, resume)
@@ -234,15 +295,17 @@ def train(
         progress.out.print(str(folder), markup=False)
 
 
-@app.command()
+@app.command(cls=Command, short_help="Metrics over a whole split; writes eval-<split>.json.")
 @reports_errors
 def evaluate(
     run: RunOrCheckpoint,
-    split: Annotated[str, typer.Option(help="test or train.")] = "test",
+    split: Annotated[str, typer.Option(help="test or train.", metavar="SPLIT")] = "test",
     data_dir: DataDir = None,
     json_out: Annotated[
         str | None,
-        typer.Option("--json", help="Write the metrics as JSON to FILE, or - for stdout."),
+        typer.Option(
+            "--json", help="Write the metrics as JSON to FILE, or - for stdout.", metavar="FILE|-"
+        ),
     ] = None,
     device: Device = "auto",
 ) -> None:
@@ -281,11 +344,14 @@ def evaluate(
         progress.print_result(progress.metrics_table(f"{split} split", metrics))
 
 
-@app.command()
+@app.command(cls=Command, short_help="List the shipped profiles, or print one resolved.")
 @reports_errors
 def profiles(
     name: Annotated[
-        str | None, typer.Argument(help="Print this profile fully resolved.", show_default=False)
+        str | None,
+        typer.Argument(
+            help="Print this profile fully resolved.", metavar="NAME", show_default=False
+        ),
     ] = None,
 ) -> None:
     """List the shipped profiles, or print one resolved (extends and defaults applied).
@@ -300,16 +366,17 @@ def profiles(
     progress.print_result(progress.rows_table("profiles", ["name", "description"], list_profiles()))
 
 
-@app.command()
+@app.command(cls=Command, short_help="Draw a run's loss, reconstructions and codebook PNGs.")
 @reports_errors
 def plot(
-    run: Annotated[Path, typer.Argument(help="A run folder.", show_default=False)],
+    run: Annotated[Path, typer.Argument(help="A run folder.", metavar="RUN", show_default=False)],
     out_dir: Annotated[
         Path | None,
         typer.Option(
             "-o",
             "--out-dir",
             help="Folder for the PNGs (default: the run folder).",
+            metavar="DIR",
             show_default=False,
         ),
     ] = None,
@@ -342,15 +409,20 @@ def plot(
         progress.info(f"wrote {path}")
 
 
-@app.command()
+@app.command(cls=Command, short_help="Put runs side by side: a table, overlaid curves, JSON.")
 @reports_errors
 def compare(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders.", show_default=False)],
-    out: Annotated[Path, typer.Option("-o", "--out", help="PNG of the overlaid curves.")] = Path(
-        "compare.png"
-    ),
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run folders.", metavar="RUN", show_default=False)
+    ],
+    out: Annotated[
+        Path, typer.Option("-o", "--out", help="PNG of the overlaid curves.", metavar="FILE")
+    ] = Path("compare.png"),
     json_out: Annotated[
-        str | None, typer.Option("--json", help="Write the table as JSON to FILE, or - for stdout.")
+        str | None,
+        typer.Option(
+            "--json", help="Write the table as JSON to FILE, or - for stdout.", metavar="FILE|-"
+        ),
     ] = None,
 ) -> None:
     """Put runs side by side: a table (test metrics from eval-test.json), overlaid curves, JSON.
@@ -376,7 +448,7 @@ def compare(
         progress.print_result(table)
 
 
-@app.command()
+@app.command(cls=Command, short_help="Encode images into a code file (.vqc).")
 @reports_errors
 def encode(
     run: RunOrCheckpoint,
@@ -385,21 +457,29 @@ def encode(
         typer.Argument(
             help="Image files, folders (recursive, sorted), or cifar10:test, cifar10:train, "
             "cifar10:test:N (the first N).",
+            metavar="INPUT",
             show_default=False,
         ),
     ],
     output: Annotated[
         Path,
-        typer.Option("-o", "--output", help="The code file to write (.vqc).", show_default=False),
+        typer.Option(
+            "-o",
+            "--output",
+            help="The code file to write (.vqc).",
+            metavar="FILE",
+            show_default=False,
+        ),
     ],
     size: Annotated[
         str | None,
         typer.Option(
             help="Resize every image to HxW first (needed for images of mixed sizes).",
+            metavar="HxW",
             show_default=False,
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 256,
+    batch_size: BatchSize = 256,
     data_dir: DataDir = None,
     device: Device = "auto",
 ) -> None:
@@ -436,24 +516,35 @@ def encode(
     )
 
 
-@app.command()
+@app.command(cls=Command, short_help="Decode a code file into one PNG per image.")
 @reports_errors
 def decode(
     run: RunOrCheckpoint,
     codes: Annotated[
-        Path, typer.Argument(help="A code file written by vqtool encode.", show_default=False)
+        Path,
+        typer.Argument(
+            help="A code file written by vqtool encode.", metavar="CODES", show_default=False
+        ),
     ],
     output: Annotated[
         Path,
         typer.Option(
-            "-o", "--output", help="Folder for the PNGs (made if missing).", show_default=False
+            "-o",
+            "--output",
+            help="Folder for the PNGs (made if missing).",
+            metavar="DIR",
+            show_default=False,
         ),
     ],
     grid: Annotated[
         Path | None,
-        typer.Option(help="Also write the images side by side to this PNG.", show_default=False),
+        typer.Option(
+            help="Also write the images side by side to this PNG.",
+            metavar="FILE",
+            show_default=False,
+        ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 256,
+    batch_size: BatchSize = 256,
     device: Device = "auto",
 ) -> None:
     """Decode a code file into one PNG per image, at the size it was encoded at, named after
