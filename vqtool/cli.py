@@ -482,9 +482,21 @@ def encode(
     batch_size: BatchSize = 256,
     data_dir: DataDir = None,
     device: Device = "auto",
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Refuse (exit 1, nothing written) a folder holding a damaged image or a file "
+            "that is not an image, instead of skipping it with a note.",
+        ),
+    ] = False,
 ) -> None:
     """Encode images into a code file (.vqc): code indices, names, sizes and the checkpoint's
     fingerprint.
+
+    In folders, files that are not images and damaged images are skipped with a note naming
+    them (--strict refuses them); a file named on its own must be a readable image. Images
+    larger than 4096x4096 need --size, which shrinks them while they are read.
 
     Example: [bold]vqtool encode runs/demo photos/ cifar10:test:100 -o codes.vqc --size 32x32[/bold]
     """
@@ -507,6 +519,7 @@ def encode(
             batch_size,
             bar.update,
             lambda note: progress.info(f"note: {note}"),
+            strict,
         )
     write_codes(output, codes)
     n, h, w = codes.codes.shape
