@@ -402,3 +402,22 @@ def test_version() -> None:
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout == f"vqtool {vqtool.__version__}\n"
+
+
+def test_resume_says_where_it_resumes_and_a_finished_run_only_that_it_is(
+    trained_run: Path, trained_data_dir: Path, tmp_path: Path
+) -> None:
+    # Issue 11, item 7: a resumed run did not say its step; a finished one printed
+    # "training on cpu..." after "nothing to train".
+    import shutil
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    args = ["train", "--resume", "--run-dir", str(run), "--data-dir", str(trained_data_dir)]
+    finished = runner.invoke(app, args)
+    assert finished.exit_code == 0, finished.output
+    assert "nothing to train" in finished.stderr
+    assert "training on" not in finished.stderr and "done:" not in finished.stderr
+    resumed = runner.invoke(app, [*args, "--set", "train.steps=40"])
+    assert resumed.exit_code == 0, resumed.output
+    lines = resumed.stderr.splitlines()
+    assert lines[0] == "resuming from step 30 of 40" and lines[1].startswith("training on cpu")

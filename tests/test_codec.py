@@ -652,3 +652,23 @@ def test_a_folder_of_damaged_images_and_a_damaged_file_named_alone_fail(
     code, output = invoke("encode", trained_run, "good.png", folder / "b.png", "-o", "c.vqc")
     assert code == 1 and "b.png" in one_error_line(output)
     assert not (tmp_path / "c.vqc").exists()
+
+
+def test_encode_reports_the_real_sizes(trained_run: Path, tmp_path: Path) -> None:
+    # Issue 11, item 7: "1 images of 300x452" for a 451-wide image, --size 63x63 as 64x64.
+    save_noise(tmp_path / "wide.png", 451, 300)
+    code, output = invoke("encode", trained_run, "wide.png", "-o", "c.vqc")
+    assert code == 0, output
+    assert "wrote c.vqc: 1 image of 300x451 (padded to 300x452) as 75x113 codes of 32" in output
+    code, output = invoke("encode", trained_run, "wide.png", "-o", "c.vqc", "--size", "63x63")
+    assert code == 0 and "1 image of 63x63 (padded to 64x64) as 16x16 codes" in output
+    save_noise(tmp_path / "odd" / "a.png", 30, 30)
+    save_noise(tmp_path / "odd" / "b.png", 31, 29)
+    code, output = invoke("encode", trained_run, "odd", "-o", "c.vqc")
+    assert code == 0 and "2 images of mixed sizes, padded to 32x32, as 8x8 codes" in output
+    code, output = invoke("decode", trained_run, "c.vqc", "-o", "out")
+    assert code == 0 and "wrote 2 PNGs" in output
+    code, output = invoke("encode", trained_run, "odd/a.png", "-o", "c.vqc")
+    assert code == 0 and "1 image of 30x30 (padded to 32x32)" in output
+    code, output = invoke("decode", trained_run, "c.vqc", "-o", "out")
+    assert code == 0 and "wrote 1 PNG to" in output

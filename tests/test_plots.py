@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -313,3 +314,41 @@ def test_compare_warns_about_a_torn_line_and_refuses_a_non_run(three_runs, tmp_p
     (tmp_path / "empty").mkdir()
     assert_one_error_line(invoke("compare", three_runs[0], tmp_path / "empty"), 2)
     assert not Path("compare.png").exists()
+
+
+def test_compare_json_to_stdout_writes_no_png_unless_asked(three_runs: list[Path]) -> None:
+    # Issue 11, item 7: `compare --json -` wrote compare.png into the working folder.
+    result = invoke("compare", *three_runs[:2], "--json", "-")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)) == 2
+    assert not Path("compare.png").exists() and "compare.png" not in result.stderr
+    result = invoke("compare", *three_runs[:2], "--json", "-", "-o", "compare.png")
+    assert result.exit_code == 0 and Path("compare.png").exists()
+
+
+@pytest.mark.parametrize("command", ["compare", "evaluate"])
+def test_an_output_that_cannot_be_written_is_named_as_given(
+    command: str, evaluated_run: Path, trained_data_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # Issue 11, item 7: a read-only folder named the hidden temp file, not the path given.
+    import tempfile
+
+    shared, real = tmp_path / "shared", tempfile.mkstemp
+
+    def read_only(prefix: str = "", suffix: str = "", dir: Path | None = None) -> tuple[int, str]:
+        if dir != shared:
+            return real(prefix=prefix, suffix=suffix, dir=dir)
+        raise OSError(30, "Read-only file system", os.path.join(dir, f"{prefix}x1y2z3{suffix}"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    target = shared / ("c.png" if command == "compare" else "m.json")
+    run = shutil.copytree(evaluated_run, tmp_path / "run")
+    if command == "compare":
+        result = invoke("compare", run, "-o", target)
+    else:
+        result = invoke("evaluate", run, "--json", target, "--data-dir", trained_data_dir)
+    assert result.exit_code == 1
+    line = result.stderr.splitlines()[-1]  # evaluate says first that it saved the run's copy
+    assert line.startswith("error: ") and "Traceback" not in result.stderr
+    assert f"({target})" in line and "Read-only file system" in line and "x1y2z3" not in line

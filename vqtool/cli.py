@@ -15,7 +15,14 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from vqtool import progress
-from vqtool.errors import Interrupted, Terminated, VqtoolError, debug_enabled, os_reason
+from vqtool.errors import (
+    Interrupted,
+    Terminated,
+    VqtoolError,
+    counted,
+    debug_enabled,
+    os_reason,
+)
 from vqtool.process import exit_now, import_torch, sigterm_unwinds
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -416,8 +423,16 @@ def compare(
         list[Path], typer.Argument(help="Run folders.", metavar="RUN", show_default=False)
     ],
     out: Annotated[
-        Path, typer.Option("-o", "--out", help="PNG of the overlaid curves.", metavar="FILE")
-    ] = Path("compare.png"),
+        Path | None,
+        typer.Option(
+            "-o",
+            "--out",
+            help="PNG of the overlaid curves (default: compare.png; with --json - and no -o, "
+            "none).",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ] = None,
     json_out: Annotated[
         str | None,
         typer.Option(
@@ -440,7 +455,10 @@ def compare(
         for message in run.warnings:
             progress.warn(f"{label}: {message}")
     rows = [summarise_run(run, label) for run, label in zip(loaded, labels, strict=True)]
-    progress.info(f"wrote {save_png(compare_figure(loaded, labels), out)}")
+    # `--json -` feeds a pipe: a figure nobody asked for would land in the working folder.
+    if out is not None or json_out != "-":
+        figure = compare_figure(loaded, labels)
+        progress.info(f"wrote {save_png(figure, out if out is not None else Path('compare.png'))}")
     if json_out is not None:
         progress.emit_json(rows, json_out)
     if json_out != "-":
@@ -522,11 +540,23 @@ def encode(
             strict,
         )
     write_codes(output, codes)
+    progress.info(f"wrote {output}: {_encoded(codes)}")
+
+
+def _encoded(codes: Any) -> str:
+    """'1 image of 300x451 (padded to 300x452) as 75x113 codes of 512': the sizes as given
+    (after --size), and the padded size they share when it differs."""
     n, h, w = codes.codes.shape
-    progress.info(
-        f"wrote {output}: {n:,} images of {codes.image_size[0]}x{codes.image_size[1]} as "
-        f"{h}x{w} codes of {codes.num_embeddings}"
-    )
+    padded = f"{codes.image_size[0]}x{codes.image_size[1]}"
+    sizes = {(int(a), int(b)) for a, b in codes.sizes}
+    if len(sizes) == 1:
+        ((height, width),) = sizes
+        given = f"{height}x{width}"
+        shape = given if given == padded else f"{given} (padded to {padded})"
+        images = f"{counted(n, 'image')} of {shape}"
+    else:
+        images = f"{counted(n, 'image')} of mixed sizes, padded to {padded},"
+    return f"{images} as {h}x{w} codes of {codes.num_embeddings}"
 
 
 @app.command(cls=Command, short_help="Decode a code file into one PNG per image.")
@@ -573,7 +603,7 @@ def decode(
     loaded = load_model(run, resolve_device(device))
     with progress.CountProgress("decoding") as bar:
         result = decode_file(loaded, codes, output, grid, batch_size, bar.update)
-    progress.info(f"wrote {result.images:,} PNGs to {result.out_dir}")
+    progress.info(f"wrote {counted(result.images, 'PNG')} to {result.out_dir}")
     if result.grid is not None:
         shown = f" (the first {result.grid_images:,})" if result.grid_images < result.images else ""
         progress.info(f"wrote {result.grid}{shown}")

@@ -565,16 +565,21 @@ def _train_locked(
     payload = load_checkpoint(checkpoint) if resume and checkpoint.exists() else None
     if payload is not None:
         trainer.restore(payload)
-    finished = payload is not None and trainer.step >= profile.train.steps
-    if writer and finished:
+    total = profile.train.steps
+    if payload is not None and trainer.step >= total:
         # Nothing to train: profile.toml keeps the steps the checkpoint was trained to.
         message = (
-            f"the run is already at step {trainer.step} (train.steps = "
-            f"{profile.train.steps}): nothing to train; raise train.steps to continue"
+            f"the run is already at step {trainer.step} (train.steps = {total}): nothing to "
+            "train; raise train.steps to continue"
         )
         note = {"kind": "note", "step": trainer.step, "message": message}
-        notify(TrainEvent("note", trainer.step, profile.train.steps, note, message))
-    elif writer:
+        notify(TrainEvent("note", trainer.step, total, note, message))
+        return TrainResult(files.path, trainer.step, {}, trainer.elapsed_s, trainer.model)
+    if payload is not None:
+        message = f"resuming from step {trainer.step} of {total}"
+        note = {"kind": "note", "step": trainer.step, "message": message}
+        notify(TrainEvent("note", trainer.step, total, note, message))
+    if writer:
         if payload is not None:
             files.truncate_metrics(trainer.step)
         else:
