@@ -582,7 +582,8 @@ def decode(
     grid: Annotated[
         Path | None,
         typer.Option(
-            help="Also write the images side by side to this PNG.",
+            help="Also write the first images side by side to this PNG: pixels only, in the "
+            "code file's order, row by row (names are in the PNG files' names).",
             metavar="FILE",
             show_default=False,
         ),
