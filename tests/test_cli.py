@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import closed_port, one_error_line, source_env
+from helpers import REPO, closed_port, one_error_line, source_env
 from typer.testing import CliRunner
 
 from vqtool.cli import app
@@ -421,3 +421,15 @@ def test_resume_says_where_it_resumes_and_a_finished_run_only_that_it_is(
     assert resumed.exit_code == 0, resumed.output
     lines = resumed.stderr.splitlines()
     assert lines[0] == "resuming from step 30 of 40" and lines[1].startswith("training on cpu")
+
+
+def test_the_readme_says_what_its_first_training_costs() -> None:
+    # Issue 11, item 9: the README's first command trains for 25,000 steps without saying so.
+    from vqtool.profiles import load_profile
+
+    readme = (REPO / "README.md").read_text()
+    first = readme.index("vqtool train --profile ema")
+    beside = readme[first : first + 400]
+    steps = load_profile("ema").train.steps
+    assert f"{steps:,} steps" in beside and "minutes on a 2-core CPU" in beside
+    assert "--profile smoke" in beside
