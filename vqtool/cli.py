@@ -512,9 +512,11 @@ def encode(
     """Encode images into a code file (.vqc): code indices, names, sizes and the checkpoint's
     fingerprint.
 
-    In folders, files that are not images and damaged images are skipped with a note naming
-    them (--strict refuses them); a file named on its own must be a readable image. Images
-    larger than 4096x4096 need --size, which shrinks them while they are read.
+    In folders, files that are not images and damaged images are skipped with a note.
+
+    --strict refuses them instead; a file named on its own must be a readable image.
+
+    Images larger than 4096x4096 need --size, which shrinks them while they are read.
 
     Example: [bold]vqtool encode runs/demo photos/ cifar10:test:100 -o codes.vqc --size 32x32[/bold]
     """
