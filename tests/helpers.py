@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import socket
 import struct
 import subprocess
 import tarfile
@@ -194,6 +195,13 @@ def write_slow_profile(folder: Path) -> Path:
     write_tiny_profile(folder / "tiny.toml")
     (folder / "slow.toml").write_text(SLOW_PROFILE)
     return folder / "slow.toml"
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (a download from it is refused at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def source_env() -> dict[str, str]:

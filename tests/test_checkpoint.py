@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_error_line
 from typer.testing import CliRunner
 
 from vqtool.checkpoint import (
@@ -149,3 +151,37 @@ def test_save_checkpoint_disk_full_is_a_clear_error(
     assert "previous checkpoint is intact" in info.value.line()
     assert path.read_bytes() == before
     assert load_checkpoint(path)["step"] == 1
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        # Issue 11, item 7: a text file got "holds objects other than tensors (refused, not
+        # run)", a truncated file torch's internal zip message cut mid-sentence.
+        (lambda data: b"[model]\nnum_hiddens = 128\n", "not a checkpoint"),
+        (lambda data: data[: len(data) // 2], "the file is truncated or damaged"),
+        (lambda data: data[:-30], "the file is truncated or damaged"),
+        (lambda data: b"", "not a checkpoint"),
+    ],
+    ids=["text", "half", "end cut", "empty"],
+)
+def test_unreadable_checkpoints_are_named_plainly(
+    make: Callable[[bytes], bytes], expected: str, trained_run: Path, tmp_path: Path
+) -> None:
+    path = copy_checkpoint(trained_run, tmp_path)
+    path.write_bytes(make(path.read_bytes()))
+    result = runner.invoke(app, ["evaluate", str(path)])
+    assert result.exit_code == 1
+    line = one_error_line(result.output)
+    assert line.startswith(f"error: cannot read the checkpoint: {expected} ("), line
+    assert "refused" not in line and "miniz" not in line
+
+
+def test_a_legacy_pickle_checkpoint_is_still_read(trained_run: Path, tmp_path: Path) -> None:
+    path = tmp_path / "legacy.pt"
+    payload = torch.load(trained_run / "checkpoint.pt", weights_only=True)
+    torch.save(payload, path, _use_new_zipfile_serialization=False)
+    assert load_checkpoint(path)["step"] == 30
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(WorkError, match="the file is truncated or damaged"):
+        load_checkpoint(path)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import one_error_line, source_env
+from helpers import REPO, closed_port, one_error_line, source_env
 from typer.testing import CliRunner
 
 from vqtool.cli import app
@@ -314,3 +314,122 @@ def test_evaluate_keeps_its_file_when_the_reader_stops_early(
     command = f"{sys.executable} -m vqtool evaluate {run} --data-dir {trained_data_dir} | head -c 0"
     subprocess.run(command, shell=True, env=source_env(), timeout=120, capture_output=True)
     assert json.loads((run / "eval-test.json").read_text())["split"] == "test"
+
+
+@pytest.mark.parametrize("chosen_by", ["default", "VQTOOL_DATA_DIR", "--data-dir"])
+def test_a_train_without_data_names_the_folder_and_leaves_nothing(
+    chosen_by: str, tiny_profile: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 11, item 4: no data and no network used to fail with the network error alone and
+    # leave runs/<profile>-<timestamp>/.lock behind each time.
+    monkeypatch.setattr("vqtool.data.CIFAR10_URL", f"http://127.0.0.1:{closed_port()}/c.tar.gz")
+    args = ["train", "--profile", str(tiny_profile)]
+    folder = "data"
+    if chosen_by == "VQTOOL_DATA_DIR":
+        folder = "from-env"
+        monkeypatch.setenv("VQTOOL_DATA_DIR", folder)
+    elif chosen_by == "--data-dir":
+        folder = "given"
+        args += ["--data-dir", folder]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    line = one_error_line(result.output)
+    assert f"no CIFAR-10 in {folder} " in line and chosen_by in line, line
+    assert "vqtool download --source FILE" in line
+    assert (f"--data-dir {folder}" in line) is (chosen_by == "--data-dir")
+    assert list(tmp_path.iterdir()) == []  # no runs/, no .lock, no data folder
+
+
+def test_a_train_that_cannot_start_makes_no_run_folder(
+    tiny_profile: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    # Issue 11, item 4: everything that can refuse the request comes before the run folder.
+    args = ["train", "--profile", str(tiny_profile), "--data-dir", str(data_dir)]
+    result = runner.invoke(app, [*args, "--set", "data.batch_size=1000"])
+    assert result.exit_code == 2 and "batch_size" in one_error_line(result.output)
+    result = runner.invoke(app, [*args, "--run-dir", "runs/x", "--set", "data.batch_size=1000"])
+    assert result.exit_code == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_log_lines_stay_whole_when_stderr_is_not_a_terminal(
+    tiny_profile: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    # Issue 11, item 5: lines were wrapped at 80 columns in logs, which broke grep.
+    run = tmp_path / ("a-run-folder-with-a-long-name-" * 3)
+    env = {k: v for k, v in source_env().items() if k not in ("COLUMNS", "LINES")}
+    done = subprocess.run(
+        [sys.executable, "-m", "vqtool", "train", "--profile", str(tiny_profile),
+         "--data-dir", str(data_dir), "--run-dir", str(run)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    start = [line for line in lines if line.startswith("training on ")]
+    assert len(start) == 1 and start[0].endswith(f"-> {run}") and len(start[0]) > 100
+    steps = [line for line in lines if line.startswith("step ")]
+    assert len(steps) == 3 and all(line.endswith("img/s") for line in steps)
+    end = [line for line in lines if line.startswith("done: ")]
+    assert len(end) == 1 and end[0].endswith("s of training") and len(end[0]) > 80
+    assert len(lines) == 5, lines
+
+
+COMMANDS = ["download", "train", "evaluate", "profiles", "plot", "compare", "encode", "decode"]
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_shows_placeholders_not_python_types(command: str | None) -> None:
+    # Issue 11, item 6: `--resume <bool>`, `--set <list[str]>`, `<path>`, `<str>`.
+    result = runner.invoke(app, [command, "--help"] if command else ["--help"])
+    assert result.exit_code == 0, result.output
+    for python_type in ("<bool>", "<str>", "<path>", "<int", "list[", "{run}"):
+        assert python_type not in result.output, (python_type, result.output)
+    if command == "train":
+        assert "KEY=VALUE" in result.output and "--resume " in result.output
+
+
+def test_the_command_list_gives_each_command_one_line() -> None:
+    # Issue 11, item 6: descriptions in `vqtool --help` broke mid-sentence.
+    output = runner.invoke(app, ["--help"]).output
+    after = output[output.index("Commands") :].splitlines()[1:]
+    panel = after[: next(i for i, line in enumerate(after) if not line.startswith("│"))]
+    assert [line.split()[1] for line in panel] == COMMANDS, output
+    assert all(line.rstrip(" │").endswith(".") for line in panel), output
+
+
+def test_version() -> None:
+    import vqtool
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"vqtool {vqtool.__version__}\n"
+
+
+def test_resume_says_where_it_resumes_and_a_finished_run_only_that_it_is(
+    trained_run: Path, trained_data_dir: Path, tmp_path: Path
+) -> None:
+    # Issue 11, item 7: a resumed run did not say its step; a finished one printed
+    # "training on cpu..." after "nothing to train".
+    import shutil
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    args = ["train", "--resume", "--run-dir", str(run), "--data-dir", str(trained_data_dir)]
+    finished = runner.invoke(app, args)
+    assert finished.exit_code == 0, finished.output
+    assert "nothing to train" in finished.stderr
+    assert "training on" not in finished.stderr and "done:" not in finished.stderr
+    resumed = runner.invoke(app, [*args, "--set", "train.steps=40"])
+    assert resumed.exit_code == 0, resumed.output
+    lines = resumed.stderr.splitlines()
+    assert lines[0] == "resuming from step 30 of 40" and lines[1].startswith("training on cpu")
+
+
+def test_the_readme_says_what_its_first_training_costs() -> None:
+    # Issue 11, item 9: the README's first command trains for 25,000 steps without saying so.
+    from vqtool.profiles import load_profile
+
+    readme = (REPO / "README.md").read_text()
+    first = readme.index("vqtool train --profile ema")
+    beside = readme[first : first + 400]
+    steps = load_profile("ema").train.steps
+    assert f"{steps:,} steps" in beside and "minutes on a 2-core CPU" in beside
+    assert "--profile smoke" in beside

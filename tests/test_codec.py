@@ -4,6 +4,7 @@ against evaluate, real-photo kinds, folders, and every error path as one line.""
 from __future__ import annotations
 
 import dataclasses
+import io
 import signal
 import struct
 import subprocess
@@ -19,7 +20,7 @@ from PIL import Image
 from torch.nn.utils import parametrize
 from typer.testing import CliRunner
 
-from vqtool import codec, files, inputs
+from vqtool import codec, files, imagefiles, inputs
 from vqtool.checkpoint import LoadedModel, load_model
 from vqtool.cli import app
 from vqtool.codec import decode_indices, encode_images, encode_inputs
@@ -528,3 +529,146 @@ def test_missing_folders_of_output_files_are_made(
     code, output = invoke("decode", trained_run, "new/c.vqc", "-o", "out", "--grid", "g/h/grid.png")
     assert code == 0, output
     assert (tmp_path / "g" / "h" / "grid.png").is_file()
+
+
+# Issue 11, items 2 and 3: phone photos and damaged images in folders.
+
+
+def save_big_jpeg(path: Path, width: int, height: int) -> Path:
+    """A smooth width x height JPEG, made quickly (no per-pixel noise)."""
+    small = np.asarray(Image.radial_gradient("L").resize((64, 48)))
+    rgb = np.stack([small, small[::-1], np.full_like(small, 90)], axis=-1)
+    Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR).save(path, quality=85)
+    return path
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A small JPEG whose header (SOF0) declares width x height pixels."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_a_phone_photo_is_shrunk_while_it_is_read(trained_run: Path, tmp_path: Path) -> None:
+    # Item 2: a 24 MP JPEG with --size 64x64 used to exit 2 ("image too large").
+    photo = save_big_jpeg(tmp_path / "huge.jpg", 6000, 4000)
+    code, output = invoke("encode", trained_run, photo, "-o", "h.vqc")
+    assert code == 2
+    line = one_error_line(output)
+    assert "image too large" in line and "--size" in line
+    code, output = invoke("encode", trained_run, photo, "-o", "h.vqc", "--size", "64x64")
+    assert code == 0, output
+    code_file = read_codes(tmp_path / "h.vqc")
+    assert code_file.codes.shape == (1, 16, 16) and code_file.sizes.tolist() == [[64, 64]]
+    # Decoded at 1/8 scale (750x500, the smallest that keeps twice 64x64), not at 24 MP.
+    image, height, width = imagefiles._open(photo, (64, 64))
+    assert image.size == (750, 500) and (height, width) == (4000, 6000)
+    image.close()
+    shrunk = imagefiles.read_resized(photo, (64, 64))
+    with Image.open(photo) as full:
+        whole = np.asarray(full.convert("RGB").resize((64, 64), Image.Resampling.BICUBIC))
+    assert shrunk.shape == (3, 64, 64)
+    assert np.abs(shrunk.permute(1, 2, 0).numpy().astype(int) - whole).mean() < 2
+
+
+def test_other_large_images_are_decoded_whole_within_a_bound(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    # Item 2: formats without draft decoding are read whole up to 8192x8192 to be shrunk.
+    ramp = np.linspace(0, 255, 5000, dtype=np.uint8)
+    Image.fromarray(np.broadcast_to(ramp, (4000, 5000))).save(
+        tmp_path / "pano.png", compress_level=1
+    )
+    code, output = invoke("encode", trained_run, "pano.png", "-o", "p.vqc", "--size", "32x40")
+    assert code == 0, output
+    assert read_codes(tmp_path / "p.vqc").sizes.tolist() == [[32, 40]]
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("bomb.jpg", jpeg_declaring(20000, 15000)),  # 300 MP: no camera makes it
+        ("bomb.png", png_declaring(10000, 10000)),  # 100 MP of PNG would be decoded whole
+        ("vast.png", png_declaring(40000, 40000)),
+    ],
+)
+def test_images_too_large_even_to_shrink_are_refused(
+    name: str, data: bytes, trained_run: Path, tmp_path: Path
+) -> None:
+    (tmp_path / name).write_bytes(data)
+    for size in ([], ["--size", "64x64"]):
+        code, output = invoke("encode", trained_run, name, "-o", "c.vqc", *size)
+        assert code == 2, output
+        line = one_error_line(output)
+        assert "image too large" in line and "even to shrink it" in line and "--size" not in line
+    assert not (tmp_path / "c.vqc").exists()
+
+
+def damaged_folder(tmp_path: Path) -> Path:
+    """photos/: three good PNGs, a truncated PNG, a text file named .png, and notes.txt."""
+    for name in ("a", "c", "e"):
+        save_noise(tmp_path / "photos" / f"{name}.png", 12, 12, seed=ord(name))
+    good = save_noise(tmp_path / "b.png", 12, 12).read_bytes()
+    (tmp_path / "photos" / "b.png").write_bytes(good[: len(good) // 2])  # pixel data cut
+    (tmp_path / "photos" / "d.png").write_text("not a picture")  # no image header
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    return tmp_path / "photos"
+
+
+def test_damaged_images_in_a_folder_are_skipped_and_counted(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    # Item 3: one damaged PNG among good images used to stop the whole folder.
+    folder = damaged_folder(tmp_path)
+    code, output = invoke("encode", trained_run, folder, "-o", "c.vqc")
+    assert code == 0, output
+    assert f"note: skipped {folder / 'b.png'}: cannot read the image" in output
+    assert f"note: skipped {folder / 'd.png'}: cannot read the image" in output
+    assert "note: skipped 2 damaged image(s)" in output and "notes.txt" in output
+    assert read_codes(tmp_path / "c.vqc").names == ("a", "c", "e")
+    # --strict: any skip is an error, and nothing is written.
+    (tmp_path / "c.vqc").unlink()
+    code, output = invoke("encode", trained_run, folder, "-o", "c.vqc", "--strict")
+    assert code == 1 and "cannot read the image" in one_error_line(output)
+    (folder / "b.png").unlink()
+    (folder / "d.png").unlink()
+    code, output = invoke("encode", trained_run, folder, "-o", "c.vqc", "--strict")
+    assert code == 1 and "notes.txt" in one_error_line(output)
+    assert not (tmp_path / "c.vqc").exists()
+
+
+def test_a_folder_of_damaged_images_and_a_damaged_file_named_alone_fail(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    folder = damaged_folder(tmp_path)
+    for name in ("a", "c", "e"):
+        (folder / f"{name}.png").unlink()
+    code, output = invoke("encode", trained_run, folder, "-o", "c.vqc")
+    assert code == 1 and "every image is damaged" in one_error_line(output)
+    save_noise(tmp_path / "good.png", 12, 12)
+    code, output = invoke("encode", trained_run, "good.png", folder / "b.png", "-o", "c.vqc")
+    assert code == 1 and "b.png" in one_error_line(output)
+    assert not (tmp_path / "c.vqc").exists()
+
+
+def test_encode_reports_the_real_sizes(trained_run: Path, tmp_path: Path) -> None:
+    # Issue 11, item 7: "1 images of 300x452" for a 451-wide image, --size 63x63 as 64x64.
+    save_noise(tmp_path / "wide.png", 451, 300)
+    code, output = invoke("encode", trained_run, "wide.png", "-o", "c.vqc")
+    assert code == 0, output
+    assert "wrote c.vqc: 1 image of 300x451 (padded to 300x452) as 75x113 codes of 32" in output
+    code, output = invoke("encode", trained_run, "wide.png", "-o", "c.vqc", "--size", "63x63")
+    assert code == 0 and "1 image of 63x63 (padded to 64x64) as 16x16 codes" in output
+    save_noise(tmp_path / "odd" / "a.png", 30, 30)
+    save_noise(tmp_path / "odd" / "b.png", 31, 29)
+    code, output = invoke("encode", trained_run, "odd", "-o", "c.vqc")
+    assert code == 0 and "2 images of mixed sizes, padded to 32x32, as 8x8 codes" in output
+    code, output = invoke("decode", trained_run, "c.vqc", "-o", "out")
+    assert code == 0 and "wrote 2 PNGs" in output
+    code, output = invoke("encode", trained_run, "odd/a.png", "-o", "c.vqc")
+    assert code == 0 and "1 image of 30x30 (padded to 32x32)" in output
+    code, output = invoke("decode", trained_run, "c.vqc", "-o", "out")
+    assert code == 0 and "wrote 1 PNG to" in output

@@ -7,7 +7,6 @@ import hashlib
 import os
 import pickle
 import shutil
-import socket
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from helpers import (
     BATCHES_DIR,
     cifar_batch_blobs,
     cifar_members,
+    closed_port,
     file_member,
     make_cifar_archive,
     make_cifar_folder,
@@ -47,12 +47,6 @@ def md5_of(path: Path) -> str:
 
 def snapshot(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def expect_clean_failure(

@@ -4,6 +4,7 @@ names, png)."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +12,12 @@ import torch
 from PIL import Image
 
 from vqtool.errors import UsageError
-from vqtool.imagefiles import from_pil
+from vqtool.imagefiles import from_pil, read_image, read_resized
+from vqtool.model import VQVAE, build_model
 from vqtool.names import clean_name, name_problem, unique_names
 from vqtool.pixels import pad_index, pad_to_multiple, parse_size
 from vqtool.png import png_bytes
+from vqtool.profiles import load_profile
 
 
 def test_padding_reflects_then_copies_edges() -> None:
@@ -63,3 +66,34 @@ def test_png_bytes_store_small_images_and_compress_large_ones() -> None:
             assert np.array_equal(np.asarray(read), image)
         raw_size = image.size + image.shape[0]  # one filter byte a row
         assert (len(data) < raw_size // 2) is compressed
+
+
+def test_grey_and_saturated_colours_pass_the_pipeline_exactly(tmp_path: Path) -> None:
+    # Issue 11, item 10: grey photos came back tinted and a bright green olive. Measured
+    # (benchmarks/colour_check.py) that is the model's doing; everything around the model
+    # must pass colours exactly: reading, resizing, padding, the pixel convention, PNG.
+    yy, xx = np.mgrid[0:40, 0:44]
+    grey = (40 + 170 * (xx + yy) / 82).round().astype(np.uint8)
+    saturated = np.zeros((40, 44, 3), np.uint8)
+    saturated[:20, :22], saturated[:20, 22:], saturated[20:] = (0, 200, 0), (255, 0, 0), (0, 0, 255)
+    Image.fromarray(grey, "L").save(tmp_path / "grey.png")
+    Image.fromarray(saturated).save(tmp_path / "saturated.png")
+    read = read_image(tmp_path / "grey.png")
+    assert all(np.array_equal(read[c].numpy(), grey) for c in range(3))
+    shrunk = read_resized(tmp_path / "grey.png", (24, 20))
+    assert torch.equal(shrunk[0], shrunk[1]) and torch.equal(shrunk[0], shrunk[2])
+    read = read_image(tmp_path / "saturated.png")
+    assert np.array_equal(read.permute(1, 2, 0).numpy(), saturated)
+    assert torch.equal(pad_to_multiple(read[:, :39, :43])[:, :39, :43], read[:, :39, :43])
+    with Image.open(io.BytesIO(png_bytes(saturated))) as written:
+        assert np.array_equal(np.asarray(written), saturated)
+    # The decode side's clamping and rounding on known decoder outputs: every 8-bit value
+    # through the model's input convention comes back as itself; beyond [0, 1] is clamped.
+    model = build_model(load_profile("smoke").model)
+    values = torch.arange(256, dtype=torch.uint8).view(1, 1, 1, 256).expand(1, 3, 4, 256)
+    outputs = torch.cat([VQVAE.to_input(values, "cpu"), torch.full((1, 3, 4, 4), 0.7)], dim=-1)
+    outputs[..., :2] = -0.9
+    model.decode = lambda indices: outputs  # type: ignore[method-assign]
+    images = model.codes_to_images(torch.zeros(1, 1, 65, dtype=torch.long))
+    assert torch.equal(images[..., 2:256], values[..., 2:])
+    assert (images[..., :2] == 0).all() and (images[..., 256:] == 255).all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from vqtool.cli import app
 from vqtool.errors import UsageError, WorkError
 from vqtool.plots import (
     codebook_figure,
+    compare_figure,
+    loss_figure,
     pca_2d,
     reconstructions_figure,
     save_png,
@@ -23,7 +26,7 @@ from vqtool.plots import (
     write_run_plots,
 )
 from vqtool.report import run_arrays
-from vqtool.runs import load_run, read_metrics
+from vqtool.runs import Run, load_run, read_metrics
 from vqtool.summary import run_labels, summarise_run
 
 RUN_PNGS = ("loss.png", "reconstructions.png", "codebook.png")
@@ -313,3 +316,93 @@ def test_compare_warns_about_a_torn_line_and_refuses_a_non_run(three_runs, tmp_p
     (tmp_path / "empty").mkdir()
     assert_one_error_line(invoke("compare", three_runs[0], tmp_path / "empty"), 2)
     assert not Path("compare.png").exists()
+
+
+def test_compare_json_to_stdout_writes_no_png_unless_asked(three_runs: list[Path]) -> None:
+    # Issue 11, item 7: `compare --json -` wrote compare.png into the working folder.
+    result = invoke("compare", *three_runs[:2], "--json", "-")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)) == 2
+    assert not Path("compare.png").exists() and "compare.png" not in result.stderr
+    result = invoke("compare", *three_runs[:2], "--json", "-", "-o", "compare.png")
+    assert result.exit_code == 0 and Path("compare.png").exists()
+
+
+@pytest.mark.parametrize("command", ["compare", "evaluate"])
+def test_an_output_that_cannot_be_written_is_named_as_given(
+    command: str, evaluated_run: Path, trained_data_dir: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # Issue 11, item 7: a read-only folder named the hidden temp file, not the path given.
+    import tempfile
+
+    shared, real = tmp_path / "shared", tempfile.mkstemp
+
+    def read_only(prefix: str = "", suffix: str = "", dir: Path | None = None) -> tuple[int, str]:
+        if dir != shared:
+            return real(prefix=prefix, suffix=suffix, dir=dir)
+        raise OSError(30, "Read-only file system", os.path.join(dir, f"{prefix}x1y2z3{suffix}"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    target = shared / ("c.png" if command == "compare" else "m.json")
+    run = shutil.copytree(evaluated_run, tmp_path / "run")
+    if command == "compare":
+        result = invoke("compare", run, "-o", target)
+    else:
+        result = invoke("evaluate", run, "--json", target, "--data-dir", trained_data_dir)
+    assert result.exit_code == 1
+    line = result.stderr.splitlines()[-1]  # evaluate says first that it saved the run's copy
+    assert line.startswith("error: ") and "Traceback" not in result.stderr
+    assert f"({target})" in line and "Read-only file system" in line and "x1y2z3" not in line
+
+
+# Issue 11, item 8: what the figures say.
+
+
+def a_run(name: str, k: int | None, nmse: list[float], perplexity: list[float]) -> Run:
+    records = [
+        {"kind": "train", "step": 10 * (i + 1), "nmse": a, "perplexity": b}
+        for i, (a, b) in enumerate(zip(nmse, perplexity, strict=True))
+    ]
+    return Run(Path("runs") / name, name, k, records, [], {}, [])
+
+
+def test_reconstructions_say_which_images_and_show_each_psnr() -> None:
+    rng = np.random.default_rng(0)
+    originals = rng.integers(0, 256, (5, 3, 32, 32), dtype=np.uint8)
+    noise = rng.normal(0, 0.05, originals.shape) * np.arange(1, 6)[:, None, None, None]
+    recon = np.clip(originals / 255.0 + noise, 0, 1)
+    fig = reconstructions_figure(originals, recon, "run", "the first 5 test images")
+    (ax,) = fig.axes
+    mse = ((originals / 255.0 - recon) ** 2).reshape(5, -1).mean(axis=1)
+    assert [t.get_text() for t in ax.texts] == [f"{10 * np.log10(1 / m):.1f}" for m in mse]
+    title = ax.get_title()
+    assert title.startswith("the first 5 test images") and "PSNR (dB) under each" in title
+    assert f"of these 5 together {10 * np.log10(1 / mse.mean()):.2f} dB" in title
+    assert "whole split" in title
+
+
+def test_compare_puts_codebooks_of_any_size_on_one_scale() -> None:
+    runs = [
+        a_run("small", 128, [0.5, 0.3, 0.2], [40.0, 60.0, 64.0]),
+        a_run("large", 512, [0.4, 0.2, 0.1], [100.0, 200.0, 256.0]),
+        a_run("bare", None, [0.6, 0.5, 0.4], [10.0, 10.0, 10.0]),
+    ]
+    fig = compare_figure(runs, ["runs/a", "runs/b", "runs/c"])
+    _, ax_ppl = fig.axes
+    curves = {line.get_label(): line.get_ydata() for line in ax_ppl.get_lines()}
+    assert set(curves) == {"runs/a (small, K = 128)", "runs/b (large, K = 512)"}
+    assert np.allclose(curves["runs/a (small, K = 128)"], np.array([40, 60, 64]) / 128)
+    assert np.allclose(curves["runs/b (large, K = 512)"], np.array([100, 200, 256]) / 512)
+    assert "perplexity / K" in ax_ppl.get_ylabel() and "runs/c" in ax_ppl.get_title()
+
+
+def test_log_axes_read_plain_numbers() -> None:
+    run = a_run("r", 32, list(np.linspace(0.9, 0.25, 20)), [5.0] * 20)
+    for fig in (loss_figure(run), compare_figure([run], ["r"])):
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        labels = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels()]
+        shown = [label for label in labels if label]
+        assert "0.4" in shown and "0.3" in shown, shown
+        assert not any("$" in label or "10^" in label for label in shown), shown

@@ -242,3 +242,21 @@ def test_resume_past_the_steps_trains_nothing_and_keeps_the_profile(
     )  # fmt: skip
     assert result.step == 30 and any("nothing to train" in n for n in notes)
     assert ((run / "profile.toml").read_text(), (run / "checkpoint.pt").read_bytes()) == before
+
+
+def test_the_library_refuses_to_replace_a_run_unless_resume(
+    trained_run: Path, trained_data_dir: Path, tmp_path: Path
+) -> None:
+    # Issue 11, item 1: run_training on a folder holding a checkpoint used to replace it and
+    # rewrite metrics.jsonl without a word; the CLI refused, the library must too.
+    import shutil
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    profile = load_profile(run / "profile.toml", ["train.steps=40"])
+    with pytest.raises(UsageError, match="already holds a checkpoint") as info:
+        run_training(profile, run, trained_data_dir)
+    assert "--resume" in info.value.line()
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    # resume=True continues it.
+    assert run_training(profile, run, trained_data_dir, resume=True).step == 40

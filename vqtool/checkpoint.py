@@ -8,7 +8,9 @@ file whose weights were changed behind its back is refused.
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,7 +18,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from vqtool.errors import UsageError, WorkError, first_line
+from vqtool.errors import UsageError, WorkError, first_line, os_reason
 from vqtool.files import save_or_fail
 from vqtool.model import VQVAE, build_model
 from vqtool.profiles import Profile, profile_from_dict
@@ -27,6 +29,10 @@ PRIOR_FORMAT = "vqtool-prior"
 VERSION = 1
 # format -> what it holds, for messages
 KINDS = {FORMAT: "a VQ-VAE run (vqtool train)", PRIOR_FORMAT: "a prior run (vqtool prior)"}
+# torch.save writes a zip archive; before torch 1.6 it wrote pickles (protocol 2, which
+# opens with this byte), and torch.load still reads those.
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTOCOL_MARK = b"\x80"
 
 
 def fingerprint(state_dict: Mapping[str, Tensor]) -> str:
@@ -93,14 +99,8 @@ def load_checkpoint(
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt, truncated or unsafe files
-        reason = first_line(exc)
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            reason = "it holds objects other than tensors and plain data (refused, not run)"
-        raise WorkError(
-            f"cannot read the checkpoint: {reason}",
-            path,
-            "the file is truncated, corrupt or not a vqtool checkpoint; use another one",
-        ) from exc
+        reason, fix = _load_failure(path, exc)
+        raise WorkError(f"cannot read the checkpoint: {reason}", path, fix) from exc
     if not isinstance(payload, dict) or payload.get("format") not in KINDS:
         raise WorkError("not a vqtool checkpoint", path, "give a checkpoint.pt written by vqtool")
     if payload["format"] != fmt:
@@ -124,6 +124,35 @@ def load_checkpoint(
             "the file was changed or damaged; use another checkpoint",
         )
     return payload
+
+
+def _load_failure(path: Path, exc: Exception) -> tuple[str, str]:
+    """Why torch.load failed, and what to do, in a user's words: torch's own messages run to
+    a paragraph about its internals."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+    except OSError as err:
+        return os_reason(err), "check the file's permissions"
+    another = "use another checkpoint, or train the run again"
+    if not (head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_PROTOCOL_MARK)):
+        return (
+            "not a checkpoint (those are torch zip archives or pickles; this file is neither)",
+            "give a run folder, or the checkpoint.pt inside one",
+        )
+    cut = head.startswith(ZIP_MAGIC) and not zipfile.is_zipfile(path)
+    if (
+        cut
+        or isinstance(exc, EOFError)
+        or re.search(r"PytorchStreamReader|unexpected EOF", str(exc))
+    ):
+        return "the file is truncated or damaged", another
+    if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        return (
+            "it holds objects other than tensors and plain data (refused, not run)",
+            "it is not a vqtool checkpoint; use one that vqtool train wrote",
+        )
+    return first_line(exc), f"the file is corrupt or not a vqtool checkpoint; {another}"
 
 
 class LoadedModel(NamedTuple):

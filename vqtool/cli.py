@@ -12,16 +12,49 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from vqtool import progress
-from vqtool.errors import Interrupted, Terminated, VqtoolError, debug_enabled, os_reason
+from vqtool.errors import (
+    Interrupted,
+    Terminated,
+    VqtoolError,
+    counted,
+    debug_enabled,
+    os_reason,
+)
 from vqtool.process import exit_now, import_torch, sigterm_unwinds
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class OneLineErrors(TyperGroup):
+def _no_type(ctx: Any) -> None:
+    return None
+
+
+class PlainHelp:
+    """Help that shows placeholders (FILE, KEY=VALUE), never Python type names.
+
+    typer's rich help prints a type beside every parameter: `<bool>` beside a flag, as if
+    `--resume true` were accepted (it is not), and `<path>` beside an argument whose name
+    column already shows its placeholder.
+    """
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+            elif getattr(param, "param_type_name", "") == "argument" and param.metavar:
+                param.display_type_rich = _no_type
+        return params
+
+
+class Command(PlainHelp, TyperCommand):
+    """A vqtool command (see PlainHelp)."""
+
+
+class OneLineErrors(PlainHelp, TyperGroup):
     """Usage errors (bad option, missing argument) as one `error:` line with exit 2."""
 
     def main(
@@ -74,6 +107,27 @@ app = typer.Typer(
 )
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from vqtool import __version__
+
+        progress.out.print(f"vqtool {__version__}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    # The options of `vqtool` itself; the app's help text is the one given to typer.Typer.
+    pass
+
+
 def reports_errors(command: F) -> F:
     """One line and the documented exit code for every failure; VQTOOL_DEBUG=1 shows the trace."""
 
@@ -124,32 +178,94 @@ DataDir = Annotated[
     typer.Option(
         "--data-dir",
         help="Folder holding cifar-10-batches-py/ (default: $VQTOOL_DATA_DIR, else ./data).",
+        metavar="DIR",
         show_default=False,
     ),
 ]
 DEVICE_HELP = "Where to run: auto (CUDA when present), cpu, cuda, cuda:N or mps."
-Device = Annotated[str, typer.Option(help=DEVICE_HELP)]
+Device = Annotated[str, typer.Option(help=DEVICE_HELP, metavar="DEVICE")]
+
+
+def _optional(help: str, metavar: str) -> Any:
+    """An option without a default to show (what its absence means is said in `help`)."""
+    return typer.Option(help=help, metavar=metavar, show_default=False)
+
+
+def _folder_option(help: str) -> Any:
+    return _optional(help, "DIR")
+
+
 RunOrCheckpoint = Annotated[
-    Path, typer.Argument(help="A run folder or its checkpoint.pt.", show_default=False)
+    Path,
+    typer.Argument(help="A run folder or its checkpoint.pt.", metavar="RUN", show_default=False),
 ]
+BatchSize = Annotated[int, typer.Option(min=1, help="Images per batch.", metavar="N")]
+ProfileChoice = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        "-p",
+        help="Shipped profile name or a TOML file (see: vqtool profiles).",
+        metavar="NAME|FILE",
+    ),
+]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override one key: section.key=value (repeatable).", metavar="KEY=VALUE"
+    ),
+]
+TrainDevice = Annotated[
+    str | None, typer.Option(help=f"{DEVICE_HELP} Overrides train.device.", metavar="DEVICE")
+]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="Continue the run in --run-dir from its checkpoint.")
+]
+
+PriorRunDir = Annotated[Path | None, _folder_option("The prior's run folder (default: RUN/prior).")]
+
+
+def _overrides(set_: list[str] | None, device: str | None) -> list[str]:
+    """--set values, then --device as train.device."""
+    return list(set_ or []) + ([f"train.device={device}"] if device else [])
+
+
+def _train_and_report(train: Callable[[], object], folder: Path, to_continue: str) -> None:
+    """Run a training; say how to continue after a signal; print the run folder when done.
+    Under torchrun only rank 0 reports."""
+    from vqtool.distributed import world_from_env
+
+    try:
+        train()
+    except Interrupted:
+        if world_from_env().rank == 0:
+            progress.info(f"to continue: {to_continue}")
+        raise
+    if world_from_env().rank == 0:
+        progress.out.print(str(folder), markup=False)
 
 
 def _data_dir(data_dir: Path | None) -> Path:
-    from vqtool.data import default_data_dir
+    from vqtool.data import resolve_data_dir
 
-    return data_dir if data_dir is not None else default_data_dir()
+    return resolve_data_dir(data_dir)[0]
 
 
-@app.command()
+@app.command(cls=Command, short_help="Fetch, verify and extract the CIFAR-10 archive.")
 @reports_errors
 def download(
     data_dir: DataDir = None,
     source: Annotated[
         str | None,
-        typer.Option(help="URL or local archive to fetch instead of the official URL."),
+        typer.Option(
+            help="URL or local archive to fetch instead of the official URL.", metavar="URL|FILE"
+        ),
     ] = None,
     md5: Annotated[
-        str | None, typer.Option(help="Expected md5 of the archive (default: the official one).")
+        str | None,
+        typer.Option(
+            help="Expected md5 of the archive (default: the official one).", metavar="HEX"
+        ),
     ] = None,
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="Skip the md5 check (e.g. a rebuilt archive).")
@@ -173,32 +289,17 @@ def download(
         progress.info(f"CIFAR-10 is ready in {result.folder}")
 
 
-@app.command()
+@app.command(cls=Command, short_help="Train a VQ-VAE; prints the run folder when done.")
 @reports_errors
 def train(
-    profile: Annotated[
-        str | None,
-        typer.Option(
-            "--profile", "-p", help="Shipped profile name or a TOML file (see: vqtool profiles)."
-        ),
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override one key: section.key=value (repeatable)."),
-    ] = None,
+    profile: ProfileChoice = None,
+    set_: Overrides = None,
     run_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="Run folder (default: runs/<profile>-<YYYYmmdd-HHMMSS>).", show_default=False
-        ),
+        Path | None, _folder_option("Run folder (default: runs/<profile>-<YYYYmmdd-HHMMSS>).")
     ] = None,
     data_dir: DataDir = None,
-    device: Annotated[
-        str | None, typer.Option(help=f"{DEVICE_HELP} Overrides train.device.")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --run-dir from its checkpoint.")
-    ] = False,
+    device: TrainDevice = None,
+    resume: Resume = False,
 ) -> None:
     """Train a VQ-VAE; prints the run folder on stdout when done.
 
@@ -207,104 +308,86 @@ def train(
     Example: [bold]vqtool train --profile smoke --run-dir runs/demo[/bold]
     """
     import_torch()
-    from vqtool.distributed import world_from_env
+    from vqtool.data import resolve_data_dir
     from vqtool.train import resolve_run, run_training
 
-    overrides = list(set_ or []) + ([f"train.device={device}"] if device else [])
-    chosen, folder = resolve_run(profile, overrides, run_dir, resume)
-    try:
+    chosen, folder = resolve_run(profile, _overrides(set_, device), run_dir, resume)
+    data_folder, data_origin = resolve_data_dir(data_dir)
+
+    def start() -> None:
         with progress.TrainProgress() as shown:
             run_training(
                 chosen,
                 folder,
-                _data_dir(data_dir),
+                data_folder,
                 resume=resume,
                 callback=shown,
                 on_download=shown.download,
+                data_origin=data_origin,
             )
-    except Interrupted:
-        if world_from_env().rank == 0:
-            progress.info(f"to continue: vqtool train --resume --run-dir {folder}")
-        raise
-    if world_from_env().rank == 0:  # under torchrun only rank 0 reports
-        progress.out.print(str(folder), markup=False)
+
+    _train_and_report(start, folder, f"vqtool train --resume --run-dir {folder}")
 
 
-@app.command()
+@app.command(cls=Command, short_help="Train a prior over a VQ run's codes; prints its folder.")
 @reports_errors
 def prior(
     run: RunOrCheckpoint,
-    profile: Annotated[
-        str | None,
-        typer.Option(
-            "--profile", "-p", help="Prior profile: prior-small, prior-cpu, prior or a TOML file."
-        ),
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override one key: prior.KEY=VALUE or train.KEY=VALUE."),
-    ] = None,
-    run_dir: Annotated[
-        Path | None,
-        typer.Option(help="The prior's run folder (default: RUN/prior).", show_default=False),
-    ] = None,
+    profile: ProfileChoice = None,
+    run_dir: PriorRunDir = None,
+    resume: Resume = False,
+    set_: Overrides = None,
+    device: TrainDevice = None,
     data_dir: DataDir = None,
-    device: Annotated[
-        str | None, typer.Option(help=f"{DEVICE_HELP} Overrides train.device.")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the prior in --run-dir from its checkpoint.")
-    ] = False,
 ) -> None:
     """Train a prior over a VQ run's codes; prints the prior's run folder when done.
 
+    Profiles: prior-small (demos), prior-cpu, prior (one GPU); keys under [prior] and [train].
     The VQ run's dataset is encoded once into code files kept in the prior's folder. Ctrl-C or
     SIGTERM saves a checkpoint; --resume continues it. Then: vqtool evaluate P, vqtool sample P.
 
     Example: [bold]vqtool prior runs/demo --profile prior-small[/bold]
     """
     import_torch()
-    from vqtool.distributed import world_from_env
     from vqtool.prior import resolve_prior_run, train_prior
 
-    overrides = list(set_ or []) + ([f"train.device={device}"] if device else [])
-    chosen, folder = resolve_prior_run(run, profile, overrides, run_dir, resume)
-    try:
+    chosen, folder = resolve_prior_run(run, profile, _overrides(set_, device), run_dir, resume)
+    data_folder = _data_dir(data_dir)
+
+    def start() -> None:
         with progress.PriorProgress() as shown:
-            train_prior(run, chosen, folder, _data_dir(data_dir), resume=resume, callback=shown)
-    except Interrupted:
-        if world_from_env().rank == 0:
-            progress.info(f"to continue: vqtool prior {run} --resume --run-dir {folder}")
-        raise
-    if world_from_env().rank == 0:
-        progress.out.print(str(folder), markup=False)
+            train_prior(run, chosen, folder, data_folder, resume=resume, callback=shown)
+
+    _train_and_report(start, folder, f"vqtool prior {run} --resume --run-dir {folder}")
 
 
-@app.command()
+@app.command(cls=Command, short_help="Sample code grids from a prior into a code file.")
 @reports_errors
 def sample(
     run: Annotated[
-        Path, typer.Argument(help="A prior run folder or its checkpoint.pt.", show_default=False)
+        Path,
+        typer.Argument(
+            help="A prior run folder or its checkpoint.pt.", metavar="PRIOR", show_default=False
+        ),
     ],
-    n: Annotated[int, typer.Option("-n", help="How many images to sample.")] = 64,
+    n: Annotated[int, typer.Option("-n", help="How many images to sample.", metavar="N")] = 64,
     output: Annotated[
         Path,
-        typer.Option("-o", "--output", help="The code file to write (.vqc).", show_default=False),
+        typer.Option("-o", "--output", help="The code file to write (.vqc).", metavar="FILE"),
     ] = Path("samples.vqc"),
     temperature: Annotated[
-        float, typer.Option(help="Softmax temperature, > 0: lower is safer, higher more varied.")
+        float,
+        typer.Option(
+            help="Softmax temperature, > 0: lower is safer, higher more varied.", metavar="T"
+        ),
     ] = 1.0,
     top_k: Annotated[
-        int | None,
-        typer.Option(help="Draw each code from the K likeliest only.", show_default=False),
+        int | None, _optional("Draw each code from the K likeliest only.", "K")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Same seed, same samples.")] = 0,
+    seed: Annotated[int, typer.Option(help="Same seed, same samples.", metavar="S")] = 0,
     label: Annotated[
         str | None,
-        typer.Option(
-            help="Class to draw (conditional priors; default: every class in turn).",
-            show_default=False,
-        ),
+        _optional("Class to draw (conditional priors; default: every class in turn).", "NAME"),
     ] = None,
     device: Device = "auto",
 ) -> None:
@@ -338,15 +421,17 @@ def sample(
     )
 
 
-@app.command()
+@app.command(cls=Command, short_help="Metrics over a whole split; writes eval-<split>.json.")
 @reports_errors
 def evaluate(
     run: RunOrCheckpoint,
-    split: Annotated[str, typer.Option(help="test or train.")] = "test",
+    split: Annotated[str, typer.Option(help="test or train.", metavar="SPLIT")] = "test",
     data_dir: DataDir = None,
     json_out: Annotated[
         str | None,
-        typer.Option("--json", help="Write the metrics as JSON to FILE, or - for stdout."),
+        typer.Option(
+            "--json", help="Write the metrics as JSON to FILE, or - for stdout.", metavar="FILE|-"
+        ),
     ] = None,
     device: Device = "auto",
 ) -> None:
@@ -392,11 +477,14 @@ def evaluate(
         progress.print_result(progress.metrics_table(f"{split} split", metrics))
 
 
-@app.command()
+@app.command(cls=Command, short_help="List the shipped profiles, or print one resolved.")
 @reports_errors
 def profiles(
     name: Annotated[
-        str | None, typer.Argument(help="Print this profile fully resolved.", show_default=False)
+        str | None,
+        typer.Argument(
+            help="Print this profile fully resolved.", metavar="NAME", show_default=False
+        ),
     ] = None,
 ) -> None:
     """List the shipped profiles, or print one resolved (extends and defaults applied).
@@ -411,16 +499,17 @@ def profiles(
     progress.print_result(progress.rows_table("profiles", ["name", "description"], list_profiles()))
 
 
-@app.command()
+@app.command(cls=Command, short_help="Draw a run's loss, reconstructions and codebook PNGs.")
 @reports_errors
 def plot(
-    run: Annotated[Path, typer.Argument(help="A run folder.", show_default=False)],
+    run: Annotated[Path, typer.Argument(help="A run folder.", metavar="RUN", show_default=False)],
     out_dir: Annotated[
         Path | None,
         typer.Option(
             "-o",
             "--out-dir",
             help="Folder for the PNGs (default: the run folder).",
+            metavar="DIR",
             show_default=False,
         ),
     ] = None,
@@ -475,15 +564,28 @@ def _plot_prior(run: Any, out_dir: Path, device: Any) -> None:
         progress.info(f"wrote {path}")
 
 
-@app.command()
+@app.command(cls=Command, short_help="Put runs side by side: a table, overlaid curves, JSON.")
 @reports_errors
 def compare(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders.", show_default=False)],
-    out: Annotated[Path, typer.Option("-o", "--out", help="PNG of the overlaid curves.")] = Path(
-        "compare.png"
-    ),
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run folders.", metavar="RUN", show_default=False)
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--out",
+            help="PNG of the overlaid curves (default: compare.png; with --json - and no -o, "
+            "none).",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ] = None,
     json_out: Annotated[
-        str | None, typer.Option("--json", help="Write the table as JSON to FILE, or - for stdout.")
+        str | None,
+        typer.Option(
+            "--json", help="Write the table as JSON to FILE, or - for stdout.", metavar="FILE|-"
+        ),
     ] = None,
 ) -> None:
     """Put runs side by side: a table (test metrics from eval-test.json), overlaid curves, JSON.
@@ -501,7 +603,10 @@ def compare(
         for message in run.warnings:
             progress.warn(f"{label}: {message}")
     rows = [summarise_run(run, label) for run, label in zip(loaded, labels, strict=True)]
-    progress.info(f"wrote {save_png(compare_figure(loaded, labels), out)}")
+    # `--json -` feeds a pipe: a figure nobody asked for would land in the working folder.
+    if out is not None or json_out != "-":
+        figure = compare_figure(loaded, labels)
+        progress.info(f"wrote {save_png(figure, out if out is not None else Path('compare.png'))}")
     if json_out is not None:
         progress.emit_json(rows, json_out)
     if json_out != "-":
@@ -509,7 +614,7 @@ def compare(
         progress.print_result(table)
 
 
-@app.command()
+@app.command(cls=Command, short_help="Encode images into a code file (.vqc).")
 @reports_errors
 def encode(
     run: RunOrCheckpoint,
@@ -518,26 +623,44 @@ def encode(
         typer.Argument(
             help="Image files, folders (recursive, sorted), or cifar10:test, cifar10:train, "
             "cifar10:test:N (the first N).",
+            metavar="INPUT",
             show_default=False,
         ),
     ],
     output: Annotated[
         Path,
-        typer.Option("-o", "--output", help="The code file to write (.vqc).", show_default=False),
+        typer.Option(
+            "-o",
+            "--output",
+            help="The code file to write (.vqc).",
+            metavar="FILE",
+            show_default=False,
+        ),
     ],
     size: Annotated[
         str | None,
-        typer.Option(
-            help="Resize every image to HxW first (needed for images of mixed sizes).",
-            show_default=False,
-        ),
+        _optional("Resize every image to HxW first (needed for images of mixed sizes).", "HxW"),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 256,
+    batch_size: BatchSize = 256,
     data_dir: DataDir = None,
     device: Device = "auto",
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Refuse (exit 1, nothing written) a folder holding a damaged image or a file "
+            "that is not an image, instead of skipping it with a note.",
+        ),
+    ] = False,
 ) -> None:
     """Encode images into a code file (.vqc): code indices, names, sizes and the checkpoint's
     fingerprint.
+
+    In folders, files that are not images and damaged images are skipped with a note.
+
+    --strict refuses them instead; a file named on its own must be a readable image.
+
+    Images larger than 4096x4096 need --size, which shrinks them while they are read.
 
     Example: [bold]vqtool encode runs/demo photos/ cifar10:test:100 -o codes.vqc --size 32x32[/bold]
     """
@@ -560,33 +683,58 @@ def encode(
             batch_size,
             bar.update,
             lambda note: progress.info(f"note: {note}"),
+            strict,
         )
     write_codes(output, codes)
+    progress.info(f"wrote {output}: {_encoded(codes)}")
+
+
+def _encoded(codes: Any) -> str:
+    """'1 image of 300x451 (padded to 300x452) as 75x113 codes of 512': the sizes as given
+    (after --size), and the padded size they share when it differs."""
     n, h, w = codes.codes.shape
-    progress.info(
-        f"wrote {output}: {n:,} images of {codes.image_size[0]}x{codes.image_size[1]} as "
-        f"{h}x{w} codes of {codes.num_embeddings}"
-    )
+    padded = f"{codes.image_size[0]}x{codes.image_size[1]}"
+    sizes = {(int(a), int(b)) for a, b in codes.sizes}
+    if len(sizes) == 1:
+        ((height, width),) = sizes
+        given = f"{height}x{width}"
+        shape = given if given == padded else f"{given} (padded to {padded})"
+        images = f"{counted(n, 'image')} of {shape}"
+    else:
+        images = f"{counted(n, 'image')} of mixed sizes, padded to {padded},"
+    return f"{images} as {h}x{w} codes of {codes.num_embeddings}"
 
 
-@app.command()
+@app.command(cls=Command, short_help="Decode a code file into one PNG per image.")
 @reports_errors
 def decode(
     run: RunOrCheckpoint,
     codes: Annotated[
-        Path, typer.Argument(help="A code file written by vqtool encode.", show_default=False)
+        Path,
+        typer.Argument(
+            help="A code file written by vqtool encode.", metavar="CODES", show_default=False
+        ),
     ],
     output: Annotated[
         Path,
         typer.Option(
-            "-o", "--output", help="Folder for the PNGs (made if missing).", show_default=False
+            "-o",
+            "--output",
+            help="Folder for the PNGs (made if missing).",
+            metavar="DIR",
+            show_default=False,
         ),
     ],
     grid: Annotated[
         Path | None,
-        typer.Option(help="Also write the images side by side to this PNG.", show_default=False),
+        typer.Option(
+            help="Also write the first images side by side to this PNG: pixels only, in the "
+            "code file's order, row by row (names are in the PNG files' names).",
+            metavar="FILE",
+            show_default=False,
+        ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 256,
+    batch_size: BatchSize = 256,
     device: Device = "auto",
 ) -> None:
     """Decode a code file into one PNG per image, at the size it was encoded at, named after
@@ -602,7 +750,7 @@ def decode(
     loaded = load_model(run, resolve_device(device))
     with progress.CountProgress("decoding") as bar:
         result = decode_file(loaded, codes, output, grid, batch_size, bar.update)
-    progress.info(f"wrote {result.images:,} PNGs to {result.out_dir}")
+    progress.info(f"wrote {counted(result.images, 'PNG')} to {result.out_dir}")
     if result.grid is not None:
         shown = f" (the first {result.grid_images:,})" if result.grid_images < result.images else ""
         progress.info(f"wrote {result.grid}{shown}")

@@ -36,6 +36,7 @@ from vqtool.files import (
     write_all,
     write_file,
 )
+from vqtool.imagefiles import DamagedImage
 from vqtool.inputs import ImageItem, find_images, load_item
 from vqtool.model import VQVAE
 from vqtool.model_config import DOWNSAMPLE
@@ -51,6 +52,7 @@ PIXEL_BUDGET = 1 << 20
 # decoder's own threads: on 2 cores one writer beats four (1,960 vs 1,350 images/s).
 PNG_WRITERS = max(1, min(4, (os.cpu_count() or 2) // 2))
 PNG_TASK = 64  # images per PNG-writing task
+NAMED_SKIPS = 5  # skipped files named one by one; the rest are counted
 
 Progress = Callable[[int, int], None]
 
@@ -117,32 +119,51 @@ def encode_inputs(
     batch_size: int = DEFAULT_BATCH,
     on_progress: Progress | None = None,
     on_note: Callable[[str], None] | None = None,
+    strict: bool = False,
 ) -> CodeFile:
-    """Encode image files, folders and CIFAR-10 splits (see images.find_images) into a CodeFile.
+    """Encode image files, folders and CIFAR-10 splits (see inputs.find_images) into a CodeFile.
 
     `size` (H, W) resizes every image first; without it, all images must pad to one size.
-    Images are read batch by batch; only the codes are kept.
+    Images are read batch by batch; only the codes are kept. Files in folders that are not
+    images, and damaged images in folders, are skipped with a note (`on_note`) unless
+    `strict`, which makes them errors; a damaged file named on its own is always an error.
     """
-    found = find_images(inputs, data_dir)
+    note = on_note if on_note is not None else (lambda message: None)
+    found = find_images(inputs, data_dir, size, strict)
     items = found.items
     shape = common_size(items, size)
-    # Noted once the request is known to be good: a failure stays a single line.
-    if found.skipped and on_note is not None:
-        shown = ", ".join(str(p) for p in found.skipped[:5])
-        more = f" and {len(found.skipped) - 5} more" if len(found.skipped) > 5 else ""
-        on_note(f"skipped {len(found.skipped)} file(s) that are not images: {shown}{more}")
+    damaged = list(found.damaged)
     n = len(items)
     codes = np.empty((n, shape[0] // DOWNSAMPLE, shape[1] // DOWNSAMPLE), np.uint16)
+    kept = np.ones(n, bool)
     model = loaded.model.folded()
     for start, stop in batch_ranges(n, batch_size, shape[0] * shape[1]):
-        batch = torch.stack([pad_to(load_item(item, size), shape) for item in items[start:stop]])
-        codes[start:stop] = encode_images(model, batch).numpy()
+        batch = []
+        for i in range(start, stop):
+            try:
+                batch.append(pad_to(load_item(items[i], size), shape))
+            except DamagedImage as problem:
+                if strict or not items[i].in_folder:
+                    raise
+                kept[i] = False
+                damaged.append(problem)
+        if batch:
+            codes[start:stop][kept[start:stop]] = encode_images(model, torch.stack(batch)).numpy()
         if on_progress is not None:
             on_progress(stop, n)
+    if not kept.any():
+        raise WorkError(
+            f"every image is damaged: {len(damaged)} could not be read",
+            damaged[0].where,
+            "check the files (the first one is named here)",
+        )
+    # Noted once the work has succeeded: a failure stays a single line.
+    _note_skips(found.skipped, damaged, note)
+    items = [item for item, keep in zip(items, kept, strict=True) if keep]
     sizes = [size if size is not None else item.size for item in items]
     config = loaded.model.config
     return CodeFile(
-        codes=codes,
+        codes=codes[kept],
         names=tuple(item.name for item in items),
         sizes=np.array(sizes, np.int32),
         checkpoint=loaded.fingerprint,
@@ -150,6 +171,25 @@ def encode_inputs(
         embedding_dim=config.embedding_dim,
         image_size=shape,
     )
+
+
+def _note_skips(
+    not_images: Sequence[Path], damaged: Sequence[DamagedImage], note: Callable[[str], None]
+) -> None:
+    """Name the first few files skipped, and count them all."""
+    if not_images:
+        shown = ", ".join(str(p) for p in not_images[:NAMED_SKIPS])
+        more = len(not_images) - NAMED_SKIPS
+        note(
+            f"skipped {len(not_images)} file(s) that are not images: {shown}"
+            + (f" and {more} more" if more > 0 else "")
+        )
+    for problem in damaged[:NAMED_SKIPS]:
+        note(f"skipped {problem.where}: {problem.what}")
+    if damaged:
+        unnamed = len(damaged) - NAMED_SKIPS
+        rest = f", {unnamed} not named" if unnamed > 0 else ""
+        note(f"skipped {len(damaged)} damaged image(s){rest}; --strict refuses them")
 
 
 class DecodeResult(NamedTuple):

@@ -65,10 +65,20 @@ class DownloadResult(NamedTuple):
     already_present: bool
 
 
+def resolve_data_dir(given: Path | None) -> tuple[Path, str]:
+    """The data folder (`given`, else `$VQTOOL_DATA_DIR`, else `./data`) and, for messages,
+    which of the three chose it."""
+    if given is not None:
+        return Path(given), "given with --data-dir"
+    env = os.environ.get("VQTOOL_DATA_DIR")
+    if env:
+        return Path(env), "from $VQTOOL_DATA_DIR"
+    return Path("data"), "the default: neither --data-dir nor $VQTOOL_DATA_DIR is set"
+
+
 def default_data_dir() -> Path:
     """The data folder when none is given: `$VQTOOL_DATA_DIR`, else `./data`."""
-    env = os.environ.get("VQTOOL_DATA_DIR")
-    return Path(env) if env else Path("data")
+    return resolve_data_dir(None)[0]
 
 
 def cifar10_present(data_dir: Path) -> bool:

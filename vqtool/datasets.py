@@ -15,10 +15,12 @@ from torch import Tensor
 from vqtool.data import (
     CLASS_NAMES,
     cifar10_present,
+    default_data_dir,
     download_cifar10,
     load_cifar10,
     load_cifar10_labels,
 )
+from vqtool.errors import WorkError
 from vqtool.profiles import DataConfig
 
 SPLITS = ("train", "test")
@@ -31,11 +33,25 @@ class Split(NamedTuple):
 
 
 def ensure_dataset(
-    data: DataConfig, data_dir: Path, on_download: Callable[[int, int | None], None] | None = None
+    data: DataConfig,
+    data_dir: Path,
+    on_download: Callable[[int, int | None], None] | None = None,
+    origin: str = "",
 ) -> None:
-    """Make the dataset available: CIFAR-10 is downloaded from the official URL when missing."""
-    if not cifar10_present(data_dir):
+    """Make the dataset available: CIFAR-10 is downloaded from the official URL when missing.
+
+    A failure names the folder it looked in and `origin`, how that folder was chosen.
+    """
+    if cifar10_present(data_dir):
+        return
+    try:
         download_cifar10(data_dir, on_progress=on_download)
+    except WorkError as exc:
+        chosen = f" ({origin})" if origin else ""
+        # `vqtool download` fills the default folder unless it is told this one.
+        same = Path(data_dir) == default_data_dir()
+        fix = exc.fix if same else f"{exc.fix} (with --data-dir {data_dir})"
+        raise WorkError(f"no CIFAR-10 in {data_dir}{chosen}; {exc.what}", exc.where, fix) from exc
 
 
 def load_images(data: DataConfig, data_dir: Path, split: str) -> Tensor:

@@ -60,6 +60,11 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return (lines[0] if lines else type(exc).__name__)[:limit]
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 image', '2 images', '10,000 images' (nouns that take an s)."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def os_reason(exc: OSError) -> str:
     """The system's words for an OSError ('No space left on device'), else its message."""
     return exc.strerror or str(exc)

@@ -16,9 +16,16 @@ DISK_FIX = "check that the folder is writable and the disk has room"
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write through `write(file)` to a temp file beside `path`, fsync, rename over it."""
+    """Write through `write(file)` to a temp file beside `path`, fsync, rename over it.
+
+    An OSError names `path`, the file asked for, rather than the hidden temp file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        exc.filename = str(path)
+        raise
     try:
         os.fchmod(fd, file_mode())  # mkstemp makes it 0600
         with os.fdopen(fd, "wb") as f:
@@ -26,8 +33,10 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            exc.filename, exc.filename2 = str(path), None
         raise
     fsync_dir(path.parent)
 

@@ -1,29 +1,51 @@
 """Reading image files into uint8 tensors (3, H, W), RGB.
 
-Reading checks an image's declared size (from its header, before any pixel is decoded) against
-`MAX_IMAGE_PIXELS`, so a file that declares 40000 x 40000 pixels is refused without
-allocating gigabytes.
+Reading checks an image's declared size (from its header, before any pixel is decoded), so a
+file that declares 40000 x 40000 pixels is refused without allocating gigabytes. At its own
+size an image may have up to `MAX_IMAGE_PIXELS`; one that is read to be shrunk (`--size`) may
+be larger, since it is shrunk while it is decoded: a JPEG decodes at 1/2, 1/4 or 1/8 of its
+size (Pillow's `draft`), so a 48 MP phone photo read for 64x64 costs 0.75 MP of memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 from torch import Tensor
 
 from vqtool.errors import UsageError, WorkError, first_line
 
-# The largest image vqtool reads: 4096 x 4096. Larger ones cost several GB in the model.
+# The largest image vqtool encodes at its own size: 4096 x 4096. Larger ones cost several GB
+# in the model.
 MAX_IMAGE_PIXELS = 1 << 24
+# The largest image decoded whole to be shrunk: 8192 x 8192, 200 MB of RGB. Every format but
+# JPEG is decoded whole; a JPEG is decoded at the smallest scale that keeps its target size,
+# which must fit this too.
+MAX_DECODED_PIXELS = 1 << 26
+# The largest JPEG read to be shrunk: 16384 x 16384, above what any camera makes (the largest
+# phone sensors give 200 MP); anything larger is refused as a decompression bomb.
+MAX_JPEG_PIXELS = 1 << 28
+# Pillow's own decompression-bomb refusal starts at twice its limit; vqtool's checks follow
+# the header, against the bounds above.
+_PILLOW_LIMIT = MAX_JPEG_PIXELS // 2
+_pillow_limit_lock = threading.Lock()
 
 
-def from_pil(image: Image.Image) -> Tensor:
-    """A Pillow image of any mode -> uint8 (3, H, W) RGB; grey is repeated, alpha dropped.
+class DamagedImage(WorkError):
+    """An image file whose header or pixel data Pillow cannot read. Encode skips such a file
+    when it was found in a folder (unless --strict)."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """A Pillow image of any mode -> RGB; grey is repeated, alpha dropped.
 
     16-bit grey ('I;16', and 'I' or 'F' with values above 255) keeps its top 8 bits; Pillow's
     own conversion would clip it to white.
@@ -36,27 +58,48 @@ def from_pil(image: Image.Image) -> Tensor:
         image = image.convert("RGBA")  # what Pillow asks for; converting P straight warns
     if image.mode != "RGB":
         image = image.convert("RGB")
+    return image
+
+
+def pil_to_tensor(image: Image.Image) -> Tensor:
+    """An RGB Pillow image -> uint8 (3, H, W)."""
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
 
 
-def _too_large(path: Path, pixels: int | str) -> UsageError:
+def from_pil(image: Image.Image) -> Tensor:
+    """A Pillow image of any mode -> uint8 (3, H, W) RGB (see to_rgb)."""
+    return pil_to_tensor(to_rgb(image))
+
+
+def _too_large(path: Path, pixels: int | str, limit: int) -> UsageError:
     shown = f"{pixels:,}" if isinstance(pixels, int) else pixels
+    if limit == MAX_IMAGE_PIXELS:
+        return UsageError(
+            f"image too large: it declares {shown} pixels, more than vqtool encodes at an "
+            f"image's own size ({MAX_IMAGE_PIXELS:,}, 4096x4096)",
+            path,
+            "pass --size HxW (e.g. --size 64x64): vqtool then shrinks it while reading it",
+        )
     return UsageError(
-        f"image too large: it declares {shown} pixels, more than vqtool's limit of "
-        f"{MAX_IMAGE_PIXELS:,} (4096x4096)",
+        f"image too large: it declares {shown} pixels, more than vqtool reads even to shrink it "
+        f"({limit:,})",
         path,
-        "shrink it first (vqtool's --size resizes only images it can read)",
+        "shrink it first with another tool",
     )
 
 
 def _unreadable(path: Path, exc: BaseException) -> WorkError:
+    """The error for a file Pillow cannot read: DamagedImage, except for an empty file or a
+    system error (permissions, I/O), which a folder's encode must not pass over: an empty
+    file is most often one still being copied or downloaded, or one whose copy failed."""
+    fix = "the file is damaged or not an image; remove it"
     if isinstance(exc, UnidentifiedImageError):
-        reason = "empty file" if _is_empty(path) else "not an image format Pillow reads"
-    else:
-        reason = first_line(exc)
-    return WorkError(
-        f"cannot read the image: {reason}", path, "the file is damaged or not an image; remove it"
-    )
+        if _is_empty(path):
+            return WorkError("cannot read the image: empty file", path, fix)
+        return DamagedImage("cannot read the image: not an image format Pillow reads", path, fix)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return WorkError(f"cannot read the image: {first_line(exc)}", path, "check the file")
+    return DamagedImage(f"cannot read the image: {first_line(exc)}", path, fix)
 
 
 def _is_empty(path: Path) -> bool:
@@ -66,41 +109,104 @@ def _is_empty(path: Path) -> bool:
         return False
 
 
-def _open(path: Path) -> Image.Image:
-    """Open an image lazily (header only) and refuse one that declares too many pixels."""
+@contextlib.contextmanager
+def _pillow_bomb_limit() -> Iterator[None]:
+    """Pillow's decompression-bomb limit (one setting for the whole process) raised to
+    vqtool's largest bound while vqtool opens a file; vqtool checks the size itself."""
+    with _pillow_limit_lock:
+        before = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = _PILLOW_LIMIT
+        try:
+            with warnings.catch_warnings():
+                # Pillow warns between its limit and twice it; vqtool's bounds decide.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+
+
+def _open(path: Path, shrink_to: tuple[int, int] | None = None) -> tuple[Image.Image, int, int]:
+    """Open an image lazily (header only) and refuse one that declares too many pixels;
+    returns it with its declared height and width.
+
+    With `shrink_to` (H, W), a JPEG is set to decode at the smallest scale that keeps twice
+    that size (so that the final resize still averages neighbours, as Pillow's thumbnail
+    does); the image's `size` is then the size it will decode at.
+    """
     try:
-        with warnings.catch_warnings():
-            # Pillow warns between its own limits; ours is lower, so the warning adds nothing.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _pillow_bomb_limit():
             image = Image.open(path)
     except Image.DecompressionBombError as exc:
         declared = re.search(r"\((\d+) pixels\)", str(exc))
-        raise _too_large(path, int(declared[1]) if declared else "too many") from exc
+        raise _too_large(
+            path, int(declared[1]) if declared else "too many", MAX_JPEG_PIXELS
+        ) from exc
     except FileNotFoundError as exc:
         raise UsageError("no such image file", path, "check the path") from exc
     except Exception as exc:  # Pillow raises many types for damaged headers
         raise _unreadable(path, exc) from exc
     width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
-        image.close()
-        raise _too_large(path, width * height)
     if width < 1 or height < 1:
         image.close()
         raise _unreadable(path, ValueError(f"it declares {width}x{height} pixels"))
-    return image
+    jpeg = isinstance(image, JpegImagePlugin.JpegImageFile)
+    shrinkable = MAX_JPEG_PIXELS if jpeg else MAX_DECODED_PIXELS
+    limit = MAX_IMAGE_PIXELS if shrink_to is None else shrinkable
+    if width * height > limit:
+        image.close()
+        # --size helps only an image that vqtool can shrink.
+        raise _too_large(
+            path, width * height, limit if width * height <= shrinkable else shrinkable
+        )
+    if shrink_to is not None:
+        image.draft(image.mode, (2 * shrink_to[1], 2 * shrink_to[0]))  # a no-op but for JPEG
+        if image.size[0] * image.size[1] > MAX_DECODED_PIXELS:
+            decoded = image.size
+            image.close()
+            raise UsageError(
+                f"image too large to shrink to {shrink_to[0]}x{shrink_to[1]}: it would decode at "
+                f"{decoded[1]}x{decoded[0]}, more than {MAX_DECODED_PIXELS:,} pixels",
+                path,
+                "give a smaller --size, or shrink it first with another tool",
+            )
+    return image, height, width
 
 
-def probe_size(path: Path) -> tuple[int, int]:
-    """An image file's (height, width) from its header, without decoding its pixels."""
-    with _open(path) as image:
-        return image.size[1], image.size[0]
+def probe_size(path: Path, shrink_to: tuple[int, int] | None = None) -> tuple[int, int]:
+    """An image file's (height, width) from its header, without decoding its pixels.
+
+    Refuses an image too large to read at its own size or, with `shrink_to`, to shrink.
+    """
+    image, height, width = _open(path, shrink_to)
+    image.close()
+    return height, width
+
+
+def _decode(path: Path, image: Image.Image, size: tuple[int, int] | None) -> Tensor:
+    """An opened image's pixels as uint8 (3, H, W) RGB, resized to `size` when given."""
+    with image:
+        try:
+            image.load()
+            rgb = to_rgb(image)
+        except Exception as exc:  # truncated or corrupt pixel data: OSError, SyntaxError, ...
+            raise _unreadable(path, exc) from exc
+        return pil_to_tensor(rgb if size is None else resize_rgb(rgb, size))
 
 
 def read_image(path: Path) -> Tensor:
     """An image file -> uint8 (3, H, W) RGB (grey repeated, alpha dropped; first frame)."""
-    with _open(path) as image:
-        try:
-            image.load()
-            return from_pil(image)
-        except Exception as exc:  # truncated or corrupt pixel data: OSError, SyntaxError, ...
-            raise _unreadable(path, exc) from exc
+    image, _, _ = _open(path)
+    return _decode(path, image, None)
+
+
+def read_resized(path: Path, size: tuple[int, int]) -> Tensor:
+    """An image file -> uint8 (3, H, W) RGB at `size` (H, W), shrunk while it is decoded."""
+    image, _, _ = _open(path, size)
+    return _decode(path, image, size)
+
+
+def resize_rgb(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """An RGB image at `size` (H, W): Pillow's bicubic (antialiased when shrinking)."""
+    if image.size == (size[1], size[0]):
+        return image
+    return image.resize((size[1], size[0]), Image.Resampling.BICUBIC)

@@ -14,7 +14,7 @@ from PIL import Image
 from torch import Tensor
 
 from vqtool.errors import UsageError, WorkError, os_reason
-from vqtool.imagefiles import probe_size, read_image
+from vqtool.imagefiles import DamagedImage, probe_size, read_image, read_resized
 from vqtool.names import clean_name, unique_names
 from vqtool.pixels import resize
 
@@ -31,11 +31,13 @@ class ImageItem(NamedTuple):
     size: tuple[int, int]  # (height, width) as stored in the file or the dataset
     path: Path | None  # the image file, or None for an image held in `pixels`
     pixels: Tensor | None  # uint8 (3, H, W) for dataset images
+    in_folder: bool = False  # found in a folder given as input (not named on its own)
 
 
 class FoundImages(NamedTuple):
     items: list[ImageItem]
     skipped: list[Path]  # files in folders that are not images
+    damaged: list[DamagedImage]  # images in folders whose header cannot be read
 
 
 def _walk(folder: Path) -> Iterator[Path]:
@@ -97,59 +99,86 @@ def _cifar10_items(spec: str, data_dir: Path) -> list[ImageItem]:
     ]
 
 
-def find_images(inputs: Sequence[str], data_dir: Path) -> FoundImages:
+def find_images(
+    inputs: Sequence[str],
+    data_dir: Path,
+    size: tuple[int, int] | None = None,
+    strict: bool = False,
+) -> FoundImages:
     """Inputs -> named images with their sizes (read from headers; no pixels decoded yet).
 
     An input is an image file (named by its stem), a folder (its images, recursive and sorted,
     named by their path below it without the extension: 'cat/0001'), or a CIFAR-10 split
     ('cifar10:test', 'cifar10:train', 'cifar10:test:N' for the first N). Repeated names get
-    -2, -3. Files in folders that are not images are skipped and listed in `skipped`.
+    -2, -3. Files in folders that are not images are skipped and listed in `skipped`, images
+    in folders whose header is damaged in `damaged`; `strict` makes either an error. A file
+    named on its own must be a readable image. `size` is the size images will be shrunk to
+    (--size), which lets larger images in.
     """
-    named: list[tuple[str, Path | None, Tensor | None, tuple[int, int] | None]] = []
+    named: list[tuple[str, Path | None, Tensor | None, tuple[int, int] | None, bool]] = []
     skipped: list[Path] = []
+    damaged: list[DamagedImage] = []
     for spec in inputs:
         if spec.startswith("cifar10:"):
-            named += [(i.name, None, i.pixels, i.size) for i in _cifar10_items(spec, data_dir)]
+            named += [
+                (i.name, None, i.pixels, i.size, False) for i in _cifar10_items(spec, data_dir)
+            ]
             continue
         path = Path(spec)
         if path.is_dir():
             found = 0
             for file in _walk(path):
                 if not _looks_like_image(file):
+                    if strict:
+                        raise WorkError(
+                            "not an image", file, "remove it, or leave out --strict to skip it"
+                        )
                     skipped.append(file)
                     continue
-                name = file.relative_to(path).with_suffix("").as_posix()
-                named.append((name, file, None, None))
                 found += 1
+                try:
+                    file_size = probe_size(file, size)
+                except DamagedImage as exc:
+                    if strict:
+                        raise
+                    damaged.append(exc)
+                    continue
+                name = file.relative_to(path).with_suffix("").as_posix()
+                named.append((name, file, None, file_size, True))
             if found == 0:
                 raise UsageError("no images in this folder", path, "give a folder with images")
         elif path.is_file():
-            named.append((path.stem, path, None, None))
+            named.append((path.stem, path, None, None, False))
         else:
             raise UsageError(
                 "no such image file or folder",
                 spec,
                 f"give image files, folders, or {CIFAR10_FORMS}",
             )
+    if not named and damaged:
+        raise WorkError(
+            f"every image is damaged: {len(damaged)} could not be read",
+            damaged[0].where,
+            "check the files (the first one is named here)",
+        )
     if not named:
         raise UsageError(
             "no images to encode", "INPUT", "give image files, folders or cifar10:test"
         )
-    names = unique_names([clean_name(n) for n, _, _, _ in named])
+    names = unique_names([clean_name(n) for n, _, _, _, _ in named])
     items = []
-    for name, (_, source, pixels, size) in zip(names, named, strict=True):
-        if size is None:
+    for name, (_, source, pixels, item_size, in_folder) in zip(names, named, strict=True):
+        if item_size is None:
             assert source is not None
-            size = probe_size(source)
-        items.append(ImageItem(name, size, source, pixels))
-    return FoundImages(items, skipped)
+            item_size = probe_size(source, size)
+        items.append(ImageItem(name, item_size, source, pixels, in_folder))
+    return FoundImages(items, skipped, damaged)
 
 
 def load_item(item: ImageItem, size: tuple[int, int] | None = None) -> Tensor:
-    """An item's pixels as uint8 (3, H, W), resized to `size` (H, W) when given."""
+    """An item's pixels as uint8 (3, H, W), resized to `size` (H, W) when given (an image
+    file is shrunk while it is decoded)."""
     if item.pixels is not None:
-        image = item.pixels
-    else:
-        assert item.path is not None
-        image = read_image(item.path)
-    return resize(image, size) if size is not None else image
+        return resize(item.pixels, size) if size is not None else item.pixels
+    assert item.path is not None
+    return read_image(item.path) if size is None else read_resized(item.path, size)

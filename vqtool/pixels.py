@@ -11,7 +11,7 @@ from PIL import Image
 from torch import Tensor
 
 from vqtool.errors import UsageError
-from vqtool.imagefiles import MAX_IMAGE_PIXELS, from_pil
+from vqtool.imagefiles import MAX_IMAGE_PIXELS, pil_to_tensor, resize_rgb
 from vqtool.model_config import DOWNSAMPLE
 
 
@@ -64,8 +64,8 @@ def pad_to_multiple(images: Tensor, multiple: int = DOWNSAMPLE) -> Tensor:
 
 
 def resize(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """uint8 (3, h, w) -> (3, H, W): Pillow's bicubic (antialiased when shrinking)."""
+    """uint8 (3, h, w) -> (3, H, W): as image files are resized (imagefiles.resize_rgb)."""
     if tuple(image.shape[-2:]) == size:
         return image
     pil = Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))
-    return from_pil(pil.resize((size[1], size[0]), Image.Resampling.BICUBIC))
+    return pil_to_tensor(resize_rgb(pil, size))

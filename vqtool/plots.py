@@ -24,8 +24,9 @@ if "matplotlib.pyplot" not in sys.modules:
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import LogFormatter, MaxNLocator, PercentFormatter  # noqa: E402
 
+from vqtool.errors import counted  # noqa: E402
 from vqtool.files import write_bytes  # noqa: E402
 from vqtool.runs import Run  # noqa: E402
 
@@ -87,6 +88,29 @@ def _run_name(run: Run) -> str:
     return f"{run.path.name} ({run.profile})" if run.profile else run.path.name
 
 
+def _compare_label(run: Run, label: str) -> str:
+    """A run in compare's legends: its folder label, profile and K."""
+    profile = run.profile if run.profile != label else None  # runs/ema (ema): said once
+    k = f"K = {run.num_embeddings}" if run.num_embeddings else None
+    facts = [fact for fact in (profile, k) if fact]
+    return f"{label} ({', '.join(facts)})" if facts else label
+
+
+class PlainLogFormatter(LogFormatter):
+    """Log-axis tick labels as plain numbers (0.4, 0.05, 2), on the ticks matplotlib's own
+    formatter labels (decades, and minor ticks when the axis spans little), instead of its
+    scientific notation (4x10^-1)."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return self.fix_minus(f"{x:g}") if super().__call__(x, pos) else ""
+
+
+def _log_y(ax: Any) -> None:
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(PlainLogFormatter())
+    ax.yaxis.set_minor_formatter(PlainLogFormatter())
+
+
 def _steps_axis(ax: Any, title: str, ylabel: str) -> None:
     ax.set_title(title)
     ax.set_xlabel("training step")
@@ -94,7 +118,8 @@ def _steps_axis(ax: Any, title: str, ylabel: str) -> None:
     ax.set_xlim(left=0)  # from the start of training, also when a single point is logged
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
 
 
 def _final_test_point(ax: Any, run: Run, color: str, label: str | None) -> None:
@@ -130,7 +155,7 @@ def loss_figure(run: Run) -> Figure:
             eval_steps, _positive(eval_nmse), "s", color="C3", label="test, during training"
         )
     _final_test_point(ax_nmse, run, "C3", "test (vqtool evaluate)")
-    ax_nmse.set_yscale("log")
+    _log_y(ax_nmse)
     _steps_axis(ax_nmse, "reconstruction error", "NMSE (MSE / train pixel variance)")
 
     steps, ppl = _column(run.train, "perplexity")
@@ -153,27 +178,66 @@ def image_grid(images: np.ndarray, columns: int = SAMPLE_COLUMNS, gap: int = 2) 
     return grid.permute(1, 2, 0).numpy()
 
 
+def psnr_db(mse: float) -> float:
+    """PSNR in dB of pixels in [0, 1] with this mean squared error."""
+    return 10 * math.log10(1 / mse) if mse > 0 else float("inf")
+
+
+# Image pixels between cells, and under each pair for its PSNR (2 screen pixels each).
+PAIR_GAP = 2
+CAPTION = 9
+
+
 def reconstructions_figure(
-    originals: np.ndarray, reconstructions: np.ndarray, title: str = ""
+    originals: np.ndarray,
+    reconstructions: np.ndarray,
+    title: str = "",
+    which: str = "",
 ) -> Figure:
-    """Originals (uint8 or [0, 1] floats, (N, 3, H, W)) above their reconstructions ([0, 1])."""
+    """Originals (uint8 or [0, 1] floats, (N, 3, H, W)) above their reconstructions ([0, 1]),
+    8 pairs a row, each reconstruction's PSNR under it, and the PSNR of all N together.
+
+    `which` says which images these are ("the first 32 test images"), so that their PSNR is
+    not read as a whole split's.
+    """
     top = _unit_range(originals)
     bottom = _unit_range(reconstructions)
-    mse = float(np.mean((top - bottom) ** 2))
-    psnr = 10 * math.log10(1 / mse) if mse > 0 else float("inf")
-    grids = [image_grid(top), image_grid(bottom)]
-    height, width = grids[0].shape[:2]
-    # About 2 screen pixels per image pixel, plus room for the titles.
+    n, _, h, w = top.shape
+    errors = ((top - bottom) ** 2).reshape(n, -1).mean(axis=1)  # (N,) per-image MSE
+    columns = min(SAMPLE_COLUMNS, n)
+    rows = math.ceil(n / columns)
+    pitch_y, pitch_x = 2 * h + 3 * PAIR_GAP + CAPTION, w + PAIR_GAP
+    canvas = np.ones((rows * pitch_y + PAIR_GAP, columns * pitch_x + PAIR_GAP, 3), np.float32)
     fig = Figure(
-        figsize=(2 * width / DPI + 0.4, 2 * (2 * height) / DPI + 1.2), dpi=DPI, layout="constrained"
+        figsize=(2 * canvas.shape[1] / DPI + 0.4, 2 * canvas.shape[0] / DPI + 1.3),
+        dpi=DPI,
+        layout="constrained",
     )
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 1)
-    labels = ["test originals", f"reconstructions decoded from the codes (PSNR {psnr:.2f} dB)"]
-    for ax, grid, label in zip(axes, grids, labels, strict=True):
-        ax.imshow(grid, interpolation="nearest")
-        ax.set_title(label)
-        ax.set_axis_off()
+    ax = fig.subplots()
+    for i in range(n):
+        row, col = divmod(i, columns)
+        y, x = row * pitch_y + PAIR_GAP, col * pitch_x + PAIR_GAP
+        canvas[y : y + h, x : x + w] = top[i].transpose(1, 2, 0)
+        below = y + h + PAIR_GAP
+        canvas[below : below + h, x : x + w] = bottom[i].transpose(1, 2, 0)
+        caption_y = below + h + PAIR_GAP + CAPTION / 2 - 0.5
+        ax.text(
+            x + w / 2 - 0.5,
+            caption_y,
+            f"{psnr_db(float(errors[i])):.1f}",
+            ha="center",
+            va="center",
+            fontsize=7,
+        )
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(
+        f"{which or counted(n, 'image')}, each above its reconstruction decoded from the codes\n"
+        f"PSNR (dB) under each; of these {n} together {psnr_db(float(errors.mean())):.2f} dB\n"
+        "(vqtool evaluate's PSNR covers the whole split)",
+        fontsize=9,
+    )
     if title:
         fig.suptitle(title)
     return fig
@@ -284,17 +348,25 @@ def compare_figure(runs: Sequence[Run], labels: Sequence[str]) -> Figure:
     ax_nmse, ax_ppl = fig.subplots(1, 2)
     for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
         color = f"C{i % 10}"
+        label = _compare_label(run, label)
         steps, nmse = _column(run.train, "nmse")
         _curve(ax_nmse, steps, _positive(nmse), color, label, raw=False)
         _final_test_point(ax_nmse, run, color, None)
-        steps, ppl = _column(run.train, "perplexity")
-        _curve(ax_ppl, steps, ppl, color, label, raw=False)
+        if run.num_embeddings:
+            steps, ppl = _column(run.train, "perplexity")
+            _curve(ax_ppl, steps, ppl / run.num_embeddings, color, label, raw=False)
     if any(r.eval_files.get("test") for r in runs):
         ax_nmse.plot([], [], "*", color="grey", markersize=14, label="test (vqtool evaluate)")
-    ax_nmse.set_yscale("log")
+    _log_y(ax_nmse)
     _steps_axis(ax_nmse, "train NMSE, smoothed", "NMSE (MSE / train pixel variance)")
     ax_ppl.set_ylim(bottom=0)
-    _steps_axis(ax_ppl, "codebook perplexity, smoothed", "perplexity (codes)")
+    ax_ppl.yaxis.set_major_formatter(PercentFormatter(1.0))
+    # Runs may have codebooks of different sizes K: perplexity / K puts them on one scale.
+    unknown = [label for run, label in zip(runs, labels, strict=True) if not run.num_embeddings]
+    title = "codebook in effective use (perplexity / K), smoothed"
+    if unknown:
+        title += f"\nnot drawn (K unknown: no profile.toml): {', '.join(unknown)}"
+    _steps_axis(ax_ppl, title, "perplexity / K (share of the K codes)")
     fig.suptitle(f"{len(runs)} runs compared" if len(runs) != 1 else "1 run")
     return fig
 
@@ -319,7 +391,10 @@ def write_run_plots(run: Run, out_dir: Path, arrays: RunArrays | None) -> list[P
     if arrays is not None:
         title = f"{_run_name(run)}, checkpoint at step {arrays.step:,}"
         figures[RECONSTRUCTIONS_PNG] = reconstructions_figure(
-            arrays.originals, arrays.reconstructions, title
+            arrays.originals,
+            arrays.reconstructions,
+            title,
+            f"the first {counted(len(arrays.originals), 'test image')}",
         )
         figures[CODEBOOK_PNG] = codebook_figure(
             arrays.counts, arrays.codebook, title, arrays.images

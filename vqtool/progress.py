@@ -114,11 +114,18 @@ class CountProgress(_Bar):
 
 
 class TrainProgress(_Bar):
-    """Renders training events: a live bar on a terminal, one plain line per log otherwise."""
+    """Renders training events: a live bar on a terminal, one plain line per log otherwise.
 
-    def __init__(self) -> None:
+    The lines' wording comes from the methods below; PriorProgress words them for a prior.
+    """
+
+    activity = "training"
+    what = "images"  # what a training step consumes
+    speed_unit = "img/s"
+
+    def __init__(self, description: str = "train") -> None:
         super().__init__(
-            "train",
+            description,
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -130,33 +137,44 @@ class TrainProgress(_Bar):
         self.setup = ""  # "device, precision" from the start event, repeated at the end
         self.first_log = False
 
+    def describe_setup(self, record: Mapping[str, Any]) -> str:
+        compiled = ", torch.compile" if record.get("compile") else ""
+        graphs = ", CUDA graphs" if record.get("cuda_graphs") else ""
+        return f"{record['device']}, {record['precision']}{compiled}{graphs}"
+
+    def stats(self, record: Mapping[str, Any]) -> str:
+        """A log record's figures, for the bar and the plain step lines."""
+        return f"nmse {record['nmse']:.4f}  perplexity {record['perplexity']:.1f}"
+
+    def eval_line(self, record: Mapping[str, Any]) -> str:
+        return (
+            f"test nmse {record['nmse']:.4f}, psnr {record['psnr']:.2f} dB, "
+            f"perplexity {record['perplexity']:.1f}"
+        )
+
     def __call__(self, event: Any) -> None:
         record: Mapping[str, Any] = event.record
         if event.kind == "start":
-            compiled = ", torch.compile" if record.get("compile") else ""
-            graphs = ", CUDA graphs" if record.get("cuda_graphs") else ""
-            self.setup = f"{record['device']}, {record['precision']}{compiled}{graphs}"
+            self.setup = self.describe_setup(record)
             self.first_log = True
             info(
-                f"training on {self.setup}, "
-                f"{record['world_size']} process(es), {record['train_images']:,} images, "
+                f"{self.activity} on {self.setup}, "
+                f"{record['world_size']} process(es), {record['train_images']:,} {self.what}, "
                 f"{record['parameters']:,} parameters -> {record['run_dir']}"
             )
             if self.live:
                 self.task = self.progress.add_task(
-                    "train", total=event.total_steps, completed=event.step, stats=""
+                    self.description, total=event.total_steps, completed=event.step, stats=""
                 )
         elif event.kind == "log":
-            stats = (
-                f"nmse {record['nmse']:.4f}  perplexity {record['perplexity']:.1f}  "
-                f"{record['images_per_s']:,.0f} img/s"
-            )
+            speed = f"{record['images_per_s']:,.0f} {self.speed_unit}"
+            stats = f"{self.stats(record)}  {speed}"
             if self.task is not None:
                 self.progress.update(self.task, completed=event.step, stats=stats)
                 if self.first_log:
                     # The bar keeps updating; say the speed once in the log as well.
                     info(
-                        f"speed: {record['images_per_s']:,.0f} img/s on {self.setup} "
+                        f"speed: {speed} on {self.setup} "
                         f"(first {event.step} steps, start-up included)"
                     )
             else:
@@ -165,81 +183,56 @@ class TrainProgress(_Bar):
             if record.get("restarted_codes"):
                 info(f"step {event.step}: re-seeded {record['restarted_codes']} dead codes")
         elif event.kind == "eval":
-            info(
-                f"step {event.step}: test nmse {record['nmse']:.4f}, psnr {record['psnr']:.2f} dB, "
-                f"perplexity {record['perplexity']:.1f}"
-            )
+            info(f"step {event.step}: {self.eval_line(record)}")
         elif event.kind == "note":
             warn(event.message) if record.get("kind") == "guard" else info(event.message)
         elif event.kind == "end" and record:
             info(
-                f"done: step {event.step}, nmse {record['nmse']:.4f}, "
-                f"perplexity {record['perplexity']:.1f}, {record['images_per_s']:,.0f} img/s "
+                f"done: step {event.step}, {self.stats(record).replace('  ', ', ')}, "
+                f"{record['images_per_s']:,.0f} {self.speed_unit} "
                 f"on {self.setup}, {record['elapsed_s']:.1f} s of training"
             )
 
 
-class PriorProgress(_Bar):
-    """Renders prior-training events: the code files first, then steps with bits per code."""
+class PriorProgress(TrainProgress):
+    """Prior training: the dataset's encoding into code files first, then bits per code."""
+
+    activity = "training a prior"
+    what = "code grids"
+    speed_unit = "grids/s"
 
     def __init__(self) -> None:
-        super().__init__(
-            "prior",
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
+        super().__init__("prior")
         self.codes: dict[str, TaskID] = {}  # split -> its encoding task on the same display
-        self.setup = ""
+
+    def describe_setup(self, record: Mapping[str, Any]) -> str:
+        return f"{record['device']}, {record['precision']}"
+
+    def stats(self, record: Mapping[str, Any]) -> str:
+        return (
+            f"{record['bits_per_code']:.3f} bits/code  {record['bits_per_image']:,.1f} bits/image"
+        )
+
+    def eval_line(self, record: Mapping[str, Any]) -> str:
+        return (
+            f"test {record['bits_per_code']:.3f} bits/code, "
+            f"{record['bits_per_image']:,.1f} bits/image"
+        )
 
     def __call__(self, event: Any) -> None:
-        record: Mapping[str, Any] = event.record
-        if event.kind == "codes":  # step: grids encoded so far, total_steps: of how many
-            split = record["split"]
-            if self.live and split not in self.codes:
-                self.codes[split] = self.progress.add_task(
-                    f"encoding {split}", total=event.total_steps, stats=""
-                )
-            if split in self.codes:
-                self.progress.update(self.codes[split], completed=event.step)
-            if event.step == event.total_steps:
-                info(f"encoded the {split} split with the VQ run: {event.step:,} code grids")
-        elif event.kind == "start":
-            self.setup = f"{record['device']}, {record['precision']}"
-            info(
-                f"training a prior on {self.setup}, {record['world_size']} process(es), "
-                f"{record['train_images']:,} code grids, {record['parameters']:,} parameters "
-                f"-> {record['run_dir']}"
+        if event.kind != "codes":
+            super().__call__(event)
+            return
+        # step: grids encoded so far, total_steps: of how many
+        split = event.record["split"]
+        if self.live and split not in self.codes:
+            self.codes[split] = self.progress.add_task(
+                f"encoding {split}", total=event.total_steps, stats=""
             )
-            if self.live:
-                self.task = self.progress.add_task(
-                    "prior", total=event.total_steps, completed=event.step, stats=""
-                )
-        elif event.kind == "log":
-            stats = (
-                f"{record['bits_per_code']:.3f} bits/code  "
-                f"{record['bits_per_image']:,.1f} bits/image  {record['images_per_s']:,.0f} grids/s"
-            )
-            if self.task is not None:
-                self.progress.update(self.task, completed=event.step, stats=stats)
-            else:
-                info(f"step {event.step}/{event.total_steps}  {stats}")
-        elif event.kind == "eval":
-            info(
-                f"step {event.step}: test {record['bits_per_code']:.3f} bits/code, "
-                f"{record['bits_per_image']:,.1f} bits/image"
-            )
-        elif event.kind == "note":
-            info(event.message)
-        elif event.kind == "end" and record:
-            info(
-                f"done: step {event.step}, {record['bits_per_code']:.3f} bits/code, "
-                f"{record['images_per_s']:,.0f} grids/s on {self.setup}, "
-                f"{record['elapsed_s']:.1f} s of training"
-            )
+        if split in self.codes:
+            self.progress.update(self.codes[split], completed=event.step)
+        if event.step == event.total_steps:
+            info(f"encoded the {split} split with the VQ run: {event.step:,} code grids")
 
 
 def metrics_table(title: str, metrics: Mapping[str, Any]) -> Table:

@@ -113,12 +113,12 @@ class RunDir:
         return self.checkpoint.is_file()
 
     def refuse_overwrite(self, resume: bool) -> None:
-        """A folder that holds a checkpoint is continued (resume), never trained over."""
+        """A folder that holds a checkpoint is continued (resume) or left alone, never replaced."""
         if self.checkpoint.exists() and not resume:
             raise UsageError(
                 "this run folder already holds a checkpoint",
                 self.path,
-                "pass --resume (resume=True) to continue it, or choose another --run-dir",
+                "pass --resume (resume=True in Python) to continue it, or choose another --run-dir",
             )
 
     def kind(self) -> str:

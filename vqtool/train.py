@@ -82,12 +82,8 @@ def resolve_run(
     checkpoint = RunDir.at(run_dir).checkpoint if run_dir is not None else None
     if resume and run_dir is None:
         raise UsageError("--resume needs the run to continue", "--run-dir", "pass --run-dir R")
-    if checkpoint is not None and checkpoint.exists() and not resume:
-        raise UsageError(
-            "this run folder already holds a checkpoint",
-            run_dir,
-            "pass --resume to continue it, or choose another --run-dir",
-        )
+    if run_dir is not None:
+        RunDir.at(run_dir).refuse_overwrite(resume)
     if resume and checkpoint is not None and checkpoint.exists():
         saved_raw = load_checkpoint(checkpoint)["profile"]
         saved = profile_from_dict(saved_raw, saved_raw.get("name", "run"), str(checkpoint))
@@ -441,16 +437,25 @@ def run_training(
     resume: bool = False,
     callback: TrainCallback | None = None,
     on_download: Callable[[int, int | None], None] | None = None,
+    data_origin: str = "",
 ) -> TrainResult:
     """Train (or continue) a run; files land in `run_dir`. Raises Interrupted after a signal.
 
-    `resume` continues from `run_dir/checkpoint.pt` when there is one (see `resolve_run`).
+    Nothing is written to `run_dir` until training can start: the data is there (downloaded
+    when missing; `data_origin` says how `data_dir` was chosen, for the error) and the
+    profile fits it.
+
+    `resume` continues from `run_dir/checkpoint.pt` when there is one (see `resolve_run`);
+    without it, a folder that already holds a checkpoint is refused (UsageError), as the CLI
+    refuses it without --resume.
     Under torchrun every process calls this; rank 0 alone writes files and reports.
     """
     world = distributed.world_from_env()
     placement = resolve_placement(profile.train.device, profile.train.precision, world)
     try:
-        return _train(profile, run_dir, data_dir, resume, callback, on_download, world, placement)
+        return _train(
+            profile, run_dir, data_dir, resume, callback, on_download, data_origin, world, placement
+        )
     except RuntimeError as exc:
         if world.size == 1:
             raise
@@ -476,45 +481,66 @@ def _train(
     resume: bool,
     callback: TrainCallback | None,
     on_download: Callable[[int, int | None], None] | None,
+    data_origin: str,
     world: distributed.World,
     placement: Placement,
 ) -> TrainResult:
     writer = world.rank == 0
     notify = callback if callback is not None and writer else (lambda event: None)
     files = RunDir.at(run_dir)
-    lock = files.lock() if writer else contextlib.nullcontext()
-    with distributed.process_group(world, placement.device), lock, StopSignals() as stop:
-        checkpoint = files.checkpoint
-        payload = load_checkpoint(checkpoint) if resume and checkpoint.exists() else None
+    with distributed.process_group(world, placement.device):
+        # Whatever can refuse the request comes before the lock, which makes the run folder:
+        # a train that cannot start leaves nothing behind.
+        RunDir.at(run_dir).refuse_overwrite(resume)
         if writer:
-            ensure_dataset(profile.data, data_dir, on_download)
+            ensure_dataset(profile.data, data_dir, on_download, data_origin)
         distributed.barrier()
         images = load_images(profile.data, data_dir, "train").to(placement.device)
         test_images = (
             load_images(profile.data, data_dir, "test") if profile.train.eval_every else None
         )
         trainer = Trainer(profile, run_dir, images, placement, notify, test_images)
+        lock = files.lock() if writer else contextlib.nullcontext()
+        with lock, StopSignals() as stop:
+            return _train_locked(trainer, files, resume, notify, stop)
+
+
+def _train_locked(
+    trainer: Trainer, files: RunDir, resume: bool, notify: TrainCallback, stop: StopSignals
+) -> TrainResult:
+    """The part of a run that holds the run folder's lock: restore, write the files, train."""
+    profile, writer = trainer.profile, trainer.is_writer
+    if writer:
+        files.refuse_overwrite(resume)  # again: another run may have ended meanwhile
+    checkpoint = files.checkpoint
+    payload = load_checkpoint(checkpoint) if resume and checkpoint.exists() else None
+    if payload is not None:
+        trainer.restore(payload)
+    total = profile.train.steps
+    if payload is not None and trainer.step >= total:
+        # Nothing to train: profile.toml keeps the steps the checkpoint was trained to.
+        message = (
+            f"the run is already at step {trainer.step} (train.steps = {total}): nothing to "
+            "train; raise train.steps to continue"
+        )
+        note = {"kind": "note", "step": trainer.step, "message": message}
+        notify(TrainEvent("note", trainer.step, total, note, message))
+        return TrainResult(files.path, trainer.step, {}, trainer.elapsed_s, trainer.model)
+    if payload is not None:
+        message = f"resuming from step {trainer.step} of {total}"
+        note = {"kind": "note", "step": trainer.step, "message": message}
+        notify(TrainEvent("note", trainer.step, total, note, message))
+    if writer:
         if payload is not None:
-            trainer.restore(payload)
-        finished = payload is not None and trainer.step >= profile.train.steps
-        if writer and finished:
-            # Nothing to train: profile.toml keeps the steps the checkpoint was trained to.
-            message = (
-                f"the run is already at step {trainer.step} (train.steps = "
-                f"{profile.train.steps}): nothing to train; raise train.steps to continue"
-            )
-            note = {"kind": "note", "step": trainer.step, "message": message}
-            notify(TrainEvent("note", trainer.step, profile.train.steps, note, message))
-        elif writer:
-            if payload is not None:
-                files.truncate_metrics(trainer.step)
-            else:
-                files.reset_metrics()
-            files.write_profile(profile_to_toml(profile))
-        notify(TrainEvent("start", trainer.step, profile.train.steps, describe(placement, trainer)))
-        result = trainer.run(stop)
-        notify(TrainEvent("end", result.step, profile.train.steps, result.last_record))
-        return result
+            files.truncate_metrics(trainer.step)
+        else:
+            files.reset_metrics()
+        files.write_profile(profile_to_toml(profile))
+    start = describe(trainer.placement, trainer)
+    notify(TrainEvent("start", trainer.step, profile.train.steps, start))
+    result = trainer.run(stop)
+    notify(TrainEvent("end", result.step, profile.train.steps, result.last_record))
+    return result
 
 
 def describe(placement: Placement, trainer: Trainer) -> dict[str, Any]:
