@@ -32,7 +32,19 @@ EVAL_KEYS = {
 
 
 @pytest.mark.parametrize(
-    "command", ["download", "train", "evaluate", "profiles", "encode", "decode", "plot", "compare"]
+    "command",
+    [
+        "download",
+        "train",
+        "evaluate",
+        "profiles",
+        "encode",
+        "decode",
+        "plot",
+        "compare",
+        "prior",
+        "sample",
+    ],  # fmt: skip
 )
 def test_every_command_has_help_with_an_example(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
@@ -374,7 +386,10 @@ def test_log_lines_stay_whole_when_stderr_is_not_a_terminal(
     assert len(lines) == 5, lines
 
 
-COMMANDS = ["download", "train", "evaluate", "profiles", "plot", "compare", "encode", "decode"]
+COMMANDS = [
+    "download", "train", "evaluate", "profiles", "plot", "compare", "encode", "decode", "prior",
+    "sample",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])

@@ -329,98 +329,6 @@ def train(
     _train_and_report(start, folder, f"vqtool train --resume --run-dir {folder}")
 
 
-@app.command(cls=Command, short_help="Train a prior over a VQ run's codes; prints its folder.")
-@reports_errors
-def prior(
-    run: RunOrCheckpoint,
-    profile: ProfileChoice = None,
-    run_dir: PriorRunDir = None,
-    resume: Resume = False,
-    set_: Overrides = None,
-    device: TrainDevice = None,
-    data_dir: DataDir = None,
-) -> None:
-    """Train a prior over a VQ run's codes; prints the prior's run folder when done.
-
-    Profiles: prior-small (demos), prior-cpu, prior (one GPU); keys under [prior] and [train].
-    The VQ run's dataset is encoded once into code files kept in the prior's folder. Ctrl-C or
-    SIGTERM saves a checkpoint; --resume continues it. Then: vqtool evaluate P, vqtool sample P.
-
-    Example: [bold]vqtool prior runs/demo --profile prior-small[/bold]
-    """
-    import_torch()
-    from vqtool.prior import resolve_prior_run, train_prior
-
-    chosen, folder = resolve_prior_run(run, profile, _overrides(set_, device), run_dir, resume)
-    data_folder = _data_dir(data_dir)
-
-    def start() -> None:
-        with progress.PriorProgress() as shown:
-            train_prior(run, chosen, folder, data_folder, resume=resume, callback=shown)
-
-    _train_and_report(start, folder, f"vqtool prior {run} --resume --run-dir {folder}")
-
-
-@app.command(cls=Command, short_help="Sample code grids from a prior into a code file.")
-@reports_errors
-def sample(
-    run: Annotated[
-        Path,
-        typer.Argument(
-            help="A prior run folder or its checkpoint.pt.", metavar="PRIOR", show_default=False
-        ),
-    ],
-    n: Annotated[int, typer.Option("-n", help="How many images to sample.", metavar="N")] = 64,
-    output: Annotated[
-        Path,
-        typer.Option("-o", "--output", help="The code file to write (.vqc).", metavar="FILE"),
-    ] = Path("samples.vqc"),
-    temperature: Annotated[
-        float,
-        typer.Option(
-            help="Softmax temperature, > 0: lower is safer, higher more varied.", metavar="T"
-        ),
-    ] = 1.0,
-    top_k: Annotated[
-        int | None, _optional("Draw each code from the K likeliest only.", "K")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Same seed, same samples.", metavar="S")] = 0,
-    label: Annotated[
-        str | None,
-        _optional("Class to draw (conditional priors; default: every class in turn).", "NAME"),
-    ] = None,
-    device: Device = "auto",
-) -> None:
-    """Sample code grids from a prior into a code file for its VQ run; decode it to see them.
-
-    Example: [bold]vqtool sample runs/demo/prior -n 64 -o s.vqc && vqtool decode runs/demo s.vqc
-    -o samples --grid grid.png[/bold]
-    """
-    import_torch()
-    from vqtool.codes import check_output, write_codes
-    from vqtool.device import resolve_device
-    from vqtool.prior import load_prior, sample_codes
-
-    check_output(output)
-    loaded = load_prior(run, resolve_device(device))
-    with progress.CountProgress("sampling") as bar:
-        code_file = sample_codes(
-            loaded,
-            n,
-            temperature=temperature,
-            top_k=top_k,
-            seed=seed,
-            label=label,
-            on_progress=bar.update,
-        )
-    write_codes(output, code_file)
-    h, w = code_file.codes.shape[1:]
-    progress.info(
-        f"wrote {output}: {n:,} sampled grids of {h}x{w} codes for the VQ checkpoint "
-        f"{loaded.vq.fingerprint[:12]}... ({loaded.vq.checkpoint})"
-    )
-
-
 @app.command(cls=Command, short_help="Metrics over a whole split; writes eval-<split>.json.")
 @reports_errors
 def evaluate(
@@ -754,6 +662,98 @@ def decode(
     if result.grid is not None:
         shown = f" (the first {result.grid_images:,})" if result.grid_images < result.images else ""
         progress.info(f"wrote {result.grid}{shown}")
+
+
+@app.command(cls=Command, short_help="Train a prior over a VQ run's codes; prints its folder.")
+@reports_errors
+def prior(
+    run: RunOrCheckpoint,
+    profile: ProfileChoice = None,
+    run_dir: PriorRunDir = None,
+    resume: Resume = False,
+    set_: Overrides = None,
+    device: TrainDevice = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Train a prior over a VQ run's codes; prints the prior's run folder when done.
+
+    Profiles: prior-small (demos), prior-cpu, prior (one GPU); keys under [prior] and [train].
+    The VQ run's dataset is encoded once into code files kept in the prior's folder. Ctrl-C or
+    SIGTERM saves a checkpoint; --resume continues it. Then: vqtool evaluate P, vqtool sample P.
+
+    Example: [bold]vqtool prior runs/demo --profile prior-small[/bold]
+    """
+    import_torch()
+    from vqtool.prior import resolve_prior_run, train_prior
+
+    chosen, folder = resolve_prior_run(run, profile, _overrides(set_, device), run_dir, resume)
+    data_folder = _data_dir(data_dir)
+
+    def start() -> None:
+        with progress.PriorProgress() as shown:
+            train_prior(run, chosen, folder, data_folder, resume=resume, callback=shown)
+
+    _train_and_report(start, folder, f"vqtool prior {run} --resume --run-dir {folder}")
+
+
+@app.command(cls=Command, short_help="Sample code grids from a prior into a code file.")
+@reports_errors
+def sample(
+    run: Annotated[
+        Path,
+        typer.Argument(
+            help="A prior run folder or its checkpoint.pt.", metavar="PRIOR", show_default=False
+        ),
+    ],
+    n: Annotated[int, typer.Option("-n", help="How many images to sample.", metavar="N")] = 64,
+    output: Annotated[
+        Path,
+        typer.Option("-o", "--output", help="The code file to write (.vqc).", metavar="FILE"),
+    ] = Path("samples.vqc"),
+    temperature: Annotated[
+        float,
+        typer.Option(
+            help="Softmax temperature, > 0: lower is safer, higher more varied.", metavar="T"
+        ),
+    ] = 1.0,
+    top_k: Annotated[
+        int | None, _optional("Draw each code from the K likeliest only.", "K")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Same seed, same samples.", metavar="S")] = 0,
+    label: Annotated[
+        str | None,
+        _optional("Class to draw (conditional priors; default: every class in turn).", "NAME"),
+    ] = None,
+    device: Device = "auto",
+) -> None:
+    """Sample code grids from a prior into a code file for its VQ run; decode it to see them.
+
+    Example: [bold]vqtool sample runs/demo/prior -n 64 -o s.vqc && vqtool decode runs/demo s.vqc
+    -o samples --grid grid.png[/bold]
+    """
+    import_torch()
+    from vqtool.codes import check_output, write_codes
+    from vqtool.device import resolve_device
+    from vqtool.prior import load_prior, sample_codes
+
+    check_output(output)
+    loaded = load_prior(run, resolve_device(device))
+    with progress.CountProgress("sampling") as bar:
+        code_file = sample_codes(
+            loaded,
+            n,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+            label=label,
+            on_progress=bar.update,
+        )
+    write_codes(output, code_file)
+    h, w = code_file.codes.shape[1:]
+    progress.info(
+        f"wrote {output}: {n:,} sampled grids of {h}x{w} codes for the VQ checkpoint "
+        f"{loaded.vq.fingerprint[:12]}... ({loaded.vq.checkpoint})"
+    )
 
 
 def main() -> None:
