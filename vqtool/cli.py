@@ -9,7 +9,7 @@ import functools
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from typer.core import TyperGroup
@@ -17,6 +17,10 @@ from typer.core import TyperGroup
 from vqtool import progress
 from vqtool.errors import Interrupted, Terminated, VqtoolError, debug_enabled, os_reason
 from vqtool.process import exit_now, import_torch, sigterm_unwinds
+
+if TYPE_CHECKING:
+    from vqtool.checkpoint import LoadedModel
+    from vqtool.entropy import CodingPrior
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -132,6 +136,29 @@ Device = Annotated[str, typer.Option(help=DEVICE_HELP)]
 RunOrCheckpoint = Annotated[
     Path, typer.Argument(help="A run folder or its checkpoint.pt.", show_default=False)
 ]
+
+
+PriorOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--prior",
+        help="A prior run (or its checkpoint) whose predictions code the codes; implies "
+        "--compress; decode needs the same prior.",
+        show_default=False,
+    ),
+]
+
+
+def _coding_prior(path: Path | None, loaded: LoadedModel) -> CodingPrior | None:
+    """The prior that --prior names, loaded on the CPU and checked against the run's model
+    (None without --prior)."""
+    from vqtool.entropy import check_prior, load_coding_prior
+
+    if path is None:
+        return None
+    prior = load_coding_prior(path)
+    check_prior(prior, loaded.fingerprint, loaded.model.config.num_embeddings)
+    return prior
 
 
 def _data_dir(data_dir: Path | None) -> Path:
@@ -398,6 +425,14 @@ def encode(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 256,
     data_dir: DataDir = None,
     device: Device = "auto",
+    compress: Annotated[
+        bool,
+        typer.Option(
+            "--compress",
+            help="Range-code the codes: with the file's own code frequencies, or with --prior.",
+        ),
+    ] = False,
+    prior: PriorOption = None,
 ) -> None:
     """Encode images into a code file (.vqc): code indices, names, sizes and the checkpoint's
     fingerprint.
@@ -414,6 +449,7 @@ def encode(
     shape = parse_size(size) if size is not None else None
     check_output(output)
     loaded = load_model(run, resolve_device(device))
+    coding_prior = _coding_prior(prior, loaded)
     with progress.CountProgress("encoding") as bar:
         codes = encode_inputs(
             loaded,
@@ -424,11 +460,14 @@ def encode(
             bar.update,
             lambda note: progress.info(f"note: {note}"),
         )
-    write_codes(output, codes)
+        write_codes(output, codes, compress, coding_prior, bar.stage("compressing"))
     n, h, w = codes.codes.shape
+    coded = ""
+    if compress or coding_prior is not None:
+        coded = f", {output.stat().st_size * 8 / n:,.1f} bits per image"
     progress.info(
         f"wrote {output}: {n:,} images of {codes.image_size[0]}x{codes.image_size[1]} as "
-        f"{h}x{w} codes of {codes.num_embeddings}"
+        f"{h}x{w} codes of {codes.num_embeddings}{coded}"
     )
 
 
@@ -451,6 +490,7 @@ def decode(
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 256,
     device: Device = "auto",
+    prior: PriorOption = None,
 ) -> None:
     """Decode a code file into one PNG per image, at the size it was encoded at, named after
     the stored names (DIR/cat/0001.png).
@@ -463,8 +503,12 @@ def decode(
     from vqtool.device import resolve_device
 
     loaded = load_model(run, resolve_device(device))
+    coding_prior = _coding_prior(prior, loaded)
     with progress.CountProgress("decoding") as bar:
-        result = decode_file(loaded, codes, output, grid, batch_size, bar.update)
+        stream = bar.stage("range decoding")
+        result = decode_file(
+            loaded, codes, output, grid, batch_size, bar.update, coding_prior, stream
+        )
     progress.info(f"wrote {result.images:,} PNGs to {result.out_dir}")
     if result.grid is not None:
         shown = f" (the first {result.grid_images:,})" if result.grid_images < result.images else ""
