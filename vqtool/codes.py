@@ -488,9 +488,9 @@ def _from_compressed(
             model = _prior_for(header, prior, path)
             codes = entropy.decode_with_prior(stream, model, shape, on_progress)
     except StreamError as exc:
-        raise _damaged(str(exc), path) from exc
+        raise _undecodable(coding, str(exc), path) from exc
     if codes_sha256(codes) != header["codes_sha256"]:
-        raise _checksum_error(coding, path)
+        raise _undecodable(coding, "the decoded codes do not match the file's checksum", path)
     code_file = CodeFile(
         codes=codes,
         names=tuple(names),
@@ -505,12 +505,14 @@ def _from_compressed(
     return code_file
 
 
-def _checksum_error(coding: str, path: Path) -> WorkError:
+def _undecodable(coding: str, what: str, path: Path) -> WorkError:
+    """A stream that does not give back the file's codes: damaged, or (with a prior) decoded
+    where the prior's arithmetic differs from the encoder's."""
     if coding == "unigram":
-        return _damaged("the decoded codes do not match the file's checksum", path)
+        return _damaged(what, path)
     return WorkError(
-        "the decoded codes do not match the file's checksum: the stream is damaged, or this "
-        "machine computes the prior's probabilities differently from the encoder's",
+        f"{what}: the stream is damaged, or this machine computes the prior's probabilities "
+        "differently from the encoder's",
         path,
         "decode it where it was encoded (same CPU and torch build), or encode the images again",
     )
