@@ -268,8 +268,27 @@ def evaluate(
         typer.Option("--json", help="Write the metrics as JSON to FILE, or - for stdout."),
     ] = None,
     device: Device = "auto",
+    rate_distortion: Annotated[
+        bool,
+        typer.Option(
+            "--rate-distortion",
+            help="Also put the run's real code files beside JPEG, WebP and AVIF sweeps on the "
+            "same images; writes rd-<split>.json (vqtool plot draws rd.png).",
+        ),
+    ] = False,
+    rd_images: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Rate-distortion over the first N images (default: all).",
+            show_default=False,
+        ),
+    ] = None,
+    prior: PriorOption = None,
 ) -> None:
     """Metrics over a whole split from the decoded codes; writes eval-<split>.json in the run.
+
+    --rate-distortion also compares the run's code files with JPEG, WebP and AVIF.
 
     Example: [bold]vqtool evaluate runs/demo --split test[/bold]
     """
@@ -284,6 +303,12 @@ def evaluate(
         raise UsageError(f"unknown split {split!r}", "--split", "use test or train")
     if json_out not in (None, "-"):
         check_output_file(Path(json_out), "the --json file", "--json metrics.json")
+    if (prior is not None or rd_images is not None) and not rate_distortion:
+        raise UsageError(
+            "--prior and --rd-images belong to --rate-distortion", "vqtool evaluate",
+            "add --rate-distortion",
+        )  # fmt: skip
+    measure_rd = _rate_distortion_job(run, prior, device) if rate_distortion else None
     with progress.CountProgress(f"evaluating {split}") as bar:
         metrics = evaluate_checkpoint(
             run, split, _data_dir(data_dir), resolve_device(device), bar.update
@@ -302,6 +327,33 @@ def evaluate(
         progress.emit_json(metrics, json_out)
     if json_out != "-":
         progress.print_result(progress.metrics_table(f"{split} split", metrics))
+    if measure_rd is not None:
+        measure_rd(split, _data_dir(data_dir), rd_images)
+
+
+def _rate_distortion_job(run: Path, prior: Path | None, device: str) -> Callable[..., None]:
+    """Load what --rate-distortion needs now (a bad --prior fails before any work); the
+    returned function measures, writes rd-<split>.json and shows the table."""
+    from vqtool.checkpoint import load_model
+    from vqtool.device import resolve_device
+    from vqtool.ratedistortion import (
+        RD_COLUMNS,
+        rate_distortion_rows,
+        rate_distortion_split,
+        write_rate_distortion,
+    )
+
+    loaded = load_model(run, resolve_device(device))
+    coding_prior = _coding_prior(prior, loaded)
+
+    def measure(split: str, data_dir: Path, images: int | None) -> None:
+        with progress.CountProgress("rate-distortion") as bar:
+            rd = rate_distortion_split(loaded, split, data_dir, coding_prior, images, bar.stage)
+        progress.info(f"wrote {write_rate_distortion(run, rd)}")
+        title = f"rate-distortion, {rd['images']:,} {split} images"
+        progress.print_result(progress.rows_table(title, RD_COLUMNS, rate_distortion_rows(rd)))
+
+    return measure
 
 
 @app.command()
@@ -346,7 +398,7 @@ def plot(
     """
     import_torch()
     from vqtool.device import resolve_device
-    from vqtool.plots import write_run_plots
+    from vqtool.plots import write_rate_distortion_plot, write_run_plots
     from vqtool.report import run_arrays
     from vqtool.runs import load_run
 
@@ -363,6 +415,9 @@ def plot(
         progress.warn(f"no checkpoint in {loaded.path}: wrote the loss curves only")
     for path in write_run_plots(loaded, out_dir if out_dir is not None else loaded.path, arrays):
         progress.info(f"wrote {path}")
+    rd = write_rate_distortion_plot(loaded.path, out_dir if out_dir is not None else loaded.path)
+    if rd is not None:
+        progress.info(f"wrote {rd}")
 
 
 @app.command()
