@@ -120,6 +120,7 @@ def write_codes(
         _validate(code_file, path)
     except WorkError as exc:
         raise ValueError(f"invalid CodeFile: {exc.what}") from None
+    check_output(path)
     if compress or prior is not None:
         arrays = _compressed_arrays(code_file, prior, on_progress)
     else:
@@ -148,7 +149,6 @@ def write_codes(
                     info.compress_type = zipfile.ZIP_DEFLATED
                 archive.writestr(info, data)
 
-    check_output(path)
     save_or_fail(path, write, "the code file")
 
 
@@ -450,43 +450,20 @@ def _from_compressed(
     """A version 2 file: every count checked against the members, then the stream decoded
     and checked against the codes' checksum."""
     header = _checked_header(arrays, path)
+    _check_compressed_header(header, arrays, path)
     coding, n, k = header["coding"], header["images"], header["num_embeddings"]
-    h, w = header["image_size"][0] // DOWNSAMPLE, header["image_size"][1] // DOWNSAMPLE
-    if coding not in CODINGS:
-        raise _damaged(f"unknown coding {str(coding)[:20]!r}", path)
-    if ("frequencies" in arrays) != (coding == "unigram"):
-        raise _damaged(f"coding {coding} with members {sorted(arrays)}", path)
-    fingerprint = header["prior"]
-    if coding == "prior" and not (
-        isinstance(fingerprint, str) and _FINGERPRINT.fullmatch(fingerprint)
-    ):
-        raise _damaged("the header's prior is not a sha256 fingerprint", path)
-    if coding == "unigram" and fingerprint is not None:
-        raise _damaged("a unigram file names a prior", path)
-    if not _int(n, 1, MAX_COMPRESSED_CODES // (h * w)):
-        raise _damaged("the header's images is not a count the file can hold", path)
-    if not (
-        isinstance(header["codes_sha256"], str) and _FINGERPRINT.fullmatch(header["codes_sha256"])
-    ):
-        raise _damaged("the header's codes_sha256 is not a sha256 digest", path)
-    stream = arrays["stream"]
-    if stream.dtype != np.uint32 or stream.ndim != 1:
-        raise _damaged(f"stream must be 1-d uint32, got {stream.dtype} {stream.shape}", path)
-    if not _int(header["words"], 0, 1 << 62) or header["words"] != len(stream):
-        raise _damaged(
-            f"the header says {str(header['words'])[:20]} words, the stream holds {len(stream)}",
-            path,
-        )
+    image_size = (header["image_size"][0], header["image_size"][1])
+    shape = (n, image_size[0] // DOWNSAMPLE, image_size[1] // DOWNSAMPLE)
+    # Names and sizes before the stream: a prior's decode takes a while.
     names = _unpacked_names(arrays["names"], n, path)
-    sizes = _unpacked_sizes(arrays["sizes"], n, path)
-    shape = (n, h, w)
+    sizes = _unpacked_sizes(arrays["sizes"], n, image_size, path)
     try:
         if coding == "unigram":
-            frequencies = _checked_frequencies(arrays["frequencies"], k, n * h * w, path)
-            codes = entropy.decode_unigram(stream, frequencies, shape)
+            frequencies = _checked_frequencies(arrays["frequencies"], k, math.prod(shape), path)
+            codes = entropy.decode_unigram(arrays["stream"], frequencies, shape)
         else:
             model = _prior_for(header, prior, path)
-            codes = entropy.decode_with_prior(stream, model, shape, on_progress)
+            codes = entropy.decode_with_prior(arrays["stream"], model, shape, on_progress)
     except StreamError as exc:
         raise _undecodable(coding, str(exc), path) from exc
     if codes_sha256(codes) != header["codes_sha256"]:
@@ -498,11 +475,43 @@ def _from_compressed(
         checkpoint=header["checkpoint"],
         num_embeddings=k,
         embedding_dim=header["embedding_dim"],
-        image_size=(header["image_size"][0], header["image_size"][1]),
+        image_size=image_size,
         downsample=header["downsample"],
     )
     _validate(code_file, path)
     return code_file
+
+
+def _check_compressed_header(
+    header: dict[str, Any], arrays: dict[str, np.ndarray], path: Path
+) -> None:
+    """The keys only a version 2 header has, against the members."""
+    coding, n = header["coding"], header["images"]
+    codes_per_image = header["image_size"][0] * header["image_size"][1] // DOWNSAMPLE**2
+    if coding not in CODINGS:
+        raise _damaged(f"unknown coding {str(coding)[:20]!r}", path)
+    if ("frequencies" in arrays) != (coding == "unigram"):
+        raise _damaged(f"coding {coding} with members {sorted(arrays)}", path)
+    fingerprint = header["prior"]
+    if coding == "prior" and not (
+        isinstance(fingerprint, str) and _FINGERPRINT.fullmatch(fingerprint)
+    ):
+        raise _damaged("the header's prior is not a sha256 fingerprint", path)
+    if coding == "unigram" and fingerprint is not None:
+        raise _damaged("a unigram file names a prior", path)
+    if not _int(n, 1, MAX_COMPRESSED_CODES // codes_per_image):
+        raise _damaged("the header's images is not a count the file can hold", path)
+    digest = header["codes_sha256"]
+    if not (isinstance(digest, str) and _FINGERPRINT.fullmatch(digest)):
+        raise _damaged("the header's codes_sha256 is not a sha256 digest", path)
+    stream = arrays["stream"]
+    if stream.dtype != np.uint32 or stream.ndim != 1:
+        raise _damaged(f"stream must be 1-d uint32, got {stream.dtype} {stream.shape}", path)
+    if not _int(header["words"], 0, 1 << 62) or header["words"] != len(stream):
+        raise _damaged(
+            f"the header says {str(header['words'])[:20]} words, the stream holds {len(stream)}",
+            path,
+        )
 
 
 def _undecodable(coding: str, what: str, path: Path) -> WorkError:
@@ -527,15 +536,24 @@ def _unpacked_names(array: np.ndarray, n: int, path: Path) -> list[str]:
         raise _damaged(f"the names cannot be read: {first_line(exc, 80)}", path) from exc
     if len(names) != n:
         raise _damaged(f"{len(names)} names for {n} images", path)
+    for name in names:
+        problem = name_problem(name)
+        if problem is not None:
+            raise _damaged(f"the file holds {problem}", path)
     return names
 
 
-def _unpacked_sizes(runs: np.ndarray, n: int, path: Path) -> np.ndarray:
+def _unpacked_sizes(
+    runs: np.ndarray, n: int, image_size: tuple[int, int], path: Path
+) -> np.ndarray:
     if runs.dtype != np.int32 or runs.ndim != 2 or runs.shape[1] != 3 or len(runs) > n:
         raise _damaged(f"sizes must be int32 runs (R, 3), got {runs.dtype} {runs.shape}", path)
     counts = runs[:, 0].astype(np.int64)
     if (counts < 1).any() or int(counts.sum()) != n:
         raise _damaged(f"the size runs do not count {n} images", path)
+    for _, height, width in runs.tolist():
+        if min(height, width) < 1 or padded_size((height, width)) != image_size:
+            raise _damaged(f"size {height}x{width} does not pad to the header's image_size", path)
     return np.repeat(runs[:, 1:], counts, axis=0)
 
 
