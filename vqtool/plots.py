@@ -25,7 +25,7 @@ if "matplotlib.pyplot" not in sys.modules:
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from vqtool.errors import WorkError, first_line  # noqa: E402
 from vqtool.files import write_bytes  # noqa: E402
@@ -319,10 +319,14 @@ def rate_distortion_figure(rd: Mapping[str, Any]) -> Figure:
         ax.plot(point["bpp_file"], point["psnr"], "*", color=f"C{3 + j}", markersize=15,
                 label=f"vqtool {point['label']} ({point['bpp_file']:.3f} bpp)")  # fmt: skip
     ax.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("bits per pixel (log scale)")
     ax.set_ylabel("PSNR (dB), mean over images")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left")
     size = rd["image_size"]
     ax.set_title(f"rate-distortion over {rd['images']:,} images of {size[0]}x{size[1]}")
     return fig
