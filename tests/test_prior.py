@@ -35,6 +35,7 @@ description = "A very small prior for tests."
 layers = 1
 width = 32
 heads = 2
+conditional = true
 
 [train]
 steps = 12
@@ -312,3 +313,32 @@ def test_sigkill_then_resume_of_a_prior_is_bit_identical(
     assert a["fingerprint"] == b["fingerprint"]
     lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [20, 40, 60, 80, 100, 120]
+
+
+def test_a_prior_codes_compressed_code_files_that_decode_like_raw_ones(
+    trained_run: Path, trained_data_dir: Path, tmp_path: Path
+) -> None:
+    profile = write_prior_profiles(tmp_path / "profiles")
+    made = invoke(
+        "prior", trained_run, "--profile", profile, "--set", "prior.conditional=false",
+        "--run-dir", tmp_path / "prior", "--data-dir", trained_data_dir,
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    inputs = ["cifar10:test:12", "--data-dir", trained_data_dir]
+    raw = invoke("encode", trained_run, *inputs, "-o", tmp_path / "raw.vqc")
+    assert raw.exit_code == 0, raw.output
+    packed = invoke(
+        "encode", trained_run, *inputs, "-o", tmp_path / "p.vqc", "--prior", tmp_path / "prior"
+    )
+    assert packed.exit_code == 0, packed.output
+    assert (tmp_path / "p.vqc").stat().st_size < (tmp_path / "raw.vqc").stat().st_size
+    for name, extra in (("raw", []), ("p", ["--prior", tmp_path / "prior"])):
+        done = invoke(
+            "decode", trained_run, tmp_path / f"{name}.vqc", "-o", tmp_path / name, *extra
+        )
+        assert done.exit_code == 0, done.output
+    for png in sorted((tmp_path / "raw").glob("*.png")):
+        assert png.read_bytes() == (tmp_path / "p" / png.name).read_bytes(), png.name
+    without = invoke("decode", trained_run, tmp_path / "p.vqc", "-o", tmp_path / "none")
+    assert without.exit_code == 2 and "prior" in one_error_line(without.output)
+    assert not (tmp_path / "none").exists()

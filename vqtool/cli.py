@@ -9,7 +9,7 @@ import functools
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -24,6 +24,10 @@ from vqtool.errors import (
     os_reason,
 )
 from vqtool.process import exit_now, import_torch, sigterm_unwinds
+
+if TYPE_CHECKING:
+    from vqtool.checkpoint import LoadedModel
+    from vqtool.entropy import CodingPrior
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -245,6 +249,29 @@ def _train_and_report(train: Callable[[], object], folder: Path, to_continue: st
         progress.out.print(str(folder), markup=False)
 
 
+PriorOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--prior",
+        help="A prior run (or its checkpoint) whose predictions code the codes; implies "
+        "--compress; decode needs the same prior.",
+        show_default=False,
+    ),
+]
+
+
+def _coding_prior(path: Path | None, loaded: LoadedModel) -> CodingPrior | None:
+    """The prior that --prior names, loaded on the CPU and checked against the run's model
+    (None without --prior)."""
+    from vqtool.entropy import check_prior, load_coding_prior
+
+    if path is None:
+        return None
+    prior = load_coding_prior(path)
+    check_prior(prior, loaded.fingerprint, loaded.model.config.num_embeddings)
+    return prior
+
+
 def _data_dir(data_dir: Path | None) -> Path:
     from vqtool.data import resolve_data_dir
 
@@ -342,8 +369,27 @@ def evaluate(
         ),
     ] = None,
     device: Device = "auto",
+    rate_distortion: Annotated[
+        bool,
+        typer.Option(
+            "--rate-distortion",
+            help="Also put the run's real code files beside JPEG, WebP and AVIF sweeps on the "
+            "same images; writes rd-<split>.json (vqtool plot draws rd.png).",
+        ),
+    ] = False,
+    rd_images: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Rate-distortion over the first N images (default: all).",
+            show_default=False,
+        ),
+    ] = None,
+    prior: PriorOption = None,
 ) -> None:
     """Metrics over a whole split from the decoded codes; writes eval-<split>.json in the run.
+
+    --rate-distortion also compares the run's code files with JPEG, WebP and AVIF.
 
     Example: [bold]vqtool evaluate runs/demo --split test[/bold]
     """
@@ -358,6 +404,12 @@ def evaluate(
         raise UsageError(f"unknown split {split!r}", "--split", "use test or train")
     if json_out not in (None, "-"):
         check_output_file(Path(json_out), "the --json file", "--json metrics.json")
+    if (prior is not None or rd_images is not None) and not rate_distortion:
+        raise UsageError(
+            "--prior and --rd-images belong to --rate-distortion", "vqtool evaluate",
+            "add --rate-distortion",
+        )  # fmt: skip
+    measure_rd = _rate_distortion_job(run, prior, device) if rate_distortion else None
     with progress.CountProgress(f"evaluating {split}") as bar:
         if RunDir.with_checkpoint(run).kind() == "prior":
             from vqtool.prior import evaluate_prior
@@ -383,6 +435,33 @@ def evaluate(
         progress.emit_json(metrics, json_out)
     if json_out != "-":
         progress.print_result(progress.metrics_table(f"{split} split", metrics))
+    if measure_rd is not None:
+        measure_rd(split, _data_dir(data_dir), rd_images)
+
+
+def _rate_distortion_job(run: Path, prior: Path | None, device: str) -> Callable[..., None]:
+    """Load what --rate-distortion needs now (a bad --prior fails before any work); the
+    returned function measures, writes rd-<split>.json and shows the table."""
+    from vqtool.checkpoint import load_model
+    from vqtool.device import resolve_device
+    from vqtool.ratedistortion import (
+        RD_COLUMNS,
+        rate_distortion_rows,
+        rate_distortion_split,
+        write_rate_distortion,
+    )
+
+    loaded = load_model(run, resolve_device(device))
+    coding_prior = _coding_prior(prior, loaded)
+
+    def measure(split: str, data_dir: Path, images: int | None) -> None:
+        with progress.CountProgress("rate-distortion") as bar:
+            rd = rate_distortion_split(loaded, split, data_dir, coding_prior, images, bar.stage)
+        progress.info(f"wrote {write_rate_distortion(run, rd)}")
+        title = f"rate-distortion, {rd['images']:,} {split} images"
+        progress.print_result(progress.rows_table(title, RD_COLUMNS, rate_distortion_rows(rd)))
+
+    return measure
 
 
 @app.command(cls=Command, short_help="List the shipped profiles, or print one resolved.")
@@ -432,7 +511,7 @@ def plot(
     """
     import_torch()
     from vqtool.device import resolve_device
-    from vqtool.plots import write_run_plots
+    from vqtool.plots import write_rate_distortion_plot, write_run_plots
     from vqtool.report import run_arrays
     from vqtool.runs import load_run
 
@@ -453,6 +532,9 @@ def plot(
         progress.warn(f"no checkpoint in {loaded.path}: wrote the loss curves only")
     for path in write_run_plots(loaded, target, arrays):
         progress.info(f"wrote {path}")
+    rd = write_rate_distortion_plot(loaded.path, out_dir if out_dir is not None else loaded.path)
+    if rd is not None:
+        progress.info(f"wrote {rd}")
 
 
 def _plot_prior(run: Any, out_dir: Path, device: Any) -> None:
@@ -560,6 +642,14 @@ def encode(
             "that is not an image, instead of skipping it with a note.",
         ),
     ] = False,
+    compress: Annotated[
+        bool,
+        typer.Option(
+            "--compress",
+            help="Range-code the codes: with the file's own code frequencies, or with --prior.",
+        ),
+    ] = False,
+    prior: PriorOption = None,
 ) -> None:
     """Encode images into a code file (.vqc): code indices, names, sizes and the checkpoint's
     fingerprint.
@@ -582,6 +672,7 @@ def encode(
     shape = parse_size(size) if size is not None else None
     check_output(output)
     loaded = load_model(run, resolve_device(device))
+    coding_prior = _coding_prior(prior, loaded)
     with progress.CountProgress("encoding") as bar:
         codes = encode_inputs(
             loaded,
@@ -593,8 +684,11 @@ def encode(
             lambda note: progress.info(f"note: {note}"),
             strict,
         )
-    write_codes(output, codes)
-    progress.info(f"wrote {output}: {_encoded(codes)}")
+        write_codes(output, codes, compress, coding_prior, bar.stage("compressing"))
+    coded = ""
+    if compress or coding_prior is not None:
+        coded = f", {output.stat().st_size * 8 / codes.codes.shape[0]:,.1f} bits per image"
+    progress.info(f"wrote {output}: {_encoded(codes)}{coded}")
 
 
 def _encoded(codes: Any) -> str:
@@ -644,6 +738,7 @@ def decode(
     ] = None,
     batch_size: BatchSize = 256,
     device: Device = "auto",
+    prior: PriorOption = None,
 ) -> None:
     """Decode a code file into one PNG per image, at the size it was encoded at, named after
     the stored names (DIR/cat/0001.png).
@@ -656,8 +751,12 @@ def decode(
     from vqtool.device import resolve_device
 
     loaded = load_model(run, resolve_device(device))
+    coding_prior = _coding_prior(prior, loaded)
     with progress.CountProgress("decoding") as bar:
-        result = decode_file(loaded, codes, output, grid, batch_size, bar.update)
+        stream = bar.stage("range decoding")
+        result = decode_file(
+            loaded, codes, output, grid, batch_size, bar.update, coding_prior, stream
+        )
     progress.info(f"wrote {counted(result.images, 'PNG')} to {result.out_dir}")
     if result.grid is not None:
         shown = f" (the first {result.grid_images:,})" if result.grid_images < result.images else ""

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from vqtool.checkpoint import LoadedModel
 from vqtool.codes import CodeFile, check_codes_for_model, read_codes
+from vqtool.entropy import CodingPrior, check_prior
 from vqtool.errors import UsageError, WorkError, os_reason
 from vqtool.files import (
     DISK_FIX,
@@ -306,8 +307,13 @@ def decode_file(
     grid: Path | None = None,
     batch_size: int = DEFAULT_BATCH,
     on_progress: Progress | None = None,
+    prior: CodingPrior | None = None,
+    on_stream: Progress | None = None,
 ) -> DecodeResult:
     """Decode a .vqc into one PNG per image at its stored size, named after the stored names.
+
+    A file compressed with a prior needs that prior (`prior`); `on_stream(done, n)` follows
+    its range decoding, `on_progress` the PNGs.
 
     Everything is checked first (the file, its fingerprint against `loaded`, the output
     paths); only then are PNGs written: into a hidden folder beside `out_dir` that is renamed
@@ -315,8 +321,10 @@ def decode_file(
     way no PNG is ever seen half-written. `grid`, when given, also gets the first images side
     by side.
     """
-    code_file = read_codes(codes_path)
     config = loaded.model.config
+    if prior is not None:  # checked before a long decode
+        check_prior(prior, loaded.fingerprint, config.num_embeddings)
+    code_file = read_codes(codes_path, prior, on_stream)
     check_codes_for_model(
         code_file, loaded.fingerprint, config.num_embeddings, config.embedding_dim, codes_path
     )

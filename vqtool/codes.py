@@ -1,7 +1,6 @@
 """The code file (.vqc): the indices of a set of images, and which model made them.
 
-An NPZ archive (a zip of .npy members, stored without compression) that
-`numpy.load(path, allow_pickle=False)` reads:
+An NPZ archive (a zip of .npy members) that `numpy.load(path, allow_pickle=False)` reads:
 
 - `codes`: uint16 (N, h, w), h, w = image_size / 4;
 - `names`: unicode (N,), relative POSIX paths without extension ('cat/0001');
@@ -9,26 +8,48 @@ An NPZ archive (a zip of .npy members, stored without compression) that
 - `header`: 0-d unicode holding JSON {"format": "vqtool-codes", "version": 1, "checkpoint":
   <fingerprint>, "num_embeddings": K, "embedding_dim": D, "downsample": 4, "image_size": [H, W]}.
 
-Members are stored, not deflated: reading then never allocates more than the file's size, and
-deflate saves little on codes (near-uniform indices over K). Files are byte-reproducible: the
-same codes give the same bytes (fixed zip timestamps). The reader also accepts deflated members
-(np.savez_compressed) up to a 64:1 ratio, and checks everything before it returns: a damaged
-or doctored file raises WorkError, never anything else.
+A compressed file (`vqtool encode --compress`) is version 2: the codes range-coded (see
+entropy.py) in a `stream` member, names and sizes stored compactly:
+
+- `header`: uint8, the UTF-8 bytes of the JSON (a quarter of the unicode array's size), with
+  "version": 2 and, beside the keys above, "coding" ("unigram" | "prior"),
+  "prior" (the prior checkpoint's fingerprint, null for unigram), "images" (N), "words"
+  (uint32 words in the stream) and "codes_sha256" (of the codes as uint16 little-endian
+  (N, h, w)), which a decode must reproduce: a damaged stream, or a prior that computes other
+  probabilities on another machine, is refused instead of decoded wrong;
+- `stream`: uint32 (W,), constriction's range coder words;
+- `names`: uint8, UTF-8 text, one line per name; a line `PREFIX<US>FIRST<US>COUNT` (US the
+  control character 0x1f, never in a name) stands for COUNT names PREFIX + FIRST, FIRST + 1,
+  ... written with at least as many digits as FIRST has (cifar10-test-00000 to -09999);
+- `sizes`: int32 (R, 3), runs of (count, height, width) in image order;
+- `frequencies` (unigram only): uint32 (K,), each code's count in the file plus one.
+
+Raw files store members, not deflated: reading then never allocates more than the file's size,
+and deflate saves little on codes (near-uniform indices over K). Compressed files deflate
+`names` and `frequencies` where that stays within the reader's ratio. Files are
+byte-reproducible: the same codes give the same bytes (fixed zip timestamps). The reader
+also accepts deflated members (np.savez_compressed) up to a 64:1 ratio, and checks everything
+before it returns: a damaged or doctored file raises WorkError, never anything else.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
 import re
 import zipfile
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vqtool import entropy
+from vqtool.entropy import CodingPrior, StreamError
 from vqtool.errors import UsageError, VqtoolError, WorkError, first_line
 from vqtool.files import check_output_file, save_or_fail
 from vqtool.imagefiles import MAX_IMAGE_PIXELS
@@ -43,7 +64,13 @@ HEADER_KEYS = (
     "format", "version", "checkpoint", "num_embeddings", "embedding_dim", "downsample",
     "image_size",
 )  # fmt: skip
+COMPRESSED_VERSION = 2
+COMPRESSED_MEMBERS = ("header", "stream", "names", "sizes")  # + "frequencies" for unigram
+COMPRESSED_KEYS = HEADER_KEYS + ("coding", "prior", "images", "words", "codes_sha256")
+CODINGS = ("unigram", "prior")
 MAX_HEADER_BYTES = 1 << 16
+MAX_COMPRESSED_CODES = 1 << 28  # what a compressed file may expand to (512 MiB of uint16)
+RUN_MARK = "\x1f"  # a control character: never part of a stored name
 MAX_DEFLATE_RATIO = 64
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the zip epoch: timestamps would make equal files differ
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
@@ -76,34 +103,155 @@ class CodeFile:
         }
 
 
-def write_codes(path: Path, code_file: CodeFile) -> None:
-    """Write a code file atomically (temp file, fsync, rename); it is validated first."""
+def write_codes(
+    path: Path,
+    code_file: CodeFile,
+    compress: bool = False,
+    prior: CodingPrior | None = None,
+    on_progress: entropy.Progress | None = None,
+) -> None:
+    """Write a code file atomically (temp file, fsync, rename); it is validated first.
 
+    `compress` range-codes the codes with the file's own code frequencies, or with `prior`'s
+    predictions when one is given (which implies compress; UsageError when it cannot code
+    them); `on_progress(done, n)` follows the prior's images.
+    """
     try:
         _validate(code_file, path)
     except WorkError as exc:
         raise ValueError(f"invalid CodeFile: {exc.what}") from None
-    arrays = {
-        "header": np.array(json.dumps(code_file.header())),
-        "codes": np.ascontiguousarray(code_file.codes, dtype="<u2"),
-        "names": np.array(code_file.names, dtype=str).astype(
-            f"<U{max(1, max(len(n) for n in code_file.names))}"
-        ),
-        "sizes": np.ascontiguousarray(code_file.sizes, dtype="<i4"),
-    }
+    check_output(path)
+    if compress or prior is not None:
+        arrays = _compressed_arrays(code_file, prior, on_progress)
+    else:
+        arrays = {
+            "header": np.array(json.dumps(code_file.header())),
+            "codes": np.ascontiguousarray(code_file.codes, dtype="<u2"),
+            "names": np.array(code_file.names, dtype=str).astype(
+                f"<U{max(1, max(len(n) for n in code_file.names))}"
+            ),
+            "sizes": np.ascontiguousarray(code_file.sizes, dtype="<i4"),
+        }
+    members = {key: _npy_bytes(array) for key, array in arrays.items()}
+    compressed = "stream" in arrays
 
     def write(f: Any) -> None:
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
-            for key in MEMBERS:
+            for key, data in members.items():
                 info = zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_DATE)
                 info.external_attr = 0o644 << 16
-                with archive.open(info, "w", force_zip64=True) as member:
-                    np.lib.format.write_array(
-                        member, arrays[key], version=(1, 0), allow_pickle=False
-                    )
+                if not compressed:
+                    with archive.open(info, "w", force_zip64=True) as member:
+                        member.write(data)
+                    continue
+                # Zip64 fields only where a size needs them: 20 bytes a member saved.
+                if key in ("names", "frequencies") and _deflates_within_limit(data):
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, data)
 
-    check_output(path)
     save_or_fail(path, write, "the code file")
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, version=(1, 0), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _deflates_within_limit(data: bytes) -> bool:
+    """Whether deflating `data` saves space and stays within what the reader accepts."""
+    size = len(zlib.compress(data)) - 6  # zip members hold raw deflate: no zlib header, trailer
+    return size < len(data) and len(data) <= MAX_DEFLATE_RATIO * size + 4096
+
+
+def codes_sha256(codes: np.ndarray) -> str:
+    """The checksum a compressed file keeps of its codes: sha256 of uint16 little-endian."""
+    return hashlib.sha256(np.ascontiguousarray(codes, dtype="<u2").tobytes()).hexdigest()
+
+
+def _compressed_arrays(
+    code_file: CodeFile, prior: CodingPrior | None, on_progress: entropy.Progress | None
+) -> dict[str, np.ndarray]:
+    codes = code_file.codes
+    frequencies = None
+    if prior is None:
+        frequencies = entropy.code_frequencies(codes, code_file.num_embeddings)
+        encoded = entropy.encode_unigram(codes, frequencies)
+    else:
+        grid = (codes.shape[1], codes.shape[2])
+        entropy.check_prior(prior, code_file.checkpoint, code_file.num_embeddings, grid)
+        encoded = entropy.encode_with_prior(codes, prior.model, on_progress)
+    header = code_file.header() | {
+        "version": COMPRESSED_VERSION,
+        "coding": "unigram" if prior is None else "prior",
+        "prior": None if prior is None else prior.fingerprint,
+        "images": len(code_file.names),
+        "words": len(encoded.words),
+        "codes_sha256": codes_sha256(codes),
+    }
+    arrays = {
+        "header": np.frombuffer(json.dumps(header).encode(), np.uint8),
+        "stream": np.ascontiguousarray(encoded.words, dtype="<u4"),
+        "names": np.frombuffer(pack_names(code_file.names).encode(), np.uint8),
+        "sizes": np.ascontiguousarray(size_runs(code_file.sizes), dtype="<i4"),
+    }
+    if frequencies is not None:
+        arrays["frequencies"] = np.ascontiguousarray(frequencies, dtype="<u4")
+    return arrays
+
+
+_NUMBERED = re.compile(r"(.*?)([0-9]+)", re.DOTALL)
+
+
+def pack_names(names: Sequence[str]) -> str:
+    """Names as lines, each run of consecutively numbered names as one line (see above)."""
+    lines = []
+    i = 0
+    while i < len(names):
+        match = _NUMBERED.fullmatch(names[i])
+        j = i + 1
+        if match is not None:
+            prefix, digits = match.groups()
+            first, width = int(digits), len(digits)
+            while j < len(names) and names[j] == prefix + str(first + j - i).zfill(width):
+                j += 1
+        if j - i >= 2 and match is not None:
+            lines.append(f"{prefix}{RUN_MARK}{digits}{RUN_MARK}{j - i}")
+        else:
+            lines.append(names[i])
+        i = j
+    return "\n".join(lines)
+
+
+def unpack_names(text: str, limit: int) -> list[str]:
+    """pack_names reversed; ValueError when the text is not such lines or holds more than
+    `limit` names."""
+    names: list[str] = []
+    for line in text.split("\n"):
+        if RUN_MARK not in line:
+            names.append(line)
+        else:
+            prefix, digits, count_text = line.split(RUN_MARK)  # ValueError unless three fields
+            if not (
+                re.fullmatch(r"[0-9]{1,18}", digits) and re.fullmatch(r"[0-9]{1,9}", count_text)
+            ):
+                raise ValueError(f"a bad run of names {line[:60]!r}")
+            first, count = int(digits), int(count_text)
+            if count > limit - len(names):
+                raise ValueError("more names than images")
+            names.extend(prefix + str(first + k).zfill(len(digits)) for k in range(count))
+        if len(names) > limit:
+            raise ValueError("more names than images")
+    return names
+
+
+def size_runs(sizes: np.ndarray) -> np.ndarray:
+    """Sizes (N, 2) -> runs (R, 3) of (count, height, width)."""
+    change = np.ones(len(sizes), bool)
+    change[1:] = (sizes[1:] != sizes[:-1]).any(1)
+    starts = np.flatnonzero(change)
+    counts = np.diff(np.append(starts, len(sizes)))
+    return np.column_stack([counts, sizes[starts]]).astype(np.int32)
 
 
 def check_output(path: Path) -> None:
@@ -111,9 +259,13 @@ def check_output(path: Path) -> None:
     check_output_file(Path(path), "the output", "-o codes.vqc")
 
 
-def read_codes(path: Path) -> CodeFile:
-    """Read and fully validate a code file; raises WorkError (damaged, doctored, unsupported
-    version) or UsageError (missing file), never anything else."""
+def read_codes(
+    path: Path, prior: CodingPrior | None = None, on_progress: entropy.Progress | None = None
+) -> CodeFile:
+    """Read and fully validate a code file, decoding a compressed one's stream; raises
+    WorkError (damaged, doctored, unsupported version) or UsageError (missing file; a file
+    compressed with a prior other than `prior`), never anything else. `on_progress(done, n)`
+    follows the prior's images."""
     path = Path(path)
     if not path.is_file():
         raise UsageError("no such code file", path, "give a .vqc file written by vqtool encode")
@@ -124,6 +276,8 @@ def read_codes(path: Path) -> CodeFile:
     except Exception as exc:  # zipfile and numpy raise many types on damaged input
         reason = first_line(exc, 120)
         raise WorkError(f"not a readable code file: {reason}", path, _DAMAGED) from exc
+    if "stream" in arrays:
+        return _from_compressed(arrays, path, prior, on_progress)
     return _from_arrays(arrays, path)
 
 
@@ -155,10 +309,10 @@ def _read_members(path: Path) -> dict[str, np.ndarray]:
     file_size = path.stat().st_size
     with zipfile.ZipFile(path) as archive:
         infos = archive.infolist()
-        names = [info.filename for info in infos]
-        expected = sorted(f"{key}.npy" for key in MEMBERS)
-        if sorted(names) != expected:
-            raise _damaged(f"not a vqtool code file: it holds {sorted(names)[:8]}", path)
+        names = sorted(info.filename for info in infos)
+        layouts = (MEMBERS, COMPRESSED_MEMBERS, (*COMPRESSED_MEMBERS, "frequencies"))
+        if names not in (sorted(f"{key}.npy" for key in keys) for keys in layouts):
+            raise _damaged(f"not a vqtool code file: it holds {names[:8]}", path)
         arrays = {}
         for info in infos:
             key = info.filename[: -len(".npy")]
@@ -208,11 +362,12 @@ def _parse_npy(data: bytes, key: str, path: Path) -> np.ndarray:
 
 
 def _header(array: np.ndarray, path: Path) -> dict[str, Any]:
-    if array.dtype.kind != "U" or array.shape != ():
+    utf8 = array.dtype == np.uint8 and array.ndim == 1  # a compressed file's
+    if not utf8 and (array.dtype.kind != "U" or array.shape != ()):
         raise _damaged(f"header must be a 0-d unicode array, got {array.dtype} {array.shape}", path)
     try:
-        header = json.loads(str(array[()]))
-    except (ValueError, RecursionError) as exc:
+        header = json.loads(array.tobytes().decode() if utf8 else str(array[()]))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError included
         raise _damaged("the header is not JSON", path) from exc
     if not isinstance(header, dict):
         raise _damaged("the header is not a JSON object", path)
@@ -223,14 +378,17 @@ def _header(array: np.ndarray, path: Path) -> dict[str, Any]:
             "give a .vqc file written by vqtool encode",
         )
     version = header.get("version")
-    if version != VERSION or isinstance(version, bool):
+    if version not in (VERSION, COMPRESSED_VERSION) or isinstance(version, bool):
         raise WorkError(
-            f"unsupported code file version {str(version)[:20]} (this vqtool reads {VERSION})",
+            f"unsupported code file version {str(version)[:20]} (this vqtool reads {VERSION} "
+            f"and {COMPRESSED_VERSION})",
             path,
             "use the vqtool version that wrote it, or encode the images again",
         )
-    if sorted(header) != sorted(HEADER_KEYS):
+    if sorted(header) != sorted(HEADER_KEYS if version == VERSION else COMPRESSED_KEYS):
         raise _damaged(f"the header's keys are {sorted(header)[:10]}", path)
+    if utf8 != (version == COMPRESSED_VERSION):
+        raise _damaged(f"a version {version} header stored as {array.dtype}", path)
     return header
 
 
@@ -239,7 +397,30 @@ def _int(value: Any, low: int, high: int) -> bool:
 
 
 def _from_arrays(arrays: dict[str, np.ndarray], path: Path) -> CodeFile:
+    header = _checked_header(arrays, path)
+    image_size = header["image_size"]
+    codes, names, sizes = arrays["codes"], arrays["names"], arrays["sizes"]
+    code_file = CodeFile(
+        codes=codes,
+        names=tuple(str(n) for n in names.reshape(-1)) if names.dtype.kind == "U" else (),
+        sizes=sizes,
+        checkpoint=header["checkpoint"],
+        num_embeddings=header["num_embeddings"],
+        embedding_dim=header["embedding_dim"],
+        image_size=(image_size[0], image_size[1]),
+        downsample=header["downsample"],
+        version=header["version"],
+    )
+    _validate(code_file, path, names.dtype, names.ndim)
+    return code_file
+
+
+def _checked_header(arrays: dict[str, np.ndarray], path: Path) -> dict[str, Any]:
+    """The header, its fields common to both versions checked, its version matching the
+    members (a stream or codes)."""
     header = _header(arrays["header"], path)
+    if (header["version"] == COMPRESSED_VERSION) != ("stream" in arrays):
+        raise _damaged(f"version {header['version']} with members {sorted(arrays)}", path)
     checkpoint = header["checkpoint"]
     if not (isinstance(checkpoint, str) and _FINGERPRINT.fullmatch(checkpoint)):
         raise _damaged("the header's checkpoint is not a sha256 fingerprint", path)
@@ -257,20 +438,155 @@ def _from_arrays(arrays: dict[str, np.ndarray], path: Path) -> CodeFile:
         and image_size[0] * image_size[1] <= MAX_IMAGE_PIXELS
     ):
         raise _damaged("the header's image_size is not [H, W] in multiples of 4", path)
-    codes, names, sizes = arrays["codes"], arrays["names"], arrays["sizes"]
+    return header
+
+
+def _from_compressed(
+    arrays: dict[str, np.ndarray],
+    path: Path,
+    prior: CodingPrior | None,
+    on_progress: entropy.Progress | None,
+) -> CodeFile:
+    """A version 2 file: every count checked against the members, then the stream decoded
+    and checked against the codes' checksum."""
+    header = _checked_header(arrays, path)
+    _check_compressed_header(header, arrays, path)
+    coding, n, k = header["coding"], header["images"], header["num_embeddings"]
+    image_size = (header["image_size"][0], header["image_size"][1])
+    shape = (n, image_size[0] // DOWNSAMPLE, image_size[1] // DOWNSAMPLE)
+    # Names and sizes before the stream: a prior's decode takes a while.
+    names = _unpacked_names(arrays["names"], n, path)
+    sizes = _unpacked_sizes(arrays["sizes"], n, image_size, path)
+    try:
+        if coding == "unigram":
+            frequencies = _checked_frequencies(arrays["frequencies"], k, math.prod(shape), path)
+            codes = entropy.decode_unigram(arrays["stream"], frequencies, shape)
+        else:
+            model = _prior_for(header, prior, path)
+            codes = entropy.decode_with_prior(arrays["stream"], model, shape, on_progress)
+    except StreamError as exc:
+        raise _undecodable(coding, str(exc), path) from exc
+    if codes_sha256(codes) != header["codes_sha256"]:
+        raise _undecodable(coding, "the decoded codes do not match the file's checksum", path)
     code_file = CodeFile(
         codes=codes,
-        names=tuple(str(n) for n in names.reshape(-1)) if names.dtype.kind == "U" else (),
+        names=tuple(names),
         sizes=sizes,
-        checkpoint=checkpoint,
-        num_embeddings=header["num_embeddings"],
+        checkpoint=header["checkpoint"],
+        num_embeddings=k,
         embedding_dim=header["embedding_dim"],
-        image_size=(image_size[0], image_size[1]),
+        image_size=image_size,
         downsample=header["downsample"],
-        version=header["version"],
     )
-    _validate(code_file, path, names.dtype, names.ndim)
+    _validate(code_file, path)
     return code_file
+
+
+def _check_compressed_header(
+    header: dict[str, Any], arrays: dict[str, np.ndarray], path: Path
+) -> None:
+    """The keys only a version 2 header has, against the members."""
+    coding, n = header["coding"], header["images"]
+    codes_per_image = header["image_size"][0] * header["image_size"][1] // DOWNSAMPLE**2
+    if coding not in CODINGS:
+        raise _damaged(f"unknown coding {str(coding)[:20]!r}", path)
+    if ("frequencies" in arrays) != (coding == "unigram"):
+        raise _damaged(f"coding {coding} with members {sorted(arrays)}", path)
+    fingerprint = header["prior"]
+    if coding == "prior" and not (
+        isinstance(fingerprint, str) and _FINGERPRINT.fullmatch(fingerprint)
+    ):
+        raise _damaged("the header's prior is not a sha256 fingerprint", path)
+    if coding == "unigram" and fingerprint is not None:
+        raise _damaged("a unigram file names a prior", path)
+    if not _int(n, 1, MAX_COMPRESSED_CODES // codes_per_image):
+        raise _damaged("the header's images is not a count the file can hold", path)
+    digest = header["codes_sha256"]
+    if not (isinstance(digest, str) and _FINGERPRINT.fullmatch(digest)):
+        raise _damaged("the header's codes_sha256 is not a sha256 digest", path)
+    stream = arrays["stream"]
+    if stream.dtype != np.uint32 or stream.ndim != 1:
+        raise _damaged(f"stream must be 1-d uint32, got {stream.dtype} {stream.shape}", path)
+    if not _int(header["words"], 0, 1 << 62) or header["words"] != len(stream):
+        raise _damaged(
+            f"the header says {str(header['words'])[:20]} words, the stream holds {len(stream)}",
+            path,
+        )
+
+
+def _undecodable(coding: str, what: str, path: Path) -> WorkError:
+    """A stream that does not give back the file's codes: damaged, or (with a prior) decoded
+    where the prior's arithmetic differs from the encoder's."""
+    if coding == "unigram":
+        return _damaged(what, path)
+    return WorkError(
+        f"{what}: the stream is damaged, or this machine computes the prior's probabilities "
+        "differently from the encoder's",
+        path,
+        "decode it where it was encoded (same CPU and torch build), or encode the images again",
+    )
+
+
+def _unpacked_names(array: np.ndarray, n: int, path: Path) -> list[str]:
+    if array.dtype != np.uint8 or array.ndim != 1:
+        raise _damaged(f"names must be 1-d uint8 (UTF-8), got {array.dtype} {array.shape}", path)
+    try:
+        names = unpack_names(array.tobytes().decode("utf-8"), n)
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise _damaged(f"the names cannot be read: {first_line(exc, 80)}", path) from exc
+    if len(names) != n:
+        raise _damaged(f"{len(names)} names for {n} images", path)
+    for name in names:
+        problem = name_problem(name)
+        if problem is not None:
+            raise _damaged(f"the file holds {problem}", path)
+    return names
+
+
+def _unpacked_sizes(
+    runs: np.ndarray, n: int, image_size: tuple[int, int], path: Path
+) -> np.ndarray:
+    if runs.dtype != np.int32 or runs.ndim != 2 or runs.shape[1] != 3 or len(runs) > n:
+        raise _damaged(f"sizes must be int32 runs (R, 3), got {runs.dtype} {runs.shape}", path)
+    counts = runs[:, 0].astype(np.int64)
+    if (counts < 1).any() or int(counts.sum()) != n:
+        raise _damaged(f"the size runs do not count {n} images", path)
+    for _, height, width in runs.tolist():
+        if min(height, width) < 1 or padded_size((height, width)) != image_size:
+            raise _damaged(f"size {height}x{width} does not pad to the header's image_size", path)
+    return np.repeat(runs[:, 1:], counts, axis=0)
+
+
+def _checked_frequencies(frequencies: np.ndarray, k: int, codes: int, path: Path) -> np.ndarray:
+    if frequencies.dtype != np.uint32 or frequencies.shape != (k,):
+        raise _damaged(
+            f"frequencies must be uint32 ({k},), got {frequencies.dtype} {frequencies.shape}", path
+        )
+    if frequencies.min() < 1 or int(frequencies.astype(np.uint64).sum()) != codes + k:
+        raise _damaged(f"the frequencies do not count {codes:,} codes", path)
+    return frequencies
+
+
+def _prior_for(header: dict[str, Any], prior: CodingPrior | None, path: Path) -> Any:
+    """The model of `prior`, when it is the one the file was compressed with (else
+    UsageError: exit 2)."""
+    wanted = header["prior"]
+    if prior is None:
+        raise UsageError(
+            f"the code file was compressed with a prior ({wanted[:12]}...)",
+            path,
+            "pass --prior P, the prior run it was compressed with",
+        )
+    if prior.fingerprint != wanted:
+        raise UsageError(
+            f"the code file was compressed with another prior ({wanted[:12]}..., this one is "
+            f"{prior.fingerprint[:12]}...)",
+            path,
+            "pass the prior it was compressed with",
+        )
+    grid = (header["image_size"][0] // DOWNSAMPLE, header["image_size"][1] // DOWNSAMPLE)
+    entropy.check_prior(prior, header["checkpoint"], header["num_embeddings"], grid)
+    return prior.model
 
 
 def _validate(

@@ -8,6 +8,7 @@ with the Agg canvas, not pyplot, so no global figure state or GUI backend is inv
 from __future__ import annotations
 
 import io
+import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -24,11 +25,16 @@ if "matplotlib.pyplot" not in sys.modules:
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import LogFormatter, MaxNLocator, PercentFormatter  # noqa: E402
+from matplotlib.ticker import (  # noqa: E402
+    FuncFormatter,
+    LogFormatter,
+    MaxNLocator,
+    PercentFormatter,
+)
 
-from vqtool.errors import counted  # noqa: E402
+from vqtool.errors import WorkError, counted, first_line  # noqa: E402
 from vqtool.files import write_bytes  # noqa: E402
-from vqtool.runs import Run  # noqa: E402
+from vqtool.runs import Run, RunDir  # noqa: E402
 
 if TYPE_CHECKING:
     from vqtool.report import RunArrays
@@ -371,6 +377,37 @@ def compare_figure(runs: Sequence[Run], labels: Sequence[str]) -> Figure:
     return fig
 
 
+def rate_distortion_figure(rd: Mapping[str, Any]) -> Figure:
+    """PSNR against bits per pixel: each codec's sweep (whole files solid, payloads dashed)
+    under vqtool's code files (whole files), from the JSON of `evaluate --rate-distortion`."""
+    fig = Figure(figsize=(8, 5.5), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, (codec, points) in enumerate(rd["codecs"].items()):
+        ordered = sorted(points, key=lambda p: p["quality"])
+        psnr = [p["psnr"] for p in ordered]
+        color = f"C{i}"
+        ax.plot([p["bpp_file"] for p in ordered], psnr, "o-", color=color, markersize=4,
+                label=f"{codec.upper()} (whole files)")  # fmt: skip
+        ax.plot([p["bpp_payload"] for p in ordered], psnr, "--", color=color, alpha=0.6,
+                label=f"{codec.upper()} (payload)")  # fmt: skip
+    for j, point in enumerate(rd["vqtool"]):
+        ax.plot(point["bpp_file"], point["psnr"], "*", color=f"C{3 + j}", markersize=15,
+                label=f"vqtool {point['label']} ({point['bpp_file']:.3f} bpp)")  # fmt: skip
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel("bits per pixel (log scale)")
+    ax.set_ylabel("PSNR (dB), mean over images")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    size = rd["image_size"]
+    ax.set_title(f"rate-distortion over {rd['images']:,} images of {size[0]}x{size[1]}")
+    return fig
+
+
 def save_png(fig: Figure, path: Path) -> Path:
     """Render a figure to PNG and write it atomically (never a half-written file)."""
     buffer = io.BytesIO()
@@ -383,6 +420,7 @@ def save_png(fig: Figure, path: Path) -> Path:
 LOSS_PNG = "loss.png"
 RECONSTRUCTIONS_PNG = "reconstructions.png"
 CODEBOOK_PNG = "codebook.png"
+RATE_DISTORTION_PNG = "rd.png"
 
 
 def write_run_plots(run: Run, out_dir: Path, arrays: RunArrays | None) -> list[Path]:
@@ -400,3 +438,20 @@ def write_run_plots(run: Run, out_dir: Path, arrays: RunArrays | None) -> list[P
             arrays.counts, arrays.codebook, title, arrays.images
         )
     return [save_png(fig, out_dir / name) for name, fig in figures.items()]
+
+
+def write_rate_distortion_plot(run_path: Path, out_dir: Path) -> Path | None:
+    """rd.png from the run's rd-test.json, when `vqtool evaluate --rate-distortion` wrote one."""
+    source = RunDir.at(run_path).rd_file("test")
+    if not source.is_file():
+        return None
+    try:
+        rd = json.loads(source.read_text(encoding="utf-8"))
+        figure = rate_distortion_figure(rd)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WorkError(
+            f"cannot draw the rate-distortion points: {first_line(exc, 80)}",
+            source,
+            "run vqtool evaluate --rate-distortion again",
+        ) from exc
+    return save_png(figure, out_dir / RATE_DISTORTION_PNG)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -111,6 +111,17 @@ class CountProgress(_Bar):
         if self.task is None:
             self.task = self.progress.add_task(self.description, total=total)
         self.progress.update(self.task, completed=done, total=total)
+
+    def stage(self, description: str) -> Callable[[int, int], None]:
+        """An on_progress callback for another stage of the work: a line of its own."""
+        tasks: list[TaskID] = []
+
+        def update(done: int, total: int) -> None:
+            if not tasks:
+                tasks.append(self.progress.add_task(description, total=total))
+            self.progress.update(tasks[0], completed=done, total=total)
+
+        return update
 
 
 class TrainProgress(_Bar):

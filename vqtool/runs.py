@@ -6,6 +6,7 @@ A run folder holds what one training wrote and what later commands add to it:
 - `metrics.jsonl`: one JSON record per line (kind "train", "eval", "guard", "note");
 - `checkpoint.pt`: the model, optimizer and everything a resume needs;
 - `eval-<split>.json`: the metrics of `vqtool evaluate` over a split;
+- `rd-<split>.json`: rate-distortion points beside JPEG, WebP and AVIF (`--rate-distortion`);
 - `.lock`: held by the training process, so that a second one on the folder refuses;
 - for a prior run, `codes-<split>.vqc`: the VQ run's codes it trains on.
 
@@ -104,6 +105,10 @@ class RunDir:
 
     def eval_file(self, split: str) -> Path:
         return self.path / f"{EVAL_PREFIX}{split}.json"
+
+    def rd_file(self, split: str) -> Path:
+        """Rate-distortion points of a split (`vqtool evaluate --rate-distortion`)."""
+        return self.path / f"rd-{split}.json"
 
     def codes_file(self, split: str) -> Path:
         """The code file of a split that a prior run keeps beside its checkpoint."""

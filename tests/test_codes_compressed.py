@@ -1,0 +1,377 @@
+"""Compressed code files (.vqc version 2): the layout, exact decodes through the CLI, damaged
+and mismatched files as one line, and a fuzzed reader."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from helpers import one_error_line
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_codes import MUTATIONS, _mutate, assert_same, golden_code_file
+from test_entropy import Prior, random_prior
+from typer.testing import CliRunner
+
+from vqtool import entropy
+from vqtool.checkpoint import load_model
+from vqtool.cli import app
+from vqtool.codes import (
+    CodeFile,
+    codes_sha256,
+    pack_names,
+    read_codes,
+    size_runs,
+    unpack_names,
+    write_codes,
+)
+from vqtool.errors import UsageError, WorkError
+from vqtool.prior_config import PriorConfig
+
+runner = CliRunner()
+GOLDEN_VQ = golden_code_file().checkpoint
+
+
+def golden_prior(seed: int = 0) -> Prior:
+    """A prior for the golden file's 2x3 grids of 512 codes."""
+    return random_prior(512, (2, 3), seed=seed, vq_fingerprint=GOLDEN_VQ)
+
+
+def members(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def header_of(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    return dict(json.loads(arrays["header"].tobytes()))
+
+
+def save_members(path: Path, arrays: dict[str, Any]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append .npz to a path
+        np.savez(f, **arrays)
+
+
+def with_header(arrays: dict[str, np.ndarray], **changes: Any) -> dict[str, np.ndarray]:
+    header = header_of(arrays) | changes
+    return {**arrays, "header": np.frombuffer(json.dumps(header).encode(), np.uint8)}
+
+
+def test_a_unigram_file_holds_what_the_format_says(tmp_path: Path) -> None:
+    path = tmp_path / "u.vqc"
+    write_codes(path, golden_code_file(), compress=True)
+    arrays = members(path)
+    assert list(arrays) == ["header", "stream", "names", "sizes", "frequencies"]
+    header = header_of(arrays)
+    assert header == golden_code_file().header() | {
+        "version": 2,
+        "coding": "unigram",
+        "prior": None,
+        "images": 3,
+        "words": len(arrays["stream"]),
+        "codes_sha256": codes_sha256(golden_code_file().codes),
+    }
+    assert arrays["stream"].dtype == np.dtype("<u4")
+    assert arrays["names"].tobytes().decode().split("\n") == list(golden_code_file().names)
+    assert arrays["sizes"].tolist() == [[1, 8, 12], [1, 7, 12], [1, 5, 9]]
+    assert int(arrays["frequencies"].sum()) == 18 + 512
+    assert_same(read_codes(path), golden_code_file())
+    write_codes(tmp_path / "again.vqc", golden_code_file(), compress=True)
+    assert (tmp_path / "again.vqc").read_bytes() == path.read_bytes()
+
+
+def test_a_prior_file_names_its_prior_and_needs_it(tmp_path: Path) -> None:
+    prior = golden_prior()
+    path = tmp_path / "p.vqc"
+    write_codes(path, golden_code_file(), prior=prior)
+    arrays = members(path)
+    assert list(arrays) == ["header", "stream", "names", "sizes"]
+    header = header_of(arrays)
+    assert header["coding"] == "prior" and header["prior"] == prior.fingerprint
+    assert_same(read_codes(path, prior), golden_code_file())
+    with pytest.raises(UsageError, match="compressed with a prior"):
+        read_codes(path)
+    with pytest.raises(UsageError, match="another prior"):
+        read_codes(path, golden_prior(seed=1))
+
+
+def test_names_and_sizes_are_stored_compactly() -> None:
+    names = [f"cifar10-test-{i:05d}" for i in range(10_000)]
+    assert pack_names(names) == "cifar10-test-\x1f00000\x1f10000"
+    mixed = ["a", "cat/0009", "cat/0010", "cat/0011", "x1", "x1", "dog/7", "dog/8", "b9", "b10"]
+    packed = pack_names(mixed)
+    assert packed.count("\n") == 5  # a, cat run, x1, x1, dog run, b9..b10 run
+    assert unpack_names(packed, len(mixed)) == mixed
+    with pytest.raises(ValueError, match="more names"):
+        unpack_names(packed, len(mixed) - 1)
+    sizes = np.array([[32, 32]] * 5 + [[7, 9]] * 2 + [[32, 32]], np.int32)
+    assert size_runs(sizes).tolist() == [[5, 32, 32], [2, 7, 9], [1, 32, 32]]
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(st.characters(categories=("L", "N", "P")), min_size=1, max_size=8),
+            st.builds(
+                lambda p, i: f"{p}{i}", st.sampled_from(["a", "b/0", ""]), st.integers(0, 12)
+            ),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_names_round_trip(names: list[str]) -> None:
+    assert unpack_names(pack_names(names), len(names)) == names
+
+
+def test_a_raw_file_is_unchanged_by_all_this(tmp_path: Path) -> None:
+    write_codes(tmp_path / "raw.vqc", golden_code_file())
+    golden = Path(__file__).parent / "golden" / "codes-v1.vqc"
+    assert (tmp_path / "raw.vqc").read_bytes() == golden.read_bytes()
+
+
+# Through the CLI, on the tiny run: compressed decodes to the same PNGs as raw.
+
+
+@pytest.fixture(scope="module")
+def run_prior(trained_run: Path) -> Prior:
+    loaded = load_model(trained_run)
+    k = loaded.model.config.num_embeddings
+    return random_prior(k, (8, 8), seed=3, vq_fingerprint=loaded.fingerprint)
+
+
+@pytest.fixture
+def prior_at_p(monkeypatch: pytest.MonkeyPatch, run_prior: Prior) -> Prior:
+    """`--prior P` loads the test prior; `--prior other` one with other weights."""
+
+    def load(path: Path) -> Prior:
+        if Path(path).name == "other":
+            return random_prior(run_prior.model.num_embeddings, (8, 8), seed=4,
+                                vq_fingerprint=run_prior.vq_fingerprint)  # fmt: skip
+        return run_prior
+
+    monkeypatch.setattr(entropy, "load_coding_prior", load)
+    return run_prior
+
+
+def invoke(*args: str | Path) -> tuple[int, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def pngs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_compressed_decodes_to_the_raw_files_pngs(
+    trained_run: Path, trained_data_dir: Path, tmp_path: Path, prior_at_p: Prior
+) -> None:
+    """Raw, unigram and prior files of the same 40 images, encoded with batch sizes 1, 7 and
+    256 and torch on 1 or 2 threads: the same compressed bytes, the same PNGs."""
+    common = ("encode", trained_run, "cifar10:test", "--data-dir", trained_data_dir)
+    assert invoke(*common, "-o", "raw.vqc")[0] == 0
+    assert invoke("decode", trained_run, "raw.vqc", "-o", "raw")[0] == 0
+    before = torch.get_num_threads()
+    try:
+        for kind, extra in (("unigram", ["--compress"]), ("prior", ["--prior", "P"])):
+            files = []
+            for batch, threads in ((1, 1), (7, 2), (256, 1)):
+                torch.set_num_threads(threads)
+                out = f"{kind}-{batch}.vqc"
+                code, output = invoke(*common, "-o", out, "--batch-size", batch, *extra)
+                assert code == 0, output
+                assert "bits per image" in output
+                files.append((tmp_path / out).read_bytes())
+            assert files[0] == files[1] == files[2], kind
+            torch.set_num_threads(2)
+            decode_extra = extra[1:] and ["--prior", "P"]
+            code, output = invoke("decode", trained_run, f"{kind}-7.vqc", "-o", kind, *decode_extra)
+            assert code == 0, output
+            assert pngs(tmp_path / kind) == pngs(tmp_path / "raw"), kind
+    finally:
+        torch.set_num_threads(before)
+    raw_bytes = (tmp_path / "raw.vqc").stat().st_size
+    assert (tmp_path / "unigram-1.vqc").stat().st_size < raw_bytes / 2
+
+
+def test_encode_refuses_a_prior_of_another_run(
+    trained_run: Path, trained_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(entropy, "load_coding_prior", lambda path: golden_prior())
+    code, output = invoke("encode", trained_run, "cifar10:test:3", "-o", "p.vqc",
+                          "--data-dir", trained_data_dir, "--prior", "P")  # fmt: skip
+    assert code == 2 and "another checkpoint" in one_error_line(output)
+    assert not Path("p.vqc").exists()
+
+
+def test_encode_refuses_a_prior_of_another_grid(
+    trained_run: Path, trained_data_dir: Path, prior_at_p: Prior, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (90, 120, 30)).save(tmp_path / "small.png")
+    code, output = invoke("encode", trained_run, "small.png", "-o", "p.vqc", "--prior", "P")
+    assert code == 2 and "grids" in one_error_line(output)
+    assert not Path("p.vqc").exists()
+
+
+# Bad compressed files through `vqtool decode`: one line, exit 1 or 2, nothing written.
+
+
+def _flip_word(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    stream = arrays["stream"].copy()
+    stream[len(stream) // 2] ^= 1 << 7
+    return {**arrays, "stream": stream}
+
+
+def _truncate(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    stream = arrays["stream"][: len(arrays["stream"]) // 2]
+    return with_header({**arrays, "stream": stream}, words=len(stream))
+
+
+def _unreadable(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()[:-200]
+
+
+# A damaged stream is caught by the decoder (words left over, or none that fit) or, when it
+# decodes to something, by the checksum of the codes.
+DAMAGED_STREAM = "checksum|stream holds more words|cannot be decoded"
+Case = tuple[str, Callable[[dict[str, np.ndarray]], Any], int, str]
+BAD: list[Case] = [
+    ("unigram", _flip_word, 1, DAMAGED_STREAM),
+    ("prior", _flip_word, 1, DAMAGED_STREAM),
+    ("unigram", _truncate, 1, DAMAGED_STREAM),
+    ("prior", _truncate, 1, DAMAGED_STREAM),
+    ("unigram", _unreadable, 1, "not a readable code file"),
+    ("unigram", lambda a: with_header(a, words=len(a["stream"]) + 1), 1, "words"),
+    ("prior", lambda a: with_header(a, images=39), 1, "more names than images"),
+    ("prior", lambda a: with_header(a, images=41), 1, "41"),
+    ("unigram", lambda a: {**a, "sizes": np.array([[39, 32, 32]], np.int32)}, 1, "size runs"),
+    ("unigram", lambda a: {**a, "frequencies": a["frequencies"] + 1}, 1, "frequencies"),
+    ("unigram", lambda a: {**a, "frequencies": a["frequencies"][:-1]}, 1, "frequencies"),
+    ("unigram", lambda a: with_header(a, coding="prior"), 1, "coding prior with members"),
+    ("prior", lambda a: with_header(a, coding="arith"), 1, "unknown coding"),
+    ("prior", lambda a: with_header(a, codes_sha256="0" * 64), 1, "checksum"),
+    ("prior", lambda a: {**a, "header": np.array(json.dumps(header_of(a)))}, 1, "stored as"),
+    ("prior", lambda a: {**a, "stream": a["stream"].astype(np.int64)}, 1, "uint32"),
+    ("prior", lambda a: {**a, "names": np.frombuffer(b"a\x1fx\x1f40", np.uint8)}, 1, "names"),
+    ("prior", lambda a: {**a, "names": np.frombuffer(b"\xff\xfe", np.uint8)}, 1, "names"),
+    ("prior", lambda a: with_header(a, images=10**9), 1, "images"),
+    ("prior", lambda a: with_header(a, prior="f" * 64), 2, "another prior"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD)), ids=[f"{c[0]}-{c[3].split('|')[0]}" for c in BAD])
+def test_bad_compressed_files_fail_cleanly(
+    case: int, trained_run: Path, trained_data_dir: Path, tmp_path: Path, prior_at_p: Prior
+) -> None:
+    kind, make, exit_code, message = BAD[case]
+    extra = ["--compress"] if kind == "unigram" else ["--prior", "P"]
+    code, output = invoke("encode", trained_run, "cifar10:test", "-o", "good.vqc",
+                          "--data-dir", trained_data_dir, *extra)  # fmt: skip
+    assert code == 0, output
+    made = make(members(tmp_path / "good.vqc"))
+    path = tmp_path / "bad.vqc"
+    if isinstance(made, bytes):
+        path.write_bytes(made)
+    else:
+        save_members(path, made)
+    code, output = invoke("decode", trained_run, "bad.vqc", "-o", "out", "--prior", "P")
+    assert code == exit_code, output
+    assert re.search(message, one_error_line(output))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.vqc", "good.vqc"]
+
+
+def test_a_prior_file_without_the_prior_or_with_another(
+    trained_run: Path, trained_data_dir: Path, tmp_path: Path, prior_at_p: Prior
+) -> None:
+    code, output = invoke("encode", trained_run, "cifar10:test:5", "-o", "p.vqc",
+                          "--data-dir", trained_data_dir, "--prior", "P")  # fmt: skip
+    assert code == 0, output
+    for extra, message in (([], "pass --prior P"), (["--prior", "other"], "another prior")):
+        code, output = invoke("decode", trained_run, "p.vqc", "-o", "out", *extra)
+        assert code == 2 and message in one_error_line(output)
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_prior_that_computes_otherwise_is_caught_by_the_checksum(
+    trained_run: Path, trained_data_dir: Path, tmp_path: Path, prior_at_p: Prior
+) -> None:
+    """Another machine's arithmetic, played by the same fingerprint on other weights."""
+    code, output = invoke("encode", trained_run, "cifar10:test:5", "-o", "p.vqc",
+                          "--data-dir", trained_data_dir, "--prior", "P")  # fmt: skip
+    assert code == 0, output
+    impostor = random_prior(prior_at_p.model.num_embeddings, (8, 8), seed=9,
+                            vq_fingerprint=prior_at_p.vq_fingerprint)  # fmt: skip
+    with pytest.raises(WorkError, match="computes the prior's probabilities differently"):
+        read_codes(tmp_path / "p.vqc", impostor._replace(fingerprint=prior_at_p.fingerprint))
+
+
+# 1,000 byte-level mutations of compressed files (500 unigram, 500 prior): read_codes either
+# returns a valid file or raises WorkError / UsageError, nothing else.
+
+
+@pytest.mark.parametrize("kind", ["unigram", "prior"])
+def test_fuzzed_compressed_files_raise_only_vqtool_errors(kind: str, tmp_path: Path) -> None:
+    prior = golden_prior()
+    write_codes(
+        tmp_path / "valid.vqc", golden_code_file(), True, None if kind == "unigram" else prior
+    )
+    valid = (tmp_path / "valid.vqc").read_bytes()
+    target = tmp_path / "fuzz.vqc"
+    outcomes = {"read": 0, "refused": 0}
+
+    @settings(max_examples=500, deadline=None, database=None)
+    @given(mutation=MUTATIONS)
+    def check(mutation: tuple[Any, ...]) -> None:
+        target.write_bytes(_mutate(valid, mutation))
+        try:
+            code_file = read_codes(target, prior)
+        except (WorkError, UsageError) as exc:
+            assert exc.line().startswith("error: ") and "\n" not in exc.line()
+            outcomes["refused"] += 1
+            return
+        outcomes["read"] += 1  # a change the format does not see (zip timestamps, padding)
+        assert_same(code_file, golden_code_file())
+
+    check()
+    print(f"fuzzed {kind} .vqc files: {outcomes}")  # shown with pytest -s
+    assert sum(outcomes.values()) >= 500, outcomes
+    assert outcomes["refused"] > 250, outcomes
+
+
+def test_the_zip_layout_of_a_compressed_file(tmp_path: Path) -> None:
+    names = tuple(f"cifar10-test-{i:05d}" for i in range(200))
+    code_file = CodeFile(
+        codes=np.zeros((200, 8, 8), np.uint16),
+        names=names,
+        sizes=np.full((200, 2), 32, np.int32),
+        checkpoint=GOLDEN_VQ,
+        num_embeddings=512,
+        embedding_dim=64,
+        image_size=(32, 32),
+    )
+    write_codes(tmp_path / "c.vqc", code_file, compress=True)
+    with zipfile.ZipFile(tmp_path / "c.vqc") as archive:
+        kinds = {info.filename: info.compress_type for info in archive.infolist()}
+    assert kinds["stream.npy"] == zipfile.ZIP_STORED
+    assert kinds["frequencies.npy"] == zipfile.ZIP_DEFLATED
+    assert_same(read_codes(tmp_path / "c.vqc"), code_file)
+
+
+def test_a_conditional_prior_is_refused() -> None:
+    conditional = PriorConfig(layers=1, width=32, heads=4, conditional=True, num_classes=3)
+    prior = random_prior(512, (2, 3), vq_fingerprint=GOLDEN_VQ, cfg=conditional)
+    with pytest.raises(UsageError, match="conditional"):
+        write_codes(Path("c.vqc"), golden_code_file(), prior=prior)
+    assert not Path("c.vqc").exists()

@@ -1,0 +1,166 @@
+"""vqtool.entropy: range coding with a unigram table and with a prior, exact whatever the
+batch, the order of the images or the caller's threads."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import torch
+
+from vqtool import entropy
+from vqtool.checkpoint import fingerprint
+from vqtool.errors import UsageError
+from vqtool.prior_config import PriorConfig
+from vqtool.prior_model import CodePrior
+
+K = 16
+GRID = (3, 4)
+TINY = PriorConfig(layers=2, width=32, heads=4)
+
+
+class Prior(NamedTuple):
+    """What vqtool.prior.load_prior gives, for tests: a model and its fingerprints."""
+
+    model: CodePrior
+    fingerprint: str
+    vq_fingerprint: str
+
+
+def random_prior(
+    k: int = K,
+    grid: tuple[int, int] = GRID,
+    seed: int = 0,
+    vq_fingerprint: str = "0" * 64,
+    cfg: PriorConfig = TINY,
+) -> Prior:
+    """A prior with random weights, sharpened so that it predicts far from uniform."""
+    torch.manual_seed(seed)
+    model = CodePrior(cfg, k, grid).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(40.0)
+    return Prior(model, fingerprint(model.state_dict()), vq_fingerprint)
+
+
+def random_codes(n: int, k: int = K, grid: tuple[int, int] = GRID, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    # Skewed: a unigram table has something to gain.
+    p = rng.dirichlet(np.full(k, 0.3))
+    return rng.choice(k, (n, *grid), p=p).astype(np.uint16)
+
+
+def test_unigram_round_trip_and_size() -> None:
+    codes = random_codes(500)
+    frequencies = entropy.code_frequencies(codes, K)
+    assert frequencies.dtype == np.uint32 and frequencies.min() >= 1
+    assert int(frequencies.sum()) == codes.size + K
+    encoded = entropy.encode_unigram(codes, frequencies)
+    assert encoded.words.dtype == np.uint32
+    decoded = entropy.decode_unigram(encoded.words, frequencies, codes.shape)
+    assert decoded.dtype == np.uint16 and np.array_equal(decoded, codes)
+    # The stream is the ideal code length plus at most a couple of words.
+    ideal = encoded.bits.sum()
+    assert ideal <= 32 * len(encoded.words) <= ideal + 96
+    assert ideal < codes.size * np.log2(K) * 0.9
+
+
+def test_prior_round_trip_and_size() -> None:
+    prior = random_prior()
+    codes = random_codes(300)
+    encoded = entropy.encode_with_prior(codes, prior.model)
+    # The bits are the information under PRECISION-bit tables; constriction codes with its own
+    # 24-bit requantization of them, a little cheaper or dearer per symbol.
+    assert abs(32 * len(encoded.words) - encoded.bits.sum()) <= 0.002 * encoded.bits.sum() + 96
+    decoded = entropy.decode_with_prior(encoded.words, prior.model, codes.shape)
+    assert np.array_equal(decoded, codes)
+
+
+def test_each_image_costs_the_same_bits_in_any_file_and_position() -> None:
+    """The same grids alone, in files of 1, 7 and 300 (two chunks and a padded tail), and in
+    reverse order: identical bits per grid, and every file decodes exactly."""
+    prior = random_prior()
+    codes = random_codes(300)
+    reference = entropy.encode_with_prior(codes, prior.model).bits
+    for subset in (np.arange(1), np.arange(7), np.arange(300)[::-1], np.arange(5, 300, 37)):
+        part = codes[subset]
+        encoded = entropy.encode_with_prior(part, prior.model)
+        assert np.array_equal(encoded.bits, reference[subset]), subset
+        decoded = entropy.decode_with_prior(encoded.words, prior.model, part.shape)
+        assert np.array_equal(decoded, part)
+
+
+def test_the_callers_threads_do_not_matter() -> None:
+    prior = random_prior()
+    codes = random_codes(200)
+    before = torch.get_num_threads()
+    words = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            words.append(entropy.encode_with_prior(codes, prior.model).words)
+            assert torch.get_num_threads() == threads  # restored
+        torch.set_num_threads(2)
+        decoded = entropy.decode_with_prior(words[0], prior.model, codes.shape)
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(words[0], words[1])
+    assert np.array_equal(decoded, codes)
+
+
+def test_chunk_schedule_depends_on_the_count_alone() -> None:
+    assert list(entropy.chunks(1)) == [(0, 1, 4)]
+    assert list(entropy.chunks(5)) == [(0, 5, 8)]
+    n = entropy.CHUNK * 2 + 3
+    assert list(entropy.chunks(n)) == [
+        (0, entropy.CHUNK, entropy.CHUNK),
+        (entropy.CHUNK, 2 * entropy.CHUNK, entropy.CHUNK),
+        (2 * entropy.CHUNK, n, 4),
+    ]
+    assert all(rows <= entropy.CHUNK for _, _, rows in entropy.chunks(entropy.CHUNK - 1))
+
+
+def test_frequencies_are_integers_at_least_one() -> None:
+    logits = torch.tensor([[0.0, 100.0, -100.0], [1.0, 1.0, 1.0]])
+    tables = entropy.frequencies_from_logits(logits)
+    assert tables.dtype == np.float64
+    assert np.array_equal(tables, np.floor(tables)) and tables.min() == 1
+    assert tables[1, 0] == tables[1, 1] == tables[1, 2] == (1 << entropy.PRECISION) // 3
+
+
+def test_the_model_is_left_as_it_was_and_must_be_float32_on_the_cpu() -> None:
+    prior = random_prior()
+    prior.model.train()
+    codes = random_codes(3)
+    encoded = entropy.encode_with_prior(codes, prior.model)
+    assert prior.model.training  # coded in eval mode, then restored
+    prior.model.eval()
+    assert np.array_equal(encoded.words, entropy.encode_with_prior(codes, prior.model).words)
+    with pytest.raises(ValueError, match="float32"):
+        entropy.encode_with_prior(codes, prior.model.double())
+
+
+def test_a_stream_with_words_to_spare_or_that_cannot_be_decoded_is_refused() -> None:
+    codes = random_codes(50)
+    frequencies = entropy.code_frequencies(codes, K)
+    words = entropy.encode_unigram(codes, frequencies).words
+    with pytest.raises(entropy.StreamError, match="more words"):
+        entropy.decode_unigram(np.append(words, words), frequencies, codes.shape)
+    prior = random_prior()
+    words = entropy.encode_with_prior(codes, prior.model).words
+    with pytest.raises(entropy.StreamError):
+        entropy.decode_with_prior(np.append(words, words), prior.model, codes.shape)
+
+
+def test_priors_that_cannot_code_the_codes_are_usage_errors() -> None:
+    prior = random_prior(vq_fingerprint="a" * 64)
+    entropy.check_prior(prior, "a" * 64, K, GRID)
+    with pytest.raises(UsageError, match="another checkpoint"):
+        entropy.check_prior(prior, "b" * 64, K, GRID)
+    with pytest.raises(UsageError, match="grids"):
+        entropy.check_prior(prior, "a" * 64, K, (4, 4))
+    with pytest.raises(UsageError, match="grids"):
+        entropy.check_prior(prior, "a" * 64, 2 * K)
+    conditional = PriorConfig(layers=1, width=32, heads=4, conditional=True, num_classes=3)
+    with pytest.raises(UsageError, match="conditional"):
+        entropy.check_prior(random_prior(vq_fingerprint="a" * 64, cfg=conditional), "a" * 64, K)
