@@ -446,12 +446,8 @@ def write_rate_distortion_plot(run_path: Path, out_dir: Path) -> Path | None:
     if not source.is_file():
         return None
     try:
-        rd = json.loads(source.read_text(encoding="utf-8"))
-        figure = rate_distortion_figure(rd)
+        figure = rate_distortion_figure(json.loads(source.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise WorkError(
-            f"cannot draw the rate-distortion points: {first_line(exc, 80)}",
-            source,
-            "run vqtool evaluate --rate-distortion again",
-        ) from exc
+        what = f"cannot draw the rate-distortion points: {first_line(exc, 80)}"
+        raise WorkError(what, source, "run vqtool evaluate --rate-distortion again") from exc
     return save_png(figure, out_dir / RATE_DISTORTION_PNG)
