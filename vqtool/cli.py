@@ -255,6 +255,7 @@ PriorOption = Annotated[
         "--prior",
         help="A prior run (or its checkpoint) whose predictions code the codes; implies "
         "--compress; decode needs the same prior.",
+        metavar="PRIOR",
         show_default=False,
     ),
 ]
@@ -382,6 +383,7 @@ def evaluate(
         typer.Option(
             min=1,
             help="Rate-distortion over the first N images (default: all).",
+            metavar="N",
             show_default=False,
         ),
     ] = None,
