@@ -43,6 +43,39 @@ def make_images(n: int, rng: np.random.Generator) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8).reshape(n, 3072)
 
 
+def make_photos(n: int, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """`n` structured images of `size` (H, W) as uint8 (n, H, W, 3): gradients and a blob."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) / max(h, w)  # (H, W), 0 to < 1
+    base = rng.uniform(0.15, 0.85, (n, 1, 1, 3))
+    gx, gy = rng.uniform(-0.4, 0.4, (2, n, 1, 1, 3))
+    cx, cy = rng.uniform(0.2, 0.8, (2, n, 1, 1, 1))
+    radius = rng.uniform(0.1, 0.25, (n, 1, 1, 1))
+    colour = rng.uniform(-0.5, 0.5, (n, 1, 1, 3))
+    blob = np.exp(-((xx[..., None] - cx) ** 2 + (yy[..., None] - cy) ** 2) / (2 * radius**2))
+    img = base + gx * xx[..., None] + gy * yy[..., None] + colour * blob
+    img = img + rng.normal(0, 0.02, (n, h, w, 3))
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+def make_image_folder(
+    folder: Path,
+    names: list[str],
+    size: tuple[int, int] = (32, 32),
+    seed: int = 0,
+) -> Path:
+    """Write one generated image per name below `folder` ('cat/0001.png'; the extension picks
+    the format: .png, .jpg, ...); return `folder`."""
+    from PIL import Image
+
+    pixels = make_photos(len(names), size, np.random.default_rng(seed))
+    for name, image in zip(names, pixels, strict=True):
+        path = Path(folder) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+    return Path(folder)
+
+
 def cifar_batch_blobs(per_batch: int = 40, n_test: int = 40, seed: int = 0) -> dict[str, bytes]:
     """The pickled files of the batches folder, by name (data_batch_1..5, test_batch, meta)."""
     rng = np.random.default_rng(seed)

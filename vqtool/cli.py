@@ -259,7 +259,12 @@ def evaluate(
         check_output_file(Path(json_out), "the --json file", "--json metrics.json")
     with progress.CountProgress(f"evaluating {split}") as bar:
         metrics = evaluate_checkpoint(
-            run, split, _data_dir(data_dir), resolve_device(device), bar.update
+            run,
+            split,
+            _data_dir(data_dir),
+            resolve_device(device),
+            bar.update,
+            bar.counter("decoding images"),
         )
     # The run's own copy first (a reader that closes stdout early must not cost it), but a
     # run folder that cannot be written (shared, read-only) still gives the results.
@@ -330,7 +335,11 @@ def plot(
     if loaded.has_checkpoint:
         with progress.CountProgress("encoding the test split") as bar:
             arrays = run_arrays(
-                loaded.path, _data_dir(data_dir), resolve_device(device), on_progress=bar.update
+                loaded.path,
+                _data_dir(data_dir),
+                resolve_device(device),
+                on_progress=bar.update,
+                on_decode=bar.counter("decoding images"),
             )
     else:
         progress.warn(f"no checkpoint in {loaded.path}: wrote the loss curves only")

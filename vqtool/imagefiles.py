@@ -104,3 +104,10 @@ def read_image(path: Path) -> Tensor:
             return from_pil(image)
         except Exception as exc:  # truncated or corrupt pixel data: OSError, SyntaxError, ...
             raise _unreadable(path, exc) from exc
+
+
+def open_image(path: Path) -> Image.Image:
+    """An image opened lazily (header only), for a reader that decodes it its own way (e.g.
+    shrinking a JPEG while decoding it); one that declares too many pixels is refused first.
+    Close it after use (`with open_image(path) as image`)."""
+    return _open(path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -74,6 +74,17 @@ class _Bar:
     ) -> None:
         self.progress.__exit__(exc_type, exc, tb)
 
+    def counter(self, description: str) -> Callable[[int, int], None]:
+        """An on_progress callback (done, total) for a second task shown in this bar."""
+        task: list[TaskID] = []
+
+        def update(done: int, total: int) -> None:
+            if not task:
+                task.append(self.progress.add_task(description, total=total, stats=""))
+            self.progress.update(task[0], completed=done, total=total)
+
+        return update
+
 
 class ByteProgress(_Bar):
     """Bytes, speed and ETA of a download: pass `.update` as the on_progress callback."""
@@ -128,11 +139,16 @@ class TrainProgress(_Bar):
         )
         self.download = ByteProgress("downloading CIFAR-10").update
         self.setup = ""  # "device, precision" from the start event, repeated at the end
+        self.decode = self.counter("decoding images")
         self.first_log = False
 
     def __call__(self, event: Any) -> None:
         record: Mapping[str, Any] = event.record
-        if event.kind == "start":
+        if event.kind == "decode":
+            self.decode(record["done"], record["total"])
+            if not self.live and record["done"] == 0:
+                info(f"decoding {record['total']:,} images into the image cache (once)")
+        elif event.kind == "start":
             compiled = ", torch.compile" if record.get("compile") else ""
             graphs = ", CUDA graphs" if record.get("cuda_graphs") else ""
             self.setup = f"{record['device']}, {record['precision']}{compiled}{graphs}"
