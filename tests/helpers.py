@@ -14,6 +14,7 @@ import struct
 import subprocess
 import tarfile
 import time
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,6 +75,43 @@ def make_image_folder(
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(path)
     return Path(folder)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height pixels, with almost no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+FOLDER_PROFILE = """\
+extends = "tiny.toml"
+
+[data]
+dataset = "folder"
+path = "photos"
+image_size = [16, 16]
+resize = "random-crop"
+test_fraction = 0.2
+batch_size = 8
+"""
+
+
+def write_folder_profile(folder: Path, extra: str = "") -> Path:
+    """The tiny model on the image folder `photos` (relative to the working folder) at 16x16
+    random crops: `folder/folder.toml`, extending `folder/tiny.toml`."""
+    write_tiny_profile(folder / "tiny.toml")
+    (folder / "folder.toml").write_text(FOLDER_PROFILE + extra)
+    return folder / "folder.toml"
 
 
 def cifar_batch_blobs(per_batch: int = 40, n_test: int = 40, seed: int = 0) -> dict[str, bytes]:

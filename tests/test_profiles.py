@@ -22,7 +22,7 @@ from vqtool.profiles import (
     with_overrides,
 )
 
-SHIPPED = ["ema", "ema-kaiming", "fast", "original", "smoke"]
+SHIPPED = ["ema", "ema-kaiming", "fast", "folder", "original", "smoke"]
 
 
 def write(path: Path, text: str) -> Path:
@@ -152,7 +152,7 @@ def test_unknown_profile_lists_shipped_names_and_suggests() -> None:
         load_profile("emma")
     line = usage_line(excinfo)
     assert "unknown profile 'emma'" in line
-    assert "ema, ema-kaiming, fast, original, smoke" in line
+    assert "ema, ema-kaiming, fast, folder, original, smoke" in line
     assert "did you mean 'ema'" in line
 
 

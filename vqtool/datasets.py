@@ -120,16 +120,30 @@ class RandomCrops:
             self._offsets = self._offsets.to(images.device)
             self._epoch = epoch
         corner = self._offsets[indices]  # (B, 2)
-        h, w = self.size
         if images.device.type == "cpu":
-            # Slices copied one image at a time: on a CPU several times faster than a gather.
-            pairs = zip(indices.tolist(), corner.tolist(), strict=True)
-            return torch.stack([images[i, :, y : y + h, x : x + w] for i, (y, x) in pairs])
-        rows = corner[:, :1] + torch.arange(h, device=images.device)  # (B, H)
-        cols = corner[:, 1:] + torch.arange(w, device=images.device)  # (B, W)
-        # One gather: advanced indices around a slice put their dims first -> (B, H, W, 3).
-        windows = images[indices[:, None, None], :, rows[:, :, None], cols[:, None, :]]
-        return windows.permute(0, 3, 1, 2)
+            return windows_by_slices(images, indices, corner, self.size)
+        return windows_by_gather(images, indices, corner, self.size)
+
+
+def windows_by_slices(
+    images: Tensor, indices: Tensor, corner: Tensor, size: tuple[int, int]
+) -> Tensor:
+    """(B, 3, H, W) windows of images[indices] at corners (B, 2), one slice copy per image: on
+    a CPU several times faster than one gather."""
+    h, w = size
+    pairs = zip(indices.tolist(), corner.tolist(), strict=True)
+    return torch.stack([images[i, :, y : y + h, x : x + w] for i, (y, x) in pairs])
+
+
+def windows_by_gather(
+    images: Tensor, indices: Tensor, corner: Tensor, size: tuple[int, int]
+) -> Tensor:
+    """The same windows as one gather (one kernel on a GPU, no reads back to the host)."""
+    rows = corner[:, :1] + torch.arange(size[0], device=images.device)  # (B, H)
+    cols = corner[:, 1:] + torch.arange(size[1], device=images.device)  # (B, W)
+    # Advanced indices around a slice put their dims first: (B, H, W, 3).
+    windows = images[indices[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return windows.permute(0, 3, 1, 2)
 
 
 class TrainingImages(NamedTuple):

@@ -248,10 +248,8 @@ def ensure_cache(
     settings = FolderSettings.from_config(data)
     root = settings.root
     if not root.is_dir():
-        what = "is not a folder" if root.exists() else "no such folder"
-        raise UsageError(
-            f"the image folder {what}", data.path, "set data.path to a folder of images"
-        )
+        what = "the image folder is a file" if root.exists() else "no such image folder"
+        raise UsageError(what, data.path, "set data.path to a folder of images")
     cache_root = Path(data_dir) / CACHE_DIR
     try:
         cache_root.mkdir(parents=True, exist_ok=True)
