@@ -13,9 +13,12 @@ import pytest
 import torch
 from helpers import make_image_folder, png_declaring, write_folder_profile
 from PIL import Image
+from typer.testing import CliRunner, Result
 
 from vqtool import folders
-from vqtool.checkpoint import load_checkpoint
+from vqtool.checkpoint import load_checkpoint, load_model
+from vqtool.cli import app
+from vqtool.codes import read_codes
 from vqtool.datasets import (
     RandomCrops,
     centre_crop,
@@ -27,6 +30,8 @@ from vqtool.datasets import (
 )
 from vqtool.errors import UsageError, WorkError
 from vqtool.folders import CACHE_DIR, ensure_cache, split_of
+from vqtool.imagefiles import read_image
+from vqtool.pixels import resize
 from vqtool.profiles import DataConfig, load_profile
 from vqtool.train import run_training
 
@@ -85,13 +90,13 @@ def test_resize_modes_crop_or_stretch_larger_photos(tmp_path: Path) -> None:
     for i in range(4):
         banded(root / f"{i}.png", 80, 120, 16)  # 2:3, the bands outside the centre square
     shapes = {}
-    for resize in ("centre-crop", "random-crop", "stretch"):
-        data = folder_data(root, image_size=[32, 32], resize=resize, test_fraction=0.0)
+    for mode in ("centre-crop", "random-crop", "stretch"):
+        data = folder_data(root, image_size=[32, 32], resize=mode, test_fraction=0.0)
         images = load_images(data, tmp_path / "data", "train")
         red = (images[:, 0].int() - images[:, 1].int() > 100).any()
         assert images.shape == (4, 3, 32, 32)
-        assert bool(red) == (resize == "stretch"), resize
-        shapes[resize] = load_training_images(data, tmp_path / "data", 0).images.shape[2:]
+        assert bool(red) == (mode == "stretch"), mode
+        shapes[mode] = load_training_images(data, tmp_path / "data", 0).images.shape[2:]
     assert shapes == {"centre-crop": (32, 32), "random-crop": (36, 36), "stretch": (32, 32)}
 
 
@@ -296,3 +301,91 @@ def test_training_on_a_folder_resumes_bit_identically(tmp_path: Path) -> None:
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
     assert a["fingerprint"] == b["fingerprint"]
     assert a["data"]["epoch"] >= 2  # 8 batches of 8 from about 24 images: new crops each epoch
+
+
+# Through the CLI: the shipped `folder` profile from a folder of photos to a comparison.
+
+runner = CliRunner()
+SMALL_MODEL = [
+    "model.num_hiddens=16",
+    "model.num_residual_hiddens=8",
+    "model.num_residual_layers=1",
+    "model.embedding_dim=8",
+    "model.num_embeddings=32",
+    "data.batch_size=8",
+    "train.log_every=2",
+]
+
+
+def vqtool(*args: str | Path) -> Result:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def train_folder(run: str, steps: int, *sets: str) -> Result:
+    overrides = [f"--set={s}" for s in [*SMALL_MODEL, f"train.steps={steps}", *sets]]
+    return vqtool("train", "--profile", "folder", *overrides, "--run-dir", run)
+
+
+def test_folder_profile_trains_on_64px_crops_then_evaluate_plot_compare_encode_decode(
+    tmp_path: Path,
+) -> None:
+    photos = make_image_folder(tmp_path / "photos", names(40, "p/", "jpg"), size=(80, 96))
+    result = train_folder("run", 4)  # the profile's path = "photos", below the working folder
+    assert result.exit_code == 0, result.output
+    assert "decoding 40 images into the image cache (once)" in result.output
+    assert "into data/folder-cache/photos-64x64-random-crop-" in result.output
+    images = load_images(load_model(tmp_path / "run").profile.data, Path("data"), "test")
+    assert images.shape[1:] == (3, 64, 64)
+
+    result = vqtool("evaluate", "run", "--split", "test", "--json", "-")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["images"] == images.shape[0] and metrics["bits_per_image"] == 16 * 16 * 5
+
+    result = vqtool("plot", "run", "-o", "figures")
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "figures" / "reconstructions.png") as figure:
+        assert figure.size[0] > 100
+    assert train_folder("run2", 2).exit_code == 0  # the cache is reused
+    result = vqtool("compare", "run", "run2", "--json", "-")
+    assert result.exit_code == 0, result.output
+    assert [row["steps"] for row in json.loads(result.stdout)] == [4, 2]
+
+    result = vqtool("encode", "run", photos, "-o", "p.vqc", "--size", "64x64")
+    assert result.exit_code == 0, result.output
+    codes = read_codes(tmp_path / "p.vqc")
+    assert codes.codes.shape == (40, 16, 16) and codes.names[0] == "p/000"
+    result = vqtool("decode", "run", "p.vqc", "-o", "out")
+    assert result.exit_code == 0, result.output
+    model = load_model(tmp_path / "run").model
+    resized = torch.stack([resize(read_image(photos / n), (64, 64)) for n in names(3, "p/", "jpg")])
+    _, recon = model.reconstruct(resized)
+    for i in range(3):
+        with Image.open(tmp_path / "out" / "p" / f"{i:03d}.png") as png:
+            decoded = np.asarray(png).transpose(2, 0, 1)
+        assert np.array_equal(decoded, (recon[i] * 255).round().byte().numpy())
+
+
+@pytest.mark.parametrize(
+    ("setup", "sets", "code", "message"),
+    [
+        ("photos", ["data.image_size=[62,62]"], 2, "error: data.image_size must be two integers"),
+        ("empty", [], 2, "error: no images in the image folder ("),
+        ("bad", [], 1, "error: none of the 2 image files could be read"),
+    ],
+)
+def test_folder_training_refusals_are_one_line(
+    setup: str, sets: list[str], code: int, message: str, tmp_path: Path
+) -> None:
+    (tmp_path / "photos").mkdir()
+    if setup == "photos":
+        make_image_folder(tmp_path / "photos", names(4))
+    elif setup == "bad":
+        (tmp_path / "photos" / "a.jpg").write_bytes(b"")
+        (tmp_path / "photos" / "b.png").write_bytes(b"\x89PNG")
+    result = train_folder("run", 2, *sets)
+    assert result.exit_code == code
+    # At most the progress line of the decoding before it.
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith(message) and len(lines) <= 2 and "Traceback" not in result.output
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
