@@ -1,0 +1,193 @@
+"""Training from an image folder against the CIFAR-10 route: decode, start-up and images/s.
+
+    python benchmarks/bench_folder.py --jpeg-dir J --data-dir D [--steps N] [--rounds R]
+        [--json FILE]
+
+J is the CIFAR-10 JPEG tree (train/<class>/NNNN.jpg, test/<class>/NNNN.jpg), D holds
+`cifar-10-batches-py` with the same pixels (rebuilt from those JPEGs), so both routes train on
+the same images at 32x32 (`resize = "centre-crop"` keeps a 32x32 JPEG's pixels as they are).
+
+What it prints, in one run:
+1. The first decode of the folder into a fresh cache (in a temporary data folder): seconds and
+   images/s, with the decoding threads used.
+2. A second run's data start-up with the cache reused (find the files, check them against the
+   manifest, map the arrays), beside the CIFAR-10 route's (unpickling the python batches).
+3. Training images/s at batch 32 (`ema` profile), the CIFAR-10 route and the folder route in
+   turns, R rounds of N steps after a warm-up; the medians and their ratio.
+4. Decoding one image at a time, one thread: Pillow (what vqtool uses; JPEGs shrunk while
+   decoding) and torchvision.io (its header read by Pillow first, for the size limit; resized by
+   torch), on the first 2,000 training files at 32x32 and on 40 made-up 1600x1200 JPEGs brought
+   to 72x72: the reason for the choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vqtool.data import load_cifar10  # noqa: E402
+from vqtool.datasets import load_images, load_training_images  # noqa: E402
+from vqtool.folders import DECODE_THREADS, decode_image, ensure_cache, scan_folder  # noqa: E402
+from vqtool.imagefiles import open_image  # noqa: E402
+from vqtool.profiles import load_profile  # noqa: E402
+from vqtool.train import TrainEvent, run_training  # noqa: E402
+
+WARMUP_STEPS = 25
+
+
+def folder_sets(jpeg_dir: Path) -> list[str]:
+    return ["data.dataset=folder", f"data.path={jpeg_dir.resolve()}"]
+
+
+def images_per_s(data_dir: Path, steps: int, extra: list[str]) -> float:
+    """`ema` at batch 32 through vqtool's own loop: images/s over `steps` after a warm-up."""
+    overrides = [
+        "data.batch_size=32",
+        f"train.steps={WARMUP_STEPS + steps}",
+        f"train.log_every={WARMUP_STEPS}",
+        f"train.checkpoint_every={WARMUP_STEPS + steps}",
+        "train.eval_every=0",
+        "train.device=cpu",
+        *extra,
+    ]
+    records: list[dict[str, Any]] = []
+
+    def collect(event: TrainEvent) -> None:
+        if event.kind == "log":
+            records.append(event.record)
+
+    with tempfile.TemporaryDirectory(prefix="vqtool-bench-") as tmp:
+        run_training(load_profile("ema", overrides), Path(tmp) / "run", data_dir, callback=collect)
+    first, last = records[0], records[-1]
+    return (last["step"] - first["step"]) * 32 / (last["elapsed_s"] - first["elapsed_s"])
+
+
+def decode_rates(paths: list[Path], size: tuple[int, int]) -> dict[str, float]:
+    """Images/s of one-at-a-time decoding to `size`, one thread: Pillow as vqtool does it, and
+    torchvision.io with torch's antialiased bicubic resize."""
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_image as tv_decode
+
+    def pillow(path: Path) -> object:
+        return decode_image(path, size, "stretch")
+
+    def torchvision(path: Path) -> object:
+        with open_image(path):  # the size limit, from the header
+            pass
+        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        image = tv_decode(data, mode=ImageReadMode.RGB)
+        if tuple(image.shape[1:]) == size:
+            return image
+        return F.interpolate(image[None].float(), size, mode="bicubic", antialias=True)
+
+    rates: dict[str, float] = {}
+    for name, decode in (("pillow", pillow), ("torchvision.io", torchvision)) * 2:
+        start = time.perf_counter()
+        for path in paths:
+            decode(path)
+        rates[name] = max(rates.get(name, 0.0), len(paths) / (time.perf_counter() - start))
+    return rates
+
+
+def made_up_photos(folder: Path, count: int) -> list[Path]:
+    """`count` 1600x1200 JPEGs of gradients and noise (quality 90)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:1200, 0:1600]
+    paths = []
+    for i in range(count):
+        base = np.stack([(xx / 6 + 40 * i) % 256, (yy / 5) % 256, ((xx + yy) / 7) % 256], -1)
+        pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        paths.append(folder / f"{i:03d}.jpg")
+        Image.fromarray(pixels).save(paths[-1], quality=90)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jpeg-dir", type=Path, required=True)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=200, help="measured steps per figure")
+    parser.add_argument("--rounds", type=int, default=3, help="CIFAR-10/folder turns")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    result: dict[str, Any] = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    print(f"cpu, {torch.get_num_threads()} torch threads; torch {torch.__version__}")
+
+    with tempfile.TemporaryDirectory(prefix="vqtool-bench-folder-") as tmp:
+        cache_dir = Path(tmp)
+        data = load_profile("ema", folder_sets(args.jpeg_dir)).data
+        start = time.perf_counter()
+        cache = ensure_cache(data, cache_dir)
+        seconds = time.perf_counter() - start
+        count = sum(len(files) for files in cache.files.values())
+        result["first_decode"] = {"images": count, "s": seconds, "threads": DECODE_THREADS}
+        print(
+            f"first decode: {count:,} images in {seconds:.1f} s ({count / seconds:,.0f} "
+            f"images/s, {DECODE_THREADS} threads, both splits, cache written)"
+        )
+        del cache
+
+        start = time.perf_counter()
+        load_training_images(data, cache_dir, 0)
+        load_images(data, cache_dir, "test")
+        folder_s = time.perf_counter() - start
+        start = time.perf_counter()
+        load_cifar10(args.data_dir, "train")
+        load_cifar10(args.data_dir, "test")
+        cifar_s = time.perf_counter() - start
+        result["data_startup_s"] = {"folder_cache_reused": folder_s, "cifar10": cifar_s}
+        print(
+            f"data start-up of a second run: folder with its cache {folder_s:.2f} s "
+            f"(CIFAR-10 batches: {cifar_s:.2f} s)"
+        )
+
+        print(f"training images/s, ema, batch 32, {args.steps} steps per figure:")
+        figures: dict[str, list[float]] = {"cifar10": [], "folder": []}
+        for r in range(args.rounds):
+            figures["cifar10"].append(images_per_s(args.data_dir, args.steps, []))
+            folder = images_per_s(cache_dir, args.steps, folder_sets(args.jpeg_dir))
+            figures["folder"].append(folder)
+            print(
+                f"  round {r + 1}: cifar10 {figures['cifar10'][-1]:,.0f}, folder {folder:,.0f}",
+                flush=True,
+            )
+    medians = {name: statistics.median(values) for name, values in figures.items()}
+    ratio = medians["folder"] / medians["cifar10"]
+    result["train_images_per_s"] = {"rounds": figures, "median": medians, "ratio": ratio}
+    print(
+        f"  median: cifar10 {medians['cifar10']:,.0f}, folder {medians['folder']:,.0f} img/s: "
+        f"folder / cifar10 = {ratio:.3f}"
+    )
+
+    print("decoding one image at a time, one thread, images/s (best of 2):")
+    cifar = [args.jpeg_dir / entry.rel for entry in scan_folder(args.jpeg_dir).files[:2000]]
+    with tempfile.TemporaryDirectory(prefix="vqtool-bench-photos-") as tmp:
+        photos = made_up_photos(Path(tmp), 40)
+        result["decode_images_per_s_one_thread"] = rates = {
+            "cifar10 jpeg 32x32": decode_rates(cifar, (32, 32)),
+            "photo 1600x1200 to 72x72": decode_rates(photos, (72, 72)),
+        }
+    for what, figures in rates.items():
+        shown = ", ".join(f"{name} {rate:,.0f}" for name, rate in figures.items())
+        print(f"  {what}: {shown}")
+
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
