@@ -19,6 +19,7 @@ from vqtool import folders
 from vqtool.checkpoint import load_checkpoint, load_model
 from vqtool.cli import app
 from vqtool.codes import read_codes
+from vqtool.data import load_cifar10
 from vqtool.datasets import (
     RandomCrops,
     centre_crop,
@@ -34,6 +35,8 @@ from vqtool.imagefiles import read_image
 from vqtool.pixels import resize
 from vqtool.profiles import DataConfig, load_profile
 from vqtool.train import run_training
+
+FOLDER_SETS = ["data.dataset=folder"]
 
 
 def folder_data(path: Path, **keys: object) -> DataConfig:
@@ -301,6 +304,22 @@ def test_training_on_a_folder_resumes_bit_identically(tmp_path: Path) -> None:
     a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
     assert a["fingerprint"] == b["fingerprint"]
     assert a["data"]["epoch"] >= 2  # 8 batches of 8 from about 24 images: new crops each epoch
+
+
+def test_a_folder_of_the_same_pixels_in_the_same_order_trains_like_cifar10(
+    data_dir: Path, tiny_profile: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "pngs"
+    for split in ("train", "test"):
+        for i, image in enumerate(load_cifar10(data_dir, split)):
+            (root / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / split / f"{i:05d}.png")
+    cifar = load_profile(tiny_profile, ["train.steps=4"])
+    folder = load_profile(tiny_profile, ["train.steps=4", *FOLDER_SETS, f"data.path={root}"])
+    run_training(cifar, tmp_path / "cifar", data_dir)
+    run_training(folder, tmp_path / "folder", tmp_path / "cache")
+    a, b = load_checkpoint(tmp_path / "cifar"), load_checkpoint(tmp_path / "folder")
+    assert a["fingerprint"] == b["fingerprint"] and a["train_variance"] == b["train_variance"]
 
 
 # Through the CLI: the shipped `folder` profile from a folder of photos to a comparison.
