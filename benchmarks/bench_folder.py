@@ -18,6 +18,8 @@ What it prints, in one run:
    decoding) and torchvision.io (its header read by Pillow first, for the size limit; resized by
    torch), on the first 2,000 training files at 32x32 and on 40 made-up 1600x1200 JPEGs brought
    to 72x72: the reason for the choice.
+5. Whether decoding on threads pays: a cache of those photos (64x64 random crops) and of the
+   5,000 JPEGs of train/airplane, built with one thread and with DECODE_THREADS.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from vqtool import folders  # noqa: E402
 from vqtool.data import load_cifar10  # noqa: E402
 from vqtool.datasets import load_images, load_training_images  # noqa: E402
 from vqtool.folders import DECODE_THREADS, decode_image, ensure_cache, scan_folder  # noqa: E402
@@ -99,6 +102,22 @@ def decode_rates(paths: list[Path], size: tuple[int, int]) -> dict[str, float]:
         for path in paths:
             decode(path)
         rates[name] = max(rates.get(name, 0.0), len(paths) / (time.perf_counter() - start))
+    return rates
+
+
+def thread_rates(folder: Path, sets: list[str]) -> dict[int, float]:
+    """Images/s of building a fresh cache of `folder` with 1 and DECODE_THREADS threads."""
+    data = load_profile("ema", [*folder_sets(folder), "data.test_fraction=0", *sets]).data
+    rates: dict[int, float] = {}
+    for threads in (1, DECODE_THREADS) * 2:
+        folders.DECODE_THREADS = threads
+        with tempfile.TemporaryDirectory(prefix="vqtool-bench-threads-") as tmp:
+            start = time.perf_counter()
+            cache = ensure_cache(data, Path(tmp))
+            rate = len(cache.files["train"]) / (time.perf_counter() - start)
+            del cache
+        rates[threads] = max(rates.get(threads, 0.0), rate)
+    folders.DECODE_THREADS = DECODE_THREADS
     return rates
 
 
@@ -180,8 +199,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cifar10 jpeg 32x32": decode_rates(cifar, (32, 32)),
             "photo 1600x1200 to 72x72": decode_rates(photos, (72, 72)),
         }
-    for what, figures in rates.items():
-        shown = ", ".join(f"{name} {rate:,.0f}" for name, rate in figures.items())
+        for what, figures in rates.items():
+            shown = ", ".join(f"{name} {rate:,.0f}" for name, rate in figures.items())
+            print(f"  {what}: {shown}")
+        print(f"building a cache, images/s, 1 thread and {DECODE_THREADS} threads (best of 2):")
+        result["cache_build_images_per_s"] = builds = {
+            "photos 1600x1200, 64x64 random-crop": thread_rates(
+                Path(tmp), ["data.image_size=[64,64]", "data.resize=random-crop"]
+            ),
+            "cifar10 train/airplane, 32x32": thread_rates(args.jpeg_dir / "train" / "airplane", []),
+        }
+    for what, figures in builds.items():
+        shown = ", ".join(f"{threads} threads {rate:,.0f}" for threads, rate in figures.items())
         print(f"  {what}: {shown}")
 
     if args.json is not None:

@@ -54,8 +54,8 @@ CACHE_VERSION = 1
 CACHE_DIR = "folder-cache"
 SPLITS = ("train", "test")
 TEST_FOLDER = "test"
-# Files per decoding task; threads decode in parallel (Pillow releases the GIL while it decodes
-# and resizes, which is where a photo's time goes).
+# Threads decode in parallel (Pillow releases the GIL while it decodes and resizes, which is
+# where a photo's time goes), in tasks of at most DECODE_CHUNK files, at least 4 per thread.
 DECODE_CHUNK = 64
 DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 NAMED_SKIPS = 3  # skipped files named in a note; the rest are counted
@@ -450,12 +450,13 @@ def _decode_all(
     on_progress: Progress | None,
 ) -> dict[str, list[tuple[int, str]]]:
     """Decode each split's files into its array, row i from file i; returns the failures."""
-    tasks = [
-        (split, start, entries[start : start + DECODE_CHUNK])
-        for split, entries in splits.items()
-        for start in range(0, len(entries), DECODE_CHUNK)
-    ]
     total = sum(len(entries) for entries in splits.values())
+    chunk = max(1, min(DECODE_CHUNK, total // (4 * DECODE_THREADS)))
+    tasks = [
+        (split, start, entries[start : start + chunk])
+        for split, entries in splits.items()
+        for start in range(0, len(entries), chunk)
+    ]
 
     def run(task: tuple[str, int, list[FileEntry]]) -> tuple[str, list[tuple[int, str]], int]:
         split, start, chunk = task
