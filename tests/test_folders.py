@@ -36,8 +36,6 @@ from vqtool.pixels import resize
 from vqtool.profiles import DataConfig, load_profile
 from vqtool.train import run_training
 
-FOLDER_SETS = ["data.dataset=folder"]
-
 
 def folder_data(path: Path, **keys: object) -> DataConfig:
     """A [data] section for the image folder at `path` (through the profile's validation)."""
@@ -315,7 +313,9 @@ def test_a_folder_of_the_same_pixels_in_the_same_order_trains_like_cifar10(
             (root / split).mkdir(parents=True, exist_ok=True)
             Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / split / f"{i:05d}.png")
     cifar = load_profile(tiny_profile, ["train.steps=4"])
-    folder = load_profile(tiny_profile, ["train.steps=4", *FOLDER_SETS, f"data.path={root}"])
+    folder = load_profile(
+        tiny_profile, ["train.steps=4", "data.dataset=folder", f"data.path={root}"]
+    )
     run_training(cifar, tmp_path / "cifar", data_dir)
     run_training(folder, tmp_path / "folder", tmp_path / "cache")
     a, b = load_checkpoint(tmp_path / "cifar"), load_checkpoint(tmp_path / "folder")
