@@ -1,7 +1,7 @@
 """Training from an image folder against the CIFAR-10 route: decode, start-up and images/s.
 
     python benchmarks/bench_folder.py --jpeg-dir J --data-dir D [--steps N] [--rounds R]
-        [--json FILE]
+        [--torch-threads T] [--json FILE]
 
 J is the CIFAR-10 JPEG tree (train/<class>/NNNN.jpg, test/<class>/NNNN.jpg), D holds
 `cifar-10-batches-py` with the same pixels (rebuilt from those JPEGs), so both routes train on
@@ -12,14 +12,16 @@ What it prints, in one run:
    images/s, with the decoding threads used.
 2. A second run's data start-up with the cache reused (find the files, check them against the
    manifest, map the arrays), beside the CIFAR-10 route's (unpickling the python batches).
-3. Training images/s at batch 32 (`ema` profile), the CIFAR-10 route and the folder route in
-   turns, R rounds of N steps after a warm-up; the medians and their ratio.
+3. Training images/s at batch 32 (`ema` profile, CPU), the CIFAR-10 route and the folder route
+   in one process, taking turns every N steps (R turns each, after a warm-up): each turn's
+   figures and ratio, the medians and the median ratio.
 4. Decoding one image at a time, one thread: Pillow (what vqtool uses; JPEGs shrunk while
    decoding) and torchvision.io (its header read by Pillow first, for the size limit; resized by
    torch), on the first 2,000 training files at 32x32 and on 40 made-up 1600x1200 JPEGs brought
    to 72x72: the reason for the choice.
 5. Whether decoding on threads pays: a cache of those photos (64x64 random crops) and of the
-   5,000 JPEGs of train/airplane, built with one thread and with DECODE_THREADS.
+   5,000 JPEGs of train/airplane, built on one thread, on DECODE_THREADS threads, and as vqtool
+   chooses.
 """
 
 from __future__ import annotations
@@ -43,10 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vqtool import folders  # noqa: E402
 from vqtool.data import load_cifar10  # noqa: E402
 from vqtool.datasets import load_images, load_training_images  # noqa: E402
+from vqtool.device import Placement  # noqa: E402
 from vqtool.folders import DECODE_THREADS, decode_image, ensure_cache, scan_folder  # noqa: E402
 from vqtool.imagefiles import open_image  # noqa: E402
 from vqtool.profiles import load_profile  # noqa: E402
-from vqtool.train import TrainEvent, run_training  # noqa: E402
+from vqtool.train import Trainer  # noqa: E402
 
 WARMUP_STEPS = 25
 
@@ -55,27 +58,50 @@ def folder_sets(jpeg_dir: Path) -> list[str]:
     return ["data.dataset=folder", f"data.path={jpeg_dir.resolve()}"]
 
 
-def images_per_s(data_dir: Path, steps: int, extra: list[str]) -> float:
-    """`ema` at batch 32 through vqtool's own loop: images/s over `steps` after a warm-up."""
-    overrides = [
-        "data.batch_size=32",
-        f"train.steps={WARMUP_STEPS + steps}",
-        f"train.log_every={WARMUP_STEPS}",
-        f"train.checkpoint_every={WARMUP_STEPS + steps}",
-        "train.eval_every=0",
-        "train.device=cpu",
-        *extra,
-    ]
-    records: list[dict[str, Any]] = []
+def paired_images_per_s(
+    data_dir: Path, cache_dir: Path, jpeg_dir: Path, steps: int, rounds: int
+) -> dict[str, Any]:
+    """Training images/s of `ema` at batch 32 on the CPU, the CIFAR-10 route and the folder
+    route in the same process, taking turns every `steps` steps (`rounds` turns each, after a
+    warm-up), so that a machine shared with other work slows both alike. Each turn is the
+    training loop's own step: gather the batch by index, forward, backward, update."""
+    trainers = {}
+    for name, sets, where in (
+        ("cifar10", [], data_dir),
+        ("folder", folder_sets(jpeg_dir), cache_dir),
+    ):
+        profile = load_profile("ema", ["train.device=cpu", *sets])
+        train = load_training_images(profile.data, where, profile.train.seed)
+        placement = Placement(torch.device("cpu"), None)
+        trainers[name] = Trainer(
+            profile, cache_dir / name, train.images, placement, lambda e: None, None, train.crops
+        )
 
-    def collect(event: TrainEvent) -> None:
-        if event.kind == "log":
-            records.append(event.record)
+    def run(trainer: Trainer, count: int) -> float:
+        start = time.perf_counter()
+        for _ in range(count):
+            x = trainer.next_batch(trainer.step)
+            if trainer.step == 0:
+                trainer.init_codebook(x)
+            trainer.train_step(x)
+            trainer.step += 1
+        return count * 32 / (time.perf_counter() - start)
 
-    with tempfile.TemporaryDirectory(prefix="vqtool-bench-") as tmp:
-        run_training(load_profile("ema", overrides), Path(tmp) / "run", data_dir, callback=collect)
-    first, last = records[0], records[-1]
-    return (last["step"] - first["step"]) * 32 / (last["elapsed_s"] - first["elapsed_s"])
+    for trainer in trainers.values():
+        trainer.model.train()
+        run(trainer, WARMUP_STEPS)
+    figures: dict[str, list[float]] = {name: [] for name in trainers}
+    for r in range(rounds):
+        order = list(trainers) if r % 2 == 0 else list(reversed(trainers))
+        for name in order:
+            figures[name].append(run(trainers[name], steps))
+    ratios = [f / c for f, c in zip(figures["folder"], figures["cifar10"], strict=True)]
+    return {
+        "rounds": figures,
+        "median": {name: statistics.median(values) for name, values in figures.items()},
+        "ratio_per_round": ratios,
+        "median_ratio": statistics.median(ratios),
+    }
 
 
 def decode_rates(paths: list[Path], size: tuple[int, int]) -> dict[str, float]:
@@ -105,19 +131,25 @@ def decode_rates(paths: list[Path], size: tuple[int, int]) -> dict[str, float]:
     return rates
 
 
-def thread_rates(folder: Path, sets: list[str]) -> dict[int, float]:
-    """Images/s of building a fresh cache of `folder` with 1 and DECODE_THREADS threads."""
+def thread_rates(folder: Path, sets: list[str]) -> dict[str, float]:
+    """Images/s of building a fresh cache of `folder`: on one thread, on DECODE_THREADS threads,
+    and as vqtool chooses (threads only when the first files decode slowly)."""
     data = load_profile("ema", [*folder_sets(folder), "data.test_fraction=0", *sets]).data
-    rates: dict[int, float] = {}
-    for threads in (1, DECODE_THREADS) * 2:
-        folders.DECODE_THREADS = threads
+    ways = {
+        "1 thread": (1, folders.THREADS_FROM_S),
+        f"{DECODE_THREADS} threads": (DECODE_THREADS, 0.0),
+        "vqtool's choice": (DECODE_THREADS, folders.THREADS_FROM_S),
+    }
+    rates: dict[str, float] = {}
+    for way, (threads, threshold) in [*ways.items()] * 2:
+        folders.DECODE_THREADS, folders.THREADS_FROM_S = threads, threshold
         with tempfile.TemporaryDirectory(prefix="vqtool-bench-threads-") as tmp:
             start = time.perf_counter()
             cache = ensure_cache(data, Path(tmp))
             rate = len(cache.files["train"]) / (time.perf_counter() - start)
             del cache
-        rates[threads] = max(rates.get(threads, 0.0), rate)
-    folders.DECODE_THREADS = DECODE_THREADS
+        rates[way] = max(rates.get(way, 0.0), rate)
+    folders.DECODE_THREADS, folders.THREADS_FROM_S = ways["vqtool's choice"]
     return rates
 
 
@@ -138,10 +170,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jpeg-dir", type=Path, required=True)
     parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=200, help="measured steps per figure")
-    parser.add_argument("--rounds", type=int, default=3, help="CIFAR-10/folder turns")
+    parser.add_argument("--steps", type=int, default=50, help="steps per turn")
+    parser.add_argument("--rounds", type=int, default=10, help="turns of each route")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
+    if args.torch_threads is not None:
+        torch.set_num_threads(args.torch_threads)
     result: dict[str, Any] = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
     print(f"cpu, {torch.get_num_threads()} torch threads; torch {torch.__version__}")
 
@@ -173,23 +208,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"(CIFAR-10 batches: {cifar_s:.2f} s)"
         )
 
-        print(f"training images/s, ema, batch 32, {args.steps} steps per figure:")
-        figures: dict[str, list[float]] = {"cifar10": [], "folder": []}
-        for r in range(args.rounds):
-            figures["cifar10"].append(images_per_s(args.data_dir, args.steps, []))
-            folder = images_per_s(cache_dir, args.steps, folder_sets(args.jpeg_dir))
-            figures["folder"].append(folder)
-            print(
-                f"  round {r + 1}: cifar10 {figures['cifar10'][-1]:,.0f}, folder {folder:,.0f}",
-                flush=True,
-            )
-    medians = {name: statistics.median(values) for name, values in figures.items()}
-    ratio = medians["folder"] / medians["cifar10"]
-    result["train_images_per_s"] = {"rounds": figures, "median": medians, "ratio": ratio}
-    print(
-        f"  median: cifar10 {medians['cifar10']:,.0f}, folder {medians['folder']:,.0f} img/s: "
-        f"folder / cifar10 = {ratio:.3f}"
-    )
+        print(
+            f"training images/s, ema, batch 32, CPU: CIFAR-10 and folder routes in turns of "
+            f"{args.steps} steps, {args.rounds} turns each:"
+        )
+        paired = paired_images_per_s(
+            args.data_dir, cache_dir, args.jpeg_dir, args.steps, args.rounds
+        )
+        result["train_images_per_s"] = paired
+        for r, (c, f) in enumerate(zip(*paired["rounds"].values(), strict=True)):
+            print(f"  turn {r + 1}: cifar10 {c:,.0f}, folder {f:,.0f} (ratio {f / c:.3f})")
+        medians = paired["median"]
+        print(
+            f"  median: cifar10 {medians['cifar10']:,.0f}, folder {medians['folder']:,.0f} "
+            f"img/s; median ratio folder / cifar10 = {paired['median_ratio']:.3f}"
+        )
 
     print("decoding one image at a time, one thread, images/s (best of 2):")
     cifar = [args.jpeg_dir / entry.rel for entry in scan_folder(args.jpeg_dir).files[:2000]]
@@ -202,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for what, figures in rates.items():
             shown = ", ".join(f"{name} {rate:,.0f}" for name, rate in figures.items())
             print(f"  {what}: {shown}")
-        print(f"building a cache, images/s, 1 thread and {DECODE_THREADS} threads (best of 2):")
+        print("building a cache, images/s (best of 2):")
         result["cache_build_images_per_s"] = builds = {
             "photos 1600x1200, 64x64 random-crop": thread_rates(
                 Path(tmp), ["data.image_size=[64,64]", "data.resize=random-crop"]
@@ -210,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cifar10 train/airplane, 32x32": thread_rates(args.jpeg_dir / "train" / "airplane", []),
         }
     for what, figures in builds.items():
-        shown = ", ".join(f"{threads} threads {rate:,.0f}" for threads, rate in figures.items())
+        shown = ", ".join(f"{way} {rate:,.0f}" for way, rate in figures.items())
         print(f"  {what}: {shown}")
 
     if args.json is not None:

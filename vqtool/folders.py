@@ -54,10 +54,14 @@ CACHE_VERSION = 1
 CACHE_DIR = "folder-cache"
 SPLITS = ("train", "test")
 TEST_FOLDER = "test"
-# Threads decode in parallel (Pillow releases the GIL while it decodes and resizes, which is
-# where a photo's time goes), in tasks of at most DECODE_CHUNK files, at least 4 per thread.
+# Threads decode in parallel where that pays: Pillow releases the GIL while it decodes and
+# resizes, where a photo's time goes, but a thumbnail's time is mostly Python's own per-file
+# work, for which threads only contend (benchmarks/bench_folder.py measures both). So the
+# first task is decoded alone and timed: slower than THREADS_FROM_S per image, the rest goes
+# to DECODE_THREADS threads, in tasks of at most DECODE_CHUNK files (at least 4 per thread).
 DECODE_CHUNK = 64
 DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
+THREADS_FROM_S = 0.5e-3
 NAMED_SKIPS = 3  # skipped files named in a note; the rest are counted
 
 Progress = Callable[[int, int], None]
@@ -472,22 +476,32 @@ def _decode_all(
 
     failed: dict[str, list[tuple[int, str]]] = {split: [] for split in SPLITS}
     done = 0
+
+    def finished(split: str, bad: list[tuple[int, str]], count: int) -> None:
+        nonlocal done
+        failed[split] += bad
+        done += count
+        if on_progress is not None:
+            on_progress(done, total)
+
     if on_progress is not None:
         on_progress(0, total)
-    workers = min(DECODE_THREADS, len(tasks))
-    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-        futures = [pool.submit(run, task) for task in tasks]
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                split, bad, count = future.result()
-                failed[split] += bad
-                done += count
-                if on_progress is not None:
-                    on_progress(done, total)
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    start = time.perf_counter()
+    finished(*run(tasks[0]))
+    per_image = (time.perf_counter() - start) / len(tasks[0][2])
+    if per_image < THREADS_FROM_S or DECODE_THREADS == 1:
+        for task in tasks[1:]:
+            finished(*run(task))
+    else:
+        with concurrent.futures.ThreadPoolExecutor(DECODE_THREADS) as pool:
+            futures = [pool.submit(run, task) for task in tasks[1:]]
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    finished(*future.result())
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
     for bad in failed.values():
         bad.sort()
     return failed
