@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["first_decode"] = {"images": count, "s": seconds, "threads": DECODE_THREADS}
         print(
             f"first decode: {count:,} images in {seconds:.1f} s ({count / seconds:,.0f} "
-            f"images/s, {DECODE_THREADS} threads, both splits, cache written)"
+            f"images/s, on up to {DECODE_THREADS} threads, both splits, cache written)"
         )
         del cache
 
