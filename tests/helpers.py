@@ -15,6 +15,7 @@ import struct
 import subprocess
 import tarfile
 import time
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,76 @@ def make_images(n: int, rng: np.random.Generator) -> np.ndarray:
     blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius**2))  # (n, 1, 32, 32)
     img = base + gx * xx + gy * yy + colour * blob + rng.normal(0, 0.02, (n, 3, 32, 32))
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8).reshape(n, 3072)
+
+
+def make_photos(n: int, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """`n` structured images of `size` (H, W) as uint8 (n, H, W, 3): gradients and a blob."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) / max(h, w)  # (H, W), 0 to < 1
+    base = rng.uniform(0.15, 0.85, (n, 1, 1, 3))
+    gx, gy = rng.uniform(-0.4, 0.4, (2, n, 1, 1, 3))
+    cx, cy = rng.uniform(0.2, 0.8, (2, n, 1, 1, 1))
+    radius = rng.uniform(0.1, 0.25, (n, 1, 1, 1))
+    colour = rng.uniform(-0.5, 0.5, (n, 1, 1, 3))
+    blob = np.exp(-((xx[..., None] - cx) ** 2 + (yy[..., None] - cy) ** 2) / (2 * radius**2))
+    img = base + gx * xx[..., None] + gy * yy[..., None] + colour * blob
+    img = img + rng.normal(0, 0.02, (n, h, w, 3))
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+def make_image_folder(
+    folder: Path,
+    names: list[str],
+    size: tuple[int, int] = (32, 32),
+    seed: int = 0,
+) -> Path:
+    """Write one generated image per name below `folder` ('cat/0001.png'; the extension picks
+    the format: .png, .jpg, ...); return `folder`."""
+    from PIL import Image
+
+    pixels = make_photos(len(names), size, np.random.default_rng(seed))
+    for name, image in zip(names, pixels, strict=True):
+        path = Path(folder) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+    return Path(folder)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height pixels, with almost no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+FOLDER_PROFILE = """\
+extends = "tiny.toml"
+
+[data]
+dataset = "folder"
+path = "photos"
+image_size = [16, 16]
+resize = "random-crop"
+test_fraction = 0.2
+batch_size = 8
+"""
+
+
+def write_folder_profile(folder: Path, extra: str = "") -> Path:
+    """The tiny model on the image folder `photos` (relative to the working folder) at 16x16
+    random crops: `folder/folder.toml`, extending `folder/tiny.toml`."""
+    write_tiny_profile(folder / "tiny.toml")
+    (folder / "folder.toml").write_text(FOLDER_PROFILE + extra)
+    return folder / "folder.toml"
 
 
 def cifar_batch_blobs(per_batch: int = 40, n_test: int = 40, seed: int = 0) -> dict[str, bytes]:

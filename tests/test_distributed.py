@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from helpers import source_env, wait_for, write_slow_profile, write_tiny_profile
+from helpers import (
+    make_image_folder,
+    source_env,
+    wait_for,
+    write_folder_profile,
+    write_slow_profile,
+    write_tiny_profile,
+)
 
 from vqtool.checkpoint import load_checkpoint, model_state
 from vqtool.prior import train_prior
@@ -205,3 +212,28 @@ def test_a_prior_on_two_processes_agrees_and_matches_one(
         assert torch.allclose(value, rank0[key], rtol=1e-3, atol=1e-5), key
     records = (tmp_path / "two" / "prior" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["world_size"] for r in records] == [2, 2]
+
+
+@pytest.mark.timeout(600)
+def test_torchrun_on_an_image_folder_agrees_with_one_process(tmp_path: Path) -> None:
+    # Random 16x16 crops of 24x20 JPEGs: rank 0 builds the cache, each rank crops its slice.
+    names = [f"p/{i:03d}.jpg" for i in range(40)]
+    make_image_folder(tmp_path / "photos", names, size=(24, 20))
+    short = write_folder_profile(
+        tmp_path, "\n[train]\nsteps = 6\nlog_every = 3\ncheckpoint_every = 6\n"
+    )
+    common = ["train", "--profile", str(short), "--data-dir", str(tmp_path / "data")]
+    job = torchrun(*common, "--run-dir", str(tmp_path / "two"))
+    assert job.wait(timeout=300) == 0, job.stderr.read().decode() if job.stderr else ""
+    two = load_checkpoint(tmp_path / "two")
+    assert two["world_size"] == 2 and two["step"] == 6
+
+    torch.set_num_threads(1)
+    profile = load_profile(short)
+    one = model_state(run_training(profile, tmp_path / "one", tmp_path / "data").model)
+    for key in one:
+        assert torch.allclose(one[key].float(), two["model"][key].float(), rtol=1e-3, atol=1e-4), (
+            key
+        )
+    records = [json.loads(r) for r in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["world_size"]) for r in records] == [(3, 2), (6, 2)]

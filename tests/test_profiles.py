@@ -22,7 +22,7 @@ from vqtool.profiles import (
     with_overrides,
 )
 
-SHIPPED = ["ema", "ema-kaiming", "fast", "original", "smoke"]
+SHIPPED = ["ema", "ema-kaiming", "fast", "folder", "original", "smoke"]
 PRIOR_SHIPPED = ["prior", "prior-cpu", "prior-small"]
 
 
@@ -160,7 +160,7 @@ def test_unknown_profile_lists_shipped_names_and_suggests() -> None:
         load_profile("emma")
     line = usage_line(excinfo)
     assert "unknown profile 'emma'" in line
-    assert "ema, ema-kaiming, fast, original, smoke" in line
+    assert "ema, ema-kaiming, fast, folder, original, smoke" in line
     assert "did you mean 'ema'" in line
 
 
@@ -296,3 +296,44 @@ def test_profile_from_dict_validates_and_defaults() -> None:
     with pytest.raises(UsageError) as excinfo:
         profile_from_dict({"model": {"decay": 2}}, "mine", "somewhere")
     assert "(somewhere)" in usage_line(excinfo)
+
+
+FOLDER = ["data.dataset=folder", "data.path=photos"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            [*FOLDER, "data.image_size=[30,32]"],
+            "data.image_size must be two integers [H, W], each a multiple of 4 (the model's "
+            "downsampling) from 4 to 4096, got [30,32] (array)",
+        ),
+        ([*FOLDER, "data.image_size=64"], "got 64 (int)"),
+        ([*FOLDER, "data.image_size=[64]"], "got [64] (array)"),
+        ([*FOLDER, "data.image_size=[0,8]"], "got [0,8]"),
+        ([*FOLDER, "data.image_size=[8192,8]"], "from 4 to 4096"),
+        ([*FOLDER, "data.resize=crop"], "data.resize must be one of centre-crop, random-crop"),
+        ([*FOLDER, "data.test_fraction=1.0"], "data.test_fraction must be a number >= 0 and < 1"),
+        (["data.dataset=folder"], 'data.path is missing: dataset = "folder" needs the image'),
+        (["data.image_size=[64,64]"], 'data.image_size is for dataset = "folder"; CIFAR-10'),
+        (["data.path=photos"], 'data.path is for dataset = "folder"'),
+    ],
+)
+def test_folder_keys_are_checked(overrides: list[str], expected: str) -> None:
+    with pytest.raises(UsageError) as excinfo:
+        load_profile("ema", overrides)
+    assert expected in usage_line(excinfo)
+
+
+def test_folder_profile_path_resolves_once_against_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    profile = load_profile("folder")
+    assert profile.data.path == str(tmp_path / "photos")  # tests run in tmp_path
+    assert (profile.data.image_size, profile.data.resize) == ((64, 64), "random-crop")
+    (tmp_path / "run").mkdir()
+    saved = write(tmp_path / "run" / "profile.toml", profile_to_toml(profile))
+    monkeypatch.chdir(tmp_path / "run")
+    assert load_profile(saved) == profile  # read from elsewhere, it names the same folder
+    assert load_profile(saved, ["data.image_size=[48,32]"]).data.image_size == (48, 32)

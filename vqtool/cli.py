@@ -421,7 +421,12 @@ def evaluate(
             metrics = evaluate_prior(run, resolve_device(device), bar.update)
         else:
             metrics = evaluate_checkpoint(
-                run, split, _data_dir(data_dir), resolve_device(device), bar.update
+                run,
+                split,
+                _data_dir(data_dir),
+                resolve_device(device),
+                bar.update,
+                bar.counter("decoding images"),
             )
     # The run's own copy first (a reader that closes stdout early must not cost it), but a
     # run folder that cannot be written (shared, read-only) still gives the results.
@@ -528,7 +533,11 @@ def plot(
     if loaded.has_checkpoint:
         with progress.CountProgress("encoding the test split") as bar:
             arrays = run_arrays(
-                loaded.path, _data_dir(data_dir), resolve_device(device), on_progress=bar.update
+                loaded.path,
+                _data_dir(data_dir),
+                resolve_device(device),
+                on_progress=bar.update,
+                on_decode=bar.counter("decoding images"),
             )
     else:
         progress.warn(f"no checkpoint in {loaded.path}: wrote the loss curves only")

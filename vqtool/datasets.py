@@ -1,7 +1,9 @@
 """The training data a profile names (`[data] dataset`), split by split, as uint8 tensors.
 
 Training, evaluation, plots and the prior ask here for "the images (and labels) of this run's
-dataset", whatever the dataset is; only this module knows how each kind is found and read.
+dataset", whatever the dataset is; only this module knows how each kind is found and read:
+"cifar10" (the python batches, `vqtool.data`) or "folder" (an image folder decoded once into a
+memory-mapped cache, `vqtool.folders`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 from vqtool.data import (
@@ -20,10 +23,15 @@ from vqtool.data import (
     load_cifar10,
     load_cifar10_labels,
 )
-from vqtool.errors import WorkError
+from vqtool.errors import UsageError, WorkError
+from vqtool.folders import ensure_cache
 from vqtool.profiles import DataConfig
 
 SPLITS = ("train", "test")
+# Crop offsets come from their own random stream, apart from the epoch orders' seeds.
+CROP_STREAM = 1 << 40
+
+Progress = Callable[[int, int], None]
 
 
 class Split(NamedTuple):
@@ -36,14 +44,19 @@ def ensure_dataset(
     data: DataConfig,
     data_dir: Path,
     on_download: Callable[[int, int | None], None] | None = None,
+    on_decode: Progress | None = None,
     origin: str = "",
-) -> None:
-    """Make the dataset available: CIFAR-10 is downloaded from the official URL when missing.
+) -> list[str]:
+    """Make the dataset available: CIFAR-10 is downloaded from the official URL when missing;
+    an image folder is decoded into its cache unless a valid one is there (`on_decode` gets
+    images done and total). Returns notes for the user: files left out and why.
 
-    A failure names the folder it looked in and `origin`, how that folder was chosen.
+    A failed download names the folder it looked in and `origin`, how that folder was chosen.
     """
+    if data.dataset == "folder":
+        return ensure_cache(data, data_dir, on_decode).notes
     if cifar10_present(data_dir):
-        return
+        return []
     try:
         download_cifar10(data_dir, on_progress=on_download)
     except WorkError as exc:
@@ -52,18 +65,114 @@ def ensure_dataset(
         same = Path(data_dir) == default_data_dir()
         fix = exc.fix if same else f"{exc.fix} (with --data-dir {data_dir})"
         raise WorkError(f"no CIFAR-10 in {data_dir}{chosen}; {exc.what}", exc.where, fix) from exc
+    return []
 
 
-def load_images(data: DataConfig, data_dir: Path, split: str) -> Tensor:
-    """The images of one split, uint8 (N, 3, H, W), in the dataset's fixed order."""
+def _folder_split(
+    data: DataConfig, data_dir: Path, split: str, on_decode: Progress | None
+) -> Tensor:
+    """One split of an image folder as stored in its cache: uint8 (N, 3, Hs, Ws), mapped."""
+    array = ensure_cache(data, data_dir, on_decode).arrays[split]
+    if len(array) == 0:
+        fix = (
+            "add a test/ subfolder of images, or raise data.test_fraction"
+            if split == "test"
+            else "lower data.test_fraction, or put images outside test/"
+        )
+        raise UsageError(f"the image folder has no {split} images", data.path, fix)
+    # mmap_mode "c" maps the file copy-on-write: writable for torch, never written back.
+    return torch.from_numpy(array)
+
+
+def load_images(
+    data: DataConfig, data_dir: Path, split: str, on_decode: Progress | None = None
+) -> Tensor:
+    """The images of one split, uint8 (N, 3, H, W), in the dataset's fixed order; an image
+    folder's at its image_size (the centre crop when random crops are trained on)."""
+    if data.dataset == "folder":
+        return centre_crop(_folder_split(data, data_dir, split, on_decode), data.image_size)
     return load_cifar10(data_dir, split)
 
 
 def dataset_classes(data: DataConfig) -> tuple[str, ...]:
     """The class names a dataset's labels index; empty for a dataset without labels."""
-    return CLASS_NAMES
+    return () if data.dataset == "folder" else CLASS_NAMES
 
 
 def load_split(data: DataConfig, data_dir: Path, split: str) -> Split:
-    """Images and labels of one split."""
+    """Images and labels of one split (an image folder has no labels)."""
+    if data.dataset == "folder":
+        return Split(load_images(data, data_dir, split), None, ())
     return Split(load_cifar10(data_dir, split), load_cifar10_labels(data_dir, split), CLASS_NAMES)
+
+
+def centre_crop(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """The centred (H, W) window of (N, 3, Hs, Ws) images, as a view."""
+    h, w = size
+    top, left = (images.shape[2] - h) // 2, (images.shape[3] - w) // 2
+    return images[:, :, top : top + h, left : left + w]
+
+
+class RandomCrops:
+    """Training windows of (H, W) from larger stored images: one per image and epoch, drawn
+    from (seed, epoch) alone, like the epoch's order, so a resumed run (or any process count)
+    crops exactly alike."""
+
+    def __init__(self, size: tuple[int, int], count: int, seed: int) -> None:
+        self.size = size
+        self.count = count
+        self.seed = seed
+        self._epoch = -1
+        self._offsets = torch.empty(0, 2, dtype=torch.long)
+
+    def offsets(self, epoch: int, stored: tuple[int, int]) -> Tensor:
+        """(count, 2) top-left corners of every image's window in `epoch`."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + CROP_STREAM)
+        room = torch.tensor([stored[0] - self.size[0] + 1, stored[1] - self.size[1] + 1])
+        return (torch.rand(self.count, 2, generator=generator) * room).long()
+
+    def __call__(self, images: Tensor, indices: Tensor, epoch: int) -> Tensor:
+        """The windows of `images[indices]`: uint8 (B, 3, H, W)."""
+        if epoch != self._epoch:
+            self._offsets = self.offsets(epoch, (images.shape[2], images.shape[3]))
+            self._offsets = self._offsets.to(images.device)
+            self._epoch = epoch
+        corner = self._offsets[indices]  # (B, 2)
+        if images.device.type == "cpu":
+            return windows_by_slices(images, indices, corner, self.size)
+        return windows_by_gather(images, indices, corner, self.size)
+
+
+def windows_by_slices(
+    images: Tensor, indices: Tensor, corner: Tensor, size: tuple[int, int]
+) -> Tensor:
+    """(B, 3, H, W) windows of images[indices] at corners (B, 2), one slice copy per image: on
+    a CPU several times faster than one gather."""
+    h, w = size
+    pairs = zip(indices.tolist(), corner.tolist(), strict=True)
+    return torch.stack([images[i, :, y : y + h, x : x + w] for i, (y, x) in pairs])
+
+
+def windows_by_gather(
+    images: Tensor, indices: Tensor, corner: Tensor, size: tuple[int, int]
+) -> Tensor:
+    """The same windows as one gather (one kernel on a GPU, no reads back to the host)."""
+    rows = corner[:, :1] + torch.arange(size[0], device=images.device)  # (B, H)
+    cols = corner[:, 1:] + torch.arange(size[1], device=images.device)  # (B, W)
+    # Advanced indices around a slice put their dims first: (B, H, W, 3).
+    windows = images[indices[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return windows.permute(0, 3, 1, 2)
+
+
+class TrainingImages(NamedTuple):
+    images: Tensor  # uint8 (N, 3, Hs, Ws) as stored
+    crops: RandomCrops | None  # None: the stored images are the training images
+
+
+def load_training_images(data: DataConfig, data_dir: Path, seed: int) -> TrainingImages:
+    """The training split as the training loop gathers it: stored images, plus the random
+    crops that cut image_size windows from them when `resize = "random-crop"`."""
+    if data.dataset == "folder" and data.resize == "random-crop":
+        images = _folder_split(data, data_dir, "train", None)
+        return TrainingImages(images, RandomCrops(data.image_size, images.shape[0], seed))
+    return TrainingImages(load_images(data, data_dir, "train"), None)

@@ -72,10 +72,13 @@ def evaluate_checkpoint(
     data_dir: Path,
     device: str | torch.device = "cpu",
     on_progress: Callable[[int, int], None] | None = None,
+    on_decode: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Load a run (or checkpoint), evaluate it on a split of its dataset, return the metrics."""
+    """Load a run (or checkpoint), evaluate it on a split of its dataset, return the metrics.
+
+    `on_decode` follows the decoding of an image folder whose cache is missing or stale."""
     loaded = load_model(path, device)
-    images = load_images(loaded.profile.data, data_dir, split)
+    images = load_images(loaded.profile.data, data_dir, split, on_decode)
     metrics = evaluate_images(loaded.model, images, loaded.train_variance, on_progress=on_progress)
     return {"split": split, **metrics, "checkpoint": loaded.fingerprint, "step": loaded.step}
 

@@ -210,3 +210,10 @@ def resize_rgb(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     if image.size == (size[1], size[0]):
         return image
     return image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+
+
+def open_image(path: Path) -> Image.Image:
+    """An image opened lazily (header only), for a reader that decodes it its own way (e.g.
+    shrinking a JPEG while decoding it); one that declares more than MAX_IMAGE_PIXELS is
+    refused first. Close it after use (`with open_image(path) as image`)."""
+    return _open(path)[0]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 from vqtool.errors import UsageError
-from vqtool.model_config import ModelConfig
+from vqtool.model_config import DOWNSAMPLE, ModelConfig
 from vqtool.prior_config import PriorConfig
 from vqtool.tomlio import TOMLDecodeError, dumps_toml, loads_toml, toml_value
 
@@ -32,6 +32,13 @@ class DataConfig:
     dataset: str = "cifar10"
     shuffle: bool = True
     batch_size: int = 32  # global batch: split evenly across DDP processes
+    # dataset = "folder" only (vqtool.folders): the image folder, absolute once loaded (a
+    # relative path resolves against the working directory), the (H, W) images are trained at,
+    # how each image becomes that size, and the held-out share when there is no test/ folder.
+    path: str = ""
+    image_size: tuple[int, int] = (32, 32)
+    resize: str = "centre-crop"
+    test_fraction: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -113,12 +120,16 @@ VQ = Schema(
 PRIOR = Schema("prior", {"prior": PriorConfig, "train": PriorTrainConfig}, PriorProfile, "prior")
 TOP_LEVEL_KEYS = ("name", "description", "extends")
 
-_TYPE_NAMES = {
+_TYPE_NAMES: dict[Any, str] = {
     bool: "a boolean (true or false)",
     int: "an integer",
     float: "a number",
     str: "a string",
+    tuple[int, int]: "two integers [H, W],",
 }
+# The longest image side a profile may ask for (vqtool reads images up to 4096 x 4096).
+MAX_SIDE = 4096
+CIFAR10_SIZE = (32, 32)
 # The device names every --device and train.device accept (vqtool.device resolves them).
 DEVICE_NAMES = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
@@ -134,8 +145,15 @@ def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
 
 # Allowed values per key; keys not listed accept any value of their type.
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "data.dataset": _one_of("cifar10"),
+    "data.dataset": _one_of("cifar10", "folder"),
     "data.batch_size": _at_least(1),
+    "data.image_size": (
+        lambda v: all(DOWNSAMPLE <= side <= MAX_SIDE and side % DOWNSAMPLE == 0 for side in v),
+        f"each a multiple of {DOWNSAMPLE} (the model's downsampling) from {DOWNSAMPLE} to "
+        f"{MAX_SIDE}",
+    ),
+    "data.resize": _one_of("centre-crop", "random-crop", "stretch"),
+    "data.test_fraction": ((lambda v: 0 <= v < 1), ">= 0 and < 1"),
     "model.num_hiddens": ((lambda v: v >= 2 and v % 2 == 0), "that is even and >= 2"),
     "model.num_residual_hiddens": _at_least(1),
     "model.num_residual_layers": _at_least(1),
@@ -349,7 +367,12 @@ def _load_raw(path: Path, chain: list[Path], schema: Schema) -> tuple[dict[str, 
 
 def _check_value(qualified: str, value: Any, kind: type, where: str, schema: Schema = VQ) -> Any:
     """The value converted to its field's type, or a UsageError naming what is allowed."""
-    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind == tuple[int, int]:
+        ok = isinstance(value, (list, tuple)) and len(value) == 2
+        ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        value = tuple(value) if ok else value
+    else:
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
     if kind is float and ok and not math.isfinite(value):
@@ -362,13 +385,24 @@ def _check_value(qualified: str, value: Any, kind: type, where: str, schema: Sch
     else:
         allowed = f"{_TYPE_NAMES[kind]} {rule[1]}"
     if not ok or (rule and not rule[0](value)):
-        shown = toml_value(value) if isinstance(value, (bool, int, float, str)) else repr(value)
+        shown = _shown(value)
         raise UsageError(
-            f"{qualified} must be {allowed}, got {shown} ({type(value).__name__})",
+            f"{qualified} must be {allowed}, got {shown} ({_toml_type(value)})",
             where,
             f"use {allowed}" + _default_hint(qualified, schema),
         )
     return value
+
+
+def _toml_type(value: Any) -> str:
+    return "array" if isinstance(value, (list, tuple)) else type(value).__name__
+
+
+def _shown(value: Any) -> str:
+    """A value as it would be written in a profile: true, 3, "text", [64, 64]."""
+    if isinstance(value, (list, tuple)) and len(value) < 10:
+        return "[" + ",".join(_shown(v) for v in value) + "]"  # one shell word: --set k=[4,4]
+    return toml_value(value) if isinstance(value, (bool, int, float, str)) else repr(value)
 
 
 def _default_hint(qualified: str, schema: Schema) -> str:
@@ -377,7 +411,7 @@ def _default_hint(qualified: str, schema: Schema) -> str:
         return ""
     default = getattr(schema.sections[section](), key)
     # Every string default is a bare word, which --set takes without shell-unfriendly quotes.
-    shown = default if isinstance(default, str) else toml_value(default)
+    shown = default if isinstance(default, str) else _shown(default)
     return f", e.g. --set {qualified}={shown} (the default)"
 
 
@@ -408,12 +442,14 @@ def _build(
             if key in given
         }
         sections[section] = cls(**values)
+    if "data" in sections:
+        sections["data"] = _check_data(sections["data"], sources, source)
     _check_consistency(sections, source)
     return schema.root(name=top["name"], description=top["description"], **sections)
 
 
 def _check_consistency(sections: Mapping[str, Any], source: str) -> None:
-    """Rules that tie two keys together."""
+    """Rules that tie two keys of a prior together."""
     prior = sections.get("prior")
     if isinstance(prior, PriorConfig) and prior.width % prior.heads:
         raise UsageError(
@@ -421,6 +457,27 @@ def _check_consistency(sections: Mapping[str, Any], source: str) -> None:
             source,
             "choose a width that is a multiple of heads, e.g. width 192 with 4 heads",
         )
+
+
+def _check_data(data: DataConfig, sources: Mapping[str, str], source: str) -> DataConfig:
+    """The [data] keys that depend on each other; a folder's path made absolute."""
+    if data.dataset == "folder":
+        if not data.path:
+            raise UsageError(
+                'data.path is missing: dataset = "folder" needs the image folder',
+                sources.get("data.dataset", source),
+                'add path = "photos" under [data], or --set data.path=photos',
+            )
+        # Resolved once, here, so that the run's profile.toml names the folder from anywhere.
+        return dataclasses.replace(data, path=os.path.abspath(os.path.expanduser(data.path)))
+    for key, default in (("path", ""), ("image_size", CIFAR10_SIZE)):
+        if getattr(data, key) != default:
+            raise UsageError(
+                f'data.{key} is for dataset = "folder"; CIFAR-10 images are 32x32',
+                sources.get(f"data.{key}", source),
+                f'remove data.{key}, or set data.dataset = "folder"',
+            )
+    return data
 
 
 def profile_from_dict(raw: Mapping[str, Any], name: str, source: str) -> Profile:

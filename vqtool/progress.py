@@ -74,6 +74,17 @@ class _Bar:
     ) -> None:
         self.progress.__exit__(exc_type, exc, tb)
 
+    def counter(self, description: str) -> Callable[[int, int], None]:
+        """An on_progress callback (done, total) for a second task shown in this bar."""
+        task: list[TaskID] = []
+
+        def update(done: int, total: int) -> None:
+            if not task:
+                task.append(self.progress.add_task(description, total=total, stats=""))
+            self.progress.update(task[0], completed=done, total=total)
+
+        return update
+
 
 class ByteProgress(_Bar):
     """Bytes, speed and ETA of a download: pass `.update` as the on_progress callback."""
@@ -146,6 +157,7 @@ class TrainProgress(_Bar):
         )
         self.download = ByteProgress("downloading CIFAR-10").update
         self.setup = ""  # "device, precision" from the start event, repeated at the end
+        self.decode = self.counter("decoding images")
         self.first_log = False
 
     def describe_setup(self, record: Mapping[str, Any]) -> str:
@@ -165,7 +177,11 @@ class TrainProgress(_Bar):
 
     def __call__(self, event: Any) -> None:
         record: Mapping[str, Any] = event.record
-        if event.kind == "start":
+        if event.kind == "decode":
+            self.decode(record["done"], record["total"])
+            if not self.live and record["done"] == 0:
+                info(f"decoding {record['total']:,} images into the image cache (once)")
+        elif event.kind == "start":
             self.setup = self.describe_setup(record)
             self.first_log = True
             info(

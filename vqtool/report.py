@@ -1,6 +1,6 @@
 """The one place the figures meet a model: test images, their reconstructions, code usage.
 
-`run_arrays` loads a checkpoint and the CIFAR-10 test split once and returns plain numpy
+`run_arrays` loads a checkpoint and its dataset's test split once and returns plain numpy
 arrays; `vqtool.plots` turns them into figures without ever touching the model.
 """
 
@@ -39,15 +39,17 @@ def run_arrays(
     samples: int = SAMPLES,
     max_images: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    on_decode: Callable[[int, int], None] | None = None,
 ) -> RunArrays:
     """Reconstructions of the first `samples` test images and code usage over the test split.
 
     `max_images` limits the usage count to the first images of the split (default: all of it,
-    so the dead codes match what `vqtool evaluate` reports).
+    so the dead codes match what `vqtool evaluate` reports). `on_decode` follows the decoding
+    of an image folder whose cache is missing or stale.
     """
     loaded = load_model(run, device)
     model = loaded.model
-    images = load_images(loaded.profile.data, data_dir, "test")
+    images = load_images(loaded.profile.data, data_dir, "test", on_decode)
     if max_images is not None:
         images = images[:max_images]
     originals = images[:samples]

@@ -28,7 +28,7 @@ from vqtool.checkpoint import (
     rng_states,
     save_checkpoint,
 )
-from vqtool.datasets import ensure_dataset, load_images
+from vqtool.datasets import RandomCrops, ensure_dataset, load_images, load_training_images
 from vqtool.device import Placement, describe_device, describe_precision, resolve_placement
 from vqtool.errors import UsageError, WorkError, first_line
 from vqtool.evaluate import evaluate_images
@@ -50,7 +50,7 @@ from vqtool.speed import compile_for_training
 
 
 class TrainEvent(NamedTuple):
-    kind: str  # "start" | "log" | "eval" | "checkpoint" | "note" | "end"
+    kind: str  # "decode" | "start" | "log" | "eval" | "checkpoint" | "note" | "end"
     step: int
     total_steps: int
     record: dict[str, Any]
@@ -118,7 +118,9 @@ def _refuse_model_or_data_change(saved: Profile, new: Profile, where: Path) -> N
 
 def pixel_variance(images: Tensor) -> float:
     """Variance of all pixels in [0, 1] units, exact, from a 256-bin histogram of uint8 data."""
-    hist = torch.bincount(images.reshape(-1).long(), minlength=256).double()
+    hist = torch.zeros(256, dtype=torch.float64, device=images.device)
+    for begin in range(0, images.shape[0], 4096):  # a bounded copy at a time, however many
+        hist += torch.bincount(images[begin : begin + 4096].reshape(-1), minlength=256)
     values = torch.arange(256, dtype=torch.float64, device=hist.device) / 255.0
     n = hist.sum()
     mean = (hist * values).sum() / n
@@ -141,6 +143,7 @@ class Trainer:
         placement: Placement,
         callback: TrainCallback,
         test_images: Tensor | None = None,
+        crops: RandomCrops | None = None,
     ) -> None:
         self.profile = profile
         self.run_dir = run_dir
@@ -148,6 +151,7 @@ class Trainer:
         self.placement = placement
         self.callback = callback
         self.images = images
+        self.crops = crops  # training windows cut from larger stored images, if any
         self.test_images = test_images
         self.is_writer = placement.rank == 0
         cfg = profile.train
@@ -243,7 +247,12 @@ class Trainer:
         return self._order[start : start + self.local_batch]
 
     def next_batch(self, step: int) -> Tensor:
-        x = VQVAE.to_input(self.images[self.batch_indices(step)], self.placement.device)
+        indices = self.batch_indices(step)
+        if self.crops is not None:
+            batch = self.crops(self.images, indices, step // self.batches_per_epoch)
+        else:
+            batch = self.images[indices]
+        x = VQVAE.to_input(batch, self.placement.device)
         if self.placement.device.type in ("cuda", "cpu"):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -493,13 +502,22 @@ def _train(
         # a train that cannot start leaves nothing behind.
         RunDir.at(run_dir).refuse_overwrite(resume)
         if writer:
-            ensure_dataset(profile.data, data_dir, on_download, data_origin)
+            steps = profile.train.steps
+
+            def decoding(done: int, total: int) -> None:
+                notify(TrainEvent("decode", 0, steps, {"done": done, "total": total}))
+
+            for message in ensure_dataset(
+                profile.data, data_dir, on_download, decoding, data_origin
+            ):
+                notify(TrainEvent("note", 0, steps, {"kind": "note", "message": message}, message))
         distributed.barrier()
-        images = load_images(profile.data, data_dir, "train").to(placement.device)
+        train = load_training_images(profile.data, data_dir, profile.train.seed)
+        images = train.images.to(placement.device)
         test_images = (
             load_images(profile.data, data_dir, "test") if profile.train.eval_every else None
         )
-        trainer = Trainer(profile, run_dir, images, placement, notify, test_images)
+        trainer = Trainer(profile, run_dir, images, placement, notify, test_images, train.crops)
         lock = files.lock() if writer else contextlib.nullcontext()
         with lock, StopSignals() as stop:
             return _train_locked(trainer, files, resume, notify, stop)
