@@ -16,8 +16,8 @@ from vqtool.checkpoint import load_checkpoint
 from vqtool.errors import UsageError, WorkError
 from vqtool.profiles import load_profile
 from vqtool.runs import RunDir
+from vqtool.schedule import epoch_order
 from vqtool.train import (
-    epoch_order,
     pixel_variance,
     resolve_run,
     run_training,

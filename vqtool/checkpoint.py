@@ -75,6 +75,29 @@ def restore_rng(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda_states)
 
 
+def training_state(
+    model: torch.nn.Module, optimizer_state: dict[str, Any], step: int, elapsed_s: float
+) -> dict[str, Any]:
+    """What every training loop's checkpoint holds: weights, optimizer, step, RNGs, clock."""
+    return {
+        "model": model_state(model),
+        "optimizer": optimizer_state,
+        "step": step,
+        "rng": rng_states(),
+        "elapsed_s": elapsed_s,
+    }
+
+
+def restore_training(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, payload: dict[str, Any]
+) -> tuple[int, float]:
+    """Put back what training_state saved; returns (step, elapsed_s)."""
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    restore_rng(payload["rng"])
+    return int(payload["step"]), float(payload.get("elapsed_s", 0.0))
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any], fmt: str = FORMAT) -> None:
     """Atomically save a checkpoint dict; adds format, version and the model fingerprint."""
     payload = {**payload, "format": fmt, "version": VERSION}

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from vqtool.errors import UsageError, WorkError, os_reason
+from vqtool.files import make_folder
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -401,14 +402,7 @@ def _make_dirs(data_dir: Path) -> list[Path]:
     while not path.exists():
         created.append(path)
         path = path.parent
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise WorkError(
-            f"cannot create the data folder: {os_reason(e)}",
-            data_dir,
-            "choose another --data-dir",
-        ) from None
+    make_folder(data_dir, "the data folder", "choose another --data-dir")
     return created
 
 

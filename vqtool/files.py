@@ -41,6 +41,14 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     fsync_dir(path.parent)
 
 
+def make_folder(path: Path, what: str, fix: str) -> None:
+    """mkdir -p, with a failure (permissions, a file in the way) as one WorkError line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WorkError(f"cannot make {what}: {os_reason(exc)}", path, fix) from exc
+
+
 def write_text(path: Path, text: str) -> None:
     """`atomic_write` of UTF-8 text."""
     write_bytes(path, text.encode())

@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from vqtool.errors import UsageError, VqtoolError, WorkError, first_line, os_reason
-from vqtool.files import fsync_dir, write_text
+from vqtool.files import fsync_dir, make_folder, write_text
 from vqtool.imagefiles import from_pil, open_image
 from vqtool.profiles import DataConfig
 
@@ -255,14 +255,7 @@ def ensure_cache(
         what = "the image folder is a file" if root.exists() else "no such image folder"
         raise UsageError(what, data.path, "set data.path to a folder of images")
     cache_root = Path(data_dir) / CACHE_DIR
-    try:
-        cache_root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise WorkError(
-            f"cannot make the image cache folder: {os_reason(exc)}",
-            cache_root,
-            "pass --data-dir a writable folder",
-        ) from exc
+    make_folder(cache_root, "the image cache folder", "pass --data-dir a writable folder")
     with _locked(cache_root / f".{settings.key}.lock"):
         scan = scan_folder(root)
         if not scan.files:

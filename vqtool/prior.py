@@ -33,16 +33,16 @@ from vqtool.checkpoint import (
     LoadedModel,
     load_checkpoint,
     load_model,
-    model_state,
-    restore_rng,
-    rng_states,
+    restore_training,
     save_checkpoint,
+    training_state,
 )
 from vqtool.codec import batch_ranges, encode_images
 from vqtool.codes import CodeFile, check_codes_for_model, read_codes, write_codes
 from vqtool.datasets import dataset_classes, load_split
 from vqtool.device import Placement, describe_device, describe_precision, resolve_placement
 from vqtool.errors import UsageError, WorkError
+from vqtool.events import TrainCallback, TrainEvent
 from vqtool.model import DOWNSAMPLE
 from vqtool.prior_model import CodePrior, nll_bits, sample
 from vqtool.process import StopSignals
@@ -56,23 +56,12 @@ from vqtool.profiles import (
 )
 from vqtool.quantizer import code_counts, entropy_bits_from_counts
 from vqtool.runs import RunDir
-from vqtool.schedule import epoch_order, scheduled_rate
+from vqtool.schedule import DataOrder, StepClock, scheduled_rate
 
 PRIOR_DIR = "prior"  # P defaults to R/prior
 EVAL_BATCH = 500
 SAMPLE_BATCH = 256  # grids per sampling call: fixed, so a seed gives the same grids for any n
 Progress = Callable[[int, int], None]
-
-
-class PriorEvent(NamedTuple):
-    kind: str  # "codes" | "start" | "log" | "eval" | "checkpoint" | "note" | "end"
-    step: int
-    total_steps: int
-    record: dict[str, Any]
-    message: str = ""
-
-
-PriorCallback = Callable[[PriorEvent], None]
 
 
 @dataclass(frozen=True)
@@ -255,7 +244,7 @@ class PriorTrainer:
         train: PriorData,
         test: PriorData,
         placement: Placement,
-        callback: PriorCallback,
+        callback: TrainCallback,
     ) -> None:
         self.profile = profile
         self.files = RunDir.at(run_dir)
@@ -264,13 +253,6 @@ class PriorTrainer:
         self.callback = callback
         self.is_writer = placement.rank == 0
         cfg = profile.train
-        if cfg.batch_size % placement.world_size:
-            raise UsageError(
-                f"train.batch_size {cfg.batch_size} does not divide among "
-                f"{placement.world_size} processes",
-                "--set train.batch_size",
-                "choose a multiple of the process count (it is the global batch)",
-            )
         if profile.prior.conditional and train.labels is None:
             raise UsageError(
                 "prior.conditional needs a dataset with labels",
@@ -284,17 +266,19 @@ class PriorTrainer:
                 "--set prior.num_classes",
                 f"use --set prior.num_classes={len(vq.class_names)}",
             )
-        self.local_batch = cfg.batch_size // placement.world_size
-        self.batches_per_epoch = train.codes.shape[0] // cfg.batch_size
-        if self.batches_per_epoch == 0:
-            raise UsageError(
-                f"train.batch_size {cfg.batch_size} exceeds the {train.codes.shape[0]} "
-                "training grids",
-                "--set train.batch_size",
-                "choose a smaller batch size",
-            )
         device = placement.device
         self.codes = train.codes.to(device)
+        self.order = DataOrder(
+            self.codes.shape[0],
+            cfg.batch_size,
+            cfg.seed,
+            True,
+            device,
+            placement.rank,
+            placement.world_size,
+            key="train.batch_size",
+            what="training code grids",
+        )
         self.labels = (
             train.labels.to(device)
             if profile.prior.conditional and train.labels is not None
@@ -309,26 +293,15 @@ class PriorTrainer:
         self.forward_model: torch.nn.Module = self.model
         self.step = 0
         self.elapsed_s = 0.0
-        self._order_epoch = -1
-        self._order = torch.empty(0)
 
     def restore(self, payload: dict[str, Any]) -> None:
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.step = int(payload["step"])
-        self.elapsed_s = float(payload.get("elapsed_s", 0.0))
-        restore_rng(payload["rng"])
+        self.step, self.elapsed_s = restore_training(self.model, self.optimizer, payload)
 
     def checkpoint_payload(self) -> dict[str, Any]:
-        epoch, position = divmod(self.step, self.batches_per_epoch)
         return {
+            **training_state(self.model, self.optimizer.state_dict(), self.step, self.elapsed_s),
             "profile": profile_to_dict(self.profile),
-            "model": model_state(self.model),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "rng": rng_states(),
-            "data": {"epoch": epoch, "position": position},
-            "elapsed_s": self.elapsed_s,
+            "data": self.order.position(self.step),
             "world_size": self.placement.world_size,
             "vq": self.vq.as_dict(),
         }
@@ -336,18 +309,7 @@ class PriorTrainer:
     def save(self) -> None:
         if self.is_writer:
             save_checkpoint(self.files.checkpoint, self.checkpoint_payload(), PRIOR_FORMAT)
-            self.callback(PriorEvent("checkpoint", self.step, self.profile.train.steps, {}))
-
-    def batch_indices(self, step: int) -> Tensor:
-        """This process's slice of the global batch of `step`."""
-        epoch, position = divmod(step, self.batches_per_epoch)
-        if epoch != self._order_epoch:
-            order = epoch_order(self.codes.shape[0], epoch, self.profile.train.seed, True)
-            self._order = order.to(self.codes.device)
-            self._order_epoch = epoch
-        cfg = self.profile.train
-        start = position * cfg.batch_size + self.placement.rank * self.local_batch
-        return self._order[start : start + self.local_batch]
+            self.callback(TrainEvent("checkpoint", self.step, self.profile.train.steps, {}))
 
     def train_step(self, index: Tensor) -> Tensor:
         """One optimizer step on the grids at `index`; returns the bits per code (device)."""
@@ -379,6 +341,14 @@ class PriorTrainer:
             "world_size": self.placement.world_size,
         }
 
+    def log_window(self, total: Tensor, clock: StepClock) -> dict[str, Any]:
+        """Write and report the record of the window that just closed; start the next one."""
+        record = self.log_record(total, *clock.close())
+        self.write_metric(record)
+        self.callback(TrainEvent("log", self.step, self.profile.train.steps, record))
+        total.zero_()
+        return record
+
     def write_metric(self, record: dict[str, Any]) -> None:
         if self.is_writer:
             self.files.append_metric(record)
@@ -389,7 +359,7 @@ class PriorTrainer:
         metrics = evaluate_codes(self.model, self.test, self.profile.prior.conditional)
         record = {"kind": "eval", "step": self.step, "split": "test", **metrics}
         self.write_metric(record)
-        self.callback(PriorEvent("eval", self.step, self.profile.train.steps, record))
+        self.callback(TrainEvent("eval", self.step, self.profile.train.steps, record))
 
     def wrap_for_processes(self) -> None:
         if self.placement.world_size > 1:
@@ -403,29 +373,19 @@ class PriorTrainer:
         self.wrap_for_processes()
         self.model.train()
         total = torch.zeros((), device=self.placement.device)
-        count = 0
-        window_s = 0.0
         last: dict[str, Any] = {}
+        clock = StepClock(cfg.log_every, cfg.steps, self.placement.device)
         while self.step < cfg.steps:
             if distributed.any_rank(stop.received is not None, self.placement.device):
                 self.save()
                 raise stop.interrupted()
             tick = time.perf_counter()
-            total += self.train_step(self.batch_indices(self.step))
+            total += self.train_step(self.order.indices(self.step))
             self.step += 1
-            count += 1
-            at_log = self.step % cfg.log_every == 0 or self.step == cfg.steps
-            if at_log and self.placement.device.type == "cuda":
-                torch.cuda.synchronize()
-            spent = time.perf_counter() - tick
-            window_s += spent
-            self.elapsed_s += spent
-            if at_log:
-                last = self.log_record(total, count, window_s)
-                self.write_metric(last)
-                self.callback(PriorEvent("log", self.step, cfg.steps, last))
-                total.zero_()
-                count, window_s = 0, 0.0
+            due = clock.finish(self.step, tick)
+            self.elapsed_s += clock.spent
+            if due:
+                last = self.log_window(total, clock)
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self.evaluate_test()
                 self.model.train()
@@ -441,7 +401,7 @@ def train_prior(
     data_dir: Path,
     *,
     resume: bool = False,
-    callback: PriorCallback | None = None,
+    callback: TrainCallback | None = None,
 ) -> PriorResult:
     """Train (or continue) a prior over the codes of VQ run `vq_run`; files land in `run_dir`.
 
@@ -471,7 +431,7 @@ def train_prior(
             )
 
         def codes_progress(split: str, done: int, total: int) -> None:
-            notify(PriorEvent("codes", done, total, {"split": split}))
+            notify(TrainEvent("codes", done, total, {"split": split}))
 
         if writer:  # the others wait, then read the code files rank 0 wrote
             data, image_size = prepare_codes(vq, files, data_dir, codes_progress)
@@ -496,18 +456,18 @@ def train_prior(
                 f"the prior is already at step {trainer.step} (train.steps = {cfg.steps}): "
                 "nothing to train; raise train.steps to continue"
             )
-            notify(PriorEvent("note", trainer.step, cfg.steps, {"kind": "note"}, message))
+            notify(TrainEvent("note", trainer.step, cfg.steps, {"kind": "note"}, message))
         elif writer:
             if payload is not None:
                 files.truncate_metrics(trainer.step)
                 message = f"resuming from step {trainer.step}"
-                notify(PriorEvent("note", trainer.step, cfg.steps, {"kind": "note"}, message))
+                notify(TrainEvent("note", trainer.step, cfg.steps, {"kind": "note"}, message))
             else:
                 files.reset_metrics()
             files.write_profile(profile_to_toml(profile))
-        notify(PriorEvent("start", trainer.step, cfg.steps, _describe(placement, trainer)))
+        notify(TrainEvent("start", trainer.step, cfg.steps, _describe(placement, trainer)))
         result = trainer.run(stop)
-        notify(PriorEvent("end", result.step, cfg.steps, result.last_record))
+        notify(TrainEvent("end", result.step, cfg.steps, result.last_record))
         return result
 
 

@@ -23,15 +23,15 @@ from torch import Tensor
 from vqtool import distributed
 from vqtool.checkpoint import (
     load_checkpoint,
-    model_state,
-    restore_rng,
-    rng_states,
+    restore_training,
     save_checkpoint,
+    training_state,
 )
 from vqtool.datasets import RandomCrops, ensure_dataset, load_images, load_training_images
 from vqtool.device import Placement, describe_device, describe_precision, resolve_placement
 from vqtool.errors import UsageError, WorkError, first_line
 from vqtool.evaluate import evaluate_images
+from vqtool.events import TrainCallback, TrainEvent
 from vqtool.graphs import GraphedStep, learning_rates_as_floats, set_learning_rate
 from vqtool.guard import CollapseGuard, agree
 from vqtool.model import VQVAE, build_model
@@ -45,19 +45,8 @@ from vqtool.profiles import (
     with_overrides,
 )
 from vqtool.runs import RunDir
-from vqtool.schedule import epoch_order, scheduled_rate
+from vqtool.schedule import DataOrder, StepClock, scheduled_rate
 from vqtool.speed import compile_for_training
-
-
-class TrainEvent(NamedTuple):
-    kind: str  # "decode" | "start" | "log" | "eval" | "checkpoint" | "note" | "end"
-    step: int
-    total_steps: int
-    record: dict[str, Any]
-    message: str = ""
-
-
-TrainCallback = Callable[[TrainEvent], None]
 
 
 class TrainResult(NamedTuple):
@@ -155,21 +144,15 @@ class Trainer:
         self.test_images = test_images
         self.is_writer = placement.rank == 0
         cfg = profile.train
-        batch = profile.data.batch_size
-        if batch % placement.world_size:
-            raise UsageError(
-                f"data.batch_size {batch} does not divide among {placement.world_size} processes",
-                "--set data.batch_size",
-                "choose a multiple of the process count (it is the global batch)",
-            )
-        self.local_batch = batch // placement.world_size
-        self.batches_per_epoch = images.shape[0] // batch
-        if self.batches_per_epoch == 0:
-            raise UsageError(
-                f"data.batch_size {batch} exceeds the {images.shape[0]} training images",
-                "--set data.batch_size",
-                "choose a smaller batch size",
-            )
+        self.order = DataOrder(
+            images.shape[0],
+            profile.data.batch_size,
+            cfg.seed,
+            profile.data.shuffle,
+            images.device,
+            placement.rank,
+            placement.world_size,
+        )
         self.variance = pixel_variance(images)
         torch.manual_seed(cfg.seed)
         self.model: VQVAE = build_model(profile.model).to(placement.device)
@@ -199,31 +182,25 @@ class Trainer:
         self.step = 0
         self.elapsed_s = 0.0
         self.lr_scale = 1.0
-        self._order_epoch = -1
-        self._order = torch.empty(0)
 
     def restore(self, payload: dict[str, Any]) -> None:
         """Continue from a checkpoint payload: weights, optimizer, step, RNG, clock."""
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.step = int(payload["step"])
-        self.elapsed_s = float(payload.get("elapsed_s", 0.0))
+        self.step, self.elapsed_s = restore_training(self.model, self.optimizer, payload)
         self.lr_scale = float(payload.get("lr_scale", 1.0))
         if self.guard is not None:
             self.guard.resume(payload.get("guard", {}), self.model, self.optimizer)
-        restore_rng(payload["rng"])
 
     def checkpoint_payload(self) -> dict[str, Any]:
-        epoch, position = divmod(self.step, self.batches_per_epoch)
         return {
+            **training_state(
+                self.model,
+                learning_rates_as_floats(self.optimizer.state_dict()),
+                self.step,
+                self.elapsed_s,
+            ),
             "profile": profile_to_dict(self.profile),
-            "model": model_state(self.model),
-            "optimizer": learning_rates_as_floats(self.optimizer.state_dict()),
-            "step": self.step,
-            "rng": rng_states(),
-            "data": {"epoch": epoch, "position": position},
+            "data": self.order.position(self.step),
             "train_variance": self.variance,
-            "elapsed_s": self.elapsed_s,
             "lr_scale": self.lr_scale,
             "guard": self.guard.state_dict() if self.guard is not None else {},
             "world_size": self.placement.world_size,
@@ -236,20 +213,12 @@ class Trainer:
 
     def batch_indices(self, step: int) -> Tensor:
         """This process's slice of the global batch of `step`."""
-        epoch, position = divmod(step, self.batches_per_epoch)
-        if epoch != self._order_epoch:
-            order = epoch_order(
-                self.images.shape[0], epoch, self.profile.train.seed, self.profile.data.shuffle
-            )
-            self._order = order.to(self.images.device)
-            self._order_epoch = epoch
-        start = position * self.profile.data.batch_size + self.placement.rank * self.local_batch
-        return self._order[start : start + self.local_batch]
+        return self.order.indices(step)
 
     def next_batch(self, step: int) -> Tensor:
         indices = self.batch_indices(step)
         if self.crops is not None:
-            batch = self.crops(self.images, indices, step // self.batches_per_epoch)
+            batch = self.crops(self.images, indices, self.order.epoch(step))
         else:
             batch = self.images[indices]
         x = VQVAE.to_input(batch, self.placement.device)
@@ -401,9 +370,8 @@ class Trainer:
             self.forward_model = compile_for_training(self.forward_model)
         self.model.train()
         sums = torch.zeros(4, device=self.placement.device)
-        count = 0
         last_record: dict[str, Any] = {}
-        window_train_s = 0.0
+        clock = StepClock(cfg.log_every, cfg.steps, self.placement.device)
         while self.step < cfg.steps:
             if self.should_stop(stop):
                 self.save()
@@ -415,22 +383,15 @@ class Trainer:
             sums += self.train_step(x)
             self.step += 1
             self.tell_graph_failure()
-            count += 1
-            at_log = self.step % cfg.log_every == 0 or self.step == cfg.steps
-            if at_log and self.placement.device.type == "cuda":
-                torch.cuda.synchronize()  # the queued GPU work belongs to this window's time
-            spent = time.perf_counter() - tick
-            window_train_s += spent
-            self.elapsed_s += spent
+            at_log = clock.finish(self.step, tick)
+            self.elapsed_s += clock.spent
             if at_log:
-                last_record = self.log_record(sums, count, window_train_s)
+                last_record = self.log_record(sums, *clock.close())
                 self.write_metric(last_record)
                 self.callback(TrainEvent("log", self.step, cfg.steps, last_record))
                 if self.guard is not None:
                     self.check_collapse(last_record)
                 sums.zero_()
-                count = 0
-                window_train_s = 0.0
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 self.evaluate_test()
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
