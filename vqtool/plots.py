@@ -67,7 +67,7 @@ def smoothing_window(points: int) -> int:
     return max(1, round(points / 25))
 
 
-def _column(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+def record_column(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of the records that hold a number under `key`."""
     pairs = [
         (r["step"], float(r[key]))
@@ -90,7 +90,7 @@ def _positive(values: np.ndarray) -> np.ndarray:
     return np.where(values > 0, values, np.nan)
 
 
-def _run_name(run: Run) -> str:
+def run_title(run: Run) -> str:
     return f"{run.path.name} ({run.profile})" if run.profile else run.path.name
 
 
@@ -117,7 +117,7 @@ def _log_y(ax: Any) -> None:
     ax.yaxis.set_minor_formatter(PlainLogFormatter())
 
 
-def _steps_axis(ax: Any, title: str, ylabel: str) -> None:
+def steps_axis(ax: Any, title: str, ylabel: str) -> None:
     ax.set_title(title)
     ax.set_xlabel("training step")
     ax.set_ylabel(ylabel)
@@ -136,7 +136,7 @@ def _final_test_point(ax: Any, run: Run, color: str, label: str | None) -> None:
         ax.plot([step], [nmse], "*", color=color, markersize=14, label=label)
 
 
-def _curve(
+def draw_curve(
     ax: Any, steps: np.ndarray, values: np.ndarray, color: str, label: str, raw: bool
 ) -> None:
     """A smoothed curve, over its raw values drawn faintly when smoothing changes anything."""
@@ -152,25 +152,25 @@ def loss_figure(run: Run) -> Figure:
     fig = Figure(figsize=(12, 4.5), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax_nmse, ax_ppl = fig.subplots(1, 2)
-    steps, nmse = _column(run.train, "nmse")
-    _curve(ax_nmse, steps, _positive(nmse), "C0", "train", raw=True)
+    steps, nmse = record_column(run.train, "nmse")
+    draw_curve(ax_nmse, steps, _positive(nmse), "C0", "train", raw=True)
     test_evals = [r for r in run.evals if r.get("split", "test") == "test"]
-    eval_steps, eval_nmse = _column(test_evals, "nmse")
+    eval_steps, eval_nmse = record_column(test_evals, "nmse")
     if len(eval_steps):
         ax_nmse.plot(
             eval_steps, _positive(eval_nmse), "s", color="C3", label="test, during training"
         )
     _final_test_point(ax_nmse, run, "C3", "test (vqtool evaluate)")
     _log_y(ax_nmse)
-    _steps_axis(ax_nmse, "reconstruction error", "NMSE (MSE / train pixel variance)")
+    steps_axis(ax_nmse, "reconstruction error", "NMSE (MSE / train pixel variance)")
 
-    steps, ppl = _column(run.train, "perplexity")
-    _curve(ax_ppl, steps, ppl, "C1", "train", raw=True)
+    steps, ppl = record_column(run.train, "perplexity")
+    draw_curve(ax_ppl, steps, ppl, "C1", "train", raw=True)
     ax_ppl.set_ylim(bottom=0)
     # K in the title rather than as a line, which would flatten a low perplexity curve.
     of_k = f" of K = {run.num_embeddings}" if run.num_embeddings else ""
-    _steps_axis(ax_ppl, f"codebook perplexity (codes in effective use{of_k})", "perplexity (codes)")
-    fig.suptitle(f"training curves: {_run_name(run)}, {run.train[-1]['step']:,} steps")
+    steps_axis(ax_ppl, f"codebook perplexity (codes in effective use{of_k})", "perplexity (codes)")
+    fig.suptitle(f"training curves: {run_title(run)}, {run.train[-1]['step']:,} steps")
     return fig
 
 
@@ -355,16 +355,16 @@ def compare_figure(runs: Sequence[Run], labels: Sequence[str]) -> Figure:
     for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
         color = f"C{i % 10}"
         label = _compare_label(run, label)
-        steps, nmse = _column(run.train, "nmse")
-        _curve(ax_nmse, steps, _positive(nmse), color, label, raw=False)
+        steps, nmse = record_column(run.train, "nmse")
+        draw_curve(ax_nmse, steps, _positive(nmse), color, label, raw=False)
         _final_test_point(ax_nmse, run, color, None)
         if run.num_embeddings:
-            steps, ppl = _column(run.train, "perplexity")
-            _curve(ax_ppl, steps, ppl / run.num_embeddings, color, label, raw=False)
+            steps, ppl = record_column(run.train, "perplexity")
+            draw_curve(ax_ppl, steps, ppl / run.num_embeddings, color, label, raw=False)
     if any(r.eval_files.get("test") for r in runs):
         ax_nmse.plot([], [], "*", color="grey", markersize=14, label="test (vqtool evaluate)")
     _log_y(ax_nmse)
-    _steps_axis(ax_nmse, "train NMSE, smoothed", "NMSE (MSE / train pixel variance)")
+    steps_axis(ax_nmse, "train NMSE, smoothed", "NMSE (MSE / train pixel variance)")
     ax_ppl.set_ylim(bottom=0)
     ax_ppl.yaxis.set_major_formatter(PercentFormatter(1.0))
     # Runs may have codebooks of different sizes K: perplexity / K puts them on one scale.
@@ -372,7 +372,7 @@ def compare_figure(runs: Sequence[Run], labels: Sequence[str]) -> Figure:
     title = "codebook in effective use (perplexity / K), smoothed"
     if unknown:
         title += f"\nnot drawn (K unknown: no profile.toml): {', '.join(unknown)}"
-    _steps_axis(ax_ppl, title, "perplexity / K (share of the K codes)")
+    steps_axis(ax_ppl, title, "perplexity / K (share of the K codes)")
     fig.suptitle(f"{len(runs)} runs compared" if len(runs) != 1 else "1 run")
     return fig
 
@@ -427,7 +427,7 @@ def write_run_plots(run: Run, out_dir: Path, arrays: RunArrays | None) -> list[P
     """Write loss.png, and with the model's arrays reconstructions.png and codebook.png."""
     figures = {LOSS_PNG: loss_figure(run)}
     if arrays is not None:
-        title = f"{_run_name(run)}, checkpoint at step {arrays.step:,}"
+        title = f"{run_title(run)}, checkpoint at step {arrays.step:,}"
         figures[RECONSTRUCTIONS_PNG] = reconstructions_figure(
             arrays.originals,
             arrays.reconstructions,

@@ -15,12 +15,12 @@ from matplotlib.figure import Figure
 from vqtool.plots import (
     DPI,
     LOSS_PNG,
-    _column,
-    _curve,
-    _run_name,
-    _steps_axis,
+    draw_curve,
     image_grid,
+    record_column,
+    run_title,
     save_png,
+    steps_axis,
 )
 from vqtool.runs import Run
 
@@ -33,9 +33,9 @@ def prior_loss_figure(run: Run) -> Figure:
     fig = Figure(figsize=(7, 4.5), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    steps, bits = _column(run.train, "bits_per_code")
-    _curve(ax, steps, bits, "C0", "train", raw=True)
-    eval_steps, eval_bits = _column(run.evals, "bits_per_code")
+    steps, bits = record_column(run.train, "bits_per_code")
+    draw_curve(ax, steps, bits, "C0", "train", raw=True)
+    eval_steps, eval_bits = record_column(run.evals, "bits_per_code")
     if len(eval_steps):
         ax.plot(eval_steps, eval_bits, "s", color="C3", label="test, during training")
     test = run.eval_files.get("test", {})
@@ -53,8 +53,8 @@ def prior_loss_figure(run: Run) -> Figure:
             if length and isinstance(test.get(key), (int, float)):
                 per_code = test[key] / length
                 ax.axhline(per_code, color=color, ls=style, label=f"{name}: {per_code:.2f}")
-    _steps_axis(ax, "prior: negative log-likelihood of the codes", "bits per code")
-    fig.suptitle(f"prior: {_run_name(run)}, {run.train[-1]['step']:,} steps")
+    steps_axis(ax, "prior: negative log-likelihood of the codes", "bits per code")
+    fig.suptitle(f"prior: {run_title(run)}, {run.train[-1]['step']:,} steps")
     return fig
 
 
