@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import add_codec_arguments, machine_facts  # this folder
 from seed_baseline import SeedAutoEncoder  # this folder; the seed model, defects included
 from torch import Tensor
 
@@ -126,10 +125,7 @@ def run(
         "decode_runs_s": decode_runs,
         "vqc_bytes": vqc_bytes,
         "work_dir": str(work),
-        "load_average": os.getloadavg()[0],
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
+        **machine_facts(),
     }
     figures["encode_ratio"] = figures["encode_images_per_s"] / baseline
     figures["decode_ratio"] = figures["decode_images_per_s"] / baseline
@@ -139,9 +135,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, required=True, help="holds cifar-10-batches-py/")
-    parser.add_argument("--run", type=Path, required=True, help="a trained run folder")
-    parser.add_argument("--images", type=int, default=10_000, help="first N test images")
+    add_codec_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=2, help="rounds; the best of each is kept")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")

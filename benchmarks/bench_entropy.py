@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -30,6 +28,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
+from common import add_codec_arguments, machine_facts  # this folder
 
 from vqtool import entropy
 from vqtool.checkpoint import fingerprint, load_model
@@ -130,20 +129,13 @@ def run(
     for label in ("unigram", "prior"):
         figures[label]["decode_vs_raw"] = figures[label]["decode_images_per_s"] / raw_decode
         figures[label]["meets_decode_target"] = figures[label]["decode_vs_raw"] >= DECODE_TARGET
-    figures.update(
-        load_average=os.getloadavg()[0],
-        torch_threads=torch.get_num_threads(),
-        cpu=platform.processor() or platform.machine(),
-        cpus=os.cpu_count(),
-    )
+    figures.update(machine_facts())
     return figures
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, required=True, help="holds cifar-10-batches-py/")
-    parser.add_argument("--run", type=Path, required=True, help="a trained run folder")
-    parser.add_argument("--images", type=int, default=10_000, help="first N test images")
+    add_codec_arguments(parser)
     parser.add_argument("--prior", type=Path, default=None, help="a prior run (default: random)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)

@@ -9,13 +9,12 @@ import signal
 import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import make_cifar_folder, one_error_line, source_env, wait_for
+from helpers import make_cifar_folder, one_error_line, png_declaring, source_env, wait_for
 from PIL import Image
 from torch.nn.utils import parametrize
 from typer.testing import CliRunner
@@ -73,22 +72,6 @@ def save_noise(path: Path, width: int, height: int, mode: str = "RGB", seed: int
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A PNG whose header declares width x height pixels, with almost no pixel data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 # Library: exactly evaluate's reconstruction.

@@ -34,7 +34,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _worker(rank: int, world: int, port: int, profile: Path, data: Path, out: Path) -> None:
+def _join(rank: int, world: int, port: int) -> None:
+    """The environment torchrun gives process `rank` of `world`, one thread each."""
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -43,6 +44,10 @@ def _worker(rank: int, world: int, port: int, profile: Path, data: Path, out: Pa
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, world: int, port: int, profile: Path, data: Path, out: Path) -> None:
+    _join(rank, world, port)
     result = run_training(load_profile(profile), out / "run", data)
     torch.save(model_state(result.model), out / f"rank{rank}.pt")
 
@@ -178,14 +183,7 @@ def test_one_rank_killed_then_resume_on_one_process(data_dir: Path, tmp_path: Pa
 def _prior_worker(
     rank: int, world: int, port: int, vq_run: Path, profile: Path, data: Path, out: Path
 ) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
+    _join(rank, world, port)
     result = train_prior(vq_run, load_prior_profile(profile), out / "prior", data)
     torch.save(model_state(result.model), out / f"rank{rank}.pt")
 
