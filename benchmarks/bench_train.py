@@ -8,7 +8,9 @@
 What it prints, with the device it ran on:
 1. The seed's recipe (benchmarks/seed_baseline.py) and vqtool's `ema-kaiming` at batch 32,
    measured in turns in the same process on the same images (R rounds of N steps each), and
-   their ratio. vqtool is measured through `vqtool.train.run_training`, its own loop.
+   their ratio. vqtool is measured through `vqtool.train.run_training`, its own loop. On the
+   CPU the turns also train the bare network of benchmarks/cpu_ceiling.py in fp32 and bf16,
+   and vqtool's figures are given as a share of the better of the two: the CPU's own limit.
 2. vqtool's images/s at each of `--batch-sizes` (ema-kaiming with data.batch_size changed).
 3. On CUDA only: time to quality, i.e. seconds of training until the test NMSE, evaluated
    every `train.eval_every` steps of the `fast` profile, is at most 0.056. Evaluation time is
@@ -35,6 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cpu_ceiling import bare_training_images_per_s  # noqa: E402
 
 from vqtool.data import load_cifar10  # noqa: E402
 from vqtool.device import resolve_device  # noqa: E402
@@ -113,11 +117,17 @@ def compare_with_seed(
 
     settings = {"vqtool": extra, **{name: [*extra, *sets] for name, sets in variants.items()}}
     figures: dict[str, list[float]] = {"seed": [], **{name: [] for name in settings}}
+    # On the CPU, this CPU's own limit in the same turns: the bare network (convolutions and
+    # ReLUs, channels_last, fused Adam) in fp32 and bf16.
+    bare = {"bare fp32": False, "bare bf16": True} if device.type == "cpu" else {}
+    figures.update({name: [] for name in bare})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the seed's hook-based weight_norm is deprecated
         seed = SeedTrainer(load_cifar10(data_dir, "train"), 32, device)
         for r in range(rounds):
             figures["seed"].append(seed_images_per_s(seed, steps))
+            for name, bf16 in bare.items():
+                figures[name].append(bare_training_images_per_s(bf16, True, steps))
             for name, sets in settings.items():
                 figure = vqtool_images_per_s(data_dir, device.type, 32, steps, sets)
                 figures[name].append(figure["images_per_s"])
@@ -125,10 +135,14 @@ def compare_with_seed(
             print(f"  round {r + 1} (img/s): {shown}", flush=True)
         del seed
     medians = {name: statistics.median(values) for name, values in figures.items()}
+    best_bare = max((medians[name] for name in bare), default=None)
     return {
         "images_per_s": figures,
         "median": medians,
         "ratio_to_seed": {name: medians[name] / medians["seed"] for name in settings},
+        "ratio_to_best_bare": (
+            {name: medians[name] / best_bare for name in settings} if best_bare else {}
+        ),
         "settings": settings,
     }
 
@@ -259,6 +273,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name, ratio in c["ratio_to_seed"].items():
             print(f"; {name} {c['median'][name]:,.0f} img/s = {ratio:.2f}x", end="")
         print()
+        if c["ratio_to_best_bare"]:
+            bare = ", ".join(f"{n} {c['median'][n]:,.0f}" for n in ("bare fp32", "bare bf16"))
+            shares = ", ".join(f"{n} {r:.0%}" for n, r in c["ratio_to_best_bare"].items())
+            print(f"  median bare network: {bare} img/s; vqtool of the best bare: {shares}")
 
     sizes = args.batch_sizes or ("32,256,1024,4096" if device.type == "cuda" else "32,128")
     result["batch_sizes"] = {}

@@ -1,5 +1,6 @@
-"""All benchmarks (`nox -s bench`): training speed, the CPU's ceiling for it (on the CPU), the
-codec benchmark when present, then the prior's sampling with and without its KV cache.
+"""All benchmarks (`nox -s bench`): training speed, the CPU's ceiling for it and training
+beside a busy process (on the CPU), the codec benchmark when present, then the prior's
+sampling with and without its KV cache.
 
     python benchmarks/run.py [--data-dir D] [--codec-run R] [--codec-images N]
                              [bench_train.py options...]
@@ -98,6 +99,7 @@ def main(argv: list[str]) -> int:
             train += ["--json", str(figures)]
         status = subprocess.call(train, env=env)
         status |= _ceiling(figures, env)
+        status |= _load(figures, _data_dir(argv), env)
     status |= _codec(_data_dir(argv), codec_run, codec_images, env)
     print("== prior sampling, KV cache against recomputing (benchmarks/bench_prior.py)", flush=True)
     status |= subprocess.call([sys.executable, str(HERE / "bench_prior.py")], env=env)
@@ -115,6 +117,16 @@ def _ceiling(figures: Path, env: dict[str, str]) -> int:
     seed = result.get("seed_vs_vqtool", {}).get("median", {}).get("seed")
     extra = ["--seed-images-per-s", str(seed)] if seed else []
     return subprocess.call([sys.executable, str(HERE / "cpu_ceiling.py"), *extra], env=env)
+
+
+def _load(figures: Path, data_dir: str, env: dict[str, str]) -> int:
+    """On the CPU: training speed idle and beside a busy loop (bench_load.py)."""
+    if not figures.is_file() or not json.loads(figures.read_text())["device"].startswith("cpu"):
+        return 0
+    print("== training beside a busy process (benchmarks/bench_load.py)", flush=True)
+    return subprocess.call(
+        [sys.executable, str(HERE / "bench_load.py"), "--data-dir", data_dir], env=env
+    )
 
 
 if __name__ == "__main__":

@@ -239,6 +239,8 @@ steps = 30
 learning_rate = 2e-3
 log_every = 10
 checkpoint_every = 10
+# The same arithmetic on every CPU ("auto" is bf16 where the CPU has it); bf16 has its own tests.
+precision = "fp32"
 """
 
 

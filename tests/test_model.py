@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -47,21 +48,44 @@ def test_residual_layers_do_not_share_weights() -> None:
     assert first.conv3.weight.data_ptr() != second.conv3.weight.data_ptr()
 
 
-def test_kaiming_init_puts_weight_norm_on_every_conv() -> None:
+def _convs(model: torch.nn.Module) -> list[torch.nn.Module]:
+    kinds = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    return [m for m in model.modules() if isinstance(m, kinds)]
+
+
+def test_weight_norm_is_on_every_conv() -> None:
     model = build_model(SMALL)
-    convs = [
-        m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
-    ]
+    convs = _convs(model)
     assert len(convs) == 3 + 4 + 1 + 1 + 4 + 2  # encoder, 2x2 residual convs, pre-vq, decoder...
     assert all(parametrize.is_parametrized(m, "weight") for m in convs)
-    # The seed's typo left the encoder's third conv without weight norm.
+    # The seed's typo (`self._conv3 = weight_norm(self._conv_3)`) still wrapped its third conv.
     assert parametrize.is_parametrized(model.encoder.conv3, "weight")
 
 
-def test_no_kaiming_means_plain_convs() -> None:
-    cfg = ModelConfig(**{**SMALL.__dict__, "kaiming_init": False})
-    model = build_model(cfg)
-    assert not parametrize.is_parametrized(model.encoder.conv1, "weight")
+def test_weight_norm_keeps_the_default_init_as_the_seed_trained_it() -> None:
+    # The seed's Kaiming draw was a no-op: weight norm over PyTorch's default weights and biases.
+    torch.manual_seed(3)
+    plain = build_model(replace(SMALL, weight_norm=False))
+    torch.manual_seed(3)
+    normed = build_model(SMALL)
+    for a, b in zip(_convs(plain), _convs(normed), strict=True):
+        assert torch.allclose(a.weight, b.weight, atol=1e-6)
+        if a.bias is not None:
+            assert torch.equal(a.bias, b.bias) and bool(a.bias.abs().sum() > 0)
+
+
+def test_kaiming_init_draws_kaiming_weights_and_zero_biases_under_weight_norm() -> None:
+    torch.manual_seed(0)
+    model = build_model(replace(SMALL, weight_norm=False, kaiming_init=True))
+    assert all(parametrize.is_parametrized(m, "weight") for m in _convs(model))
+    conv = model.encoder.conv3  # 16 -> 16, 3x3: fan_in 144, Kaiming std sqrt(2 / 144)
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / 144), rel=0.15)
+    assert conv.bias is not None and not conv.bias.any()
+
+
+def test_no_weight_norm_means_plain_convs() -> None:
+    model = build_model(replace(SMALL, weight_norm=False))
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
 
 
 def test_distances_and_nearest_codes_match_brute_force() -> None:

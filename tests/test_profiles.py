@@ -80,13 +80,14 @@ def test_shipped_profile_round_trips_through_toml(name: str, tmp_path: Path) -> 
 
 def test_shipped_profiles_differ_from_the_base_as_documented() -> None:
     original, ema, smoke, fast = (load_profile(n) for n in ["original", "ema", "smoke", "fast"])
-    assert (original.model.decay, original.model.kaiming_init) == (0.0, False)
+    assert (original.model.decay, original.model.weight_norm) == (0.0, False)
     assert original.model.codebook_init == "encoder"
-    assert (ema.model.decay, ema.model.kaiming_init) == (0.99, False)
+    assert (ema.model.decay, ema.model.weight_norm) == (0.99, False)
     assert smoke.model.num_embeddings == 128 and smoke.train.steps == 800
-    assert smoke.model.kaiming_init is False  # inherited from ema through two levels
+    assert smoke.model.weight_norm is False  # inherited from ema through two levels
+    assert not any(p.model.kaiming_init for p in (original, ema, smoke, fast))
     assert (fast.data.batch_size, fast.train.steps, fast.train.learning_rate) == (512, 4000, 1.5e-3)
-    assert fast.train.cuda_graphs and not fast.train.amsgrad and not fast.model.kaiming_init
+    assert fast.train.cuda_graphs and not fast.train.amsgrad and not fast.model.weight_norm
     assert fast.train.collapse_guard and fast.model.dead_code_steps > 0
 
 
@@ -337,3 +338,12 @@ def test_folder_profile_path_resolves_once_against_the_working_folder(
     monkeypatch.chdir(tmp_path / "run")
     assert load_profile(saved) == profile  # read from elsewhere, it names the same folder
     assert load_profile(saved, ["data.image_size=[48,32]"]).data.image_size == (48, 32)
+
+
+@pytest.mark.parametrize("kaiming", [False, True])
+def test_profiles_stored_before_weight_norm_was_a_key_keep_their_network(kaiming: bool) -> None:
+    # Checkpoints written before `model.weight_norm` existed: weight norm came with kaiming_init.
+    stored = profile_to_dict(load_profile("ema"))
+    model = {k: v for k, v in stored["model"].items() if k != "weight_norm"}
+    old = profile_from_dict({**stored, "model": {**model, "kaiming_init": kaiming}}, "old", "t")
+    assert (old.model.weight_norm, old.model.kaiming_init) == (kaiming, kaiming)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers import cuda, tiny_trainer, write_tiny_profile
 
+from vqtool import device
 from vqtool.checkpoint import load_checkpoint, load_model
 from vqtool.profiles import load_profile
 from vqtool.train import resolve_run, run_training
@@ -105,3 +106,23 @@ def test_compile_on_cuda_trains_and_saves_a_plain_checkpoint(
     data_dir: Path, tmp_path: Path
 ) -> None:
     train_compiled(tmp_path, data_dir, "cuda")
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, None)])
+def test_auto_precision_is_bf16_on_a_cpu_with_native_bf16(
+    monkeypatch: pytest.MonkeyPatch, native: bool, expected: torch.dtype | None
+) -> None:
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert device.resolve_precision("auto", cpu) is expected
+    assert device.resolve_precision("auto", cpu, cpu_bf16=False) is None  # the prior's choice
+    assert device.resolve_precision("fp32", cpu) is None
+    assert device.resolve_precision("bf16", cpu) is torch.bfloat16
+
+
+def test_native_bf16_is_read_from_the_cpu_capabilities(monkeypatch: pytest.MonkeyPatch) -> None:
+    flags = {"avx512_bf16": False, "amx_bf16": False}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags, raising=False)
+    assert device.cpu_has_native_bf16() is False
+    flags["amx_bf16"] = True
+    assert device.cpu_has_native_bf16() is True

@@ -217,13 +217,15 @@ def test_second_train_on_a_busy_run_folder_refuses(data_dir: Path, tmp_path: Pat
     profile = write_slow_profile(tmp_path)
     run = tmp_path / "run"
     args = ["train", "--profile", str(profile), "--data-dir", str(data_dir), "--run-dir", str(run)]
-    first = vqtool_process(*args)
+    # Long enough that the first is still training when the second has imported torch, even
+    # on a loaded machine.
+    first = vqtool_process(*args, "--set", "train.steps=2000")
     wait_for(run / "metrics.jsonl", first)
     second = vqtool_process(*args, "--resume")
     assert second.wait(timeout=120) == 2
     assert b"another vqtool train is using this run folder" in second.stderr.read()  # type: ignore[union-attr]
     assert first.wait(timeout=300) == 0  # the first is unharmed
-    assert load_checkpoint(run)["step"] == 200
+    assert load_checkpoint(run)["step"] == 2000
 
 
 def test_resume_past_the_steps_trains_nothing_and_keeps_the_profile(

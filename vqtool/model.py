@@ -111,7 +111,9 @@ class VQVAE(nn.Module):
         )
         self.decoder = Decoder(cfg)
         if cfg.kaiming_init:
-            apply_kaiming_weight_norm(self)
+            draw_kaiming(self)
+        if cfg.has_weight_norm:
+            apply_weight_norm(self)
 
     def latents(self, x: Tensor) -> Tensor:
         """Pre-quantization latents: (B, 3, H, W) -> (B, D, H/4, W/4)."""
@@ -188,16 +190,29 @@ class VQVAE(nn.Module):
         return plain
 
 
-def apply_kaiming_weight_norm(model: nn.Module) -> None:
-    """Every conv and transposed conv: Kaiming normal for ReLU, zero bias, weight norm.
+def _convs(model: nn.Module) -> list[nn.Conv2d | nn.ConvTranspose2d]:
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
 
-    The seed meant this for every conv but missed the encoder's third one through a typo.
-    """
-    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
-    for conv in convs:
+
+def draw_kaiming(model: nn.Module) -> None:
+    """Every conv and transposed conv: Kaiming normal weights for ReLU and zero biases."""
+    for conv in _convs(model):
         nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
         if conv.bias is not None:
             nn.init.zeros_(conv.bias)
+
+
+def apply_weight_norm(model: nn.Module) -> None:
+    """Weight norm on every conv and transposed conv, the 1x1 before the quantizer included.
+
+    The parametrization starts g at each filter's norm, so the weights stay exactly the ones
+    already drawn. That is why the seed's Kaiming init was a no-op: it drew Kaiming weights
+    into `weight` *after* wrapping the conv, and weight norm recomputes `weight` from g and v
+    at the first forward, so the seed trained weight norm over PyTorch's default init. It also
+    meant every conv (its `self._conv3 = weight_norm(self._conv_3)` typo still wraps the
+    encoder's third conv, in place) and left the default biases.
+    """
+    for conv in _convs(model):
         weight_norm(conv)
 
 

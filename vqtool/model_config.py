@@ -20,8 +20,17 @@ class ModelConfig:
     num_embeddings: int = 512
     commitment_cost: float = 0.25
     decay: float = 0.99  # 0 = the paper's codebook loss, no EMA
-    kaiming_init: bool = True
+    # Weight norm on every conv over PyTorch's default init: what the seed's "EMA + Kaiming"
+    # actually trains (its Kaiming draw never takes effect, see `vqtool.model`).
+    weight_norm: bool = True
+    # Kaiming normal (ReLU) weights and zero biases, drawn under weight norm: the init the seed
+    # meant. Implies weight norm (checkpoints from before `weight_norm` existed rely on it).
+    kaiming_init: bool = False
     # "seed": normal for EMA, uniform(-1/K, 1/K) without; "encoder": sampled encoder outputs of
     # the first batch; "kmeans": k-means++ on those outputs.
     codebook_init: str = "encoder"
     dead_code_steps: int = 0  # codes unused this many steps are re-seeded; 0 = off
+
+    @property
+    def has_weight_norm(self) -> bool:
+        return self.weight_norm or self.kaiming_init

@@ -412,7 +412,8 @@ def train_prior(
     files.refuse_overwrite(resume)
     world = distributed.world_from_env()
     cfg = profile.train
-    placement = resolve_placement(cfg.device, cfg.precision, world)
+    # 'auto' stays fp32 on the CPU: the prior's CPU figures (and its speed) were measured so.
+    placement = resolve_placement(cfg.device, cfg.precision, world, cpu_bf16=False)
     vq = load_model(vq_run, placement.device)  # encodes the dataset where training runs
     writer = world.rank == 0
     notify = callback if callback is not None and writer else (lambda event: None)

@@ -54,6 +54,7 @@ class TrainConfig:
     eval_every: int = 0
     precision: str = "auto"
     device: str = "auto"
+    threads: int = 0  # CPU threads; 0 = the cores no other process keeps busy
     compile: bool = False
     cuda_graphs: bool = True  # one CUDA process: each step replayed as one recorded CUDA graph
     lr_schedule: str = "constant"
@@ -171,6 +172,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.checkpoint_every": _at_least(1),
     "train.eval_every": _at_least(0),
     "train.precision": _one_of("auto", "fp32", "bf16"),
+    "train.threads": _at_least(0),
     "train.device": (lambda v: bool(DEVICE_NAMES.fullmatch(v)), f"one of {DEVICE_CHOICES}"),
     "train.lr_schedule": _one_of("constant", "cosine"),
     "train.warmup_steps": _at_least(0),
@@ -486,6 +488,10 @@ def profile_from_dict(raw: Mapping[str, Any], name: str, source: str) -> Profile
     `name` is used when `raw` has no `name` key; `source` is named in errors. Missing keys take
     their defaults; unknown keys, wrong types and out-of-range values raise UsageError.
     """
+    model = raw.get("model")
+    if isinstance(model, Mapping) and "weight_norm" not in model:
+        # Stored before `weight_norm` was a key of its own: weight norm came with kaiming_init.
+        raw = {**raw, "model": {**model, "weight_norm": bool(model.get("kaiming_init", True))}}
     return cast(Profile, _build(raw, name, {}, source, VQ))
 
 
