@@ -29,7 +29,7 @@ class ModelConfig:
     # "seed": normal for EMA, uniform(-1/K, 1/K) without; "encoder": sampled encoder outputs of
     # the first batch; "kmeans": k-means++ on those outputs.
     codebook_init: str = "encoder"
-    dead_code_steps: int = 0  # codes unused this many steps are re-seeded; 0 = off
+    dead_code_steps: int = 300  # codes unused this many steps are re-seeded; 0 = off
 
     @property
     def has_weight_norm(self) -> bool:
