@@ -174,14 +174,14 @@ class SeedTrainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=3e-4, amsgrad=True)
         # The seed's own variance: of [0, 1] pixels, although its data is in [-1, 1].
         self.variance = float(np.var(images.numpy() / 255.0))
-        loader = DataLoader(
+        self.loader = DataLoader(
             PilCifar(images),
             batch_size=batch_size,
             shuffle=True,
             num_workers=2,
             pin_memory=device.type == "cuda",
         )
-        self.batches = _cycle(loader)
+        self.batches = _cycle(self.loader)
         self.model.train()
 
     def step(self) -> tuple[float, float]:
@@ -195,7 +195,17 @@ class SeedTrainer:
         return recon_error.item(), perplexity.item()
 
     def images_per_s(self, steps: int, warmup: int = 10) -> float:
-        """Images per second over `steps` steps, after `warmup` steps (worker start-up)."""
+        """Images per second over `steps` steps, after `warmup` steps (worker start-up).
+
+        The loader's worker processes start with each call and stop at its end, so that they
+        take no CPU from whatever the benchmark measures next."""
+        self.batches = _cycle(self.loader)
+        try:
+            return self._images_per_s(steps, warmup)
+        finally:
+            self.batches.close()  # ends the loader's iterator: its workers exit
+
+    def _images_per_s(self, steps: int, warmup: int) -> float:
         for _ in range(warmup):
             self.step()
         if self.device.type == "cuda":

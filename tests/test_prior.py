@@ -91,6 +91,7 @@ def test_prior_run_folder_holds_the_codes_metrics_and_a_prior_checkpoint(
     assert records[-1]["bits_per_code"] < records[0]["bits_per_code"] <= 5.5  # log2 32 = 5
     payload = load_checkpoint(prior_run, fmt="vqtool-prior")
     assert payload["vq"]["fingerprint"] == vq["fingerprint"]
+    assert payload["threads"] >= 1  # kept for a bit-identical resume (vqtool.threads)
     assert load_prior(prior_run).vq.grid == (8, 8)
 
 

@@ -79,14 +79,15 @@ def resolve_placement(
     return Placement(device, resolve_precision(precision, device, cpu_bf16), world.rank, world.size)
 
 
-def describe_device(placement: Placement) -> str:
-    """'cpu (2 threads)', or the GPU's name."""
+def describe_device(placement: Placement, threads_reason: str = "") -> str:
+    """'cpu (2 threads)', 'cpu (1 thread: why)', or the GPU's name."""
     device = placement.device
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
         threads = torch.get_num_threads()
-        return f"cpu ({threads} thread{'s' if threads > 1 else ''})"
+        why = f": {threads_reason}" if threads_reason else ""
+        return f"cpu ({threads} thread{'s' if threads > 1 else ''}{why})"
     return device.type
 
 

@@ -57,6 +57,7 @@ from vqtool.profiles import (
 from vqtool.quantizer import code_counts, entropy_bits_from_counts
 from vqtool.runs import RunDir
 from vqtool.schedule import DataOrder, StepClock, scheduled_rate
+from vqtool.threads import saved_threads, training_threads
 
 PRIOR_DIR = "prior"  # P defaults to R/prior
 EVAL_BATCH = 500
@@ -303,6 +304,7 @@ class PriorTrainer:
             "profile": profile_to_dict(self.profile),
             "data": self.order.position(self.step),
             "world_size": self.placement.world_size,
+            "threads": saved_threads(self.placement.device),
             "vq": self.vq.as_dict(),
         }
 
@@ -466,15 +468,18 @@ def train_prior(
             else:
                 files.reset_metrics()
             files.write_profile(profile_to_toml(profile))
-        notify(TrainEvent("start", trainer.step, cfg.steps, _describe(placement, trainer)))
-        result = trainer.run(stop)
+        saved = payload.get("threads") if payload is not None else None
+        with training_threads(placement.device, cfg.threads, saved) as reason:
+            start = _describe(placement, trainer, reason)
+            notify(TrainEvent("start", trainer.step, cfg.steps, start))
+            result = trainer.run(stop)
         notify(TrainEvent("end", result.step, cfg.steps, result.last_record))
         return result
 
 
-def _describe(placement: Placement, trainer: PriorTrainer) -> dict[str, Any]:
+def _describe(placement: Placement, trainer: PriorTrainer, threads_reason: str) -> dict[str, Any]:
     return {
-        "device": describe_device(placement),
+        "device": describe_device(placement, threads_reason),
         "precision": describe_precision(placement),
         "world_size": placement.world_size,
         "train_images": int(trainer.codes.shape[0]),

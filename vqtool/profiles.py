@@ -91,6 +91,7 @@ class PriorTrainConfig:
     eval_every: int = 0  # steps between test evaluations during training; 0 = off
     precision: str = "auto"
     device: str = "auto"
+    threads: int = 0  # CPU threads; 0 = the cores no other process keeps busy
     lr_schedule: str = "cosine"
     warmup_steps: int = 100
 

@@ -11,8 +11,10 @@ stay reproducible and resume bit for bit (a resumed run keeps the count it start
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,3 +95,24 @@ def choose_threads(setting: int, saved: int | None) -> ThreadChoice:
     cores = len(os.sched_getaffinity(0))
     why = f"other processes keep {busy:.1f} of {cores} cores busy; train.threads overrides"
     return ThreadChoice(free, why)
+
+
+@contextlib.contextmanager
+def training_threads(device: torch.device, setting: int, saved: int | None) -> Iterator[str]:
+    """Train on `choose_threads` threads on the CPU (no change elsewhere); yields the reason
+    (empty when every core is used) and gives the caller's thread count back at the end."""
+    before = torch.get_num_threads()
+    reason = ""
+    if device.type == "cpu":
+        choice = choose_threads(setting, saved)
+        torch.set_num_threads(choice.threads)
+        reason = choice.reason
+    try:
+        yield reason
+    finally:
+        torch.set_num_threads(before)
+
+
+def saved_threads(device: torch.device) -> int | None:
+    """What a checkpoint records: the thread count on the CPU, None elsewhere."""
+    return torch.get_num_threads() if device.type == "cpu" else None

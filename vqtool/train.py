@@ -47,7 +47,7 @@ from vqtool.profiles import (
 from vqtool.runs import RunDir
 from vqtool.schedule import DataOrder, StepClock, scheduled_rate
 from vqtool.speed import compile_for_training
-from vqtool.threads import choose_threads
+from vqtool.threads import saved_threads, training_threads
 
 
 class TrainResult(NamedTuple):
@@ -205,7 +205,7 @@ class Trainer:
             "lr_scale": self.lr_scale,
             "guard": self.guard.state_dict() if self.guard is not None else {},
             "world_size": self.placement.world_size,
-            "threads": torch.get_num_threads() if self.placement.device.type == "cpu" else None,
+            "threads": saved_threads(self.placement.device),
         }
 
     def save(self) -> None:
@@ -517,30 +517,19 @@ def _train_locked(
         else:
             files.reset_metrics()
         files.write_profile(profile_to_toml(profile))
-    before = torch.get_num_threads()
-    reason = ""
-    if trainer.placement.device.type == "cpu":
-        saved = payload.get("threads") if payload is not None else None
-        choice = choose_threads(profile.train.threads, saved)
-        torch.set_num_threads(choice.threads)
-        reason = choice.reason
-    try:
+    saved = payload.get("threads") if payload is not None else None
+    with training_threads(trainer.placement.device, profile.train.threads, saved) as reason:
         start = describe(trainer.placement, trainer, reason)
         notify(TrainEvent("start", trainer.step, profile.train.steps, start))
         result = trainer.run(stop)
-    finally:
-        torch.set_num_threads(before)  # callers of run_training keep their own setting
     notify(TrainEvent("end", result.step, profile.train.steps, result.last_record))
     return result
 
 
 def describe(placement: Placement, trainer: Trainer, threads_reason: str = "") -> dict[str, Any]:
     """What the user got: device, precision, process count, data and model size."""
-    device = describe_device(placement)
-    if threads_reason:  # 'cpu (1 thread)' -> 'cpu (1 thread: why)'
-        device = f"{device[:-1]}: {threads_reason})"
     return {
-        "device": device,
+        "device": describe_device(placement, threads_reason),
         "precision": describe_precision(placement),
         "compile": trainer.profile.train.compile,
         "cuda_graphs": trainer.graphed is not None,
