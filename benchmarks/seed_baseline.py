@@ -2,11 +2,12 @@
 
 Written from the seed's code as published, defects included, because the benchmark
 measures how fast *that* recipe trains: the residual stack repeats one module object
-(`[Residual(...)] * n`, so its layers share weights); the encoder's third conv has no weight
-norm (the seed's typo); the EMA quantizer builds a dense one-hot matrix and re-creates its
-`nn.Parameter`s every step; images are PIL images turned into tensors one at a time
-(ToTensor, Normalize to [-1, 1]) by a DataLoader with 2 worker processes; every step reads its
-loss and perplexity back with `.item()`. Nothing in vqtool imports this module.
+(`[Residual(...)] * n`, so its layers share weights); its Kaiming draw comes after weight norm
+and is undone at the first forward (weight norm over the default init); the EMA quantizer
+builds a dense one-hot matrix and re-creates its `nn.Parameter`s every step; images are PIL
+images turned into tensors one at a time (ToTensor, Normalize to [-1, 1]) by a DataLoader with
+2 worker processes; every step reads its loss and perplexity back with `.item()`. Nothing in
+vqtool imports this module.
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ class SeedEncoder(nn.Module):
         super().__init__()
         self.conv1 = _kaiming_weight_norm(nn.Conv2d(3, h // 2, 4, stride=2, padding=1))
         self.conv2 = _kaiming_weight_norm(nn.Conv2d(h // 2, h, 4, stride=2, padding=1))
-        # The seed's typo: the third conv gets Kaiming init but no weight norm.
-        self.conv3 = nn.Conv2d(h, h, 3, padding=1)
-        nn.init.kaiming_normal_(self.conv3.weight)
+        # The seed's typo `self._conv3 = weight_norm(self._conv_3)` is harmless: the old
+        # weight_norm wraps the module in place, so the third conv has weight norm too.
+        self.conv3 = _kaiming_weight_norm(nn.Conv2d(h, h, 3, padding=1))
         self.residual = SeedResidualStack(h, res_h, layers)
 
     def forward(self, x: Tensor) -> Tensor:
