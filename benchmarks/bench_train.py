@@ -81,10 +81,13 @@ def vqtool_images_per_s(
     ]
     profile = load_profile("ema-kaiming", overrides)
     records: list[dict[str, Any]] = []
+    start: dict[str, Any] = {}
 
     def collect(event: TrainEvent) -> None:
         if event.kind == "log":
             records.append(event.record)
+        elif event.kind == "start":
+            start.update(event.record)
 
     with tempfile.TemporaryDirectory(prefix="vqtool-bench-") as tmp:
         run_training(profile, Path(tmp) / "run", data_dir, callback=collect)
@@ -94,6 +97,8 @@ def vqtool_images_per_s(
     return {
         "images_per_s": (last["step"] - first["step"]) * batch_size / seconds,
         "warmup_s": first["elapsed_s"],
+        "device": start.get("device", ""),  # on the CPU: the threads it chose, and why
+        "precision": start.get("precision", ""),
     }
 
 
@@ -131,6 +136,8 @@ def compare_with_seed(
             for name, sets in settings.items():
                 figure = vqtool_images_per_s(data_dir, device.type, 32, steps, sets)
                 figures[name].append(figure["images_per_s"])
+                if r == 0:
+                    print(f"  {name}: {figure['device']}, {figure['precision']}", flush=True)
             shown = ", ".join(f"{name} {values[-1]:,.0f}" for name, values in figures.items())
             print(f"  round {r + 1} (img/s): {shown}", flush=True)
         del seed
