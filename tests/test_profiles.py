@@ -86,6 +86,13 @@ def test_shipped_profiles_differ_from_the_base_as_documented() -> None:
     assert smoke.model.num_embeddings == 128 and smoke.train.steps == 800
     assert smoke.model.weight_norm is False  # inherited from ema through two levels
     assert not any(p.model.kaiming_init for p in (original, ema, smoke, fast))
+    # Codebook health on in the seed's profiles: restarts after 300 idle steps with EMA, after
+    # 10 with the codebook loss (see original.toml for why).
+    assert (ema.model.dead_code_steps, load_profile("ema-kaiming").model.dead_code_steps) == (
+        300,
+        300,
+    )
+    assert original.model.dead_code_steps == 10
     assert (fast.data.batch_size, fast.train.steps, fast.train.learning_rate) == (512, 4000, 1.5e-3)
     assert fast.train.cuda_graphs and not fast.train.amsgrad and not fast.model.weight_norm
     assert fast.train.collapse_guard and fast.model.dead_code_steps > 0
