@@ -11,6 +11,9 @@ What it prints, with the device it ran on:
    their ratio. vqtool is measured through `vqtool.train.run_training`, its own loop. On the
    CPU the turns also train the bare network of benchmarks/cpu_ceiling.py in fp32 and bf16,
    and vqtool's figures are given as a share of the better of the two: the CPU's own limit.
+   On the CPU, vqtool and the bare network each run in a fresh Python process per figure, as
+   a user's `vqtool train` does (in this process, after the seed's turn, vqtool measured about
+   10% slower than in a process of its own).
 2. vqtool's images/s at each of `--batch-sizes` (ema-kaiming with data.batch_size changed).
 3. On CUDA only: time to quality, i.e. seconds of training until the test NMSE, evaluated
    every `train.eval_every` steps of the `fast` profile, is at most 0.056. Evaluation time is
@@ -27,6 +30,7 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -37,8 +41,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from cpu_ceiling import bare_training_images_per_s  # noqa: E402
 
 from vqtool.data import load_cifar10  # noqa: E402
 from vqtool.device import resolve_device  # noqa: E402
@@ -102,6 +104,36 @@ def vqtool_images_per_s(
     }
 
 
+def in_fresh_process(args: list[str]) -> dict[str, Any]:
+    """Run this script (or cpu_ceiling.py) with `args` in a new Python process and read the
+    JSON line it prints last: a figure measured in a process of its own, as a user's
+    `vqtool train` runs, whatever this process has loaded and allocated before."""
+    done = subprocess.run(
+        [sys.executable, *args], check=True, capture_output=True, text=True, env=os.environ
+    )
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def vqtool_figure(
+    data_dir: Path, device: str, batch_size: int, steps: int, extra: list[str]
+) -> dict[str, Any]:
+    """vqtool_images_per_s, on the CPU in a fresh process (see in_fresh_process)."""
+    if device != "cpu":
+        return vqtool_images_per_s(data_dir, device, batch_size, steps, extra)
+    args = [str(Path(__file__)), "--measure-once", "--data-dir", str(data_dir)]
+    args += ["--device", device, "--batch-sizes", str(batch_size), "--steps", str(steps)]
+    for override in extra:
+        args += ["--set", override]
+    return in_fresh_process(args)
+
+
+def bare_figure(bf16: bool, steps: int) -> float:
+    """The bare network's images/s (cpu_ceiling.py) in a fresh process."""
+    ceiling = str(Path(__file__).resolve().parent / "cpu_ceiling.py")
+    args = [ceiling, "--bare", "bf16" if bf16 else "fp32", "--steps", str(steps)]
+    return float(in_fresh_process(args)["images_per_s"])
+
+
 def seed_images_per_s(trainer: Any, steps: int) -> float:
     return float(trainer.images_per_s(steps))
 
@@ -132,9 +164,9 @@ def compare_with_seed(
         for r in range(rounds):
             figures["seed"].append(seed_images_per_s(seed, steps))
             for name, bf16 in bare.items():
-                figures[name].append(bare_training_images_per_s(bf16, True, steps))
+                figures[name].append(bare_figure(bf16, steps))
             for name, sets in settings.items():
-                figure = vqtool_images_per_s(data_dir, device.type, 32, steps, sets)
+                figure = vqtool_figure(data_dir, device.type, 32, steps, sets)
                 figures[name].append(figure["images_per_s"])
                 if r == 0:
                     print(f"  {name}: {figure['device']}, {figure['precision']}", flush=True)
@@ -249,7 +281,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--summarize", type=Path, default=None, help="only summarize RUN/metrics.jsonl"
     )
+    parser.add_argument("--measure-once", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.measure_once:  # one figure for a parent bench_train.py, as a JSON line
+        size = int((args.batch_sizes or "32").split(",")[0])
+        once = vqtool_images_per_s(args.data_dir, args.device, size, args.steps, args.set)
+        print(json.dumps(once))
+        return once
     if args.summarize is not None:
         summary = summarize_run(args.summarize)
         print(f"time to test NMSE <= {TARGET_NMSE}, {args.summarize}:")
@@ -289,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["batch_sizes"] = {}
     print(f"vqtool ema-kaiming images/s by batch size ({args.steps} steps each):")
     for size in (int(s) for s in sizes.split(",")):
-        figure = vqtool_images_per_s(args.data_dir, device.type, size, args.steps, extra)
+        figure = vqtool_figure(args.data_dir, device.type, size, args.steps, extra)
         result["batch_sizes"][size] = figure
         print(
             f"  batch {size}: {figure['images_per_s']:,.0f} img/s "

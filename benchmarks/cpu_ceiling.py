@@ -1,6 +1,7 @@
 """What this CPU can do for the seed's network at batch 32, whatever the implementation.
 
     python benchmarks/cpu_ceiling.py [--seed-images-per-s F] [--threads N]
+    python benchmarks/cpu_ceiling.py --bare fp32|bf16 [--steps N]   # one figure, as JSON
 
 Prints the CPU's matmul throughput in fp32 and bf16 (the best case for convolutions too), the
 training FLOPs per image of the seed's network (forward multiply-adds counted layer by layer,
@@ -14,6 +15,7 @@ no fp32 implementation of the network can reach it on this machine.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
@@ -103,9 +105,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed-images-per-s", type=float, default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--bare", choices=["fp32", "bf16"], default=None, help="one figure")
+    parser.add_argument("--steps", type=int, default=60)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.bare:  # the bare network alone, channels_last, as a JSON line (bench_train.py)
+        ips = bare_training_images_per_s(args.bare == "bf16", True, args.steps)
+        print(json.dumps({"images_per_s": ips}))
+        return
     flops = 6 * forward_macs(bare_network())
     fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
     print(f"CPU ceiling, {torch.get_num_threads()} torch threads:")
