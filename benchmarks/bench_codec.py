@@ -16,7 +16,6 @@ The target is 1.25x the baseline for each command. `run(...)` returns the figure
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import add_codec_arguments, machine_facts  # this folder
+from common import add_codec_arguments, machine_facts, write_json  # this folder
 from seed_baseline import SeedAutoEncoder  # this folder; the seed model, defects included
 from torch import Tensor
 
@@ -161,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  .vqc size: {figures['vqc_bytes']:,} bytes; 1-min load average at the end: "
           f"{figures['load_average']:.1f}")  # fmt: skip
     print("  target met" if figures["meets_target"] else "  TARGET NOT MET")
-    if args.json is not None:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(args.json, figures)
     return 0
 
 

@@ -17,7 +17,6 @@ machine's load average is printed: on a shared machine the figures move with it.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
-from common import add_codec_arguments, machine_facts  # this folder
+from common import add_codec_arguments, machine_facts, write_json  # this folder
 
 from vqtool import entropy
 from vqtool.checkpoint import fingerprint, load_model
@@ -170,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{prior['ideal_bits_per_image']:.1f} (+{overhead:.3%})"
     )
     print(f"  1-min load average at the end: {figures['load_average']:.1f}")
-    if args.json is not None:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(args.json, figures)
     return 0
 
 

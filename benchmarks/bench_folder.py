@@ -27,7 +27,6 @@ What it prints, in one run:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import write_json  # noqa: E402  (this folder)
 
 from vqtool import folders  # noqa: E402
 from vqtool.data import load_cifar10  # noqa: E402
@@ -246,8 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shown = ", ".join(f"{way} {rate:,.0f}" for way, rate in figures.items())
         print(f"  {what}: {shown}")
 
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return result
 
 

@@ -28,6 +28,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import write_json  # noqa: E402  (this folder)
+
 from vqtool.tomlio import loads_toml  # noqa: E402
 
 
@@ -96,8 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         idle, loaded = statistics.median(values["idle"]), statistics.median(values["loaded"])
         result[name] = {"idle": idle, "loaded": loaded, "loaded_over_idle": loaded / idle}
         print(f"{name}: idle {idle:,.0f}, loaded {loaded:,.0f} images/s ({loaded / idle:.0%})")
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return result
 
 

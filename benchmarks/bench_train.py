@@ -42,6 +42,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import write_json  # noqa: E402  (this folder)
+
 from vqtool.data import load_cifar10  # noqa: E402
 from vqtool.device import resolve_device  # noqa: E402
 from vqtool.profiles import load_profile  # noqa: E402
@@ -292,8 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary = summarize_run(args.summarize)
         print(f"time to test NMSE <= {TARGET_NMSE}, {args.summarize}:")
         print_summary(summary)
-        if args.json is not None:
-            args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(args.json, summary)
         return summary
 
     device = resolve_device(args.device)
@@ -346,8 +347,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["time_to_quality"] = ttq
         print_summary(ttq)
 
-    if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return result
 
 

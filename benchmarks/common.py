@@ -1,8 +1,9 @@
-"""What the codec benchmarks share: their command-line arguments and the machine they ran on."""
+"""What the benchmarks share: the codec ones' arguments, the machine they ran on, --json files."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 from pathlib import Path
@@ -26,3 +27,9 @@ def machine_facts() -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
     }
+
+
+def write_json(path: Path | None, figures: dict[str, Any]) -> None:
+    """The figures as indented JSON at `path` (the --json option), when one was given."""
+    if path is not None:
+        path.write_text(json.dumps(figures, indent=2) + "\n")

@@ -292,12 +292,17 @@ def test_bad_compressed_files_fail_cleanly(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.vqc", "good.vqc"]
 
 
+def encode_five_with_the_prior(run: Path, data_dir: Path) -> None:
+    """p.vqc: five test images coded with the prior at P."""
+    code, output = invoke("encode", run, "cifar10:test:5", "-o", "p.vqc",
+                          "--data-dir", data_dir, "--prior", "P")  # fmt: skip
+    assert code == 0, output
+
+
 def test_a_prior_file_without_the_prior_or_with_another(
     trained_run: Path, trained_data_dir: Path, tmp_path: Path, prior_at_p: Prior
 ) -> None:
-    code, output = invoke("encode", trained_run, "cifar10:test:5", "-o", "p.vqc",
-                          "--data-dir", trained_data_dir, "--prior", "P")  # fmt: skip
-    assert code == 0, output
+    encode_five_with_the_prior(trained_run, trained_data_dir)
     for extra, message in (([], "pass --prior P"), (["--prior", "other"], "another prior")):
         code, output = invoke("decode", trained_run, "p.vqc", "-o", "out", *extra)
         assert code == 2 and message in one_error_line(output)
@@ -308,9 +313,7 @@ def test_a_prior_that_computes_otherwise_is_caught_by_the_checksum(
     trained_run: Path, trained_data_dir: Path, tmp_path: Path, prior_at_p: Prior
 ) -> None:
     """Another machine's arithmetic, played by the same fingerprint on other weights."""
-    code, output = invoke("encode", trained_run, "cifar10:test:5", "-o", "p.vqc",
-                          "--data-dir", trained_data_dir, "--prior", "P")  # fmt: skip
-    assert code == 0, output
+    encode_five_with_the_prior(trained_run, trained_data_dir)
     impostor = random_prior(prior_at_p.model.num_embeddings, (8, 8), seed=9,
                             vq_fingerprint=prior_at_p.vq_fingerprint)  # fmt: skip
     with pytest.raises(WorkError, match="computes the prior's probabilities differently"):

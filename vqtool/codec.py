@@ -50,7 +50,7 @@ DEFAULT_BATCH = 256
 # photo (the encoder's first layer alone holds 64 floats per 4 pixels).
 PIXEL_BUDGET = 1 << 20
 # PNG-writing threads (zlib and file writes release the GIL). They share the cores with the
-# decoder's own threads: on 2 cores one writer beats four (1,960 vs 1,350 images/s).
+# decoder's own threads, so they take half the cores at most (on 2 cores one writer beat four).
 PNG_WRITERS = max(1, min(4, (os.cpu_count() or 2) // 2))
 PNG_TASK = 64  # images per PNG-writing task
 NAMED_SKIPS = 5  # skipped files named one by one; the rest are counted

@@ -3,7 +3,7 @@
 PyTorch splits each operation evenly over its threads and waits for the slowest. When another
 process keeps one of two cores busy, the thread that shares its core runs in time slices of
 milliseconds while the operations last tens of microseconds, and training falls to a fifth of
-its idle speed (measured: 884 -> 194 images/s); one thread on the free core keeps 559. So a
+its idle speed, where one thread on the free core keeps most of it (README). So a
 run counts the cores that other processes keep busy, once before its first step, and leaves
 them alone. Once only: the thread count changes the last bits of the results, and a run must
 stay reproducible and resume bit for bit (a resumed run keeps the count it started with).
@@ -84,15 +84,14 @@ def choose_threads(setting: int, saved: int | None) -> ThreadChoice:
     if "OMP_NUM_THREADS" in os.environ:
         return ThreadChoice(given, "")
     if saved is not None:
-        reason = "" if saved == given else f"the count this run started with ({given} free)"
-        return ThreadChoice(saved, reason)
+        return ThreadChoice(saved, "" if saved == given else "the count this run started with")
     busy = busy_cores_of_others()
     if busy is None:
         return ThreadChoice(given, "")
-    free = max(1, min(given, len(os.sched_getaffinity(0)) - round(busy)))
+    cores = len(os.sched_getaffinity(0))
+    free = max(1, min(given, cores - round(busy)))
     if free == given:
         return ThreadChoice(given, "")
-    cores = len(os.sched_getaffinity(0))
     why = f"other processes keep {busy:.1f} of {cores} cores busy; train.threads overrides"
     return ThreadChoice(free, why)
 
