@@ -8,8 +8,9 @@ For the first N CIFAR-10 test images (default 10,000), in this process and on th
   random weights: speed does not depend on the weights, only sizes on them);
 - decode: `decode_file` of each file into a fresh folder of PNGs (range decoding included);
 - the range coding alone (entropy.encode_* / decode_*), and each file's bytes per image.
-The goal for decode: at least a third of the raw route's images/s. Prior coding runs torch on
-one thread by design (exactness); the VQ model and the PNG writers use the machine. The
+The goal for decode: at least a third of the raw route's images/s. Prior coding runs whole
+chunks of images on threads of their own (torch on one thread each, for exactness), as many as
+torch's thread count; the VQ model and the PNG writers use the machine. The
 machine's load average is printed: on a shared machine the figures move with it.
 `run(...)` returns the figures as a dict.
 """

@@ -92,7 +92,8 @@ def test_a_prior_file_names_its_prior_and_needs_it(tmp_path: Path) -> None:
     path = tmp_path / "p.vqc"
     write_codes(path, golden_code_file(), prior=prior)
     arrays = members(path)
-    assert list(arrays) == ["header", "stream", "names", "sizes"]
+    assert list(arrays) == ["header", "stream", "names", "sizes", "chunks"]
+    assert arrays["chunks"].tolist() == [len(arrays["stream"])]  # one chunk of 4 images
     header = header_of(arrays)
     assert header["coding"] == "prior" and header["prior"] == prior.fingerprint
     assert_same(read_codes(path, prior), golden_code_file())
@@ -245,7 +246,7 @@ def _unreadable(arrays: dict[str, np.ndarray]) -> bytes:
 
 # A damaged stream is caught by the decoder (words left over, or none that fit) or, when it
 # decodes to something, by the checksum of the codes.
-DAMAGED_STREAM = "checksum|stream holds more words|cannot be decoded"
+DAMAGED_STREAM = "checksum|stream holds more words|cannot be decoded|chunk lengths"
 Case = tuple[str, Callable[[dict[str, np.ndarray]], Any], int, str]
 BAD: list[Case] = [
     ("unigram", _flip_word, 1, DAMAGED_STREAM),
@@ -268,6 +269,11 @@ BAD: list[Case] = [
     ("prior", lambda a: {**a, "names": np.frombuffer(b"\xff\xfe", np.uint8)}, 1, "names"),
     ("prior", lambda a: with_header(a, images=10**9), 1, "images"),
     ("prior", lambda a: with_header(a, prior="f" * 64), 2, "another prior"),
+    ("prior", lambda a: {k: v for k, v in a.items() if k != "chunks"}, 1, "earlier vqtool"),
+    ("prior", lambda a: {**a, "chunks": a["chunks"].astype(np.int64)}, 1, "chunks must be"),
+    ("prior", lambda a: {**a, "chunks": np.append(a["chunks"], 0)}, 1, "chunks must be"),
+    ("prior", lambda a: {**a, "chunks": a["chunks"] - 1}, 1, "chunk lengths"),
+    ("unigram", lambda a: {**a, "chunks": np.array([1], np.uint32)}, 1, "not a vqtool code"),
 ]
 
 

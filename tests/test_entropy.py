@@ -72,8 +72,13 @@ def test_prior_round_trip_and_size() -> None:
     # The bits are the information under PRECISION-bit tables; constriction codes with its own
     # 24-bit requantization of them, a little cheaper or dearer per symbol.
     assert abs(32 * len(encoded.words) - encoded.bits.sum()) <= 0.002 * encoded.bits.sum() + 96
-    decoded = entropy.decode_with_prior(encoded.words, prior.model, codes.shape)
+    decoded = entropy.decode_with_prior(
+        encoded.words, encoded.chunk_words, prior.model, codes.shape
+    )
     assert np.array_equal(decoded, codes)
+    # One stream per chunk: 300 grids are three chunks of 128, 128 and 44.
+    assert encoded.chunk_words is not None and len(encoded.chunk_words) == 3
+    assert int(encoded.chunk_words.sum()) == len(encoded.words)
 
 
 def test_each_image_costs_the_same_bits_in_any_file_and_position() -> None:
@@ -86,26 +91,48 @@ def test_each_image_costs_the_same_bits_in_any_file_and_position() -> None:
         part = codes[subset]
         encoded = entropy.encode_with_prior(part, prior.model)
         assert np.array_equal(encoded.bits, reference[subset]), subset
-        decoded = entropy.decode_with_prior(encoded.words, prior.model, part.shape)
+        decoded = entropy.decode_with_prior(
+            encoded.words, encoded.chunk_words, prior.model, part.shape
+        )
         assert np.array_equal(decoded, part)
 
 
-def test_the_callers_threads_do_not_matter() -> None:
+def test_the_callers_threads_and_the_coding_threads_do_not_matter() -> None:
+    """Chunks coded on 1, 2 or 3 threads, whatever torch's own setting: the same words, and
+    each decodes on any number of threads; torch's setting is restored."""
     prior = random_prior()
-    codes = random_codes(200)
+    codes = random_codes(300)  # three chunks
     before = torch.get_num_threads()
     words = []
     try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            words.append(entropy.encode_with_prior(codes, prior.model).words)
-            assert torch.get_num_threads() == threads  # restored
+        for torch_threads, coding_threads in ((1, None), (2, None), (2, 1), (1, 3)):
+            torch.set_num_threads(torch_threads)
+            encoded = entropy.encode_with_prior(codes, prior.model, threads=coding_threads)
+            words.append(encoded.words)
+            assert torch.get_num_threads() == torch_threads  # restored
         torch.set_num_threads(2)
-        decoded = entropy.decode_with_prior(words[0], prior.model, codes.shape)
+        for threads in (1, 2, 3):
+            decoded = entropy.decode_with_prior(
+                words[0], encoded.chunk_words, prior.model, codes.shape, threads=threads
+            )
+            assert np.array_equal(decoded, codes)
     finally:
         torch.set_num_threads(before)
-    assert np.array_equal(words[0], words[1])
-    assert np.array_equal(decoded, codes)
+    assert all(np.array_equal(words[0], w) for w in words[1:])
+
+
+def test_progress_counts_every_image_once_on_any_number_of_threads() -> None:
+    prior = random_prior()
+    codes = random_codes(300)
+    for threads in (1, 2):
+        seen: list[tuple[int, int]] = []
+        entropy.encode_with_prior(codes, prior.model, _recorder(seen), threads)
+        assert [n for _, n in seen] == [300] * 3 and seen[-1][0] == 300
+        assert sorted(d for d, _ in seen) == [d for d, _ in seen]
+
+
+def _recorder(seen: list[tuple[int, int]]) -> entropy.Progress:
+    return lambda done, n: seen.append((done, n))
 
 
 def test_chunk_schedule_depends_on_the_count_alone() -> None:
@@ -147,9 +174,17 @@ def test_a_stream_with_words_to_spare_or_that_cannot_be_decoded_is_refused() -> 
     with pytest.raises(entropy.StreamError, match="more words"):
         entropy.decode_unigram(np.append(words, words), frequencies, codes.shape)
     prior = random_prior()
-    words = entropy.encode_with_prior(codes, prior.model).words
+    encoded = entropy.encode_with_prior(codes, prior.model)
+    lengths = encoded.chunk_words
+    assert lengths is not None
     with pytest.raises(entropy.StreamError):
-        entropy.decode_with_prior(np.append(words, words), prior.model, codes.shape)
+        entropy.decode_with_prior(
+            np.append(encoded.words, encoded.words), lengths * 2, prior.model, codes.shape
+        )
+    with pytest.raises(entropy.StreamError, match="chunk lengths"):
+        entropy.decode_with_prior(encoded.words, lengths + 1, prior.model, codes.shape)
+    with pytest.raises(entropy.StreamError, match="chunk lengths"):
+        entropy.decode_with_prior(encoded.words, lengths, prior.model, (300, *GRID))
 
 
 def test_priors_that_cannot_code_the_codes_are_usage_errors() -> None:

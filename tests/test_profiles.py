@@ -23,7 +23,7 @@ from vqtool.profiles import (
 )
 
 SHIPPED = ["ema", "ema-kaiming", "fast", "folder", "original", "smoke"]
-PRIOR_SHIPPED = ["prior", "prior-cpu", "prior-small"]
+PRIOR_SHIPPED = ["prior", "prior-coding", "prior-cpu", "prior-small"]
 
 
 def write(path: Path, text: str) -> Path:

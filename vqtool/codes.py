@@ -18,6 +18,8 @@ entropy.py) in a `stream` member, names and sizes stored compactly:
   (N, h, w)), which a decode must reproduce: a damaged stream, or a prior that computes other
   probabilities on another machine, is refused instead of decoded wrong;
 - `stream`: uint32 (W,), constriction's range coder words;
+- `chunks` (prior only): uint32 (C,), the words of each chunk's stream, in order: prior
+  coding codes every entropy.CHUNK images as a stream of their own, C = ceil(N / CHUNK);
 - `names`: uint8, UTF-8 text, one line per name; a line `PREFIX<US>FIRST<US>COUNT` (US the
   control character 0x1f, never in a name) stands for COUNT names PREFIX + FIRST, FIRST + 1,
   ... written with at least as many digits as FIRST has (cifar10-test-00000 to -09999);
@@ -65,7 +67,7 @@ HEADER_KEYS = (
     "image_size",
 )  # fmt: skip
 COMPRESSED_VERSION = 2
-COMPRESSED_MEMBERS = ("header", "stream", "names", "sizes")  # + "frequencies" for unigram
+COMPRESSED_MEMBERS = ("header", "stream", "names", "sizes")  # + "frequencies" or "chunks"
 COMPRESSED_KEYS = HEADER_KEYS + ("coding", "prior", "images", "words", "codes_sha256")
 CODINGS = ("unigram", "prior")
 MAX_HEADER_BYTES = 1 << 16
@@ -145,7 +147,7 @@ def write_codes(
                         member.write(data)
                     continue
                 # Zip64 fields only where a size needs them: 20 bytes a member saved.
-                if key in ("names", "frequencies") and _deflates_within_limit(data):
+                if key in ("names", "frequencies", "chunks") and _deflates_within_limit(data):
                     info.compress_type = zipfile.ZIP_DEFLATED
                 archive.writestr(info, data)
 
@@ -197,6 +199,8 @@ def _compressed_arrays(
     }
     if frequencies is not None:
         arrays["frequencies"] = np.ascontiguousarray(frequencies, dtype="<u4")
+    if encoded.chunk_words is not None:
+        arrays["chunks"] = np.ascontiguousarray(encoded.chunk_words, dtype="<u4")
     return arrays
 
 
@@ -310,7 +314,12 @@ def _read_members(path: Path) -> dict[str, np.ndarray]:
     with zipfile.ZipFile(path) as archive:
         infos = archive.infolist()
         names = sorted(info.filename for info in infos)
-        layouts = (MEMBERS, COMPRESSED_MEMBERS, (*COMPRESSED_MEMBERS, "frequencies"))
+        layouts = (
+            MEMBERS,
+            COMPRESSED_MEMBERS,  # an earlier vqtool's prior coding, refused by name later
+            (*COMPRESSED_MEMBERS, "frequencies"),
+            (*COMPRESSED_MEMBERS, "chunks"),
+        )
         if names not in (sorted(f"{key}.npy" for key in keys) for keys in layouts):
             raise _damaged(f"not a vqtool code file: it holds {names[:8]}", path)
         arrays = {}
@@ -463,7 +472,9 @@ def _from_compressed(
             codes = entropy.decode_unigram(arrays["stream"], frequencies, shape)
         else:
             model = _prior_for(header, prior, path)
-            codes = entropy.decode_with_prior(arrays["stream"], model, shape, on_progress)
+            codes = entropy.decode_with_prior(
+                arrays["stream"], arrays["chunks"], model, shape, on_progress
+            )
     except StreamError as exc:
         raise _undecodable(coding, str(exc), path) from exc
     if codes_sha256(codes) != header["codes_sha256"]:
@@ -490,7 +501,16 @@ def _check_compressed_header(
     codes_per_image = header["image_size"][0] * header["image_size"][1] // DOWNSAMPLE**2
     if coding not in CODINGS:
         raise _damaged(f"unknown coding {str(coding)[:20]!r}", path)
-    if ("frequencies" in arrays) != (coding == "unigram"):
+    if coding == "prior" and sorted(arrays) == sorted(COMPRESSED_MEMBERS):
+        raise WorkError(
+            "coded with an earlier vqtool's prior coding (one stream, no chunks), which this "
+            "version does not decode",
+            path,
+            "decode it with the vqtool that wrote it, or encode the images again",
+        )
+    if ("frequencies" in arrays) != (coding == "unigram") or ("chunks" in arrays) != (
+        coding == "prior"
+    ):
         raise _damaged(f"coding {coding} with members {sorted(arrays)}", path)
     fingerprint = header["prior"]
     if coding == "prior" and not (
@@ -512,6 +532,22 @@ def _check_compressed_header(
             f"the header says {str(header['words'])[:20]} words, the stream holds {len(stream)}",
             path,
         )
+    if coding == "prior":
+        _check_chunks(arrays["chunks"], n, len(stream), path)
+
+
+def _check_chunks(chunk_words: np.ndarray, n: int, words: int, path: Path) -> None:
+    """The chunk lengths of a prior-coded stream: one per entropy.CHUNK images, summing to
+    the stream's words."""
+    expected = -(-n // entropy.CHUNK)
+    if chunk_words.dtype != np.uint32 or chunk_words.shape != (expected,):
+        raise _damaged(
+            f"chunks must be uint32 ({expected},) for {n} images, got {chunk_words.dtype} "
+            f"{chunk_words.shape}",
+            path,
+        )
+    if int(chunk_words.sum(dtype=np.uint64)) != words:
+        raise _damaged(f"the chunk lengths do not add up to the stream's {words} words", path)
 
 
 def _undecodable(coding: str, what: str, path: Path) -> WorkError:

@@ -6,19 +6,21 @@ decoder compute bit for bit alike; constriction's range coder turns the tables i
 - unigram: one table for the whole file, each code's count in the file plus one (so every
   code can be coded); the table travels with the file.
 - prior: the CodePrior's prediction at every position of every grid in raster order, fed the
-  codes before it. The probabilities come from one code path on both sides (`_prior_steps`):
-  always `CodePrior.step_logits` (never the teacher-forced forward, which rounds
-  differently), on chunks of a fixed number of sequences (a partial last chunk padded with
-  dummy sequences), with torch on one thread, then `frequencies_from_logits`:
-  floor(softmax in float64 * 2**PRECISION), at least 1. The chunk schedule depends only on
-  the number of images, so the decoder evaluates exactly the batches the encoder did; on the
-  same CPU and torch build a row's logits do not depend on the other rows of its chunk, so an
-  image costs the same bits in any file, in any position (the tests check both).
+  codes before it. The probabilities come from one code path on both sides (`_chunk_steps`):
+  always `PriorSteps` (never the teacher-forced forward, which rounds differently), on chunks
+  of a fixed number of sequences (a partial last chunk padded with dummy sequences), each
+  chunk with torch on one thread, then `frequencies_from_logits`: floor(softmax in float64 *
+  2**PRECISION), at least 1. The chunk schedule depends only on the number of images, so the
+  decoder evaluates exactly the batches the encoder did; on the same CPU and torch build a
+  row's logits do not depend on the other rows of its chunk, so an image costs the same bits
+  in any file, in any position (the tests check both).
 
-Symbols are coded grid after grid in chunks, position by position, row by row within a chunk,
-into one stream of uint32 words. A decoder on another CPU or torch build may compute other
-probabilities: codes.py stores a checksum of the codes so that such a decode is refused, never
-silently wrong.
+Unigram symbols are coded grid after grid into one stream of uint32 words. Prior coding gives
+each chunk a stream of its own (position by position, row by row within the chunk), the
+streams concatenated and their lengths kept, so that chunks are encoded and decoded on as many
+threads as the machine has, each chunk's arithmetic the same on any of them. A decoder on
+another CPU or torch build may compute other probabilities: codes.py stores a checksum of the
+codes so that such a decode is refused, never silently wrong.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 import constriction
 import numpy as np
@@ -36,6 +39,7 @@ from torch import Tensor
 
 from vqtool.errors import UsageError
 from vqtool.prior_model import CodePrior
+from vqtool.prior_steps import PriorSteps
 
 PRECISION = 20  # prior frequencies sum to about 2**PRECISION; constriction codes with 24 bits
 CHUNK = 128  # sequences per prior evaluation
@@ -43,6 +47,7 @@ MIN_ROWS = 4  # the smallest batch the prior is ever run on (a partial chunk is 
 DUMMY_CODE = 0  # what padding sequences are fed
 
 Progress = Callable[[int, int], None]
+T = TypeVar("T")
 
 
 class CodingPrior(Protocol):
@@ -65,6 +70,7 @@ class StreamError(ValueError):
 class Encoded(NamedTuple):
     words: np.ndarray  # uint32 (W,): the range coder's output
     bits: np.ndarray  # float64 (N,): each grid's information content under the integer model
+    chunk_words: np.ndarray | None = None  # uint32 (C,): each chunk's share of words (prior)
 
 
 def load_coding_prior(path: Path) -> CodingPrior:
@@ -158,10 +164,15 @@ def chunks(n: int) -> Iterator[tuple[int, int, int]]:
         yield start, stop, max(MIN_ROWS, 1 << (stop - start - 1).bit_length())
 
 
+def coding_threads() -> int:
+    """How many chunks are coded at once: the threads torch would use here."""
+    return torch.get_num_threads()
+
+
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
-    """torch on one thread for the duration: how many threads split a matrix product changes
-    its rounding."""
+    """torch on one thread per chunk for the duration: how many threads split a matrix
+    product changes its rounding, so parallel work is whole chunks on threads of their own."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -172,7 +183,7 @@ def _one_thread() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _coding_mode(model: CodePrior) -> Iterator[None]:
-    """Eval mode (no dropout) and one thread; the model is left as it was."""
+    """Eval mode (no dropout) and one torch thread per chunk; the model is left as it was."""
     parameter = next(model.parameters())
     if parameter.dtype != torch.float32 or parameter.device.type != "cpu":
         raise ValueError(
@@ -182,75 +193,139 @@ def _coding_mode(model: CodePrior) -> Iterator[None]:
     was_training = model.training
     model.eval()
     try:
-        with _one_thread(), torch.inference_mode():
+        with _one_thread():
             yield
     finally:
         model.train(was_training)
 
 
-# One position of one chunk: (start, t, tables (rows, K)) -> the rows' codes at t (rows,).
-Step = Callable[[int, int, np.ndarray], np.ndarray]
+# One position of one chunk: (t, tables (real rows, K)) -> the real rows' codes at t.
+Step = Callable[[int, np.ndarray], np.ndarray]
 
 
-def _prior_steps(model: CodePrior, n: int, step: Step, on_progress: Progress | None) -> None:
-    """Run the prior over n grids chunk by chunk and position by position, handing each
-    position's tables to `step`, which codes or decodes the real rows and returns their codes.
-    The only place prior probabilities are computed, for encoder and decoder alike."""
+def _chunk_steps(model: CodePrior, real: int, rows: int, step: Step) -> None:
+    """Run the prior over one chunk position by position, handing each position's tables for
+    the `real` rows to `step`, which codes or decodes them and returns their codes; padding
+    rows are fed DUMMY_CODE. The only place prior probabilities are computed, for encoder
+    and decoder alike."""
+    with torch.inference_mode():  # per thread: inference mode does not cross threads
+        steps = PriorSteps(model, rows)
+        previous: Tensor | None = None
+        for t in range(model.length):
+            tables = frequencies_from_logits(steps.next(previous))
+            fed = np.full(rows, DUMMY_CODE, np.int64)
+            fed[:real] = step(t, tables[:real])
+            previous = torch.from_numpy(fed)
+
+
+def _each_chunk(
+    model: CodePrior,
+    n: int,
+    work: Callable[[int, int, int], T],
+    threads: int | None,
+    on_progress: Progress | None,
+) -> list[T]:
+    """work(start, stop, rows) for every chunk of n grids, `threads` chunks at a time (default
+    coding_threads()), results in chunk order. Chunks are independent, so the order in which
+    they run changes nothing; the first error stops the rest and is raised."""
+    threads = coding_threads() if threads is None else threads
+    schedule = list(chunks(n))
+    done = 0
     with _coding_mode(model):
-        for start, stop, rows in chunks(n):
-            real = stop - start
-            cache = model.new_cache(rows)
-            previous: Tensor | None = None
-            for t in range(model.length):
-                tables = frequencies_from_logits(model.step_logits(cache, previous))
-                symbols = step(start, t, tables[:real])
-                fed = np.full(rows, DUMMY_CODE, np.int64)
-                fed[:real] = symbols
-                previous = torch.from_numpy(fed)
-            if on_progress is not None:
-                on_progress(stop, n)
+        if threads <= 1 or len(schedule) == 1:
+            results = []
+            for start, stop, rows in schedule:
+                results.append(work(start, stop, rows))
+                if on_progress is not None:
+                    on_progress(stop, n)
+            return results
+        pool = ThreadPoolExecutor(max_workers=min(threads, len(schedule)))
+        try:
+            futures = {pool.submit(work, *chunk): chunk for chunk in schedule}
+            for future in as_completed(futures):
+                future.result()  # raises the chunk's error here, in the caller's thread
+                start, stop, _ = futures[future]
+                done += stop - start
+                if on_progress is not None:
+                    on_progress(done, n)
+            return [future.result() for future in futures]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def encode_with_prior(
-    codes: np.ndarray, model: CodePrior, on_progress: Progress | None = None
+    codes: np.ndarray,
+    model: CodePrior,
+    on_progress: Progress | None = None,
+    threads: int | None = None,
 ) -> Encoded:
-    """Codes (N, h, w) -> words, each symbol coded with the prior's prediction for it."""
+    """Codes (N, h, w) -> words, each symbol coded with the prior's prediction for it; each
+    chunk of CHUNK grids is a stream of its own (`Encoded.chunk_words`)."""
     n = codes.shape[0]
     flat = codes.reshape(n, -1).astype(np.int32)
-    bits = np.zeros(n)
-    encoder = constriction.stream.queue.RangeEncoder()
-    family = constriction.stream.model.Categorical(perfect=False)
 
-    def step(start: int, t: int, tables: np.ndarray) -> np.ndarray:
-        symbols = flat[start : start + len(tables), t]
-        encoder.encode(symbols, family, tables)
-        bits[start : start + len(tables)] += _bits(tables, symbols)
-        return symbols
+    def chunk(start: int, stop: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        encoder = constriction.stream.queue.RangeEncoder()
+        family = constriction.stream.model.Categorical(perfect=False)
+        bits = np.zeros(stop - start)
 
-    _prior_steps(model, n, step, on_progress)
-    return Encoded(encoder.get_compressed(), bits)
+        def step(t: int, tables: np.ndarray) -> np.ndarray:
+            symbols = flat[start:stop, t]
+            encoder.encode(symbols, family, tables)
+            bits[:] += _bits(tables, symbols)
+            return symbols
+
+        _chunk_steps(model, stop - start, rows, step)
+        return encoder.get_compressed(), bits
+
+    parts = _each_chunk(model, n, chunk, threads, on_progress)
+    words = [part[0] for part in parts]
+    return Encoded(
+        np.concatenate(words).astype(np.uint32),
+        np.concatenate([part[1] for part in parts]),
+        np.array([len(w) for w in words], np.uint32),
+    )
 
 
 def decode_with_prior(
     words: np.ndarray,
+    chunk_words: np.ndarray,
     model: CodePrior,
     shape: tuple[int, int, int],
     on_progress: Progress | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Words -> codes uint16 `shape`; raises StreamError when the words do not fit."""
     n = shape[0]
+    schedule = list(chunks(n))
+    if len(chunk_words) != len(schedule) or int(chunk_words.sum(dtype=np.uint64)) != len(words):
+        raise StreamError(
+            f"{len(chunk_words)} chunk lengths summing to {int(chunk_words.sum(dtype=np.uint64))} "
+            f"words, for {len(schedule)} chunks of a stream of {len(words)} words"
+        )
+    # Each chunk's words, by the chunk's first grid.
+    ends = np.cumsum(chunk_words, dtype=np.int64)
+    spans = {
+        start: (int(end) - int(count), int(end))
+        for (start, _, _), end, count in zip(schedule, ends, chunk_words, strict=True)
+    }
     codes = np.empty((n, shape[1] * shape[2]), np.uint16)
-    decoder = constriction.stream.queue.RangeDecoder(words)
-    family = constriction.stream.model.Categorical(perfect=False)
 
-    def step(start: int, t: int, tables: np.ndarray) -> np.ndarray:
-        with _constriction_errors():
-            symbols = decoder.decode(family, tables)
-        codes[start : start + len(tables), t] = symbols
-        return symbols
+    def chunk(start: int, stop: int, rows: int) -> None:
+        begin, end = spans[start]
+        decoder = constriction.stream.queue.RangeDecoder(words[begin:end])
+        family = constriction.stream.model.Categorical(perfect=False)
 
-    _prior_steps(model, n, step, on_progress)
-    _check_exhausted(decoder)
+        def step(t: int, tables: np.ndarray) -> np.ndarray:
+            with _constriction_errors():
+                symbols = decoder.decode(family, tables)
+            codes[start:stop, t] = symbols
+            return symbols
+
+        _chunk_steps(model, stop - start, rows, step)
+        _check_exhausted(decoder)
+
+    _each_chunk(model, n, chunk, threads, on_progress)
     return codes.reshape(shape)
 
 
