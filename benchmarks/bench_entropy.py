@@ -1,12 +1,14 @@
 """Compressed code files: encode and decode speed against the raw route, and their sizes.
 
     python benchmarks/bench_entropy.py --data-dir data --run runs/demo [--prior P] [--images N]
+        [--rounds 3]
 
 For the first N CIFAR-10 test images (default 10,000), in this process and on the CPU:
 - encode: `encode_inputs` (the VQ encoder) then `write_codes` raw, unigram-coded and
   prior-coded (a prior run with --prior, else a prior of the default `PriorConfig` sizes with
   random weights: speed does not depend on the weights, only sizes on them);
 - decode: `decode_file` of each file into a fresh folder of PNGs (range decoding included);
+  writing and decoding run in rounds, the three routes one after the other, the best of each;
 - the range coding alone (entropy.encode_* / decode_*), and each file's bytes per image.
 The goal for decode: at least a third of the raw route's images/s. Prior coding runs whole
 chunks of images on threads of their own (torch on one thread each, for exactness), as many as
@@ -62,7 +64,11 @@ def _warm_up(loaded: Any, data_dir: Path) -> None:
 
 
 def run(
-    data_dir: Path, run_dir: Path, images: int = 10_000, prior_path: Path | None = None
+    data_dir: Path,
+    run_dir: Path,
+    images: int = 10_000,
+    prior_path: Path | None = None,
+    rounds: int = 3,
 ) -> dict[str, Any]:
     loaded = load_model(run_dir, "cpu")
     _warm_up(loaded, data_dir)
@@ -86,22 +92,29 @@ def run(
         "num_embeddings": config.num_embeddings,
         "prior_model": prior_kind,
         "vq_encode_s": encode_s,
+        "rounds": rounds,
     }
     work = Path(tempfile.mkdtemp(prefix="bench-entropy-"))
+    routes = (("raw", False, None), ("unigram", True, None), ("prior", True, prior))
     try:
-        for label, compress, coding_prior in (
-            ("raw", False, None),
-            ("unigram", True, None),
-            ("prior", True, prior),
-        ):
+        # Rounds of all three routes one after the other; each route's best round counts, so a
+        # stall of the machine in one round moves no route's figure.
+        best: dict[str, tuple[float, float]] = {}
+        for _ in range(rounds):
+            for label, compress, coding_prior in routes:
+                path = work / f"{label}.vqc"
+                write_s, _ = timed(lambda: write_codes(path, code_file, compress, coding_prior))  # noqa: B023
+                out = work / f"png-{label}"
+                decode_s, _ = timed(lambda: decode_file(loaded, path, out, prior=coding_prior))  # noqa: B023
+                written = sum(1 for _ in out.glob("*.png"))
+                if written != n:
+                    raise SystemExit(f"{label}: decode wrote {written} PNGs, expected {n}")
+                shutil.rmtree(out)
+                earlier = best.get(label, (write_s, decode_s))
+                best[label] = (min(earlier[0], write_s), min(earlier[1], decode_s))
+        for label, _, _ in routes:
             path = work / f"{label}.vqc"
-            write_s, _ = timed(lambda: write_codes(path, code_file, compress, coding_prior))  # noqa: B023
-            out = work / f"png-{label}"
-            decode_s, _ = timed(lambda: decode_file(loaded, path, out, prior=coding_prior))  # noqa: B023
-            written = sum(1 for _ in out.glob("*.png"))
-            if written != n:
-                raise SystemExit(f"{label}: decode wrote {written} PNGs, expected {n}")
-            shutil.rmtree(out)
+            write_s, decode_s = best[label]
             figures[label] = {
                 "bytes": path.stat().st_size,
                 "bits_per_image": path.stat().st_size * 8 / n,
@@ -137,14 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_codec_arguments(parser)
     parser.add_argument("--prior", type=Path, default=None, help="a prior run (default: random)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per route; the best counts")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
-    figures = run(args.data_dir, args.run, args.images, args.prior)
+    figures = run(args.data_dir, args.run, args.images, args.prior, args.rounds)
     n = figures["images"]
     print(
         f"entropy benchmark: {n:,} CIFAR-10 test images, {figures['grid'][0]}x{figures['grid'][1]}"
         f" codes of {figures['num_embeddings']}, {figures['cpus']} CPUs, "
-        f"{figures['torch_threads']} torch threads; prior: {figures['prior_model']}"
+        f"{figures['torch_threads']} torch threads; prior: {figures['prior_model']}; best of "
+        f"{figures['rounds']} rounds"
     )
     print(f"  VQ encoder alone: {n / figures['vq_encode_s']:8,.0f} images/s")
     for label in ("raw", "unigram", "prior"):

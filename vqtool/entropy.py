@@ -9,7 +9,7 @@ decoder compute bit for bit alike; constriction's range coder turns the tables i
   codes before it. The probabilities come from one code path on both sides (`_chunk_steps`):
   always `PriorSteps` (never the teacher-forced forward, which rounds differently), on chunks
   of a fixed number of sequences (a partial last chunk padded with dummy sequences), each
-  chunk with torch on one thread, then `frequencies_from_logits`: floor(softmax in float64 *
+  chunk with torch on one thread, then `frequencies_from_logits`: floor(softmax in float32 *
   2**PRECISION), at least 1. The chunk schedule depends only on the number of images, so the
   decoder evaluates exactly the batches the encoder did; on the same CPU and torch build a
   row's logits do not depend on the other rows of its chunk, so an image costs the same bits
@@ -151,9 +151,9 @@ def decode_unigram(
 
 def frequencies_from_logits(logits: Tensor) -> np.ndarray:
     """Logits (B, K) -> integer frequency tables as float64 (B, K): floor(p * 2**PRECISION),
-    at least 1, p the float64 softmax."""
-    probabilities = torch.softmax(logits.double(), dim=-1)
-    return torch.floor(probabilities * float(1 << PRECISION)).clamp_min_(1.0).numpy()
+    at least 1, p the softmax in the logits' dtype (float32 when coding)."""
+    scaled = torch.softmax(logits, dim=-1).mul_(float(1 << PRECISION))
+    return torch.floor(scaled).clamp_min_(1.0).double().numpy()
 
 
 def chunks(n: int) -> Iterator[tuple[int, int, int]]:

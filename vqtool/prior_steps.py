@@ -66,6 +66,7 @@ class PriorSteps:
         self.head_dim = cfg.width // cfg.heads
         self.width = cfg.width
         self.length = model.length
+        self.scale = 1.0 / math.sqrt(self.head_dim)
         self.layers = [_layer(block) for block in model.blocks]
         self.final_norm = _pair(model.norm)
         self.head = _pair(model.head)
@@ -74,9 +75,9 @@ class PriorSteps:
         shape = (rows, cfg.heads, self.length, self.head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype) for _ in self.layers]
         self.values = [torch.zeros(shape, dtype=dtype) for _ in self.layers]
-        # Row t: 0 on slots 0..t, -inf after them.
-        self.masks = torch.full((self.length, self.length), -math.inf, dtype=dtype).triu_(1)
-        self.scale = 1.0 / math.sqrt(self.head_dim)
+        # Row t: 0 on slots 0..t, -inf after them; (T, 1, T) to add to one query's scores.
+        masks = torch.full((self.length, self.length), -math.inf, dtype=dtype).triu_(1)
+        self.masks = masks.unsqueeze(1)
         self.position = 0
 
     def next(self, previous: Tensor | None) -> Tensor:
@@ -107,9 +108,12 @@ class PriorSteps:
         keys, values = self.keys[layer], self.values[layer]
         keys[:, :, t] = qkv[:, 1]
         values[:, :, t] = qkv[:, 2]
-        query = (qkv[:, 0] * self.scale).unsqueeze(2)  # (B, H, 1, D)
-        scores = torch.matmul(query, keys.transpose(2, 3)) + self.masks[t]  # (B, H, 1, T)
-        mixed = torch.matmul(torch.softmax(scores, dim=-1), values)  # (B, H, 1, D)
+        # (B * H) products of one query (1, D) with the slots' keys (D, T), plus the mask.
+        query = qkv[:, 0].reshape(b * h, 1, d)
+        scores = torch.baddbmm(
+            self.masks[t], query, keys.view(b * h, -1, d).transpose(1, 2), alpha=self.scale
+        )
+        mixed = torch.bmm(torch.softmax(scores, dim=-1), values.view(b * h, -1, d))
         x = x + F.linear(mixed.view(b, c), *weights.proj)
         hidden = F.gelu(F.linear(F.layer_norm(x, (c,), *weights.norm2), *weights.fc1))
         return x + F.linear(hidden, *weights.fc2)
