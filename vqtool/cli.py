@@ -254,7 +254,8 @@ PriorOption = Annotated[
     typer.Option(
         "--prior",
         help="A prior run (or its checkpoint) whose predictions code the codes; implies "
-        "--compress; decode needs the same prior.",
+        "--compress; decode needs the same prior. Train one with vqtool prior R --profile "
+        "prior-coding (small, so files decode fast).",
         metavar="PRIOR",
         show_default=False,
     ),

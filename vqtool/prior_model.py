@@ -8,8 +8,9 @@ Two ways through the same weights:
 - `CodePrior.forward`: every position at once (training, `nll_bits`), causal attention.
 - `CodePrior.new_cache` + `CodePrior.step_logits`: one position per call for a batch, keys and
   values of earlier positions kept in buffers allocated once for the whole grid. Sampling uses
-  it; so can entropy coding, which needs each position's probabilities computed the same way
-  in the encoder and the decoder.
+  it. Entropy coding uses a third, `prior_steps.PriorSteps`: the same step written out with
+  plain tensor operations of fixed shapes, so that encoder and decoder compute each
+  position's probabilities alike.
 """
 
 from __future__ import annotations
@@ -207,8 +208,7 @@ class CodePrior(nn.Module):
 
         `previous` (B,) is the code at position cache.length - 1; None for the first call,
         which feeds the start token. Advances the cache by one position. Equal to forward's
-        logits up to rounding (see the tests), not bit for bit: entropy coding must take its
-        probabilities from this path on both sides.
+        logits up to rounding (see the tests), not bit for bit.
         """
         position = cache.length
         if position >= self.length:
