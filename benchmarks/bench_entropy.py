@@ -12,10 +12,10 @@ For the first N CIFAR-10 test images (default 10,000), in this process and on th
 - the range coding alone (entropy.encode_* / decode_*), and each file's bytes per image.
 Decoding writes 10,000 PNGs: on a disk whose writes stall now and then, `--work-dir` on a RAM
 folder measures vqtool rather than the disk. The goal for decode: at least a third of the raw
-route's images/s. Prior coding runs whole
-chunks of images on threads of their own (torch on one thread each, for exactness), as many as
-torch's thread count; the VQ model and the PNG writers use the machine. The
-machine's load average is printed: on a shared machine the figures move with it.
+route's images/s. Prior coding runs whole chunks of images on threads of their own (torch on
+one thread each, for exactness), as many as torch's thread count; the VQ model and the PNG
+writers use the machine. The machine's load average is printed: on a shared machine the
+figures move with it.
 `run(...)` returns the figures as a dict.
 """
 

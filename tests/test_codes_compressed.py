@@ -273,6 +273,12 @@ BAD: list[Case] = [
     ("prior", lambda a: {**a, "chunks": a["chunks"].astype(np.int64)}, 1, "chunks must be"),
     ("prior", lambda a: {**a, "chunks": np.append(a["chunks"], 0)}, 1, "chunks must be"),
     ("prior", lambda a: {**a, "chunks": a["chunks"] - 1}, 1, "chunk lengths"),
+    (
+        "prior",
+        lambda a: with_header({**a, "chunks": a["chunks"] * 0, "stream": a["stream"][:0]}, words=0),
+        1,
+        "0 words",
+    ),  # fmt: skip
     ("unigram", lambda a: {**a, "chunks": np.array([1], np.uint32)}, 1, "not a vqtool code"),
 ]
 

@@ -3,6 +3,7 @@ batch, the order of the images or the caller's threads."""
 
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -133,6 +134,51 @@ def test_progress_counts_every_image_once_on_any_number_of_threads() -> None:
 
 def _recorder(seen: list[tuple[int, int]]) -> entropy.Progress:
     return lambda done, n: seen.append((done, n))
+
+
+def test_chunks_run_with_torch_on_one_thread_and_an_error_stops_them() -> None:
+    """Each chunk's thread sees one torch thread (its matrix products split no further); a
+    failing chunk's error reaches the caller, and torch's setting comes back either way."""
+    prior = random_prior()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen: list[int] = []
+
+    def work(start: int, stop: int, rows: int, cancelled: object) -> int:
+        seen.append(torch.get_num_threads())
+        return start
+
+    def failing(start: int, stop: int, rows: int, cancelled: object) -> int:
+        if start == entropy.CHUNK:
+            raise entropy.StreamError("chunk 2 is damaged")
+        return start
+
+    try:
+        n = 5 * entropy.CHUNK
+        assert entropy._each_chunk(prior.model, n, work, 2, None) == [
+            i * entropy.CHUNK for i in range(5)
+        ]
+        assert seen == [1] * 5 and torch.get_num_threads() == 2
+        with pytest.raises(entropy.StreamError, match="chunk 2"):
+            entropy._each_chunk(prior.model, n, failing, 2, None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_set_cancel_flag_stops_a_chunk_at_its_next_position() -> None:
+    prior = random_prior()
+    cancelled = threading.Event()
+    calls: list[int] = []
+
+    def step(t: int, tables: np.ndarray) -> np.ndarray:
+        calls.append(t)
+        cancelled.set()
+        return np.zeros(len(tables), np.int64)
+
+    with pytest.raises(entropy._Cancelled):
+        entropy._chunk_steps(prior.model, 3, 4, step, cancelled)
+    assert calls == [0]
 
 
 def test_chunk_schedule_depends_on_the_count_alone() -> None:

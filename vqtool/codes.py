@@ -28,10 +28,11 @@ entropy.py) in a `stream` member, names and sizes stored compactly:
 
 Raw files store members, not deflated: reading then never allocates more than the file's size,
 and deflate saves little on codes (near-uniform indices over K). Compressed files deflate
-`names` and `frequencies` where that stays within the reader's ratio. Files are
-byte-reproducible: the same codes give the same bytes (fixed zip timestamps). The reader
-also accepts deflated members (np.savez_compressed) up to a 64:1 ratio, and checks everything
-before it returns: a damaged or doctored file raises WorkError, never anything else.
+`names`, `frequencies` and `chunks` where that saves bytes and stays within the reader's
+ratio. Files are byte-reproducible: the same codes give the same bytes (fixed zip
+timestamps). The reader also accepts deflated members (np.savez_compressed) up to a 64:1
+ratio, and checks everything before it returns: a damaged or doctored file raises WorkError,
+never anything else.
 """
 
 from __future__ import annotations
@@ -548,6 +549,8 @@ def _check_chunks(chunk_words: np.ndarray, n: int, words: int, path: Path) -> No
         )
     if int(chunk_words.sum(dtype=np.uint64)) != words:
         raise _damaged(f"the chunk lengths do not add up to the stream's {words} words", path)
+    if chunk_words.min() == 0:  # every chunk codes at least one symbol: at least one word
+        raise _damaged("a chunk length of 0 words", path)
 
 
 def _undecodable(coding: str, what: str, path: Path) -> WorkError:

@@ -18,7 +18,7 @@ decoder compute bit for bit alike; constriction's range coder turns the tables i
 Unigram symbols are coded grid after grid into one stream of uint32 words. Prior coding gives
 each chunk a stream of its own (position by position, row by row within the chunk), the
 streams concatenated and their lengths kept, so that chunks are encoded and decoded on as many
-threads as the machine has, each chunk's arithmetic the same on any of them. A decoder on
+threads as torch uses, each chunk's arithmetic the same on any of them. A decoder on
 another CPU or torch build may compute other probabilities: codes.py stores a checksum of the
 codes so that such a decode is refused, never silently wrong.
 """
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vqtool.errors import UsageError
+from vqtool.errors import UsageError, first_line
 from vqtool.prior_model import CodePrior
 from vqtool.prior_steps import PriorSteps
 
@@ -47,7 +48,9 @@ MIN_ROWS = 4  # the smallest batch the prior is ever run on (a partial chunk is 
 DUMMY_CODE = 0  # what padding sequences are fed
 
 Progress = Callable[[int, int], None]
-T = TypeVar("T")
+Result = TypeVar("Result")
+# One coding at a time per process: coding sets torch's process-wide thread count.
+_CODING = threading.Lock()
 
 
 class CodingPrior(Protocol):
@@ -65,6 +68,10 @@ class CodingPrior(Protocol):
 
 class StreamError(ValueError):
     """A stream that cannot be the coding of the codes it claims (damaged or mismatched)."""
+
+
+class _Cancelled(Exception):
+    """Another chunk failed or the caller was interrupted: this chunk stops where it is."""
 
 
 class Encoded(NamedTuple):
@@ -203,45 +210,55 @@ def _coding_mode(model: CodePrior) -> Iterator[None]:
 Step = Callable[[int, np.ndarray], np.ndarray]
 
 
-def _chunk_steps(model: CodePrior, real: int, rows: int, step: Step) -> None:
+def _chunk_steps(
+    model: CodePrior, real: int, rows: int, step: Step, cancelled: threading.Event
+) -> None:
     """Run the prior over one chunk position by position, handing each position's tables for
     the `real` rows to `step`, which codes or decodes them and returns their codes; padding
     rows are fed DUMMY_CODE. The only place prior probabilities are computed, for encoder
-    and decoder alike."""
+    and decoder alike. Raises _Cancelled at the next position once `cancelled` is set."""
     with torch.inference_mode():  # per thread: inference mode does not cross threads
         steps = PriorSteps(model, rows)
         previous: Tensor | None = None
         for t in range(model.length):
+            if cancelled.is_set():
+                raise _Cancelled
             tables = frequencies_from_logits(steps.next(previous))
             fed = np.full(rows, DUMMY_CODE, np.int64)
             fed[:real] = step(t, tables[:real])
             previous = torch.from_numpy(fed)
 
 
+# One chunk's work: (start, stop, rows, cancelled) -> its result.
+ChunkWork = Callable[[int, int, int, threading.Event], Result]
+
+
 def _each_chunk(
     model: CodePrior,
     n: int,
-    work: Callable[[int, int, int], T],
+    work: ChunkWork[Result],
     threads: int | None,
     on_progress: Progress | None,
-) -> list[T]:
-    """work(start, stop, rows) for every chunk of n grids, `threads` chunks at a time (default
-    coding_threads()), results in chunk order. Chunks are independent, so the order in which
-    they run changes nothing; the first error stops the rest and is raised."""
+) -> list[Result]:
+    """work(start, stop, rows, cancelled) for every chunk of n grids, `threads` chunks at a
+    time (default coding_threads()), results in chunk order. Chunks are independent, so the
+    order in which they run changes nothing. The first error (or an interrupt) cancels the
+    other chunks at their next position and is raised."""
     threads = coding_threads() if threads is None else threads
     schedule = list(chunks(n))
+    cancelled = threading.Event()
     done = 0
-    with _coding_mode(model):
+    with _CODING, _coding_mode(model):
         if threads <= 1 or len(schedule) == 1:
             results = []
             for start, stop, rows in schedule:
-                results.append(work(start, stop, rows))
+                results.append(work(start, stop, rows, cancelled))
                 if on_progress is not None:
                     on_progress(stop, n)
             return results
         pool = ThreadPoolExecutor(max_workers=min(threads, len(schedule)))
         try:
-            futures = {pool.submit(work, *chunk): chunk for chunk in schedule}
+            futures = {pool.submit(work, *chunk, cancelled): chunk for chunk in schedule}
             for future in as_completed(futures):
                 future.result()  # raises the chunk's error here, in the caller's thread
                 start, stop, _ = futures[future]
@@ -250,6 +267,7 @@ def _each_chunk(
                     on_progress(done, n)
             return [future.result() for future in futures]
         finally:
+            cancelled.set()  # a no-op after success; after an error, the others stop
             pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -264,7 +282,9 @@ def encode_with_prior(
     n = codes.shape[0]
     flat = codes.reshape(n, -1).astype(np.int32)
 
-    def chunk(start: int, stop: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    def chunk(
+        start: int, stop: int, rows: int, cancelled: threading.Event
+    ) -> tuple[np.ndarray, np.ndarray]:
         encoder = constriction.stream.queue.RangeEncoder()
         family = constriction.stream.model.Categorical(perfect=False)
         bits = np.zeros(stop - start)
@@ -275,7 +295,7 @@ def encode_with_prior(
             bits[:] += _bits(tables, symbols)
             return symbols
 
-        _chunk_steps(model, stop - start, rows, step)
+        _chunk_steps(model, stop - start, rows, step, cancelled)
         return encoder.get_compressed(), bits
 
     parts = _each_chunk(model, n, chunk, threads, on_progress)
@@ -311,7 +331,7 @@ def decode_with_prior(
     }
     codes = np.empty((n, shape[1] * shape[2]), np.uint16)
 
-    def chunk(start: int, stop: int, rows: int) -> None:
+    def chunk(start: int, stop: int, rows: int, cancelled: threading.Event) -> None:
         begin, end = spans[start]
         decoder = constriction.stream.queue.RangeDecoder(words[begin:end])
         family = constriction.stream.model.Categorical(perfect=False)
@@ -322,7 +342,7 @@ def decode_with_prior(
             codes[start:stop, t] = symbols
             return symbols
 
-        _chunk_steps(model, stop - start, rows, step)
+        _chunk_steps(model, stop - start, rows, step, cancelled)
         _check_exhausted(decoder)
 
     _each_chunk(model, n, chunk, threads, on_progress)
@@ -335,7 +355,7 @@ def _constriction_errors() -> Iterator[None]:
     try:
         yield
     except (AssertionError, ValueError, RuntimeError) as exc:
-        raise StreamError(f"the stream cannot be decoded ({exc})") from exc
+        raise StreamError(f"the stream cannot be decoded ({first_line(exc, 120)})") from exc
 
 
 def _check_exhausted(decoder: constriction.stream.queue.RangeDecoder) -> None:
