@@ -538,8 +538,8 @@ def _check_compressed_header(
 
 
 def _check_chunks(chunk_words: np.ndarray, n: int, words: int, path: Path) -> None:
-    """The chunk lengths of a prior-coded stream: one per entropy.CHUNK images, summing to
-    the stream's words."""
+    """The chunk lengths of a prior-coded stream: uint32, one per entropy.CHUNK images,
+    summing to the stream's words (entropy.chunk_spans), before any decoding."""
     expected = -(-n // entropy.CHUNK)
     if chunk_words.dtype != np.uint32 or chunk_words.shape != (expected,):
         raise _damaged(
@@ -547,10 +547,10 @@ def _check_chunks(chunk_words: np.ndarray, n: int, words: int, path: Path) -> No
             f"{chunk_words.shape}",
             path,
         )
-    if int(chunk_words.sum(dtype=np.uint64)) != words:
-        raise _damaged(f"the chunk lengths do not add up to the stream's {words} words", path)
-    if chunk_words.min() == 0:  # every chunk codes at least one symbol: at least one word
-        raise _damaged("a chunk length of 0 words", path)
+    try:
+        entropy.chunk_spans(chunk_words, n, words)
+    except StreamError as exc:
+        raise _damaged(str(exc), path) from exc
 
 
 def _undecodable(coding: str, what: str, path: Path) -> WorkError:

@@ -41,6 +41,7 @@ from torch import Tensor
 from vqtool.errors import UsageError, first_line
 from vqtool.prior_model import CodePrior
 from vqtool.prior_steps import PriorSteps
+from vqtool.threads import torch_threads
 
 PRECISION = 20  # prior frequencies sum to about 2**PRECISION; constriction codes with 24 bits
 CHUNK = 128  # sequences per prior evaluation
@@ -177,18 +178,6 @@ def coding_threads() -> int:
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """torch on one thread per chunk for the duration: how many threads split a matrix
-    product changes its rounding, so parallel work is whole chunks on threads of their own."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextlib.contextmanager
 def _coding_mode(model: CodePrior) -> Iterator[None]:
     """Eval mode (no dropout) and one torch thread per chunk; the model is left as it was."""
     parameter = next(model.parameters())
@@ -200,7 +189,9 @@ def _coding_mode(model: CodePrior) -> Iterator[None]:
     was_training = model.training
     model.eval()
     try:
-        with _one_thread():
+        # One torch thread per chunk: how many threads split a matrix product changes its
+        # rounding, so parallel work is whole chunks on threads of their own.
+        with torch_threads(1):
             yield
     finally:
         model.train(was_training)
@@ -307,6 +298,22 @@ def encode_with_prior(
     )
 
 
+def chunk_spans(chunk_words: np.ndarray, n: int, words: int) -> list[tuple[int, int]]:
+    """Each chunk's (first word, end) in a stream of `words` words for n grids, from the chunk
+    lengths; raises StreamError when they cannot be the chunks of such a stream."""
+    expected = len(range(0, n, CHUNK))
+    total = int(chunk_words.sum(dtype=np.uint64))
+    if len(chunk_words) != expected or total != words:
+        raise StreamError(
+            f"{len(chunk_words)} chunk lengths adding up to {total} words, for {expected} "
+            f"chunks of a stream of {words} words"
+        )
+    if len(chunk_words) and chunk_words.min() == 0:
+        raise StreamError("a chunk length of 0 words: every chunk codes at least one symbol")
+    ends = np.cumsum(chunk_words, dtype=np.int64).tolist()
+    return list(zip([0, *ends[:-1]], ends, strict=True))
+
+
 def decode_with_prior(
     words: np.ndarray,
     chunk_words: np.ndarray,
@@ -317,22 +324,11 @@ def decode_with_prior(
 ) -> np.ndarray:
     """Words -> codes uint16 `shape`; raises StreamError when the words do not fit."""
     n = shape[0]
-    schedule = list(chunks(n))
-    if len(chunk_words) != len(schedule) or int(chunk_words.sum(dtype=np.uint64)) != len(words):
-        raise StreamError(
-            f"{len(chunk_words)} chunk lengths summing to {int(chunk_words.sum(dtype=np.uint64))} "
-            f"words, for {len(schedule)} chunks of a stream of {len(words)} words"
-        )
-    # Each chunk's words, by the chunk's first grid.
-    ends = np.cumsum(chunk_words, dtype=np.int64)
-    spans = {
-        start: (int(end) - int(count), int(end))
-        for (start, _, _), end, count in zip(schedule, ends, chunk_words, strict=True)
-    }
+    spans = chunk_spans(chunk_words, n, len(words))
     codes = np.empty((n, shape[1] * shape[2]), np.uint16)
 
     def chunk(start: int, stop: int, rows: int, cancelled: threading.Event) -> None:
-        begin, end = spans[start]
+        begin, end = spans[start // CHUNK]
         decoder = constriction.stream.queue.RangeDecoder(words[begin:end])
         family = constriction.stream.model.Categorical(perfect=False)
 

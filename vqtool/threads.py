@@ -97,19 +97,26 @@ def choose_threads(setting: int, saved: int | None) -> ThreadChoice:
 
 
 @contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch on `count` threads for the duration; the caller's count comes back at the end."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def training_threads(device: torch.device, setting: int, saved: int | None) -> Iterator[str]:
     """Train on `choose_threads` threads on the CPU (no change elsewhere); yields the reason
     (empty when every core is used) and gives the caller's thread count back at the end."""
-    before = torch.get_num_threads()
-    reason = ""
-    if device.type == "cpu":
-        choice = choose_threads(setting, saved)
-        torch.set_num_threads(choice.threads)
-        reason = choice.reason
-    try:
-        yield reason
-    finally:
-        torch.set_num_threads(before)
+    if device.type != "cpu":
+        yield ""
+        return
+    choice = choose_threads(setting, saved)
+    with torch_threads(choice.threads):
+        yield choice.reason
 
 
 def saved_threads(device: torch.device) -> int | None:
