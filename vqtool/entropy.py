@@ -44,7 +44,7 @@ from vqtool.prior_steps import PriorSteps
 from vqtool.threads import torch_threads
 
 PRECISION = 20  # prior frequencies sum to about 2**PRECISION; constriction codes with 24 bits
-CHUNK = 128  # sequences per prior evaluation
+CHUNK = 128  # grids per chunk: a stream of its own, coded on a thread of its own
 MIN_ROWS = 4  # the smallest batch the prior is ever run on (a partial chunk is padded to it)
 DUMMY_CODE = 0  # what padding sequences are fed
 
