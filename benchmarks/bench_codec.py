@@ -71,8 +71,8 @@ def run(
     On a shared machine the load changes during a run; the best time of each is the one
     least disturbed, and a baseline on both sides of the commands keeps the target honest.
     """
-    from vqtool.checkpoint import load_model
-    from vqtool.data import load_cifar10
+    from vqtool.data.cifar10 import load_cifar10
+    from vqtool.vq.load import load_model
 
     test = load_cifar10(data_dir, "test")[:images]
     n = len(test)

@@ -34,12 +34,14 @@ import numpy as np
 import torch
 from common import add_codec_arguments, machine_facts, write_json  # this folder
 
-from vqtool import entropy
-from vqtool.checkpoint import fingerprint, load_model
-from vqtool.codec import decode_file, encode_inputs
-from vqtool.codes import write_codes
-from vqtool.prior_config import PriorConfig
-from vqtool.prior_model import CodePrior
+from vqtool.checkpoint import fingerprint
+from vqtool.codes import entropy
+from vqtool.codes.pipeline import decode_file, encode_inputs
+from vqtool.codes.vqc import write_codes
+from vqtool.models.config import PriorConfig
+from vqtool.prior.load import load_coding_prior
+from vqtool.models.transformer import CodePrior
+from vqtool.vq.load import load_model
 
 DECODE_TARGET = 1 / 3  # of the raw route's images/s
 T = TypeVar("T")
@@ -82,7 +84,7 @@ def run(
     config = loaded.model.config
     grid = (code_file.codes.shape[1], code_file.codes.shape[2])
     if prior_path is not None:
-        prior: Any = entropy.load_coding_prior(prior_path)
+        prior: Any = load_coding_prior(prior_path)
         prior_kind = f"prior run {prior_path}"
     else:
         torch.manual_seed(0)

@@ -43,14 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import write_json  # noqa: E402  (this folder)
 
-from vqtool import folders  # noqa: E402
-from vqtool.data import load_cifar10  # noqa: E402
-from vqtool.datasets import load_images, load_training_images  # noqa: E402
+from vqtool.data import folders  # noqa: E402
+from vqtool.data.cifar10 import load_cifar10  # noqa: E402
+from vqtool.data.datasets import load_images, load_training_images  # noqa: E402
+from vqtool.data.folders import DECODE_THREADS, decode_image, ensure_cache, scan_folder  # noqa: E402
 from vqtool.device import Placement  # noqa: E402
-from vqtool.folders import DECODE_THREADS, decode_image, ensure_cache, scan_folder  # noqa: E402
-from vqtool.imagefiles import open_image  # noqa: E402
+from vqtool.images.read import open_image  # noqa: E402
 from vqtool.profiles import load_profile  # noqa: E402
-from vqtool.train import Trainer  # noqa: E402
+from vqtool.vq.train import Trainer  # noqa: E402
 
 WARMUP_STEPS = 25
 

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vqtool.prior_config import PriorConfig
-from vqtool.prior_model import CodePrior, sample
+from vqtool.models.config import PriorConfig
+from vqtool.models.transformer import CodePrior, sample
 
 TARGET_SPEEDUP = 5.0
 

@@ -8,7 +8,7 @@
 What it prints, with the device it ran on:
 1. The seed's recipe (benchmarks/seed_baseline.py) and vqtool's `ema-kaiming` at batch 32,
    measured in turns in the same process on the same images (R rounds of N steps each), and
-   their ratio. vqtool is measured through `vqtool.train.run_training`, its own loop. On the
+   their ratio. vqtool is measured through `vqtool.vq.train.run_training`, its own loop. On the
    CPU the turns also train the bare network of benchmarks/cpu_ceiling.py in fp32 and bf16,
    and vqtool's figures are given as a share of the better of the two: the CPU's own limit.
    On the CPU, vqtool and the bare network each run in a fresh Python process per figure, as
@@ -44,10 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import write_json  # noqa: E402  (this folder)
 
-from vqtool.data import load_cifar10  # noqa: E402
+from vqtool.data.cifar10 import load_cifar10  # noqa: E402
 from vqtool.device import resolve_device  # noqa: E402
 from vqtool.profiles import load_profile  # noqa: E402
-from vqtool.train import TrainEvent, run_training  # noqa: E402
+from vqtool.vq.train import TrainEvent, run_training  # noqa: E402
 
 TARGET_NMSE = 0.056
 WARMUP_STEPS = 25

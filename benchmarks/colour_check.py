@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from vqtool.checkpoint import load_model
-from vqtool.codec import decode_indices, encode_images
-from vqtool.data import default_data_dir, load_cifar10
-from vqtool.imagefiles import read_image, read_resized
-from vqtool.model import VQVAE
-from vqtool.pixels import pad_to_multiple
-from vqtool.png import png_bytes
+from vqtool.codes.pipeline import decode_indices, encode_images
+from vqtool.data.cifar10 import default_data_dir, load_cifar10
+from vqtool.images.pixels import pad_to_multiple
+from vqtool.images.png import png_bytes
+from vqtool.images.read import read_image, read_resized
+from vqtool.models.vqvae import VQVAE
+from vqtool.vq.load import load_model
 
 
 def test_images() -> dict[str, np.ndarray]:

@@ -93,8 +93,8 @@ same=$($PY - "$RUNS" <<'EOF'
 import sys
 from pathlib import Path
 import numpy as np
-from vqtool.codes import read_codes
-from vqtool.prior import load_prior
+from vqtool.codes.vqc import read_codes
+from vqtool.prior.load import load_prior
 runs = Path(sys.argv[1])
 prior = load_prior(runs / "fast" / "prior", "cpu")
 raw, coded = read_codes(runs / "raw.vqc"), read_codes(runs / "prior.vqc", prior)

@@ -92,7 +92,7 @@ def tiny_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder trained for 30 steps with the tiny profile on the tiny dataset."""
     from vqtool.profiles import load_profile
-    from vqtool.train import run_training
+    from vqtool.vq.train import run_training
 
     root = tmp_path_factory.mktemp("trained")
     data = make_cifar_folder(root / "data")

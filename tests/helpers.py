@@ -24,7 +24,7 @@ import pytest
 import torch
 
 if TYPE_CHECKING:
-    from vqtool.train import Trainer
+    from vqtool.vq.train import Trainer
 
 BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -296,10 +296,10 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 def tiny_trainer(tmp_path: Path, device: str, overrides: list[str]) -> Trainer:
     """A Trainer on a tiny profile and made-up data, on `device` (bf16 autocast on CUDA)."""
-    from vqtool.data import load_cifar10
+    from vqtool.data.cifar10 import load_cifar10
     from vqtool.device import Placement
     from vqtool.profiles import load_profile
-    from vqtool.train import Trainer
+    from vqtool.vq.train import Trainer
 
     data = make_cifar_folder(tmp_path / "data")
     profile = load_profile(write_tiny_profile(tmp_path / "tiny.toml"), overrides)

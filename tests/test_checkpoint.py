@@ -13,15 +13,11 @@ import torch
 from helpers import one_error_line
 from typer.testing import CliRunner
 
-from vqtool.checkpoint import (
-    fingerprint,
-    load_checkpoint,
-    load_model,
-    save_checkpoint,
-)
+from vqtool.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from vqtool.cli import app
 from vqtool.errors import UsageError, WorkError
 from vqtool.files import atomic_write
+from vqtool.vq.load import load_model
 
 runner = CliRunner()
 

@@ -229,9 +229,11 @@ def test_download_unreachable_host(tmp_path: Path) -> None:
 def test_train_offline_says_download_source(
     tiny_profile: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vqtool.data
+    import vqtool.data.cifar10
 
-    monkeypatch.setattr(vqtool.data, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    monkeypatch.setattr(
+        vqtool.data.cifar10, "CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz"
+    )
     result = runner.invoke(
         app,
         [
@@ -282,12 +284,12 @@ def test_a_signal_during_the_torch_import_is_acted_on_after_it(ignored: bool) ->
 def test_evaluate_of_a_run_it_cannot_write_still_gives_the_metrics(
     trained_run: Path, trained_data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vqtool.evaluate
+    import vqtool.vq.evaluate
 
     def read_only(path: Path, metrics: dict[str, object]) -> Path:
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr(vqtool.evaluate, "write_eval", read_only)
+    monkeypatch.setattr(vqtool.vq.evaluate, "write_eval", read_only)
     result = runner.invoke(
         app, ["evaluate", str(trained_run), "--json", "-", "--data-dir", str(trained_data_dir)]
     )
@@ -334,7 +336,9 @@ def test_a_train_without_data_names_the_folder_and_leaves_nothing(
 ) -> None:
     # Issue 11, item 4: no data and no network used to fail with the network error alone and
     # leave runs/<profile>-<timestamp>/.lock behind each time.
-    monkeypatch.setattr("vqtool.data.CIFAR10_URL", f"http://127.0.0.1:{closed_port()}/c.tar.gz")
+    monkeypatch.setattr(
+        "vqtool.data.cifar10.CIFAR10_URL", f"http://127.0.0.1:{closed_port()}/c.tar.gz"
+    )
     args = ["train", "--profile", str(tiny_profile)]
     folder = "data"
     if chosen_by == "VQTOOL_DATA_DIR":

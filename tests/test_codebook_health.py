@@ -13,9 +13,9 @@ from typing import Any
 
 from helpers import write_tiny_profile
 
-from vqtool.evaluate import evaluate_checkpoint
 from vqtool.profiles import load_profile
-from vqtool.train import run_training
+from vqtool.vq.evaluate import evaluate_checkpoint
+from vqtool.vq.train import run_training
 
 
 def train_and_evaluate(

@@ -1,4 +1,4 @@
-"""vqtool.codec: encode/decode in memory and through the CLI, exactness
+"""vqtool.codes.pipeline: encode/decode in memory and through the CLI, exactness
 against evaluate, real-photo kinds, folders, and every error path as one line."""
 
 from __future__ import annotations
@@ -19,15 +19,18 @@ from PIL import Image
 from torch.nn.utils import parametrize
 from typer.testing import CliRunner
 
-from vqtool import codec, files, imagefiles, inputs
-from vqtool.checkpoint import LoadedModel, load_model
+from vqtool import files
 from vqtool.cli import app
-from vqtool.codec import decode_indices, encode_images, encode_inputs
-from vqtool.codes import read_codes
-from vqtool.data import load_cifar10
-from vqtool.evaluate import evaluate_images
-from vqtool.model import build_model
-from vqtool.pixels import pad_to_multiple
+from vqtool.codes import inputs
+from vqtool.codes import pipeline as codec
+from vqtool.codes.pipeline import decode_indices, encode_images, encode_inputs
+from vqtool.codes.vqc import read_codes
+from vqtool.data.cifar10 import load_cifar10
+from vqtool.images import read as imagefiles
+from vqtool.images.pixels import pad_to_multiple
+from vqtool.models.vqvae import build_model
+from vqtool.vq.evaluate import evaluate_images
+from vqtool.vq.load import LoadedModel, load_model
 
 runner = CliRunner()
 
@@ -439,7 +442,7 @@ def test_sigterm_during_decode_leaves_nothing(
     # The real command, with each PNG write slowed down so that the signal lands mid-way.
     script = (
         "import sys, time\n"
-        "from vqtool import codec, cli\n"
+        "from vqtool import cli\nfrom vqtool.codes import pipeline as codec\n"
         "write, started = codec._write_new_file, sys.argv[1]\n"
         "def slow(path, data, mode):\n"
         "    write(path, data, mode)\n"

@@ -1,4 +1,4 @@
-"""vqtool.codes: the .vqc format, a golden file (VQTOOL_REGEN_GOLDEN=1 rewrites it), a fuzzed
+"""vqtool.codes.vqc: the .vqc format, a golden file (VQTOOL_REGEN_GOLDEN=1 rewrites it), a fuzzed
 reader, and hostile files through decode."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from vqtool.checkpoint import load_model
 from vqtool.cli import app
-from vqtool.codec import decode_file
-from vqtool.codes import CodeFile, check_codes_for_model, read_codes, write_codes
+from vqtool.codes.pipeline import decode_file
+from vqtool.codes.vqc import CodeFile, check_codes_for_model, read_codes, write_codes
 from vqtool.errors import UsageError, VqtoolError, WorkError
+from vqtool.vq.load import load_model
 
 runner = CliRunner()
 GOLDEN = Path(__file__).parent / "golden" / "codes-v1.vqc"

@@ -21,10 +21,10 @@ from test_codes import MUTATIONS, _mutate, assert_same, golden_code_file
 from test_entropy import Prior, random_prior
 from typer.testing import CliRunner
 
-from vqtool import entropy
-from vqtool.checkpoint import load_model
 from vqtool.cli import app
-from vqtool.codes import (
+from vqtool.codes import entropy
+from vqtool.prior import load as prior_load
+from vqtool.codes.vqc import (
     CodeFile,
     codes_sha256,
     pack_names,
@@ -34,7 +34,8 @@ from vqtool.codes import (
     write_codes,
 )
 from vqtool.errors import UsageError, WorkError
-from vqtool.prior_config import PriorConfig
+from vqtool.models.config import PriorConfig
+from vqtool.vq.load import load_model
 
 runner = CliRunner()
 GOLDEN_VQ = golden_code_file().checkpoint
@@ -159,7 +160,7 @@ def prior_at_p(monkeypatch: pytest.MonkeyPatch, run_prior: Prior) -> Prior:
                                 vq_fingerprint=run_prior.vq_fingerprint)  # fmt: skip
         return run_prior
 
-    monkeypatch.setattr(entropy, "load_coding_prior", load)
+    monkeypatch.setattr(prior_load, "load_coding_prior", load)
     return run_prior
 
 
@@ -206,7 +207,7 @@ def test_compressed_decodes_to_the_raw_files_pngs(
 def test_encode_refuses_a_prior_of_another_run(
     trained_run: Path, trained_data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(entropy, "load_coding_prior", lambda path: golden_prior())
+    monkeypatch.setattr(prior_load, "load_coding_prior", lambda path: golden_prior())
     code, output = invoke("encode", trained_run, "cifar10:test:3", "-o", "p.vqc",
                           "--data-dir", trained_data_dir, "--prior", "P")  # fmt: skip
     assert code == 2 and "another checkpoint" in one_error_line(output)

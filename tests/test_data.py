@@ -1,4 +1,4 @@
-"""vqtool.data: download (local, file://, HTTP), every failure path, validation and loading."""
+"""vqtool.data.cifar10: download (local, file://, HTTP), every failure path, validation, loading."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from helpers import (
     write_tar,
 )
 
-from vqtool.data import (
+from vqtool.data.cifar10 import (
     CIFAR10_MD5,
     TRAIN_FILES,
     DownloadResult,

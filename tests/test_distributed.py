@@ -23,9 +23,9 @@ from helpers import (
 )
 
 from vqtool.checkpoint import load_checkpoint, model_state
-from vqtool.prior import train_prior
+from vqtool.prior.train import train_prior
 from vqtool.profiles import load_prior_profile, load_profile
-from vqtool.train import run_training
+from vqtool.vq.train import run_training
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""vqtool.entropy: range coding with a unigram table and with a prior, exact whatever the
+"""vqtool.codes.entropy: range coding with a unigram table and with a prior, exact whatever the
 batch, the order of the images or the caller's threads."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from vqtool import entropy
 from vqtool.checkpoint import fingerprint
+from vqtool.codes import entropy
 from vqtool.errors import UsageError
-from vqtool.prior_config import PriorConfig
-from vqtool.prior_model import CodePrior
+from vqtool.models.config import PriorConfig
+from vqtool.models.transformer import CodePrior
 
 K = 16
 GRID = (3, 4)
@@ -22,7 +22,7 @@ TINY = PriorConfig(layers=2, width=32, heads=4)
 
 
 class Prior(NamedTuple):
-    """What vqtool.prior.load_prior gives, for tests: a model and its fingerprints."""
+    """What vqtool.prior.load.load_prior gives, for tests: a model and its fingerprints."""
 
     model: CodePrior
     fingerprint: str

@@ -15,12 +15,12 @@ from helpers import make_image_folder, png_declaring, write_folder_profile
 from PIL import Image
 from typer.testing import CliRunner, Result
 
-from vqtool import folders
-from vqtool.checkpoint import load_checkpoint, load_model
+from vqtool.checkpoint import load_checkpoint
 from vqtool.cli import app
-from vqtool.codes import read_codes
-from vqtool.data import load_cifar10
-from vqtool.datasets import (
+from vqtool.codes.vqc import read_codes
+from vqtool.data import folders
+from vqtool.data.cifar10 import load_cifar10
+from vqtool.data.datasets import (
     RandomCrops,
     centre_crop,
     ensure_dataset,
@@ -29,12 +29,13 @@ from vqtool.datasets import (
     windows_by_gather,
     windows_by_slices,
 )
+from vqtool.data.folders import CACHE_DIR, ensure_cache, split_of
 from vqtool.errors import UsageError, WorkError
-from vqtool.folders import CACHE_DIR, ensure_cache, split_of
-from vqtool.imagefiles import read_image
-from vqtool.pixels import resize
+from vqtool.images.pixels import resize
+from vqtool.images.read import read_image
 from vqtool.profiles import DataConfig, load_profile
-from vqtool.train import run_training
+from vqtool.vq.load import load_model
+from vqtool.vq.train import run_training
 
 
 def folder_data(path: Path, **keys: object) -> DataConfig:

@@ -1,4 +1,4 @@
-"""vqtool.graphs: the whole training step recorded as one CUDA graph and replayed.
+"""vqtool.vq.graphs: the whole training step recorded as one CUDA graph and replayed.
 
 These tests need CUDA (`gpu`, deselected by default; benchmarks/gpu_check.sh runs them).
 """
@@ -11,9 +11,10 @@ import pytest
 import torch
 from helpers import cuda, run_steps, tiny_trainer, write_tiny_profile
 
-from vqtool.checkpoint import load_checkpoint, load_model
+from vqtool.checkpoint import load_checkpoint
 from vqtool.profiles import load_profile
-from vqtool.train import run_training
+from vqtool.vq.load import load_model
+from vqtool.vq.train import run_training
 
 
 @pytest.mark.gpu

@@ -12,11 +12,11 @@ import pytest
 import torch
 from helpers import write_tiny_profile
 
-import vqtool.train as train_module
+import vqtool.vq.train as train_module
 from vqtool.checkpoint import load_checkpoint
-from vqtool.guard import CollapseGuard
 from vqtool.profiles import load_profile
-from vqtool.train import resolve_run, run_training
+from vqtool.vq.guard import CollapseGuard
+from vqtool.vq.train import resolve_run, run_training
 
 # The tiny model's learning rate is multiplied by this for steps 30-39: a blow-up.
 SPIKE = 300.0

@@ -1,4 +1,4 @@
-"""Image files and pixels: reading, padding, names, PNG output (vqtool.imagefiles, pixels,
+"""Image files and pixels: reading, padding, names, PNG output (vqtool.images.read, pixels,
 names, png)."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+from vqtool.codes.names import clean_name, name_problem, unique_names
 from vqtool.errors import UsageError
-from vqtool.imagefiles import from_pil, read_image, read_resized
-from vqtool.model import VQVAE, build_model
-from vqtool.names import clean_name, name_problem, unique_names
-from vqtool.pixels import pad_index, pad_to_multiple, parse_size
-from vqtool.png import png_bytes
+from vqtool.images.pixels import pad_index, pad_to_multiple, parse_size
+from vqtool.images.png import png_bytes
+from vqtool.images.read import from_pil, read_image, read_resized
+from vqtool.models.vqvae import VQVAE, build_model
 from vqtool.profiles import load_profile
 
 

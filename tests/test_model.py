@@ -9,9 +9,7 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
-from vqtool.model import build_model
-from vqtool.profiles import ModelConfig
-from vqtool.quantizer import (
+from vqtool.models.quantizer import (
     VectorQuantizer,
     code_counts,
     codebook_from_ema,
@@ -19,6 +17,8 @@ from vqtool.quantizer import (
     perplexity_from_counts,
     squared_distances,
 )
+from vqtool.models.vqvae import build_model
+from vqtool.profiles import ModelConfig
 
 SMALL = ModelConfig(
     num_hiddens=16,

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from vqtool.cli import app
 from vqtool.errors import UsageError, WorkError
-from vqtool.plots import (
+from vqtool.reports.arrays import run_arrays
+from vqtool.reports.plots import (
     codebook_figure,
     compare_figure,
     loss_figure,
@@ -25,9 +26,8 @@ from vqtool.plots import (
     smooth,
     write_run_plots,
 )
-from vqtool.report import run_arrays
+from vqtool.reports.summary import run_labels, summarise_run
 from vqtool.runs import Run, load_run, read_metrics
-from vqtool.summary import run_labels, summarise_run
 
 RUN_PNGS = ("loss.png", "reconstructions.png", "codebook.png")
 

@@ -1,5 +1,5 @@
 """Prior runs: training over a VQ run's codes, resume after SIGKILL, evaluate, sample, plot,
-compare, hostile checkpoints and bad requests (vqtool.prior and its commands)."""
+compare, hostile checkpoints and bad requests (vqtool.prior.train and its commands)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from typer.testing import CliRunner
 
 from vqtool.checkpoint import load_checkpoint
 from vqtool.cli import app
-from vqtool.codes import read_codes
-from vqtool.data import CLASS_NAMES
+from vqtool.codes.vqc import read_codes
+from vqtool.data.cifar10 import CLASS_NAMES
 from vqtool.errors import UsageError
-from vqtool.prior import load_prior, train_prior
+from vqtool.prior.train import train_prior
+from vqtool.prior.load import load_prior
 from vqtool.profiles import load_prior_profile, load_profile
 
 runner = CliRunner()
@@ -217,7 +218,7 @@ def test_a_prior_of_another_vq_run_or_codes_of_another_model_are_refused(
     prior_run: Path, trained_run: Path, trained_data_dir: Path, tmp_path: Path
 ) -> None:
     # Another VQ run: the same tiny profile, another seed.
-    from vqtool.train import run_training
+    from vqtool.vq.train import run_training
 
     other = tmp_path / "other-vq"
     run_training(

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from vqtool.prior_config import PriorConfig
-from vqtool.prior_model import (
+from vqtool.models.config import PriorConfig
+from vqtool.models.transformer import (
     CodePrior,
     draw,
     nll_bits,

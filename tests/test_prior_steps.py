@@ -1,4 +1,4 @@
-"""vqtool.prior_steps: the coding path's logits against the teacher-forced forward, and its
+"""vqtool.models.steps: the coding path's logits against the teacher-forced forward, and its
 arithmetic per row independent of the rest of the batch."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import torch
 from test_prior_model import GRID, TINY, TINY_CONDITIONAL, T, random_codes, tiny_prior
 from torch import Tensor
 
-from vqtool.prior_config import PriorConfig
-from vqtool.prior_model import CodePrior
-from vqtool.prior_steps import PriorSteps
+from vqtool.models.config import PriorConfig
+from vqtool.models.steps import PriorSteps
+from vqtool.models.transformer import CodePrior
 
 
 def stepped_logits(model: CodePrior, codes: Tensor, rows: int | None = None) -> Tensor:

@@ -1,4 +1,4 @@
-"""vqtool.ratedistortion: payload parsers, PSNR, interpolation, and the points through
+"""vqtool.codes.ratedistortion: payload parsers, PSNR, interpolation, and the points through
 `vqtool evaluate --rate-distortion` and `vqtool plot`."""
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ from helpers import one_error_line
 from test_entropy import random_prior
 from typer.testing import CliRunner
 
-from vqtool import entropy
-from vqtool.checkpoint import load_model
 from vqtool.cli import app
-from vqtool.datasets import load_images
-from vqtool.ratedistortion import (
+from vqtool.codes import entropy
+from vqtool.codes.ratedistortion import (
     CODECS,
     PSNR_CAP,
     bpp_at,
@@ -28,6 +26,8 @@ from vqtool.ratedistortion import (
     rate_distortion,
     rate_distortion_rows,
 )
+from vqtool.data.datasets import load_images
+from vqtool.vq.load import load_model
 
 runner = CliRunner()
 

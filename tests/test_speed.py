@@ -13,9 +13,10 @@ import torch
 from helpers import cuda, tiny_trainer, write_tiny_profile
 
 from vqtool import device
-from vqtool.checkpoint import load_checkpoint, load_model
+from vqtool.checkpoint import load_checkpoint
 from vqtool.profiles import load_profile
-from vqtool.train import resolve_run, run_training
+from vqtool.vq.load import load_model
+from vqtool.vq.train import resolve_run, run_training
 
 
 def train_compiled(tmp_path: Path, data_dir: Path, device: str) -> None:

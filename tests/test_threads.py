@@ -13,7 +13,7 @@ from vqtool import threads
 from vqtool.checkpoint import load_checkpoint
 from vqtool.profiles import load_profile
 from vqtool.threads import ThreadChoice, busy_cores_of_others, choose_threads
-from vqtool.train import TrainEvent, run_training
+from vqtool.vq.train import TrainEvent, run_training
 
 
 @pytest.fixture

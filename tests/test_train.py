@@ -17,7 +17,7 @@ from vqtool.errors import UsageError, WorkError
 from vqtool.profiles import load_profile
 from vqtool.runs import RunDir
 from vqtool.schedule import epoch_order
-from vqtool.train import (
+from vqtool.vq.train import (
     pixel_variance,
     resolve_run,
     run_training,

@@ -1,6 +1,7 @@
-"""What a training loop tells its caller while it runs: events through a callback.
+"""What long work tells its caller while it runs: counts of work done, and a training loop's
+events, through callbacks.
 
-Training code never prints; the CLI renders these (vqtool.progress), a notebook may collect them.
+Library code never prints; the CLI renders these (vqtool.cli.progress), a notebook may collect them.
 """
 
 from __future__ import annotations
@@ -20,3 +21,8 @@ class TrainEvent(NamedTuple):
 
 
 TrainCallback = Callable[[TrainEvent], None]
+
+# (done, total): items done so far of a known total; every long task reports through one.
+Progress = Callable[[int, int], None]
+# (bytes done, total bytes or None when the source does not say): a download.
+ByteProgress = Callable[[int, "int | None"], None]

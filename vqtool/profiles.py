@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 from vqtool.errors import UsageError
-from vqtool.model_config import DOWNSAMPLE, ModelConfig
-from vqtool.prior_config import PriorConfig
+from vqtool.models.config import DOWNSAMPLE, ModelConfig, PriorConfig
 from vqtool.tomlio import TOMLDecodeError, dumps_toml, loads_toml, toml_value
 
 
@@ -32,7 +31,7 @@ class DataConfig:
     dataset: str = "cifar10"
     shuffle: bool = True
     batch_size: int = 32  # global batch: split evenly across DDP processes
-    # dataset = "folder" only (vqtool.folders): the image folder, absolute once loaded (a
+    # dataset = "folder" only (vqtool.data.folders): the image folder, absolute once loaded (a
     # relative path resolves against the working directory), the (H, W) images are trained at,
     # how each image becomes that size, and the held-out share when there is no test/ folder.
     path: str = ""

@@ -15,6 +15,9 @@ from torch import Tensor
 
 from vqtool.errors import UsageError
 
+# Images (or code grids) per forward pass when a whole split is evaluated or encoded.
+EVAL_BATCH = 500
+
 
 class Schedule(Protocol):
     """The [train] keys a learning-rate schedule reads."""

@@ -2,8 +2,8 @@
 
 Training, evaluation, plots and the prior ask here for "the images (and labels) of this run's
 dataset", whatever the dataset is; only this module knows how each kind is found and read:
-"cifar10" (the python batches, `vqtool.data`) or "folder" (an image folder decoded once into a
-memory-mapped cache, `vqtool.folders`).
+"cifar10" (the python batches, `vqtool.data.cifar10`) or "folder" (an image folder decoded once into a
+memory-mapped cache, `vqtool.data.folders`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from vqtool.data import (
+from vqtool.data.cifar10 import (
     CLASS_NAMES,
     cifar10_present,
     default_data_dir,
@@ -24,14 +24,14 @@ from vqtool.data import (
     load_cifar10_labels,
 )
 from vqtool.errors import UsageError, WorkError
-from vqtool.folders import ensure_cache
+from vqtool.data.folders import ensure_cache
 from vqtool.profiles import DataConfig
+from vqtool.events import Progress
 
 SPLITS = ("train", "test")
 # Crop offsets come from their own random stream, apart from the epoch orders' seeds.
 CROP_STREAM = 1 << 40
 
-Progress = Callable[[int, int], None]
 
 
 class Split(NamedTuple):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqtool.prior_model import Block, CodePrior
+from vqtool.models.transformer import Block, CodePrior
 
 
 class _Layer(NamedTuple):

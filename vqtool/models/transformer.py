@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vqtool.prior_config import PriorConfig
+from vqtool.models.config import PriorConfig
 
 
 class SelfAttention(nn.Module):

@@ -51,14 +51,15 @@ from typing import Any
 
 import numpy as np
 
-from vqtool import entropy
-from vqtool.entropy import CodingPrior, StreamError
+from vqtool.codes import entropy
+from vqtool.codes.entropy import CodingPrior, StreamError
+from vqtool.codes.names import name_problem
 from vqtool.errors import UsageError, VqtoolError, WorkError, first_line
+from vqtool.events import Progress
 from vqtool.files import check_output_file, save_or_fail
-from vqtool.imagefiles import MAX_IMAGE_PIXELS
-from vqtool.model_config import DOWNSAMPLE
-from vqtool.names import name_problem
-from vqtool.pixels import padded_size
+from vqtool.images.pixels import padded_size
+from vqtool.images.read import MAX_IMAGE_PIXELS
+from vqtool.models.config import DOWNSAMPLE
 
 FORMAT = "vqtool-codes"
 VERSION = 1
@@ -111,7 +112,7 @@ def write_codes(
     code_file: CodeFile,
     compress: bool = False,
     prior: CodingPrior | None = None,
-    on_progress: entropy.Progress | None = None,
+    on_progress: Progress | None = None,
 ) -> None:
     """Write a code file atomically (temp file, fsync, rename); it is validated first.
 
@@ -173,7 +174,7 @@ def codes_sha256(codes: np.ndarray) -> str:
 
 
 def _compressed_arrays(
-    code_file: CodeFile, prior: CodingPrior | None, on_progress: entropy.Progress | None
+    code_file: CodeFile, prior: CodingPrior | None, on_progress: Progress | None
 ) -> dict[str, np.ndarray]:
     codes = code_file.codes
     frequencies = None
@@ -265,7 +266,7 @@ def check_output(path: Path) -> None:
 
 
 def read_codes(
-    path: Path, prior: CodingPrior | None = None, on_progress: entropy.Progress | None = None
+    path: Path, prior: CodingPrior | None = None, on_progress: Progress | None = None
 ) -> CodeFile:
     """Read and fully validate a code file, decoding a compressed one's stream; raises
     WorkError (damaged, doctored, unsupported version) or UsageError (missing file; a file
@@ -455,7 +456,7 @@ def _from_compressed(
     arrays: dict[str, np.ndarray],
     path: Path,
     prior: CodingPrior | None,
-    on_progress: entropy.Progress | None,
+    on_progress: Progress | None,
 ) -> CodeFile:
     """A version 2 file: every count checked against the members, then the stream decoded
     and checked against the codes' checksum."""

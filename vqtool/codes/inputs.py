@@ -13,10 +13,10 @@ from typing import NamedTuple
 from PIL import Image
 from torch import Tensor
 
+from vqtool.codes.names import clean_name, unique_names
 from vqtool.errors import UsageError, WorkError, os_reason
-from vqtool.imagefiles import DamagedImage, probe_size, read_image, read_resized
-from vqtool.names import clean_name, unique_names
-from vqtool.pixels import resize
+from vqtool.images.pixels import resize
+from vqtool.images.read import DamagedImage, probe_size, read_image, read_resized
 
 CIFAR10_INPUT = re.compile(r"cifar10:(test|train)(?::(\d+))?")
 
@@ -77,7 +77,7 @@ def _looks_like_image(path: Path) -> bool:
 
 
 def _cifar10_items(spec: str, data_dir: Path) -> list[ImageItem]:
-    from vqtool.data import load_cifar10
+    from vqtool.data.cifar10 import load_cifar10
 
     match = CIFAR10_INPUT.fullmatch(spec)
     if match is None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from vqtool import progress
+from vqtool.cli import progress
 from vqtool.errors import (
     Interrupted,
     Terminated,
@@ -26,8 +26,8 @@ from vqtool.errors import (
 from vqtool.process import exit_now, import_torch, sigterm_unwinds
 
 if TYPE_CHECKING:
-    from vqtool.checkpoint import LoadedModel
-    from vqtool.entropy import CodingPrior
+    from vqtool.codes.entropy import CodingPrior
+    from vqtool.vq.load import LoadedModel
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -265,7 +265,8 @@ PriorOption = Annotated[
 def _coding_prior(path: Path | None, loaded: LoadedModel) -> CodingPrior | None:
     """The prior that --prior names, loaded on the CPU and checked against the run's model
     (None without --prior)."""
-    from vqtool.entropy import check_prior, load_coding_prior
+    from vqtool.codes.entropy import check_prior
+    from vqtool.prior.load import load_coding_prior
 
     if path is None:
         return None
@@ -275,7 +276,7 @@ def _coding_prior(path: Path | None, loaded: LoadedModel) -> CodingPrior | None:
 
 
 def _data_dir(data_dir: Path | None) -> Path:
-    from vqtool.data import resolve_data_dir
+    from vqtool.data.cifar10 import resolve_data_dir
 
     return resolve_data_dir(data_dir)[0]
 
@@ -307,7 +308,7 @@ def download(
 
     Example: [bold]vqtool download --source ~/cifar-10-python.tar.gz --no-verify[/bold]
     """
-    from vqtool.data import download_cifar10
+    from vqtool.data.cifar10 import download_cifar10
 
     folder = _data_dir(data_dir)
     with progress.ByteProgress("downloading CIFAR-10") as bar:
@@ -337,8 +338,8 @@ def train(
     Example: [bold]vqtool train --profile smoke --run-dir runs/demo[/bold]
     """
     import_torch()
-    from vqtool.data import resolve_data_dir
-    from vqtool.train import resolve_run, run_training
+    from vqtool.data.cifar10 import resolve_data_dir
+    from vqtool.vq.train import resolve_run, run_training
 
     chosen, folder = resolve_run(profile, _overrides(set_, device), run_dir, resume)
     data_folder, data_origin = resolve_data_dir(data_dir)
@@ -399,9 +400,9 @@ def evaluate(
     import_torch()
     from vqtool.device import resolve_device
     from vqtool.errors import UsageError
-    from vqtool.evaluate import evaluate_checkpoint, write_eval
     from vqtool.files import check_output_file
     from vqtool.runs import RunDir
+    from vqtool.vq.evaluate import evaluate_checkpoint, write_eval
 
     if split not in ("test", "train"):
         raise UsageError(f"unknown split {split!r}", "--split", "use test or train")
@@ -415,7 +416,7 @@ def evaluate(
     measure_rd = _rate_distortion_job(run, prior, device) if rate_distortion else None
     with progress.CountProgress(f"evaluating {split}") as bar:
         if RunDir.with_checkpoint(run).kind() == "prior":
-            from vqtool.prior import evaluate_prior
+            from vqtool.prior.evaluate import evaluate_prior
 
             if split != "test":
                 raise UsageError("a prior is evaluated on its test codes", "--split", "use test")
@@ -450,14 +451,14 @@ def evaluate(
 def _rate_distortion_job(run: Path, prior: Path | None, device: str) -> Callable[..., None]:
     """Load what --rate-distortion needs now (a bad --prior fails before any work); the
     returned function measures, writes rd-<split>.json and shows the table."""
-    from vqtool.checkpoint import load_model
-    from vqtool.device import resolve_device
-    from vqtool.ratedistortion import (
+    from vqtool.codes.ratedistortion import (
         RD_COLUMNS,
         rate_distortion_rows,
         rate_distortion_split,
         write_rate_distortion,
     )
+    from vqtool.device import resolve_device
+    from vqtool.vq.load import load_model
 
     loaded = load_model(run, resolve_device(device))
     coding_prior = _coding_prior(prior, loaded)
@@ -519,8 +520,8 @@ def plot(
     """
     import_torch()
     from vqtool.device import resolve_device
-    from vqtool.plots import write_rate_distortion_plot, write_run_plots
-    from vqtool.report import run_arrays
+    from vqtool.reports.arrays import run_arrays
+    from vqtool.reports.plots import write_rate_distortion_plot, write_run_plots
     from vqtool.runs import load_run
 
     loaded = load_run(run)
@@ -551,8 +552,8 @@ def plot(
 
 def _plot_prior(run: Any, out_dir: Path, device: Any) -> None:
     """`vqtool plot P`: the loss curve, and samples decoded by the VQ run when it is found."""
-    from vqtool.prior_plots import write_prior_plots
-    from vqtool.report import prior_samples
+    from vqtool.reports.arrays import prior_samples
+    from vqtool.reports.prior_plots import write_prior_plots
 
     samples, title = None, ""
     if run.has_checkpoint:
@@ -595,9 +596,9 @@ def compare(
     Example: [bold]vqtool compare runs/original runs/ema runs/ema-kaiming --json runs.json[/bold]
     """
 
-    from vqtool.plots import compare_figure, save_png
+    from vqtool.reports.plots import compare_figure, save_png
+    from vqtool.reports.summary import COMPARE_COLUMNS, compare_row, run_labels, summarise_run
     from vqtool.runs import load_run
-    from vqtool.summary import COMPARE_COLUMNS, compare_row, run_labels, summarise_run
 
     loaded = [load_run(path) for path in runs]
     labels = run_labels([r.path for r in loaded])
@@ -675,11 +676,11 @@ def encode(
     Example: [bold]vqtool encode runs/demo photos/ cifar10:test:100 -o codes.vqc --size 32x32[/bold]
     """
     import_torch()
-    from vqtool.checkpoint import load_model
-    from vqtool.codec import encode_inputs
-    from vqtool.codes import check_output, write_codes
+    from vqtool.codes.pipeline import encode_inputs
+    from vqtool.codes.vqc import check_output, write_codes
     from vqtool.device import resolve_device
-    from vqtool.pixels import parse_size
+    from vqtool.images.pixels import parse_size
+    from vqtool.vq.load import load_model
 
     shape = parse_size(size) if size is not None else None
     check_output(output)
@@ -758,9 +759,9 @@ def decode(
     Example: [bold]vqtool decode runs/demo codes.vqc -o decoded --grid grid.png[/bold]
     """
     import_torch()
-    from vqtool.checkpoint import load_model
-    from vqtool.codec import decode_file
+    from vqtool.codes.pipeline import decode_file
     from vqtool.device import resolve_device
+    from vqtool.vq.load import load_model
 
     loaded = load_model(run, resolve_device(device))
     coding_prior = _coding_prior(prior, loaded)
@@ -796,7 +797,7 @@ def prior(
     Example: [bold]vqtool prior runs/demo --profile prior-small[/bold]
     """
     import_torch()
-    from vqtool.prior import resolve_prior_run, train_prior
+    from vqtool.prior.train import resolve_prior_run, train_prior
 
     chosen, folder = resolve_prior_run(run, profile, _overrides(set_, device), run_dir, resume)
     data_folder = _data_dir(data_dir)
@@ -844,9 +845,10 @@ def sample(
     -o samples --grid grid.png[/bold]
     """
     import_torch()
-    from vqtool.codes import check_output, write_codes
+    from vqtool.codes.vqc import check_output, write_codes
     from vqtool.device import resolve_device
-    from vqtool.prior import load_prior, sample_codes
+    from vqtool.prior.sample import sample_codes
+    from vqtool.prior.load import load_prior
 
     check_output(output)
     loaded = load_prior(run, resolve_device(device))

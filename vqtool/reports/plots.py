@@ -1,6 +1,6 @@
 """Figures from results: metrics records and arrays in, matplotlib figures and PNG files out.
 
-This module never loads a model; `vqtool.report.run_arrays` produces the arrays that the
+This module never loads a model; `vqtool.reports.arrays.run_arrays` produces the arrays that the
 reconstruction and codebook figures need. Figures are built on `matplotlib.figure.Figure`
 with the Agg canvas, not pyplot, so no global figure state or GUI backend is involved.
 """
@@ -37,7 +37,7 @@ from vqtool.files import write_bytes  # noqa: E402
 from vqtool.runs import Run, RunDir  # noqa: E402
 
 if TYPE_CHECKING:
-    from vqtool.report import RunArrays
+    from vqtool.reports.arrays import RunArrays
 
 DPI = 100
 SAMPLE_COLUMNS = 8
@@ -276,7 +276,7 @@ def pca_2d(vectors: np.ndarray, fit: np.ndarray | None = None) -> tuple[np.ndarr
 def _perplexity(counts: np.ndarray) -> float:
     import torch
 
-    from vqtool.quantizer import perplexity_from_counts
+    from vqtool.models.quantizer import perplexity_from_counts
 
     return float(perplexity_from_counts(torch.from_numpy(counts)))
 

@@ -11,13 +11,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vqtool.checkpoint import load_model
-from vqtool.datasets import load_images
-from vqtool.model import DOWNSAMPLE, VQVAE
-from vqtool.quantizer import code_counts, entropy_bits_from_counts, perplexity_from_counts
+from vqtool.data.datasets import load_images
+from vqtool.models.config import DOWNSAMPLE
+from vqtool.models.quantizer import code_counts, entropy_bits_from_counts, perplexity_from_counts
+from vqtool.models.vqvae import VQVAE
 from vqtool.runs import RunDir
-
-EVAL_BATCH = 500
+from vqtool.schedule import EVAL_BATCH
+from vqtool.vq.load import load_model
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 
-from vqtool.imagefiles import MAX_IMAGE_PIXELS
+from vqtool.images.read import MAX_IMAGE_PIXELS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

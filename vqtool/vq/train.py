@@ -27,14 +27,11 @@ from vqtool.checkpoint import (
     save_checkpoint,
     training_state,
 )
-from vqtool.datasets import RandomCrops, ensure_dataset, load_images, load_training_images
+from vqtool.data.datasets import RandomCrops, ensure_dataset, load_images, load_training_images
 from vqtool.device import Placement, describe_device, describe_precision, resolve_placement
 from vqtool.errors import UsageError, WorkError, first_line
-from vqtool.evaluate import evaluate_images
 from vqtool.events import TrainCallback, TrainEvent
-from vqtool.graphs import GraphedStep, learning_rates_as_floats, set_learning_rate
-from vqtool.guard import CollapseGuard, agree
-from vqtool.model import VQVAE, build_model
+from vqtool.models.vqvae import VQVAE, build_model
 from vqtool.process import StopSignals
 from vqtool.profiles import (
     Profile,
@@ -46,8 +43,11 @@ from vqtool.profiles import (
 )
 from vqtool.runs import RunDir
 from vqtool.schedule import DataOrder, StepClock, scheduled_rate
-from vqtool.speed import compile_for_training
 from vqtool.threads import saved_threads, training_threads
+from vqtool.vq.evaluate import evaluate_images
+from vqtool.vq.graphs import GraphedStep, learning_rates_as_floats, set_learning_rate
+from vqtool.vq.guard import CollapseGuard, agree
+from vqtool.vq.speed import compile_for_training
 
 
 class TrainResult(NamedTuple):

@@ -10,7 +10,7 @@ old file between splits.
 Each image becomes `image_size` (H, W) as `resize` says: "centre-crop" scales its short side to
 fit and keeps the centre; "stretch" resizes it to H x W; "random-crop" stores it like
 "centre-crop" at 9/8 of H x W (`stored_size`), so that training can take a different H x W
-window each epoch (`vqtool.datasets.RandomCrops`) and evaluation the centre one.
+window each epoch (`vqtool.data.datasets.RandomCrops`) and evaluation the centre one.
 
 The cache, `<data_dir>/folder-cache/<folder>-<H>x<W>-<resize>-<hash>/`, one per folder and
 settings (the hash covers the folder's real path, image_size, resize and test_fraction):
@@ -46,8 +46,9 @@ from PIL import Image
 
 from vqtool.errors import UsageError, VqtoolError, WorkError, first_line, os_reason
 from vqtool.files import fsync_dir, make_folder, write_text
-from vqtool.imagefiles import from_pil, open_image
+from vqtool.images.read import from_pil, open_image
 from vqtool.profiles import DataConfig
+from vqtool.events import Progress
 
 CACHE_FORMAT = "vqtool-folder-cache"
 CACHE_VERSION = 1
@@ -64,7 +65,6 @@ DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 THREADS_FROM_S = 0.5e-3
 NAMED_SKIPS = 3  # skipped files named in a note; the rest are counted
 
-Progress = Callable[[int, int], None]
 
 
 class FileEntry(NamedTuple):

@@ -1,6 +1,7 @@
 """Figures of a prior run: its loss curve in bits per code, and a sheet of decoded samples.
 
-Like vqtool.plots it never loads a model: `vqtool.report.prior_samples` gives the pixels.
+Like vqtool.reports.plots it never loads a model: `vqtool.reports.arrays.prior_samples` gives
+the pixels.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from vqtool.plots import (
+from vqtool.reports.plots import (
     DPI,
     LOSS_PNG,
     draw_curve,

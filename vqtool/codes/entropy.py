@@ -39,8 +39,9 @@ import torch
 from torch import Tensor
 
 from vqtool.errors import UsageError, first_line
-from vqtool.prior_model import CodePrior
-from vqtool.prior_steps import PriorSteps
+from vqtool.events import Progress
+from vqtool.models.steps import PriorSteps
+from vqtool.models.transformer import CodePrior
 from vqtool.threads import torch_threads
 
 PRECISION = 20  # prior frequencies sum to about 2**PRECISION; constriction codes with 24 bits
@@ -48,7 +49,6 @@ CHUNK = 128  # grids per chunk: a stream of its own, coded on a thread of its ow
 MIN_ROWS = 4  # the smallest batch the prior is ever run on (a partial chunk is padded to it)
 DUMMY_CODE = 0  # what padding sequences are fed
 
-Progress = Callable[[int, int], None]
 Result = TypeVar("Result")
 # One coding at a time per process: coding sets torch's process-wide thread count.
 _CODING = threading.Lock()
@@ -79,13 +79,6 @@ class Encoded(NamedTuple):
     words: np.ndarray  # uint32 (W,): the range coder's output
     bits: np.ndarray  # float64 (N,): each grid's information content under the integer model
     chunk_words: np.ndarray | None = None  # uint32 (C,): each chunk's share of words (prior)
-
-
-def load_coding_prior(path: Path) -> CodingPrior:
-    """The prior run (or checkpoint) at `path`, on the CPU, where entropy coding runs."""
-    from vqtool.prior import load_prior
-
-    return load_prior(path, "cpu")
 
 
 def check_prior(

@@ -1,7 +1,7 @@
 """The one place the figures meet a model: test images, their reconstructions, code usage.
 
 `run_arrays` loads a checkpoint and its dataset's test split once and returns plain numpy
-arrays; `vqtool.plots` turns them into figures without ever touching the model.
+arrays; `vqtool.reports.plots` turns them into figures without ever touching the model.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from vqtool.checkpoint import load_model
-from vqtool.datasets import load_images
+from vqtool.data.datasets import load_images
 from vqtool.errors import VqtoolError
-from vqtool.evaluate import EVAL_BATCH
-from vqtool.quantizer import code_counts
+from vqtool.models.quantizer import code_counts
+from vqtool.schedule import EVAL_BATCH
+from vqtool.vq.load import load_model
 
 SAMPLES = 32
 
@@ -81,9 +81,10 @@ def prior_samples(
     R is the checkpoint the prior recorded, else the folder above the prior (its default
     place); either must have the fingerprint the prior was trained on.
     """
-    from vqtool.codec import decode_indices
+    from vqtool.codes.pipeline import decode_indices
     from vqtool.errors import UsageError
-    from vqtool.prior import load_prior, sample_codes
+    from vqtool.prior.sample import sample_codes
+    from vqtool.prior.load import load_prior
     from vqtool.runs import RunDir
 
     loaded = load_prior(prior_run, device)

@@ -1,4 +1,5 @@
-"""Priors over codes: the second kind of run. A prior run P learns p(codes) for a VQ run R.
+"""Training a prior over codes, the second kind of run: a prior run P learns p(codes) for a
+VQ run R.
 
 P is a run folder like R (vqtool.runs.RunDir): profile.toml, metrics.jsonl, checkpoint.pt
 (format "vqtool-prior", holding R's fingerprint), eval-test.json, the lock. Its data are R's
@@ -14,15 +15,11 @@ checkpoint first; under torchrun each process takes its slice of the global batc
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,21 +27,19 @@ from torch import Tensor
 from vqtool import distributed
 from vqtool.checkpoint import (
     PRIOR_FORMAT,
-    LoadedModel,
     load_checkpoint,
-    load_model,
     restore_training,
     save_checkpoint,
     training_state,
 )
-from vqtool.codec import batch_ranges, encode_images
-from vqtool.codes import CodeFile, check_codes_for_model, read_codes, write_codes
-from vqtool.datasets import dataset_classes, load_split
+from vqtool.data.datasets import dataset_classes
 from vqtool.device import Placement, describe_device, describe_precision, resolve_placement
-from vqtool.errors import UsageError, WorkError
+from vqtool.errors import UsageError
 from vqtool.events import TrainCallback, TrainEvent
-from vqtool.model import DOWNSAMPLE
-from vqtool.prior_model import CodePrior, nll_bits, sample
+from vqtool.models.transformer import CodePrior
+from vqtool.prior.data import PriorData, prepare_codes
+from vqtool.prior.evaluate import evaluate_codes
+from vqtool.prior.load import VQFacts
 from vqtool.process import StopSignals
 from vqtool.profiles import (
     PriorProfile,
@@ -54,133 +49,12 @@ from vqtool.profiles import (
     profile_to_toml,
     with_overrides,
 )
-from vqtool.quantizer import code_counts, entropy_bits_from_counts
 from vqtool.runs import RunDir
 from vqtool.schedule import DataOrder, StepClock, scheduled_rate
 from vqtool.threads import saved_threads, training_threads
+from vqtool.vq.load import load_model
 
 PRIOR_DIR = "prior"  # P defaults to R/prior
-EVAL_BATCH = 500
-SAMPLE_BATCH = 256  # grids per sampling call: fixed, so a seed gives the same grids for any n
-Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class VQFacts:
-    """What a prior remembers of its VQ run: enough to check and to decode what it samples."""
-
-    fingerprint: str
-    num_embeddings: int
-    embedding_dim: int
-    image_size: tuple[int, int]  # (H, W) of the images; codes are (H / 4, W / 4)
-    class_names: tuple[str, ...]  # the dataset's labels; empty when it has none
-    checkpoint: str  # where R's checkpoint was when P was made
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return self.image_size[0] // DOWNSAMPLE, self.image_size[1] // DOWNSAMPLE
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "fingerprint": self.fingerprint,
-            "num_embeddings": self.num_embeddings,
-            "embedding_dim": self.embedding_dim,
-            "image_size": list(self.image_size),
-            "class_names": list(self.class_names),
-            "checkpoint": self.checkpoint,
-        }
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> VQFacts:
-        return cls(
-            str(raw["fingerprint"]),
-            int(raw["num_embeddings"]),
-            int(raw["embedding_dim"]),
-            (int(raw["image_size"][0]), int(raw["image_size"][1])),
-            tuple(str(n) for n in raw["class_names"]),
-            str(raw["checkpoint"]),
-        )
-
-
-class PriorData(NamedTuple):
-    codes: Tensor  # int64 (N, h, w)
-    labels: Tensor | None  # int64 (N,)
-
-
-# --- codes of the VQ run's dataset, kept in P ----------------------------------------------
-
-
-def encode_split(
-    vq: LoadedModel, data_dir: Path, split: str, on_progress: Progress | None = None
-) -> CodeFile:
-    """R's codes of one split of its dataset, as a CodeFile named by class and index."""
-    images, labels, class_names = load_split(vq.profile.data, data_dir, split)
-    n, _, height, width = images.shape
-    model = vq.model.folded()
-    codes = np.empty((n, height // DOWNSAMPLE, width // DOWNSAMPLE), np.uint16)
-    for start, stop in batch_ranges(n, EVAL_BATCH, height * width):
-        codes[start:stop] = encode_images(model, images[start:stop]).numpy()
-        if on_progress is not None:
-            on_progress(stop, n)
-    if labels is not None and class_names:
-        names = [f"{class_names[int(y)]}/{split}-{i:05d}" for i, y in enumerate(labels)]
-    else:
-        names = [f"{split}-{i:05d}" for i in range(n)]
-    config = vq.model.config
-    return CodeFile(
-        codes=codes,
-        names=tuple(names),
-        sizes=np.tile(np.array([[height, width]], np.int32), (n, 1)),
-        checkpoint=vq.fingerprint,
-        num_embeddings=config.num_embeddings,
-        embedding_dim=config.embedding_dim,
-        image_size=(height, width),
-    )
-
-
-def labels_from_names(code_file: CodeFile, class_names: tuple[str, ...]) -> Tensor | None:
-    """The class of each image from its name's first part, or None without classes."""
-    if not class_names:
-        return None
-    index = {name: i for i, name in enumerate(class_names)}
-    labels = [index.get(name.split("/", 1)[0], -1) for name in code_file.names]
-    if min(labels) < 0:
-        return None
-    return torch.tensor(labels, dtype=torch.long)
-
-
-def prepare_codes(
-    vq: LoadedModel,
-    run: RunDir,
-    data_dir: Path,
-    on_progress: Callable[[str, int, int], None] | None = None,
-) -> tuple[dict[str, PriorData], tuple[int, int]]:
-    """The train and test codes of R's dataset, read from P when there, else encoded and kept;
-    and the images' (H, W)."""
-    found: dict[str, PriorData] = {}
-    class_names = dataset_classes(vq.profile.data)
-    config = vq.model.config
-    image_size = (0, 0)
-    for split in ("train", "test"):
-        path = run.codes_file(split)
-        if path.is_file():
-            code_file = read_codes(path)
-            check_codes_for_model(
-                code_file, vq.fingerprint, config.num_embeddings, config.embedding_dim, path
-            )
-        else:
-            progress = None
-            if on_progress is not None:
-                progress = functools.partial(on_progress, split)
-            code_file = encode_split(vq, data_dir, split, progress)
-            write_codes(path, code_file)
-        codes = torch.from_numpy(code_file.codes.astype(np.int64))
-        found[split] = PriorData(codes, labels_from_names(code_file, class_names))
-        image_size = code_file.image_size
-    return found, image_size
-
-
-# --- training -------------------------------------------------------------------------------
 
 
 class PriorResult(NamedTuple):
@@ -486,166 +360,3 @@ def _describe(placement: Placement, trainer: PriorTrainer, threads_reason: str) 
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
         "run_dir": str(trainer.files.path),
     }
-
-
-# --- loading, evaluating, sampling ------------------------------------------------------
-
-
-class LoadedPrior(NamedTuple):
-    model: CodePrior  # eval mode
-    profile: PriorProfile
-    step: int
-    fingerprint: str  # the prior checkpoint's
-    vq: VQFacts
-    path: Path  # the checkpoint file
-
-    @property
-    def vq_fingerprint(self) -> str:
-        return self.vq.fingerprint
-
-
-def load_prior(path: str | Path, device: str | torch.device = "cpu") -> LoadedPrior:
-    """Rebuild a prior from its checkpoint's own profile and VQ facts; never runs code."""
-    files = RunDir.with_checkpoint(path)
-    payload = load_checkpoint(files.checkpoint, fmt=PRIOR_FORMAT)
-    try:
-        raw = payload["profile"]
-        profile = prior_profile_from_dict(raw, raw.get("name", "prior"), str(files.checkpoint))
-        vq = VQFacts.from_dict(payload["vq"])
-        model = CodePrior(profile.prior, vq.num_embeddings, vq.grid)
-        model.load_state_dict(payload["model"])
-        step = int(payload["step"])
-    except (KeyError, IndexError, RuntimeError, AttributeError, TypeError, ValueError) as exc:
-        raise WorkError(
-            f"the checkpoint does not describe a prior this vqtool can build: {exc}",
-            files.checkpoint,
-            "use a checkpoint written by this version of vqtool",
-        ) from exc
-    except UsageError as exc:
-        raise WorkError(exc.what, files.checkpoint, "the checkpoint's profile is invalid") from exc
-    model.to(device).eval()
-    return LoadedPrior(model, profile, step, str(payload["fingerprint"]), vq, files.checkpoint)
-
-
-@torch.no_grad()
-def evaluate_codes(
-    model: CodePrior, data: PriorData, conditional: bool, on_progress: Progress | None = None
-) -> dict[str, Any]:
-    """Bits the prior needs for a set of code grids (base-2 NLL), beside simpler models."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    k = model.num_embeddings
-    n = data.codes.shape[0]
-    total = 0.0
-    counts = torch.zeros(k, dtype=torch.float64)
-    start = time.perf_counter()
-    for begin in range(0, n, EVAL_BATCH):
-        codes = data.codes[begin : begin + EVAL_BATCH].to(device)
-        labels = None
-        if conditional and data.labels is not None:
-            labels = data.labels[begin : begin + EVAL_BATCH].to(device)
-        total += float(nll_bits(model, codes, labels).double().sum())
-        counts += code_counts(codes, k).double().cpu()
-        if on_progress is not None:
-            on_progress(min(begin + EVAL_BATCH, n), n)
-    seconds = time.perf_counter() - start
-    model.train(was_training)
-    length = model.length
-    bits_per_image = total / n
-    unigram = float(entropy_bits_from_counts(counts)) * length
-    return {
-        "bits_per_code": bits_per_image / length,
-        "bits_per_image": bits_per_image,
-        "unigram_bits_per_image": unigram,
-        "uniform_bits_per_image": length * math.log2(k),
-        "ratio_to_unigram": bits_per_image / unigram if unigram > 0 else None,
-        "images": n,
-        "images_per_s": n / seconds if seconds > 0 else float("inf"),
-    }
-
-
-def evaluate_prior(
-    path: Path, device: str | torch.device = "cpu", on_progress: Progress | None = None
-) -> dict[str, Any]:
-    """The prior of run `path` on its test codes: eval-test.json's contents."""
-    loaded = load_prior(path, device)
-    files = RunDir.with_checkpoint(path)
-    code_file = read_codes(files.codes_file("test"))
-    vq = loaded.vq
-    check_codes_for_model(
-        code_file, vq.fingerprint, vq.num_embeddings, vq.embedding_dim, files.codes_file("test")
-    )
-    data = PriorData(
-        torch.from_numpy(code_file.codes.astype(np.int64)),
-        labels_from_names(code_file, vq.class_names),
-    )
-    metrics = evaluate_codes(loaded.model, data, loaded.profile.prior.conditional, on_progress)
-    return {"split": "test", **metrics, "checkpoint": loaded.fingerprint, "step": loaded.step}
-
-
-def sample_codes(
-    loaded: LoadedPrior,
-    n: int,
-    *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    seed: int = 0,
-    label: str | None = None,
-    on_progress: Progress | None = None,
-) -> CodeFile:
-    """n code grids drawn from the prior, as a code file for R's checkpoint.
-
-    A conditional prior draws `label`'s class, or without one the classes in turn in equal
-    blocks (the first n/C grids of class 0, ...). The same seed gives the same file.
-    """
-    vq = loaded.vq
-    k = vq.num_embeddings
-    if n < 1:
-        raise UsageError(f"-n must be at least 1, got {n}", "-n", "ask for 1 or more samples")
-    if not temperature > 0 or not math.isfinite(temperature):
-        raise UsageError(
-            f"the temperature must be > 0, got {temperature}", "--temperature", "use e.g. 1.0"
-        )
-    if top_k is not None and not 1 <= top_k <= k:
-        raise UsageError(f"--top-k must be 1 to {k}, got {top_k}", "--top-k", f"use 1 to {k}")
-    labels = _sample_labels(loaded, n, label)
-    device = next(loaded.model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    codes = np.empty((n, *vq.grid), np.uint16)
-    for start in range(0, n, SAMPLE_BATCH):
-        stop = min(start + SAMPLE_BATCH, n)
-        chunk = labels[start:stop].to(device) if labels is not None else None
-        drawn = sample(
-            loaded.model,
-            stop - start,
-            temperature=temperature,
-            top_k=top_k,
-            labels=chunk,
-            generator=generator,
-        )
-        codes[start:stop] = drawn.cpu().numpy()
-        if on_progress is not None:
-            on_progress(stop, n)
-    return CodeFile(
-        codes=codes,
-        names=tuple(f"sample-{i + 1:05d}" for i in range(n)),
-        sizes=np.tile(np.array([vq.image_size], np.int32), (n, 1)),
-        checkpoint=vq.fingerprint,
-        num_embeddings=k,
-        embedding_dim=vq.embedding_dim,
-        image_size=vq.image_size,
-    )
-
-
-def _sample_labels(loaded: LoadedPrior, n: int, label: str | None) -> Tensor | None:
-    names = loaded.vq.class_names
-    if not loaded.profile.prior.conditional:
-        if label is not None:
-            raise UsageError("this prior is not class-conditional", "--label", "leave --label out")
-        return None
-    if label is None:
-        return torch.arange(n, dtype=torch.long) * len(names) // n
-    if label not in names:
-        raise UsageError(f"unknown label {label!r}", "--label", f"use one of {', '.join(names)}")
-    return torch.full((n,), names.index(label), dtype=torch.long)

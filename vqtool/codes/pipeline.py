@@ -16,16 +16,18 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from vqtool.checkpoint import LoadedModel
-from vqtool.codes import CodeFile, check_codes_for_model, read_codes
-from vqtool.entropy import CodingPrior, check_prior
+from vqtool.codes.entropy import CodingPrior, check_prior
+from vqtool.codes.inputs import ImageItem, find_images, load_item
+from vqtool.codes.names import name_problem, unique_names
+from vqtool.codes.vqc import CodeFile, check_codes_for_model, read_codes
 from vqtool.errors import UsageError, WorkError, os_reason
+from vqtool.events import Progress
 from vqtool.files import (
     DISK_FIX,
     check_no_file_above,
@@ -37,13 +39,23 @@ from vqtool.files import (
     write_all,
     write_file,
 )
-from vqtool.imagefiles import DamagedImage
-from vqtool.inputs import ImageItem, find_images, load_item
-from vqtool.model import VQVAE
-from vqtool.model_config import DOWNSAMPLE
-from vqtool.names import name_problem, unique_names
-from vqtool.pixels import pad_to, pad_to_multiple, padded_size
-from vqtool.png import Grid, png_bytes
+from vqtool.images.pixels import pad_to, pad_to_multiple, padded_size
+from vqtool.images.png import Grid, png_bytes
+from vqtool.images.read import DamagedImage
+from vqtool.models.config import DOWNSAMPLE
+from vqtool.models.vqvae import VQVAE
+
+
+class CodingModel(Protocol):
+    """A VQ-VAE with its checkpoint's fingerprint, which code files record. The caller loads it
+    (vqtool.vq.load.LoadedModel is one): the code-file pipeline never reads run folders."""
+
+    @property
+    def model(self) -> VQVAE: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
 
 DEFAULT_BATCH = 256
 # Pixels per model batch, whatever --batch-size says: 1,024 CIFAR images, or one 1000x1000
@@ -54,8 +66,6 @@ PIXEL_BUDGET = 1 << 20
 PNG_WRITERS = max(1, min(4, (os.cpu_count() or 2) // 2))
 PNG_TASK = 64  # images per PNG-writing task
 NAMED_SKIPS = 5  # skipped files named one by one; the rest are counted
-
-Progress = Callable[[int, int], None]
 
 
 def _check_images(images: Tensor) -> None:
@@ -113,7 +123,7 @@ def common_size(items: Sequence[ImageItem], size: tuple[int, int] | None) -> tup
 
 
 def encode_inputs(
-    loaded: LoadedModel,
+    loaded: CodingModel,
     inputs: Sequence[str],
     data_dir: Path,
     size: tuple[int, int] | None = None,
@@ -284,7 +294,7 @@ def _staging_folder(out_dir: Path) -> Path | None:
 
 def _publish(staging: Path, out_dir: Path) -> None:
     """Rename the finished staging folder to `out_dir` and make the rename durable (the PNGs'
-    own bytes are not fsynced: see images.write_file)."""
+    own bytes are not fsynced: see vqtool.files.write_file)."""
     try:
         if os.path.lexists(out_dir):
             # rename(2) would silently replace an empty folder that appeared meanwhile.
@@ -301,7 +311,7 @@ def _publish(staging: Path, out_dir: Path) -> None:
 
 
 def decode_file(
-    loaded: LoadedModel,
+    loaded: CodingModel,
     codes_path: Path,
     out_dir: Path,
     grid: Path | None = None,
@@ -353,7 +363,7 @@ def decode_file(
 
 
 def _decode_into(
-    loaded: LoadedModel,
+    loaded: CodingModel,
     code_file: CodeFile,
     targets: list[Path],
     batch_size: int,

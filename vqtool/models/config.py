@@ -1,5 +1,6 @@
-"""The VQ-VAE's configuration: sizes, quantizer and init. Torch-free, so that profiles load
-without importing torch; `vqtool.model` builds the network from it."""
+"""The networks' configurations: the VQ-VAE's and the prior's sizes. Torch-free, so that profiles
+load without importing torch; `vqtool.models.vqvae` and `vqtool.models.transformer` build the
+networks from them. Values are checked where profiles are validated."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ class ModelConfig:
     commitment_cost: float = 0.25
     decay: float = 0.99  # 0 = the paper's codebook loss, no EMA
     # Weight norm on every conv over PyTorch's default init: what the seed's "EMA + Kaiming"
-    # actually trains (its Kaiming draw never takes effect, see `vqtool.model`).
+    # actually trains (its Kaiming draw never takes effect, see `vqtool.models.vqvae`).
     weight_norm: bool = True
     # Kaiming normal (ReLU) weights and zero biases, drawn under weight norm: the init the seed
     # meant. Implies weight norm (checkpoints from before `weight_norm` existed rely on it).
@@ -34,3 +35,16 @@ class ModelConfig:
     @property
     def has_weight_norm(self) -> bool:
         return self.weight_norm or self.kaiming_init
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """A causal transformer over the raster order of a grid of code indices."""
+
+    layers: int = 4  # pre-norm transformer blocks
+    width: int = 192  # size of every token's vector (embeddings, attention, residual stream)
+    heads: int = 4  # attention heads; each has width // heads channels
+    mlp_ratio: int = 4  # hidden size of each block's MLP, as a multiple of width
+    dropout: float = 0.0  # on embeddings, attention weights and residual branches, training only
+    conditional: bool = False  # add a learned class embedding to the start token
+    num_classes: int = 10  # labels a conditional prior knows (CIFAR-10's ten)

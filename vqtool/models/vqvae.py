@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
-from vqtool.model_config import DOWNSAMPLE, ModelConfig
-from vqtool.quantizer import VectorQuantizer
+from vqtool.models.config import DOWNSAMPLE, ModelConfig
+from vqtool.models.quantizer import VectorQuantizer
 
 __all__ = ["DOWNSAMPLE", "VQVAE", "ModelConfig", "build_model"]
 

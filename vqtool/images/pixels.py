@@ -11,8 +11,8 @@ from PIL import Image
 from torch import Tensor
 
 from vqtool.errors import UsageError
-from vqtool.imagefiles import MAX_IMAGE_PIXELS, pil_to_tensor, resize_rgb
-from vqtool.model_config import DOWNSAMPLE
+from vqtool.images.read import MAX_IMAGE_PIXELS, pil_to_tensor, resize_rgb
+from vqtool.models.config import DOWNSAMPLE
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -35,6 +35,7 @@ import torch
 
 from vqtool.errors import UsageError, WorkError, os_reason
 from vqtool.files import make_folder
+from vqtool.events import ByteProgress
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -56,7 +57,6 @@ _URL_SCHEMES = {"http", "https", "ftp", "file"}
 _TMP_PREFIX = ".vqtool-"
 _REDOWNLOAD = "re-download it with vqtool download --force"
 
-ProgressCallback = Callable[[int, "int | None"], None]
 
 
 class DownloadResult(NamedTuple):
@@ -282,7 +282,7 @@ def _open_source(source: str) -> Iterator[tuple[IO[bytes], int | None]]:
 
 
 def _fetch(
-    source: str, out: IO[bytes], out_path: Path, on_progress: ProgressCallback | None
+    source: str, out: IO[bytes], out_path: Path, on_progress: ByteProgress | None
 ) -> str:
     """Stream `source` into `out`; return the md5 hex digest of what was written."""
     digest = hashlib.md5(usedforsecurity=False)  # a checksum, not a security measure
@@ -427,7 +427,7 @@ def download_cifar10(
     md5: str | None = None,
     verify: bool = True,
     force: bool = False,
-    on_progress: ProgressCallback | None = None,
+    on_progress: ByteProgress | None = None,
 ) -> DownloadResult:
     """Fetch, verify, extract and validate CIFAR-10 into `data_dir/cifar-10-batches-py/`.
 

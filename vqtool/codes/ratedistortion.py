@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import PIL
@@ -41,14 +41,20 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from vqtool.checkpoint import LoadedModel
-from vqtool.codec import DEFAULT_BATCH, batch_ranges, decode_indices, encode_images
-from vqtool.codes import CodeFile, read_codes, write_codes
-from vqtool.datasets import load_images
-from vqtool.entropy import CodingPrior
+from vqtool.codes.entropy import CodingPrior
+from vqtool.codes.pipeline import (
+    DEFAULT_BATCH,
+    CodingModel,
+    batch_ranges,
+    decode_indices,
+    encode_images,
+)
+from vqtool.codes.vqc import CodeFile, read_codes, write_codes
+from vqtool.data.datasets import load_images
 from vqtool.errors import WorkError
 from vqtool.files import write_text
-from vqtool.model_config import DOWNSAMPLE
+from vqtool.models.config import DOWNSAMPLE
+from vqtool.profiles import Profile
 from vqtool.runs import RunDir
 
 CODECS = ("jpeg", "webp", "avif")
@@ -61,6 +67,15 @@ SETTINGS = {
 }
 
 # A stage's progress: the factory gets the stage's name and returns an on_progress(done, n).
+
+
+class ProfiledModel(CodingModel, Protocol):
+    """A coding model that also knows its profile, so its dataset can be loaded."""
+
+    @property
+    def profile(self) -> Profile: ...
+
+
 Stages = Callable[[str], Callable[[int, int], None]]
 
 
@@ -190,7 +205,7 @@ def bpp_at(points: Sequence[dict[str, Any]], psnr: float, key: str) -> float | N
 
 
 def vqtool_points(
-    loaded: LoadedModel,
+    loaded: CodingModel,
     images: Tensor,
     prior: CodingPrior | None = None,
     on_progress: Callable[[int, int], None] | None = None,
@@ -247,7 +262,7 @@ def vqtool_points(
 
 
 def rate_distortion(
-    loaded: LoadedModel,
+    loaded: CodingModel,
     images: Tensor,
     prior: CodingPrior | None = None,
     codecs: Sequence[str] = CODECS,
@@ -299,7 +314,7 @@ def rate_distortion(
 
 
 def rate_distortion_split(
-    loaded: LoadedModel,
+    loaded: ProfiledModel,
     split: str,
     data_dir: Path,
     prior: CodingPrior | None = None,

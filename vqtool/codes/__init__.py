@@ -1,0 +1,3 @@
+"""The .vqc code file and what fills it: the file format (vqc), the entropy coder that takes a
+prior handed to it and never loads runs (entropy), images to codes and back (pipeline, inputs,
+names), and the real rate-distortion figures beside JPEG, WebP and AVIF (ratedistortion)."""

@@ -1,0 +1,98 @@
+"""A prior's data: R's codes of R's dataset, encoded once with R's checkpoint and kept in P as
+ordinary code files (`codes-train.vqc`, `codes-test.vqc`). A labelled dataset stores each image's
+class as the first part of its name (`cat/train-00042`), so the code files carry the labels too."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vqtool.codes.pipeline import batch_ranges, encode_images
+from vqtool.codes.vqc import CodeFile, check_codes_for_model, read_codes, write_codes
+from vqtool.data.datasets import dataset_classes, load_split
+from vqtool.events import Progress
+from vqtool.models.config import DOWNSAMPLE
+from vqtool.runs import RunDir
+from vqtool.schedule import EVAL_BATCH
+from vqtool.vq.load import LoadedModel
+
+
+class PriorData(NamedTuple):
+    codes: Tensor  # int64 (N, h, w)
+    labels: Tensor | None  # int64 (N,)
+
+
+def encode_split(
+    vq: LoadedModel, data_dir: Path, split: str, on_progress: Progress | None = None
+) -> CodeFile:
+    """R's codes of one split of its dataset, as a CodeFile named by class and index."""
+    images, labels, class_names = load_split(vq.profile.data, data_dir, split)
+    n, _, height, width = images.shape
+    model = vq.model.folded()
+    codes = np.empty((n, height // DOWNSAMPLE, width // DOWNSAMPLE), np.uint16)
+    for start, stop in batch_ranges(n, EVAL_BATCH, height * width):
+        codes[start:stop] = encode_images(model, images[start:stop]).numpy()
+        if on_progress is not None:
+            on_progress(stop, n)
+    if labels is not None and class_names:
+        names = [f"{class_names[int(y)]}/{split}-{i:05d}" for i, y in enumerate(labels)]
+    else:
+        names = [f"{split}-{i:05d}" for i in range(n)]
+    config = vq.model.config
+    return CodeFile(
+        codes=codes,
+        names=tuple(names),
+        sizes=np.tile(np.array([[height, width]], np.int32), (n, 1)),
+        checkpoint=vq.fingerprint,
+        num_embeddings=config.num_embeddings,
+        embedding_dim=config.embedding_dim,
+        image_size=(height, width),
+    )
+
+
+def labels_from_names(code_file: CodeFile, class_names: tuple[str, ...]) -> Tensor | None:
+    """The class of each image from its name's first part, or None without classes."""
+    if not class_names:
+        return None
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = [index.get(name.split("/", 1)[0], -1) for name in code_file.names]
+    if min(labels) < 0:
+        return None
+    return torch.tensor(labels, dtype=torch.long)
+
+
+def prepare_codes(
+    vq: LoadedModel,
+    run: RunDir,
+    data_dir: Path,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[dict[str, PriorData], tuple[int, int]]:
+    """The train and test codes of R's dataset, read from P when there, else encoded and kept;
+    and the images' (H, W)."""
+    found: dict[str, PriorData] = {}
+    class_names = dataset_classes(vq.profile.data)
+    config = vq.model.config
+    image_size = (0, 0)
+    for split in ("train", "test"):
+        path = run.codes_file(split)
+        if path.is_file():
+            code_file = read_codes(path)
+            check_codes_for_model(
+                code_file, vq.fingerprint, config.num_embeddings, config.embedding_dim, path
+            )
+        else:
+            progress = None
+            if on_progress is not None:
+                progress = functools.partial(on_progress, split)
+            code_file = encode_split(vq, data_dir, split, progress)
+            write_codes(path, code_file)
+        codes = torch.from_numpy(code_file.codes.astype(np.int64))
+        found[split] = PriorData(codes, labels_from_names(code_file, class_names))
+        image_size = code_file.image_size
+    return found, image_size

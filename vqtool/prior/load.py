@@ -1,0 +1,101 @@
+"""Loading a prior run: the transformer rebuilt from its checkpoint's own profile, and what it
+remembers of its VQ run (VQFacts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from vqtool.checkpoint import (
+    PRIOR_FORMAT,
+    load_checkpoint,
+)
+from vqtool.errors import UsageError, WorkError
+from vqtool.models.config import DOWNSAMPLE
+from vqtool.models.transformer import CodePrior
+from vqtool.profiles import (
+    PriorProfile,
+    prior_profile_from_dict,
+)
+from vqtool.runs import RunDir
+
+
+@dataclass(frozen=True)
+class VQFacts:
+    """What a prior remembers of its VQ run: enough to check and to decode what it samples."""
+
+    fingerprint: str
+    num_embeddings: int
+    embedding_dim: int
+    image_size: tuple[int, int]  # (H, W) of the images; codes are (H / 4, W / 4)
+    class_names: tuple[str, ...]  # the dataset's labels; empty when it has none
+    checkpoint: str  # where R's checkpoint was when P was made
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.image_size[0] // DOWNSAMPLE, self.image_size[1] // DOWNSAMPLE
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "num_embeddings": self.num_embeddings,
+            "embedding_dim": self.embedding_dim,
+            "image_size": list(self.image_size),
+            "class_names": list(self.class_names),
+            "checkpoint": self.checkpoint,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> VQFacts:
+        return cls(
+            str(raw["fingerprint"]),
+            int(raw["num_embeddings"]),
+            int(raw["embedding_dim"]),
+            (int(raw["image_size"][0]), int(raw["image_size"][1])),
+            tuple(str(n) for n in raw["class_names"]),
+            str(raw["checkpoint"]),
+        )
+
+
+class LoadedPrior(NamedTuple):
+    model: CodePrior  # eval mode
+    profile: PriorProfile
+    step: int
+    fingerprint: str  # the prior checkpoint's
+    vq: VQFacts
+    path: Path  # the checkpoint file
+
+    @property
+    def vq_fingerprint(self) -> str:
+        return self.vq.fingerprint
+
+
+def load_prior(path: str | Path, device: str | torch.device = "cpu") -> LoadedPrior:
+    """Rebuild a prior from its checkpoint's own profile and VQ facts; never runs code."""
+    files = RunDir.with_checkpoint(path)
+    payload = load_checkpoint(files.checkpoint, fmt=PRIOR_FORMAT)
+    try:
+        raw = payload["profile"]
+        profile = prior_profile_from_dict(raw, raw.get("name", "prior"), str(files.checkpoint))
+        vq = VQFacts.from_dict(payload["vq"])
+        model = CodePrior(profile.prior, vq.num_embeddings, vq.grid)
+        model.load_state_dict(payload["model"])
+        step = int(payload["step"])
+    except (KeyError, IndexError, RuntimeError, AttributeError, TypeError, ValueError) as exc:
+        raise WorkError(
+            f"the checkpoint does not describe a prior this vqtool can build: {exc}",
+            files.checkpoint,
+            "use a checkpoint written by this version of vqtool",
+        ) from exc
+    except UsageError as exc:
+        raise WorkError(exc.what, files.checkpoint, "the checkpoint's profile is invalid") from exc
+    model.to(device).eval()
+    return LoadedPrior(model, profile, step, str(payload["fingerprint"]), vq, files.checkpoint)
+
+
+def load_coding_prior(path: str | Path) -> LoadedPrior:
+    """The prior run (or checkpoint) at `path`, on the CPU, where entropy coding runs."""
+    return load_prior(path, "cpu")
