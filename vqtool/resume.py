@@ -1,7 +1,7 @@
 """Run setup and resume, shared by both kinds of run (a VQ run and a prior run).
 
 Which profile a request means (`resolve_profile`), and how a run starts or picks up from its
-checkpoint once it holds the lock (`begin`): the same rules for `vqtool train` and `vqtool
+checkpoint once it holds the lock (`begin_run`): the same rules for `vqtool train` and `vqtool
 prior`. --resume continues from the folder's checkpoint and its profile; only [train] may change.
 A folder without a checkpoint starts fresh, so a job script can always pass --resume.
 """
@@ -30,7 +30,7 @@ class RunKind(NamedTuple):
 
 
 class Resumable(Protocol):
-    """A trainer that `begin` can restore."""
+    """A trainer that `begin_run` can restore."""
 
     step: int
 
@@ -80,7 +80,7 @@ def saved_payload(kind: RunKind, files: RunDir, resume: bool) -> dict[str, Any] 
     return None
 
 
-def begin(
+def begin_run(
     kind: RunKind,
     trainer: Resumable,
     payload: dict[str, Any] | None,
@@ -118,4 +118,6 @@ def begin(
 
 
 def _note(notify: TrainCallback, step: int, total: int, message: str) -> None:
-    notify(TrainEvent("note", step, total, {"kind": "note", "step": step, "message": message}, message))
+    notify(
+        TrainEvent("note", step, total, {"kind": "note", "step": step, "message": message}, message)
+    )

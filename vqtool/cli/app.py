@@ -847,8 +847,8 @@ def sample(
     import_torch()
     from vqtool.codes.vqc import check_output, write_codes
     from vqtool.device import resolve_device
-    from vqtool.prior.sample import sample_codes
     from vqtool.prior.load import load_prior
+    from vqtool.prior.sample import sample_codes
 
     check_output(output)
     loaded = load_prior(run, resolve_device(device))

@@ -30,7 +30,6 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from pathlib import Path
 from typing import NamedTuple, Protocol, TypeVar
 
 import constriction

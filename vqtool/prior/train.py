@@ -27,7 +27,6 @@ from torch import Tensor
 from vqtool import distributed
 from vqtool.checkpoint import (
     PRIOR_FORMAT,
-    load_checkpoint,
     restore_training,
     save_checkpoint,
     training_state,
@@ -46,9 +45,8 @@ from vqtool.profiles import (
     load_prior_profile,
     prior_profile_from_dict,
     profile_to_dict,
-    profile_to_toml,
-    with_overrides,
 )
+from vqtool.resume import RunKind, begin_run, resolve_profile, saved_payload
 from vqtool.runs import RunDir
 from vqtool.schedule import DataOrder, StepClock, scheduled_rate
 from vqtool.threads import saved_threads, training_threads
@@ -70,6 +68,17 @@ def default_prior_dir(vq_run: Path) -> Path:
     return RunDir.with_checkpoint(vq_run).path / PRIOR_DIR
 
 
+# How a prior run starts and resumes (vqtool.resume holds the rules both kinds of run share).
+PRIOR_RUN = RunKind(
+    "prior",
+    PRIOR_FORMAT,
+    ("prior",),
+    load_prior_profile,
+    prior_profile_from_dict,
+    "pass --profile prior-small (see vqtool profiles)",
+)
+
+
 def resolve_prior_run(
     vq_run: Path,
     profile_spec: str | None,
@@ -77,35 +86,10 @@ def resolve_prior_run(
     run_dir: Path | None,
     resume: bool,
 ) -> tuple[PriorProfile, Path]:
-    """The profile and folder a `vqtool prior` request means; the same resume rules as train.
-
-    --resume continues from P's checkpoint and its profile; only [train] may change. A folder
-    without a checkpoint starts fresh, so a job script can always pass --resume.
-    """
+    """The profile and folder a `vqtool prior` request means; the resume rules of vqtool.resume.
+    The folder defaults to R/prior."""
     folder = run_dir if run_dir is not None else default_prior_dir(vq_run)
-    files = RunDir.at(folder)
-    files.refuse_overwrite(resume)
-    if resume and files.checkpoint.exists():
-        saved_raw = load_checkpoint(files.checkpoint, fmt=PRIOR_FORMAT)["profile"]
-        saved = prior_profile_from_dict(
-            saved_raw, saved_raw.get("name", "prior"), str(files.checkpoint)
-        )
-        base = load_prior_profile(profile_spec) if profile_spec else saved
-        profile: PriorProfile = with_overrides(base, overrides)
-        if profile.prior != saved.prior:
-            raise UsageError(
-                "--resume cannot change [prior]",
-                files.checkpoint,
-                "only [train] keys may change on resume; start a new prior for a new model",
-            )
-        return profile, folder
-    if profile_spec is None:
-        if not files.profile.is_file():
-            raise UsageError(
-                "no profile given", "--profile", "pass --profile prior-small (see vqtool profiles)"
-            )
-        profile_spec = str(files.profile)
-    return load_prior_profile(profile_spec, overrides), folder
+    return resolve_profile(PRIOR_RUN, RunDir.at(folder), profile_spec, overrides, resume), folder
 
 
 class PriorTrainer:
@@ -295,11 +279,7 @@ def train_prior(
     notify = callback if callback is not None and writer else (lambda event: None)
     lock = files.lock("vqtool prior") if writer else contextlib.nullcontext()
     with distributed.process_group(world, placement.device), lock, StopSignals() as stop:
-        payload = (
-            load_checkpoint(files.checkpoint, fmt=PRIOR_FORMAT)
-            if resume and files.checkpoint.exists()
-            else None
-        )
+        payload = saved_payload(PRIOR_RUN, files, resume)
         if payload is not None and payload["vq"]["fingerprint"] != vq.fingerprint:
             raise UsageError(
                 "this prior was trained on the codes of another VQ checkpoint",
@@ -326,22 +306,8 @@ def train_prior(
         trainer = PriorTrainer(
             profile, run_dir, facts, data["train"], data["test"], placement, notify
         )
-        if payload is not None:
-            trainer.restore(payload)
-        if writer and payload is not None and trainer.step >= cfg.steps:
-            message = (
-                f"the prior is already at step {trainer.step} (train.steps = {cfg.steps}): "
-                "nothing to train; raise train.steps to continue"
-            )
-            notify(TrainEvent("note", trainer.step, cfg.steps, {"kind": "note"}, message))
-        elif writer:
-            if payload is not None:
-                files.truncate_metrics(trainer.step)
-                message = f"resuming from step {trainer.step}"
-                notify(TrainEvent("note", trainer.step, cfg.steps, {"kind": "note"}, message))
-            else:
-                files.reset_metrics()
-            files.write_profile(profile_to_toml(profile))
+        if not begin_run(PRIOR_RUN, trainer, payload, profile, files, writer, notify):
+            return PriorResult(files.path, trainer.step, {}, trainer.elapsed_s, trainer.model)
         saved = payload.get("threads") if payload is not None else None
         with training_threads(placement.device, cfg.threads, saved) as reason:
             start = _describe(placement, trainer, reason)

@@ -83,8 +83,8 @@ def prior_samples(
     """
     from vqtool.codes.pipeline import decode_indices
     from vqtool.errors import UsageError
-    from vqtool.prior.sample import sample_codes
     from vqtool.prior.load import load_prior
+    from vqtool.prior.sample import sample_codes
     from vqtool.runs import RunDir
 
     loaded = load_prior(prior_run, device)

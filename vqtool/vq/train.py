@@ -22,7 +22,7 @@ from torch import Tensor
 
 from vqtool import distributed
 from vqtool.checkpoint import (
-    load_checkpoint,
+    FORMAT,
     restore_training,
     save_checkpoint,
     training_state,
@@ -38,9 +38,8 @@ from vqtool.profiles import (
     load_profile,
     profile_from_dict,
     profile_to_dict,
-    profile_to_toml,
-    with_overrides,
 )
+from vqtool.resume import RunKind, begin_run, resolve_profile, saved_payload
 from vqtool.runs import RunDir
 from vqtool.schedule import DataOrder, StepClock, scheduled_rate
 from vqtool.threads import saved_threads, training_threads
@@ -58,52 +57,33 @@ class TrainResult(NamedTuple):
     model: VQVAE  # the trained model, still on the training device
 
 
+# How a VQ run starts and resumes (vqtool.resume holds the rules both kinds of run share).
+VQ_RUN = RunKind(
+    "run",
+    FORMAT,
+    ("model", "data"),
+    load_profile,
+    profile_from_dict,
+    "pass --profile NAME or FILE",
+)
+
+
 def resolve_run(
     profile_spec: str | None,
     overrides: list[str],
     run_dir: Path | None,
     resume: bool,
 ) -> tuple[Profile, Path]:
-    """The profile and run folder a `train` request means, with the resume rules.
-
-    --resume continues from the run's checkpoint and profile.toml; only [train] may change.
-    A run folder without a checkpoint starts fresh, so a job script can always pass --resume.
-    """
-    checkpoint = RunDir.at(run_dir).checkpoint if run_dir is not None else None
-    if resume and run_dir is None:
-        raise UsageError("--resume needs the run to continue", "--run-dir", "pass --run-dir R")
-    if run_dir is not None:
-        RunDir.at(run_dir).refuse_overwrite(resume)
-    if resume and checkpoint is not None and checkpoint.exists():
-        saved_raw = load_checkpoint(checkpoint)["profile"]
-        saved = profile_from_dict(saved_raw, saved_raw.get("name", "run"), str(checkpoint))
-        base = load_profile(profile_spec) if profile_spec else saved
-        profile = with_overrides(base, overrides)
-        _refuse_model_or_data_change(saved, profile, checkpoint)
-        return profile, checkpoint.parent
-    if profile_spec is None:
-        saved_toml = RunDir.at(run_dir).profile if run_dir is not None else None
-        if saved_toml is None or not saved_toml.is_file():
-            raise UsageError("no profile given", "--profile", "pass --profile NAME or FILE")
-        profile_spec = str(saved_toml)
-    profile = load_profile(profile_spec, overrides)
-    return profile, run_dir if run_dir is not None else RunDir.default(profile.name).path
-
-
-def _refuse_model_or_data_change(saved: Profile, new: Profile, where: Path) -> None:
-    before, after = profile_to_dict(saved), profile_to_dict(new)
-    changed = [
-        f"{section}.{key}"
-        for section in ("model", "data")
-        for key, value in after[section].items()
-        if before[section].get(key) != value
-    ]
-    if changed:
-        raise UsageError(
-            f"--resume cannot change {', '.join(changed)}",
-            where,
-            "only [train] keys may change on resume; start a new run for a new model or data",
-        )
+    """The profile and run folder a `train` request means, with the resume rules
+    (vqtool.resume); without --run-dir, a new folder named after the profile and the time."""
+    if run_dir is None:
+        if resume:
+            raise UsageError("--resume needs the run to continue", "--run-dir", "pass --run-dir R")
+        if profile_spec is None:
+            raise UsageError("no profile given", "--profile", VQ_RUN.example)
+        profile = load_profile(profile_spec, overrides)
+        return profile, RunDir.default(profile.name).path
+    return resolve_profile(VQ_RUN, RunDir.at(run_dir), profile_spec, overrides, resume), run_dir
 
 
 def pixel_variance(images: Tensor) -> float:
@@ -493,30 +473,9 @@ def _train_locked(
     profile, writer = trainer.profile, trainer.is_writer
     if writer:
         files.refuse_overwrite(resume)  # again: another run may have ended meanwhile
-    checkpoint = files.checkpoint
-    payload = load_checkpoint(checkpoint) if resume and checkpoint.exists() else None
-    if payload is not None:
-        trainer.restore(payload)
-    total = profile.train.steps
-    if payload is not None and trainer.step >= total:
-        # Nothing to train: profile.toml keeps the steps the checkpoint was trained to.
-        message = (
-            f"the run is already at step {trainer.step} (train.steps = {total}): nothing to "
-            "train; raise train.steps to continue"
-        )
-        note = {"kind": "note", "step": trainer.step, "message": message}
-        notify(TrainEvent("note", trainer.step, total, note, message))
+    payload = saved_payload(VQ_RUN, files, resume)
+    if not begin_run(VQ_RUN, trainer, payload, profile, files, writer, notify):
         return TrainResult(files.path, trainer.step, {}, trainer.elapsed_s, trainer.model)
-    if payload is not None:
-        message = f"resuming from step {trainer.step} of {total}"
-        note = {"kind": "note", "step": trainer.step, "message": message}
-        notify(TrainEvent("note", trainer.step, total, note, message))
-    if writer:
-        if payload is not None:
-            files.truncate_metrics(trainer.step)
-        else:
-            files.reset_metrics()
-        files.write_profile(profile_to_toml(profile))
     saved = payload.get("threads") if payload is not None else None
     with training_threads(trainer.placement.device, profile.train.threads, saved) as reason:
         start = describe(trainer.placement, trainer, reason)
