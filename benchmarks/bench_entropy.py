@@ -39,8 +39,8 @@ from vqtool.codes import entropy
 from vqtool.codes.pipeline import decode_file, encode_inputs
 from vqtool.codes.vqc import write_codes
 from vqtool.models.config import PriorConfig
-from vqtool.prior.load import load_coding_prior
 from vqtool.models.transformer import CodePrior
+from vqtool.prior.load import load_coding_prior
 from vqtool.vq.load import load_model
 
 DECODE_TARGET = 1 / 3  # of the raw route's images/s

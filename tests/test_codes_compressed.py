@@ -22,8 +22,6 @@ from test_entropy import Prior, random_prior
 from typer.testing import CliRunner
 
 from vqtool.cli import app
-from vqtool.codes import entropy
-from vqtool.prior import load as prior_load
 from vqtool.codes.vqc import (
     CodeFile,
     codes_sha256,
@@ -35,6 +33,7 @@ from vqtool.codes.vqc import (
 )
 from vqtool.errors import UsageError, WorkError
 from vqtool.models.config import PriorConfig
+from vqtool.prior import load as prior_load
 from vqtool.vq.load import load_model
 
 runner = CliRunner()

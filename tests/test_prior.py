@@ -20,8 +20,8 @@ from vqtool.cli import app
 from vqtool.codes.vqc import read_codes
 from vqtool.data.cifar10 import CLASS_NAMES
 from vqtool.errors import UsageError
-from vqtool.prior.train import train_prior
 from vqtool.prior.load import load_prior
+from vqtool.prior.train import train_prior
 from vqtool.profiles import load_prior_profile, load_profile
 
 runner = CliRunner()

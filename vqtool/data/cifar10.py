@@ -25,7 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from vqtool.errors import UsageError, WorkError, os_reason
-from vqtool.files import make_folder
 from vqtool.events import ByteProgress
+from vqtool.files import make_folder
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -56,7 +56,6 @@ ROW_BYTES = 3 * 32 * 32
 _URL_SCHEMES = {"http", "https", "ftp", "file"}
 _TMP_PREFIX = ".vqtool-"
 _REDOWNLOAD = "re-download it with vqtool download --force"
-
 
 
 class DownloadResult(NamedTuple):
@@ -281,9 +280,7 @@ def _open_source(source: str) -> Iterator[tuple[IO[bytes], int | None]]:
         yield response, int(length) if length and length.isdigit() else None
 
 
-def _fetch(
-    source: str, out: IO[bytes], out_path: Path, on_progress: ByteProgress | None
-) -> str:
+def _fetch(source: str, out: IO[bytes], out_path: Path, on_progress: ByteProgress | None) -> str:
     """Stream `source` into `out`; return the md5 hex digest of what was written."""
     digest = hashlib.md5(usedforsecurity=False)  # a checksum, not a security measure
     done = 0

@@ -2,8 +2,8 @@
 
 Training, evaluation, plots and the prior ask here for "the images (and labels) of this run's
 dataset", whatever the dataset is; only this module knows how each kind is found and read:
-"cifar10" (the python batches, `vqtool.data.cifar10`) or "folder" (an image folder decoded once into a
-memory-mapped cache, `vqtool.data.folders`).
+"cifar10" (the python batches, `vqtool.data.cifar10`) or "folder" (an image folder decoded once
+into a memory-mapped cache, `vqtool.data.folders`).
 """
 
 from __future__ import annotations
@@ -23,15 +23,14 @@ from vqtool.data.cifar10 import (
     load_cifar10,
     load_cifar10_labels,
 )
-from vqtool.errors import UsageError, WorkError
 from vqtool.data.folders import ensure_cache
-from vqtool.profiles import DataConfig
+from vqtool.errors import UsageError, WorkError
 from vqtool.events import Progress
+from vqtool.profiles import DataConfig
 
 SPLITS = ("train", "test")
 # Crop offsets come from their own random stream, apart from the epoch orders' seeds.
 CROP_STREAM = 1 << 40
-
 
 
 class Split(NamedTuple):

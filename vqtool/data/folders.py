@@ -37,7 +37,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -45,10 +45,10 @@ import numpy as np
 from PIL import Image
 
 from vqtool.errors import UsageError, VqtoolError, WorkError, first_line, os_reason
+from vqtool.events import Progress
 from vqtool.files import fsync_dir, make_folder, write_text
 from vqtool.images.read import from_pil, open_image
 from vqtool.profiles import DataConfig
-from vqtool.events import Progress
 
 CACHE_FORMAT = "vqtool-folder-cache"
 CACHE_VERSION = 1
@@ -64,7 +64,6 @@ DECODE_CHUNK = 64
 DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 THREADS_FROM_S = 0.5e-3
 NAMED_SKIPS = 3  # skipped files named in a note; the rest are counted
-
 
 
 class FileEntry(NamedTuple):

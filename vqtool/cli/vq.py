@@ -1,0 +1,370 @@
+"""Commands of VQ runs and their data: download, train, evaluate, profiles, plot, compare."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vqtool.cli import progress
+from vqtool.cli.app import (
+    Command,
+    DataDir,
+    Device,
+    Overrides,
+    PriorOption,
+    ProfileChoice,
+    Resume,
+    RunOrCheckpoint,
+    TrainDevice,
+    app,
+    data_dir_of,
+    folder_option,
+    load_coding_prior_for,
+    reports_errors,
+    train_and_report,
+    with_device,
+)
+from vqtool.errors import (
+    VqtoolError,
+    os_reason,
+)
+from vqtool.process import import_torch
+
+
+@app.command(cls=Command, short_help="Fetch, verify and extract the CIFAR-10 archive.")
+@reports_errors
+def download(
+    data_dir: DataDir = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="URL or local archive to fetch instead of the official URL.", metavar="URL|FILE"
+        ),
+    ] = None,
+    md5: Annotated[
+        str | None,
+        typer.Option(
+            help="Expected md5 of the archive (default: the official one).", metavar="HEX"
+        ),
+    ] = None,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Skip the md5 check (e.g. a rebuilt archive).")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a data folder that does not validate.")
+    ] = False,
+) -> None:
+    """Fetch, verify and extract the CIFAR-10 python archive.
+
+    Example: [bold]vqtool download --source ~/cifar-10-python.tar.gz --no-verify[/bold]
+    """
+    from vqtool.data.cifar10 import download_cifar10
+
+    folder = data_dir_of(data_dir)
+    with progress.ByteProgress("downloading CIFAR-10") as bar:
+        result = download_cifar10(folder, source, md5, not no_verify, force, bar.update)
+    if result.already_present:
+        progress.info(f"CIFAR-10 is already in {result.folder}; nothing to do")
+    else:
+        progress.info(f"CIFAR-10 is ready in {result.folder}")
+
+
+@app.command(cls=Command, short_help="Train a VQ-VAE; prints the run folder when done.")
+@reports_errors
+def train(
+    profile: ProfileChoice = None,
+    set_: Overrides = None,
+    run_dir: Annotated[
+        Path | None, folder_option("Run folder (default: runs/<profile>-<YYYYmmdd-HHMMSS>).")
+    ] = None,
+    data_dir: DataDir = None,
+    device: TrainDevice = None,
+    resume: Resume = False,
+) -> None:
+    """Train a VQ-VAE; prints the run folder on stdout when done.
+
+    Ctrl-C or SIGTERM saves a checkpoint; --resume continues it.
+
+    Example: [bold]vqtool train --profile smoke --run-dir runs/demo[/bold]
+    """
+    import_torch()
+    from vqtool.data.cifar10 import resolve_data_dir
+    from vqtool.vq.train import resolve_run, run_training
+
+    chosen, folder = resolve_run(profile, with_device(set_, device), run_dir, resume)
+    data_folder, data_origin = resolve_data_dir(data_dir)
+
+    def start() -> None:
+        with progress.TrainProgress() as shown:
+            run_training(
+                chosen,
+                folder,
+                data_folder,
+                resume=resume,
+                callback=shown,
+                on_download=shown.download,
+                data_origin=data_origin,
+            )
+
+    train_and_report(start, folder, f"vqtool train --resume --run-dir {folder}")
+
+
+@app.command(cls=Command, short_help="Metrics over a whole split; writes eval-<split>.json.")
+@reports_errors
+def evaluate(
+    run: RunOrCheckpoint,
+    split: Annotated[str, typer.Option(help="test or train.", metavar="SPLIT")] = "test",
+    data_dir: DataDir = None,
+    json_out: Annotated[
+        str | None,
+        typer.Option(
+            "--json", help="Write the metrics as JSON to FILE, or - for stdout.", metavar="FILE|-"
+        ),
+    ] = None,
+    device: Device = "auto",
+    rate_distortion: Annotated[
+        bool,
+        typer.Option(
+            "--rate-distortion",
+            help="Also put the run's real code files beside JPEG, WebP and AVIF sweeps on the "
+            "same images; writes rd-<split>.json (vqtool plot draws rd.png).",
+        ),
+    ] = False,
+    rd_images: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Rate-distortion over the first N images (default: all).",
+            metavar="N",
+            show_default=False,
+        ),
+    ] = None,
+    prior: PriorOption = None,
+) -> None:
+    """Metrics over a whole split from the decoded codes; writes eval-<split>.json in the run.
+
+    --rate-distortion also compares the run's code files with JPEG, WebP and AVIF.
+
+    Example: [bold]vqtool evaluate runs/demo --split test[/bold]
+    """
+    import_torch()
+    from vqtool.device import resolve_device
+    from vqtool.errors import UsageError
+    from vqtool.files import check_output_file
+    from vqtool.runs import RunDir
+    from vqtool.vq.evaluate import evaluate_checkpoint, write_eval
+
+    if split not in ("test", "train"):
+        raise UsageError(f"unknown split {split!r}", "--split", "use test or train")
+    if json_out not in (None, "-"):
+        check_output_file(Path(json_out), "the --json file", "--json metrics.json")
+    if (prior is not None or rd_images is not None) and not rate_distortion:
+        raise UsageError(
+            "--prior and --rd-images belong to --rate-distortion", "vqtool evaluate",
+            "add --rate-distortion",
+        )  # fmt: skip
+    measure_rd = _rate_distortion_job(run, prior, device) if rate_distortion else None
+    with progress.CountProgress(f"evaluating {split}") as bar:
+        if RunDir.with_checkpoint(run).kind() == "prior":
+            from vqtool.prior.evaluate import evaluate_prior
+
+            if split != "test":
+                raise UsageError("a prior is evaluated on its test codes", "--split", "use test")
+            metrics = evaluate_prior(run, resolve_device(device), bar.update)
+        else:
+            metrics = evaluate_checkpoint(
+                run,
+                split,
+                data_dir_of(data_dir),
+                resolve_device(device),
+                bar.update,
+                bar.counter("decoding images"),
+            )
+    # The run's own copy first (a reader that closes stdout early must not cost it), but a
+    # run folder that cannot be written (shared, read-only) still gives the results.
+    try:
+        progress.info(f"wrote {write_eval(run, metrics)}")
+    except OSError as exc:
+        progress.warn(
+            f"could not save {RunDir.with_checkpoint(run).eval_file(split).name} in the run folder "
+            f"({os_reason(exc)}); "
+            "the metrics below are complete"
+        )
+    if json_out is not None:
+        progress.emit_json(metrics, json_out)
+    if json_out != "-":
+        progress.print_result(progress.metrics_table(f"{split} split", metrics))
+    if measure_rd is not None:
+        measure_rd(split, data_dir_of(data_dir), rd_images)
+
+
+def _rate_distortion_job(run: Path, prior: Path | None, device: str) -> Callable[..., None]:
+    """Load what --rate-distortion needs now (a bad --prior fails before any work); the
+    returned function measures, writes rd-<split>.json and shows the table."""
+    from vqtool.codes.ratedistortion import (
+        RD_COLUMNS,
+        rate_distortion_rows,
+        rate_distortion_split,
+        write_rate_distortion,
+    )
+    from vqtool.device import resolve_device
+    from vqtool.vq.load import load_model
+
+    loaded = load_model(run, resolve_device(device))
+    coding_prior = load_coding_prior_for(prior, loaded)
+
+    def measure(split: str, data_dir: Path, images: int | None) -> None:
+        with progress.CountProgress("rate-distortion") as bar:
+            rd = rate_distortion_split(loaded, split, data_dir, coding_prior, images, bar.stage)
+        progress.info(f"wrote {write_rate_distortion(run, rd)}")
+        title = f"rate-distortion, {rd['images']:,} {split} images"
+        progress.print_result(progress.rows_table(title, RD_COLUMNS, rate_distortion_rows(rd)))
+
+    return measure
+
+
+@app.command(cls=Command, short_help="List the shipped profiles, or print one resolved.")
+@reports_errors
+def profiles(
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            help="Print this profile fully resolved.", metavar="NAME", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """List the shipped profiles, or print one resolved (extends and defaults applied).
+
+    Example: [bold]vqtool profiles ema[/bold]
+    """
+    from vqtool.profiles import list_profiles, load_any_profile, profile_to_toml
+
+    if name is not None:
+        progress.out.print(profile_to_toml(load_any_profile(name)), markup=False, end="")
+        return
+    progress.print_result(progress.rows_table("profiles", ["name", "description"], list_profiles()))
+
+
+@app.command(cls=Command, short_help="Draw a run's loss, reconstructions and codebook PNGs.")
+@reports_errors
+def plot(
+    run: Annotated[Path, typer.Argument(help="A run folder.", metavar="RUN", show_default=False)],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--out-dir",
+            help="Folder for the PNGs (default: the run folder).",
+            metavar="DIR",
+            show_default=False,
+        ),
+    ] = None,
+    data_dir: DataDir = None,
+    device: Device = "auto",
+) -> None:
+    """Write loss.png, reconstructions.png (test images over their reconstructions) and
+    codebook.png (code usage, dead codes, PCA of the codes) for a run; for a prior run,
+    loss.png (bits per code) and samples.png (samples decoded by its VQ run).
+
+    Example: [bold]vqtool plot runs/demo -o figures/demo[/bold]
+    """
+    import_torch()
+    from vqtool.device import resolve_device
+    from vqtool.reports.arrays import run_arrays
+    from vqtool.reports.plots import write_rate_distortion_plot, write_run_plots
+    from vqtool.runs import load_run
+
+    loaded = load_run(run)
+    for message in loaded.warnings:
+        progress.warn(message)
+    target = out_dir if out_dir is not None else loaded.path
+    if loaded.kind == "prior":
+        _plot_prior(loaded, target, resolve_device(device))
+        return
+    arrays = None
+    if loaded.has_checkpoint:
+        with progress.CountProgress("encoding the test split") as bar:
+            arrays = run_arrays(
+                loaded.path,
+                data_dir_of(data_dir),
+                resolve_device(device),
+                on_progress=bar.update,
+                on_decode=bar.counter("decoding images"),
+            )
+    else:
+        progress.warn(f"no checkpoint in {loaded.path}: wrote the loss curves only")
+    for path in write_run_plots(loaded, target, arrays):
+        progress.info(f"wrote {path}")
+    rd = write_rate_distortion_plot(loaded.path, out_dir if out_dir is not None else loaded.path)
+    if rd is not None:
+        progress.info(f"wrote {rd}")
+
+
+def _plot_prior(run: Any, out_dir: Path, device: Any) -> None:
+    """`vqtool plot P`: the loss curve, and samples decoded by the VQ run when it is found."""
+    from vqtool.reports.arrays import prior_samples
+    from vqtool.reports.prior_plots import write_prior_plots
+
+    samples, title = None, ""
+    if run.has_checkpoint:
+        try:
+            samples, vq_path = prior_samples(run.path, device)
+            decoder = Path(vq_path).parent.name
+            title = f"64 samples of {run.path.name} ({run.profile}), decoded by {decoder}"
+        except VqtoolError as exc:
+            progress.warn(f"{exc.what} ({exc.where}): wrote the loss curve only")
+    for path in write_prior_plots(run, out_dir, samples, title):
+        progress.info(f"wrote {path}")
+
+
+@app.command(cls=Command, short_help="Put runs side by side: a table, overlaid curves, JSON.")
+@reports_errors
+def compare(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run folders.", metavar="RUN", show_default=False)
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--out",
+            help="PNG of the overlaid curves (default: compare.png; with --json - and no -o, "
+            "none).",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ] = None,
+    json_out: Annotated[
+        str | None,
+        typer.Option(
+            "--json", help="Write the table as JSON to FILE, or - for stdout.", metavar="FILE|-"
+        ),
+    ] = None,
+) -> None:
+    """Put runs side by side: a table (test metrics from eval-test.json), overlaid curves, JSON.
+
+    Example: [bold]vqtool compare runs/original runs/ema runs/ema-kaiming --json runs.json[/bold]
+    """
+
+    from vqtool.reports.plots import compare_figure, save_png
+    from vqtool.reports.summary import COMPARE_COLUMNS, compare_row, run_labels, summarise_run
+    from vqtool.runs import load_run
+
+    loaded = [load_run(path) for path in runs]
+    labels = run_labels([r.path for r in loaded])
+    for label, run in zip(labels, loaded, strict=True):
+        for message in run.warnings:
+            progress.warn(f"{label}: {message}")
+    rows = [summarise_run(run, label) for run, label in zip(loaded, labels, strict=True)]
+    # `--json -` feeds a pipe: a figure nobody asked for would land in the working folder.
+    if out is not None or json_out != "-":
+        figure = compare_figure(loaded, labels)
+        progress.info(f"wrote {save_png(figure, out if out is not None else Path('compare.png'))}")
+    if json_out is not None:
+        progress.emit_json(rows, json_out)
+    if json_out != "-":
+        table = progress.rows_table("runs", COMPARE_COLUMNS.values(), map(compare_row, rows))
+        progress.print_result(table)
