@@ -127,3 +127,28 @@ def test_configs_and_profiles_load_without_torch() -> None:
 def test_every_package_is_documented(package: str) -> None:
     init = PACKAGE / package / "__init__.py"
     assert ast.get_docstring(ast.parse(init.read_text())), f"{init} has no docstring"
+
+
+def documented_modules(text: str) -> set[str]:
+    """The files the 'Every module' tree of docs/architecture.md names, as vqtool/... paths."""
+    block = text.split("## Every module", 1)[1].split("```")[1]
+    found: set[str] = set()
+    folders: list[tuple[int, str]] = []
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        name = line.split()[0]
+        folders = [(i, f) for i, f in folders if i < indent]
+        if name.endswith("/"):
+            folders.append((indent, name.rstrip("/")))
+        else:
+            found.add("/".join([f for _, f in folders] + [name]))
+    return found
+
+
+def test_architecture_page_names_every_module_and_no_other() -> None:
+    listed = documented_modules((ROOT / "docs" / "architecture.md").read_text())
+    actual = {p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*.py")}
+    actual -= {p for p in actual if p.endswith("__init__.py") and p != "vqtool/__init__.py"}
+    assert sorted(actual - listed) == [] and sorted(listed - actual) == []
