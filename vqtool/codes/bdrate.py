@@ -1,0 +1,64 @@
+"""The Bjøntegaard delta rate (BD-rate) between two rate-distortion curves.
+
+How many more (positive) or fewer (negative) bits, in percent, a test curve needs than an anchor
+for the same PSNR, averaged over the PSNR range both curves cover: log-rate as a function of PSNR,
+interpolated piecewise-cubic (PCHIP) and integrated over the shared range. The interpolation and
+integration are the maintained `bjontegaard` package's; this module picks the points and the
+shared range.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+METHOD = "pchip"
+
+
+class BDRate(NamedTuple):
+    percent: float  # negative: the test curve needs fewer bits than the anchor
+    psnr_low: float  # the shared PSNR range (dB) the average is taken over
+    psnr_high: float
+
+
+def _curve(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """(bpp, psnr) points as arrays sorted by PSNR, one point per PSNR (the fewest bits), and
+    only points that more bits improve: the convex hull's upper part is what a user can pick."""
+    best: dict[float, float] = {}
+    for bpp, psnr in points:
+        if bpp > 0 and math.isfinite(psnr):
+            best[psnr] = min(bpp, best.get(psnr, math.inf))
+    psnrs = sorted(best)
+    kept: list[tuple[float, float]] = []
+    for psnr in psnrs:  # drop a point that costs no more than one of higher PSNR
+        while kept and kept[-1][0] >= best[psnr]:
+            kept.pop()
+        kept.append((best[psnr], psnr))
+    return np.array([b for b, _ in kept]), np.array([p for _, p in kept])
+
+
+def bd_rate(
+    anchor: Sequence[tuple[float, float]], test: Sequence[tuple[float, float]]
+) -> BDRate | None:
+    """The BD-rate of `test` against `anchor`, each a list of (bits per pixel, PSNR) points;
+    None when either has fewer than two usable points or their PSNR ranges do not overlap."""
+    import bjontegaard  # imported here: it pulls in scipy, which only this needs
+
+    rate_a, psnr_a = _curve(anchor)
+    rate_t, psnr_t = _curve(test)
+    if len(rate_a) < 2 or len(rate_t) < 2:
+        return None
+    low, high = max(psnr_a[0], psnr_t[0]), min(psnr_a[-1], psnr_t[-1])
+    if high <= low:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the package warns about partial overlap: expected here
+        percent = bjontegaard.bd_rate(
+            rate_a, psnr_a, rate_t, psnr_t, method=METHOD,
+            require_matching_points=False, min_overlap=0,
+        )  # fmt: skip
+    return BDRate(float(percent), float(low), float(high))
