@@ -1,4 +1,6 @@
-"""The Bjøntegaard delta rate (BD-rate) between two rate-distortion curves.
+"""vqtool's rate-distortion curves, and the Bjøntegaard delta rate (BD-rate) between two curves.
+
+Torch-free: `vqtool plot` draws the curves from the JSON alone.
 
 How many more (positive) or fewer (negative) bits, in percent, a test curve needs than an anchor
 for the same PSNR, averaged over the PSNR range both curves cover: log-rate as a function of PSNR,
@@ -12,11 +14,23 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 METHOD = "pchip"
+CODING_ORDER = ("prior", "unigram", "raw")  # vqtool's codings, fewest bits first
+
+
+def vqtool_curves(points: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """vqtool's points grouped by coding (raw, unigram, prior), each sorted by stage count: one
+    curve per coding for a multi-stage run, one point each for a single stage."""
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for point in points:
+        curves.setdefault(point["label"], []).append(point)
+    for curve in curves.values():
+        curve.sort(key=lambda p: p.get("stages", 1))
+    return curves
 
 
 class BDRate(NamedTuple):
@@ -27,7 +41,7 @@ class BDRate(NamedTuple):
 
 def _curve(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
     """(bpp, psnr) points as arrays sorted by PSNR, one point per PSNR (the fewest bits), and
-    only points that more bits improve: the convex hull's upper part is what a user can pick."""
+    only points that more bits improve (the Pareto front: what a user would pick)."""
     best: dict[float, float] = {}
     for bpp, psnr in points:
         if bpp > 0 and math.isfinite(psnr):

@@ -41,6 +41,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from vqtool.codes.bdrate import CODING_ORDER, bd_rate, vqtool_curves
 from vqtool.codes.entropy import CodingPrior
 from vqtool.codes.pipeline import (
     DEFAULT_BATCH,
@@ -261,6 +262,23 @@ def vqtool_points(
     return points, psnr
 
 
+def bd_rates(rd: dict[str, Any]) -> dict[str, Any]:
+    """The BD-rate of vqtool's best curve (its most compact coding) against each codec, whole
+    files against whole files and payloads against payloads, over their shared PSNR range:
+    {"vqtool": coding, codec: {"file": {...} | None, "payload": {...} | None}}. A curve needs
+    two points (two stage counts); a single-stage run gets None."""
+    curves = vqtool_curves(rd["vqtool"])
+    best = next(label for label in CODING_ORDER if label in curves)
+    result: dict[str, Any] = {"vqtool": best}
+    for codec, sweep in rd["codecs"].items():
+        result[codec] = {}
+        for kind, key in (("file", "bpp_file"), ("payload", "bpp_payload")):
+            anchor = [(p[key], p["psnr"]) for p in sweep]
+            found = bd_rate(anchor, [(p[key], p["psnr"]) for p in curves[best]])
+            result[codec][kind] = None if found is None else found._asdict()
+    return result
+
+
 def rate_distortion(
     loaded: CodingModel,
     images: Tensor,
@@ -298,7 +316,7 @@ def rate_distortion(
             "at_most": at_most,
             "times_vqtool_file": None if bpp_file is None else bpp_file / best,
         }
-    return {
+    rd = {
         "images": int(images.shape[0]),
         "image_size": [int(images.shape[2]), int(images.shape[3])],
         "checkpoint": loaded.fingerprint,
@@ -311,6 +329,8 @@ def rate_distortion(
         "torch": torch.__version__,
         "seconds": time.perf_counter() - start,
     }
+    rd["bd_rate"] = bd_rates(rd)
+    return rd
 
 
 def rate_distortion_split(

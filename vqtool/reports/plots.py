@@ -32,6 +32,7 @@ from matplotlib.ticker import (  # noqa: E402
     PercentFormatter,
 )
 
+from vqtool.codes.bdrate import vqtool_curves  # noqa: E402
 from vqtool.errors import WorkError, counted, first_line  # noqa: E402
 from vqtool.files import write_bytes  # noqa: E402
 from vqtool.runs import Run, RunDir  # noqa: E402
@@ -391,9 +392,18 @@ def rate_distortion_figure(rd: Mapping[str, Any]) -> Figure:
                 label=f"{codec.upper()} (whole files)")  # fmt: skip
         ax.plot([p["bpp_payload"] for p in ordered], psnr, "--", color=color, alpha=0.6,
                 label=f"{codec.upper()} (payload)")  # fmt: skip
-    for j, point in enumerate(rd["vqtool"]):
-        ax.plot(point["bpp_file"], point["psnr"], "*", color=f"C{3 + j}", markersize=15,
-                label=f"vqtool {point['label']} ({point['bpp_file']:.3f} bpp)")  # fmt: skip
+    for j, (label, curve) in enumerate(vqtool_curves(rd["vqtool"]).items()):
+        bpp, psnr = [p["bpp_file"] for p in curve], [p["psnr"] for p in curve]
+        if len(curve) == 1:
+            name = f"vqtool {label} ({bpp[0]:.3f} bpp)"
+        else:
+            name = f"vqtool {label}, stages 1-{curve[-1].get('stages', len(curve))}"
+        ax.plot(bpp, psnr, "*-", color=f"C{3 + j}", markersize=15, linewidth=2, label=name)
+    lines = _bd_rate_lines(rd.get("bd_rate"))
+    if lines:
+        ax.text(0.98, 0.03, "\n".join(lines), transform=ax.transAxes, ha="right", va="bottom",
+                fontsize=8, family="monospace",
+                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85})  # fmt: skip
     ax.set_xscale("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")
     ax.xaxis.set_major_formatter(plain)
@@ -406,6 +416,23 @@ def rate_distortion_figure(rd: Mapping[str, Any]) -> Figure:
     size = rd["image_size"]
     ax.set_title(f"rate-distortion over {rd['images']:,} images of {size[0]}x{size[1]}")
     return fig
+
+
+def _bd_rate_lines(bd: Mapping[str, Any] | None) -> list[str]:
+    """The BD-rate box: one line per codec, whole files and payloads."""
+    measured = [v for k, v in (bd or {}).items() if k != "vqtool" and any(v.values())]
+    if bd is None or not measured:  # a single stage: a point, no curve to compare
+        return []
+    lines = [f"BD-rate of vqtool {bd['vqtool']} (shared PSNR range)"]
+    for codec, found in bd.items():
+        if codec == "vqtool":
+            continue
+        shown = [
+            f"{kind} {found[kind]['percent']:+.1f}%" if found.get(kind) else f"{kind} n/a"
+            for kind in ("file", "payload")
+        ]
+        lines.append(f"vs {codec.upper():5s} {shown[0]:>16s}  {shown[1]:>16s}")
+    return lines
 
 
 def save_png(fig: Figure, path: Path) -> Path:
