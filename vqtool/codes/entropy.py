@@ -81,9 +81,14 @@ class Encoded(NamedTuple):
 
 
 def check_prior(
-    prior: CodingPrior, checkpoint: str, num_embeddings: int, grid: tuple[int, int] | None = None
+    prior: CodingPrior,
+    checkpoint: str,
+    num_embeddings: int,
+    grid: tuple[int, int] | None = None,
+    stages: int = 1,
 ) -> None:
-    """Refuse a prior that cannot code these codes (UsageError, exit 2)."""
+    """Refuse a prior that cannot code these codes (UsageError, exit 2): `stages` stages of
+    `grid` grids of `num_embeddings` codes each."""
     model = prior.model
     if prior.vq_fingerprint != checkpoint:
         raise UsageError(
@@ -99,13 +104,32 @@ def check_prior(
             "--prior",
             "compress with an unconditional prior",
         )
-    if model.num_embeddings != num_embeddings or (grid is not None and tuple(model.grid) != grid):
+    if model.stages != stages:
         raise UsageError(
-            f"the prior models {model.grid[0]}x{model.grid[1]} grids of {model.num_embeddings} "
+            f"the prior was trained on {model.stages} stage(s) of codes, these have {stages}",
+            "--prior",
+            f"encode with --stages {model.stages}, or train a prior on {stages} stage(s)",
+        )
+    per_stage = model.num_embeddings // stages
+    prior_grid = (model.grid[0] // stages, model.grid[1])
+    if per_stage != num_embeddings or (grid is not None and prior_grid != grid):
+        raise UsageError(
+            f"the prior models {prior_grid[0]}x{prior_grid[1]} grids of {per_stage} "
             f"codes, these are {_grid(grid)}grids of {num_embeddings}",
             "--prior",
             "encode images of the size the prior was trained on",
         )
+
+
+def stage_tokens(codes: np.ndarray, num_embeddings: int) -> np.ndarray:
+    """Codes (N, h, w) or (N, S, h, w) -> the prior's tokens (N, S * h * w), int32: stage after
+    stage, stage s's code c as s * K + c (vqtool.models.transformer.CodePrior)."""
+    n = codes.shape[0]
+    if codes.ndim == 3:
+        return codes.reshape(n, -1).astype(np.int32)
+    stages, per_stage = codes.shape[1], codes.shape[2] * codes.shape[3]
+    offsets = np.repeat(np.arange(stages, dtype=np.int32) * num_embeddings, per_stage)
+    return codes.reshape(n, -1).astype(np.int32) + offsets
 
 
 def _grid(grid: tuple[int, int] | None) -> str:
@@ -113,7 +137,11 @@ def _grid(grid: tuple[int, int] | None) -> str:
 
 
 def code_frequencies(codes: np.ndarray, num_embeddings: int) -> np.ndarray:
-    """The unigram table of a file: each code's count plus one, uint32 (K,)."""
+    """The unigram table of a file: each code's count plus one, uint32 (K,); for codes of
+    stages (N, S, h, w), one table per stage (S, K): each stage has a codebook of its own."""
+    if codes.ndim == 4:
+        stages = range(codes.shape[1])
+        return np.stack([code_frequencies(codes[:, s], num_embeddings) for s in stages])
     counts = np.bincount(codes.reshape(-1), minlength=num_embeddings)
     return (counts + 1).astype(np.uint32)
 
@@ -129,24 +157,44 @@ def _unigram_model(frequencies: np.ndarray) -> constriction.stream.model.Categor
 
 
 def encode_unigram(codes: np.ndarray, frequencies: np.ndarray) -> Encoded:
-    """Codes (N, h, w) -> words, with one static table (K,) for every symbol."""
+    """Codes (N, h, w) -> words, with one static table (K,) for every symbol; codes of stages
+    (N, S, h, w) with a table per stage (S, K), stage after stage over the whole file, so the
+    first stages decode without the rest (`decode_unigram`'s `stages`)."""
     encoder = constriction.stream.queue.RangeEncoder()
-    flat = codes.reshape(codes.shape[0], -1)
-    encoder.encode(flat.reshape(-1).astype(np.int32), _unigram_model(frequencies))
-    table = frequencies.astype(np.float64)
-    bits = (np.log2(table.sum()) - np.log2(table))[flat].sum(1)
+    by_stage = codes[:, None] if codes.ndim == 3 else codes  # (N, S, h, w)
+    tables = frequencies.reshape(by_stage.shape[1], -1)  # (S, K)
+    bits = np.zeros(codes.shape[0])
+    for stage, table in enumerate(tables):
+        flat = by_stage[:, stage].reshape(codes.shape[0], -1)
+        encoder.encode(flat.reshape(-1).astype(np.int32), _unigram_model(table))
+        weights = table.astype(np.float64)
+        bits += (np.log2(weights.sum()) - np.log2(weights))[flat].sum(1)
     return Encoded(encoder.get_compressed(), bits)
 
 
 def decode_unigram(
-    words: np.ndarray, frequencies: np.ndarray, shape: tuple[int, int, int]
+    words: np.ndarray,
+    frequencies: np.ndarray,
+    shape: tuple[int, ...],
+    stages: int | None = None,
 ) -> np.ndarray:
-    """Words -> codes uint16 `shape`; raises StreamError when the words do not fit."""
+    """Words -> codes uint16 `shape` ((N, h, w), or (N, S, h, w) with tables (S, K)), or only
+    the first `stages` stages of them; raises StreamError when the words do not fit."""
     decoder = constriction.stream.queue.RangeDecoder(words)
+    staged = len(shape) == 4
+    total = shape[1] if staged else 1
+    wanted = total if stages is None else stages
+    tables = frequencies.reshape(total, -1)
+    per_stage = math.prod(shape) // total
+    parts = []
     with _constriction_errors():
-        symbols = decoder.decode(_unigram_model(frequencies), math.prod(shape))
-    _check_exhausted(decoder)
-    return symbols.astype(np.uint16).reshape(shape)
+        for table in tables[:wanted]:
+            parts.append(decoder.decode(_unigram_model(table), per_stage))
+    if wanted == total:  # a prefix leaves the later stages' words unread
+        _check_exhausted(decoder)
+    n = shape[0]
+    codes = np.stack([part.reshape(n, *shape[-2:]) for part in parts], axis=1)
+    return codes.astype(np.uint16) if staged else codes[:, 0].astype(np.uint16)
 
 
 def frequencies_from_logits(logits: Tensor) -> np.ndarray:
@@ -194,7 +242,12 @@ Step = Callable[[int, np.ndarray], np.ndarray]
 
 
 def _chunk_steps(
-    model: CodePrior, real: int, rows: int, step: Step, cancelled: threading.Event
+    model: CodePrior,
+    real: int,
+    rows: int,
+    step: Step,
+    cancelled: threading.Event,
+    positions: int | None = None,
 ) -> None:
     """Run the prior over one chunk position by position, handing each position's tables for
     the `real` rows to `step`, which codes or decodes them and returns their codes; padding
@@ -203,7 +256,7 @@ def _chunk_steps(
     with torch.inference_mode():  # per thread: inference mode does not cross threads
         steps = PriorSteps(model, rows)
         previous: Tensor | None = None
-        for t in range(model.length):
+        for t in range(model.length if positions is None else positions):
             if cancelled.is_set():
                 raise _Cancelled
             tables = frequencies_from_logits(steps.next(previous))
@@ -260,10 +313,11 @@ def encode_with_prior(
     on_progress: Progress | None = None,
     threads: int | None = None,
 ) -> Encoded:
-    """Codes (N, h, w) -> words, each symbol coded with the prior's prediction for it; each
-    chunk of CHUNK grids is a stream of its own (`Encoded.chunk_words`)."""
+    """Codes (N, h, w) or (N, S, h, w) -> words, each symbol coded with the prior's prediction
+    for it; each chunk of CHUNK grids is a stream of its own (`Encoded.chunk_words`), coding
+    stage after stage, so that a decode of the first stages stops early."""
     n = codes.shape[0]
-    flat = codes.reshape(n, -1).astype(np.int32)
+    flat = stage_tokens(codes, model.num_embeddings // model.stages)
 
     def chunk(
         start: int, stop: int, rows: int, cancelled: threading.Event
@@ -310,14 +364,19 @@ def decode_with_prior(
     words: np.ndarray,
     chunk_words: np.ndarray,
     model: CodePrior,
-    shape: tuple[int, int, int],
+    shape: tuple[int, ...],
     on_progress: Progress | None = None,
     threads: int | None = None,
+    stages: int | None = None,
 ) -> np.ndarray:
-    """Words -> codes uint16 `shape`; raises StreamError when the words do not fit."""
+    """Words -> codes uint16 `shape` ((N, h, w) or (N, S, h, w)), or only their first `stages`
+    stages (each chunk's decoder stops there); raises StreamError when the words do not fit."""
     n = shape[0]
     spans = chunk_spans(chunk_words, n, len(words))
-    codes = np.empty((n, shape[1] * shape[2]), np.uint16)
+    total = shape[1] if len(shape) == 4 else 1
+    wanted = total if stages is None else stages
+    positions = model.length // total * wanted
+    tokens = np.empty((n, positions), np.int64)
 
     def chunk(start: int, stop: int, rows: int, cancelled: threading.Event) -> None:
         begin, end = spans[start // CHUNK]
@@ -327,14 +386,20 @@ def decode_with_prior(
         def step(t: int, tables: np.ndarray) -> np.ndarray:
             with _constriction_errors():
                 symbols = decoder.decode(family, tables)
-            codes[start:stop, t] = symbols
+            tokens[start:stop, t] = symbols
             return symbols
 
-        _chunk_steps(model, stop - start, rows, step, cancelled)
-        _check_exhausted(decoder)
+        _chunk_steps(model, stop - start, rows, step, cancelled, positions)
+        if wanted == total:  # a prefix leaves the later stages' words unread
+            _check_exhausted(decoder)
 
     _each_chunk(model, n, chunk, threads, on_progress)
-    return codes.reshape(shape)
+    if len(shape) == 3:
+        return tokens.astype(np.uint16).reshape(shape)
+    per_stage = model.num_embeddings // model.stages
+    by_stage = tokens.reshape(n, wanted, *shape[2:])
+    offsets = (np.arange(wanted) * per_stage).reshape(1, wanted, 1, 1)
+    return (by_stage - offsets).astype(np.uint16)
 
 
 @contextlib.contextmanager

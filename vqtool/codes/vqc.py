@@ -37,6 +37,7 @@ never anything else.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -71,6 +72,11 @@ HEADER_KEYS = (
 COMPRESSED_VERSION = 2
 COMPRESSED_MEMBERS = ("header", "stream", "names", "sizes")  # + "frequencies" or "chunks"
 COMPRESSED_KEYS = HEADER_KEYS + ("coding", "prior", "images", "words", "codes_sha256")
+STAGED_VERSION = 3  # raw, codes (N, S, h, w) of S residual stages
+STAGED_COMPRESSED_VERSION = 4  # compressed, codes of S stages
+RAW_VERSIONS = (VERSION, STAGED_VERSION)
+COMPRESSED_VERSIONS = (COMPRESSED_VERSION, STAGED_COMPRESSED_VERSION)
+MAX_STAGES = 64
 CODINGS = ("unigram", "prior")
 MAX_HEADER_BYTES = 1 << 16
 MAX_COMPRESSED_CODES = 1 << 28  # what a compressed file may expand to (512 MiB of uint16)
@@ -85,7 +91,7 @@ _DAMAGED = "the file is damaged or was changed; encode the images again"
 class CodeFile:
     """The contents of a .vqc file."""
 
-    codes: np.ndarray  # uint16 (N, h, w)
+    codes: np.ndarray  # uint16 (N, h, w); (N, S, h, w) with a stage axis (versions 3 and 4)
     names: tuple[str, ...]  # N
     sizes: np.ndarray  # int32 (N, 2): (height, width) of each image as encoded, before padding
     checkpoint: str  # fingerprint of the checkpoint whose model made the codes
@@ -95,16 +101,28 @@ class CodeFile:
     downsample: int = DOWNSAMPLE
     version: int = VERSION
 
+    @property
+    def stages(self) -> int:
+        """Residual stages stored: 1 for codes without a stage axis."""
+        return int(self.codes.shape[1]) if self.codes.ndim == 4 else 1
+
+    def staged(self) -> np.ndarray:
+        """The codes with a stage axis, whatever the file's version: (N, S, h, w)."""
+        return self.codes if self.codes.ndim == 4 else self.codes[:, None]
+
     def header(self) -> dict[str, Any]:
-        return {
+        header = {
             "format": FORMAT,
-            "version": self.version,
+            "version": STAGED_VERSION if self.codes.ndim == 4 else self.version,
             "checkpoint": self.checkpoint,
             "num_embeddings": self.num_embeddings,
             "embedding_dim": self.embedding_dim,
             "downsample": self.downsample,
             "image_size": list(self.image_size),
         }
+        if self.codes.ndim == 4:
+            header["stages"] = self.stages
+        return header
 
 
 def write_codes(
@@ -173,6 +191,14 @@ def codes_sha256(codes: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(codes, dtype="<u2").tobytes()).hexdigest()
 
 
+def _checksums(codes: np.ndarray) -> str | list[str]:
+    """What a compressed file keeps: the codes' sha256, or with a stage axis one per prefix of
+    stages (codes[:, :n] for n = 1..S), so a decode of the first n stages is checked too."""
+    if codes.ndim == 3:
+        return codes_sha256(codes)
+    return [codes_sha256(codes[:, :n]) for n in range(1, codes.shape[1] + 1)]
+
+
 def _compressed_arrays(
     code_file: CodeFile, prior: CodingPrior | None, on_progress: Progress | None
 ) -> dict[str, np.ndarray]:
@@ -182,16 +208,19 @@ def _compressed_arrays(
         frequencies = entropy.code_frequencies(codes, code_file.num_embeddings)
         encoded = entropy.encode_unigram(codes, frequencies)
     else:
-        grid = (codes.shape[1], codes.shape[2])
-        entropy.check_prior(prior, code_file.checkpoint, code_file.num_embeddings, grid)
+        grid = (codes.shape[-2], codes.shape[-1])
+        entropy.check_prior(
+            prior, code_file.checkpoint, code_file.num_embeddings, grid, code_file.stages
+        )
         encoded = entropy.encode_with_prior(codes, prior.model, on_progress)
+    staged = codes.ndim == 4
     header = code_file.header() | {
-        "version": COMPRESSED_VERSION,
+        "version": STAGED_COMPRESSED_VERSION if staged else COMPRESSED_VERSION,
         "coding": "unigram" if prior is None else "prior",
         "prior": None if prior is None else prior.fingerprint,
         "images": len(code_file.names),
         "words": len(encoded.words),
-        "codes_sha256": codes_sha256(codes),
+        "codes_sha256": _checksums(codes),
     }
     arrays = {
         "header": np.frombuffer(json.dumps(header).encode(), np.uint8),
@@ -266,12 +295,16 @@ def check_output(path: Path) -> None:
 
 
 def read_codes(
-    path: Path, prior: CodingPrior | None = None, on_progress: Progress | None = None
+    path: Path,
+    prior: CodingPrior | None = None,
+    on_progress: Progress | None = None,
+    stages: int | None = None,
 ) -> CodeFile:
     """Read and fully validate a code file, decoding a compressed one's stream; raises
     WorkError (damaged, doctored, unsupported version) or UsageError (missing file; a file
-    compressed with a prior other than `prior`), never anything else. `on_progress(done, n)`
-    follows the prior's images."""
+    compressed with a prior other than `prior`; more `stages` than it stores), never anything
+    else. `on_progress(done, n)` follows the prior's images. `stages` keeps (and decodes) only
+    the first stages of a file with a stage axis."""
     path = Path(path)
     if not path.is_file():
         raise UsageError("no such code file", path, "give a .vqc file written by vqtool encode")
@@ -283,8 +316,25 @@ def read_codes(
         reason = first_line(exc, 120)
         raise WorkError(f"not a readable code file: {reason}", path, _DAMAGED) from exc
     if "stream" in arrays:
-        return _from_compressed(arrays, path, prior, on_progress)
-    return _from_arrays(arrays, path)
+        return _from_compressed(arrays, path, prior, on_progress, stages)
+    return _first_stages(_from_arrays(arrays, path), stages, path)
+
+
+def check_stages(stages: int | None, stored: int, where: object) -> None:
+    """Refuse a stage count that is not 1..stored (UsageError, exit 2)."""
+    if stages is not None and not 1 <= stages <= stored:
+        raise UsageError(
+            f"--stages {stages}, but the codes hold {stored} stage(s)",
+            where,
+            f"give --stages from 1 to {stored}",
+        )
+
+
+def _first_stages(code_file: CodeFile, stages: int | None, path: Path) -> CodeFile:
+    check_stages(stages, code_file.stages, path)
+    if stages is None or code_file.codes.ndim == 3 or stages == code_file.stages:
+        return code_file
+    return dataclasses.replace(code_file, codes=np.ascontiguousarray(code_file.codes[:, :stages]))
 
 
 def check_codes_for_model(
@@ -389,16 +439,20 @@ def _header(array: np.ndarray, path: Path) -> dict[str, Any]:
             "give a .vqc file written by vqtool encode",
         )
     version = header.get("version")
-    if version not in (VERSION, COMPRESSED_VERSION) or isinstance(version, bool):
+    if version not in (*RAW_VERSIONS, *COMPRESSED_VERSIONS) or isinstance(version, bool):
         raise WorkError(
-            f"unsupported code file version {str(version)[:20]} (this vqtool reads {VERSION} "
-            f"and {COMPRESSED_VERSION})",
+            f"unsupported code file version {str(version)[:20]} (this vqtool reads 1 to 4)",
             path,
             "use the vqtool version that wrote it, or encode the images again",
         )
-    if sorted(header) != sorted(HEADER_KEYS if version == VERSION else COMPRESSED_KEYS):
+    keys = HEADER_KEYS if version in RAW_VERSIONS else COMPRESSED_KEYS
+    if version in (STAGED_VERSION, STAGED_COMPRESSED_VERSION):
+        keys = (*keys, "stages")
+    if sorted(header) != sorted(keys):
         raise _damaged(f"the header's keys are {sorted(header)[:10]}", path)
-    if utf8 != (version == COMPRESSED_VERSION):
+    if "stages" in header and not _int(header["stages"], 1, MAX_STAGES):
+        raise _damaged(f"the header's stages is not an integer in 1..{MAX_STAGES}", path)
+    if utf8 != (version in COMPRESSED_VERSIONS):
         raise _damaged(f"a version {version} header stored as {array.dtype}", path)
     return header
 
@@ -422,7 +476,7 @@ def _from_arrays(arrays: dict[str, np.ndarray], path: Path) -> CodeFile:
         downsample=header["downsample"],
         version=header["version"],
     )
-    _validate(code_file, path, names.dtype, names.ndim)
+    _validate(code_file, path, names.dtype, names.ndim, header.get("stages"))
     return code_file
 
 
@@ -430,7 +484,7 @@ def _checked_header(arrays: dict[str, np.ndarray], path: Path) -> dict[str, Any]
     """The header, its fields common to both versions checked, its version matching the
     members (a stream or codes)."""
     header = _header(arrays["header"], path)
-    if (header["version"] == COMPRESSED_VERSION) != ("stream" in arrays):
+    if (header["version"] in COMPRESSED_VERSIONS) != ("stream" in arrays):
         raise _damaged(f"version {header['version']} with members {sorted(arrays)}", path)
     checkpoint = header["checkpoint"]
     if not (isinstance(checkpoint, str) and _FINGERPRINT.fullmatch(checkpoint)):
@@ -457,29 +511,38 @@ def _from_compressed(
     path: Path,
     prior: CodingPrior | None,
     on_progress: Progress | None,
+    stages: int | None = None,
 ) -> CodeFile:
-    """A version 2 file: every count checked against the members, then the stream decoded
-    and checked against the codes' checksum."""
+    """A version 2 or 4 file: every count checked against the members, then the stream (its
+    first `stages` stages) decoded and checked against the codes' checksum."""
     header = _checked_header(arrays, path)
     _check_compressed_header(header, arrays, path)
     coding, n, k = header["coding"], header["images"], header["num_embeddings"]
     image_size = (header["image_size"][0], header["image_size"][1])
-    shape = (n, image_size[0] // DOWNSAMPLE, image_size[1] // DOWNSAMPLE)
+    grid = (image_size[0] // DOWNSAMPLE, image_size[1] // DOWNSAMPLE)
+    stored = header.get("stages")
+    check_stages(stages, 1 if stored is None else stored, path)
+    shape = (n, *grid) if stored is None else (n, stored, *grid)
     # Names and sizes before the stream: a prior's decode takes a while.
     names = _unpacked_names(arrays["names"], n, path)
     sizes = _unpacked_sizes(arrays["sizes"], n, image_size, path)
     try:
         if coding == "unigram":
-            frequencies = _checked_frequencies(arrays["frequencies"], k, math.prod(shape), path)
-            codes = entropy.decode_unigram(arrays["stream"], frequencies, shape)
+            frequencies = _checked_frequencies(
+                arrays["frequencies"], k, math.prod(shape), path, stored
+            )
+            codes = entropy.decode_unigram(arrays["stream"], frequencies, shape, stages)
         else:
             model = _prior_for(header, prior, path)
             codes = entropy.decode_with_prior(
-                arrays["stream"], arrays["chunks"], model, shape, on_progress
+                arrays["stream"], arrays["chunks"], model, shape, on_progress, stages=stages
             )
     except StreamError as exc:
         raise _undecodable(coding, str(exc), path) from exc
-    if codes_sha256(codes) != header["codes_sha256"]:
+    checksum = header["codes_sha256"]
+    if stored is not None:
+        checksum = checksum[codes.shape[1] - 1]
+    if codes_sha256(codes) != checksum:
         raise _undecodable(coding, "the decoded codes do not match the file's checksum", path)
     code_file = CodeFile(
         codes=codes,
@@ -521,10 +584,16 @@ def _check_compressed_header(
         raise _damaged("the header's prior is not a sha256 fingerprint", path)
     if coding == "unigram" and fingerprint is not None:
         raise _damaged("a unigram file names a prior", path)
-    if not _int(n, 1, MAX_COMPRESSED_CODES // codes_per_image):
+    stored = header.get("stages")
+    if not _int(n, 1, MAX_COMPRESSED_CODES // (codes_per_image * (stored or 1))):
         raise _damaged("the header's images is not a count the file can hold", path)
-    digest = header["codes_sha256"]
-    if not (isinstance(digest, str) and _FINGERPRINT.fullmatch(digest)):
+    digests = header["codes_sha256"]
+    if stored is not None:
+        if not (isinstance(digests, list) and len(digests) == stored):
+            raise _damaged("the header's codes_sha256 is not one digest per stage", path)
+    else:
+        digests = [digests]
+    if not all(isinstance(d, str) and _FINGERPRINT.fullmatch(d) for d in digests):
         raise _damaged("the header's codes_sha256 is not a sha256 digest", path)
     stream = arrays["stream"]
     if stream.dtype != np.uint32 or stream.ndim != 1:
@@ -597,12 +666,18 @@ def _unpacked_sizes(
     return np.repeat(runs[:, 1:], counts, axis=0)
 
 
-def _checked_frequencies(frequencies: np.ndarray, k: int, codes: int, path: Path) -> np.ndarray:
-    if frequencies.dtype != np.uint32 or frequencies.shape != (k,):
+def _checked_frequencies(
+    frequencies: np.ndarray, k: int, codes: int, path: Path, stages: int | None = None
+) -> np.ndarray:
+    """The unigram tables: (K,), or one per stage (S, K) for a file with a stage axis."""
+    shape = (k,) if stages is None else (stages, k)
+    if frequencies.dtype != np.uint32 or frequencies.shape != shape:
         raise _damaged(
-            f"frequencies must be uint32 ({k},), got {frequencies.dtype} {frequencies.shape}", path
+            f"frequencies must be uint32 {shape}, got {frequencies.dtype} {frequencies.shape}",
+            path,
         )
-    if frequencies.min() < 1 or int(frequencies.astype(np.uint64).sum()) != codes + k:
+    tables = math.prod(shape) // k
+    if frequencies.min() < 1 or int(frequencies.astype(np.uint64).sum()) != codes + tables * k:
         raise _damaged(f"the frequencies do not count {codes:,} codes", path)
     return frequencies
 
@@ -625,20 +700,34 @@ def _prior_for(header: dict[str, Any], prior: CodingPrior | None, path: Path) ->
             "pass the prior it was compressed with",
         )
     grid = (header["image_size"][0] // DOWNSAMPLE, header["image_size"][1] // DOWNSAMPLE)
-    entropy.check_prior(prior, header["checkpoint"], header["num_embeddings"], grid)
+    stages = header.get("stages") or 1
+    entropy.check_prior(prior, header["checkpoint"], header["num_embeddings"], grid, stages)
     return prior.model
 
 
 def _validate(
-    code_file: CodeFile, path: Path, names_dtype: np.dtype | None = None, names_ndim: int = 1
+    code_file: CodeFile,
+    path: Path,
+    names_dtype: np.dtype | None = None,
+    names_ndim: int = 1,
+    stages: int | None = None,
 ) -> None:
-    """Arrays against the header: dtypes, shapes, every index < K, sizes, names."""
+    """Arrays against the header: dtypes, shapes (`stages`: the header's, when it has one),
+    every index < K, sizes, names."""
     codes, sizes = code_file.codes, code_file.sizes
     n = codes.shape[0] if codes.ndim else 0
     h, w = code_file.image_size[0] // DOWNSAMPLE, code_file.image_size[1] // DOWNSAMPLE
     if codes.dtype.kind != "u" or codes.dtype.itemsize != 2:
         raise _damaged(f"codes must be uint16, got {codes.dtype}", path)
-    if codes.ndim != 3 or codes.shape[1:] != (h, w):
+    if stages is not None:
+        if codes.shape[1:] != (stages, h, w):
+            raise _damaged(
+                f"codes have shape {codes.shape}, expected (N, {stages}, {h}, {w})", path
+            )
+    elif codes.ndim == 4:
+        if not (1 <= codes.shape[1] <= MAX_STAGES and codes.shape[2:] == (h, w)):
+            raise _damaged(f"codes have shape {codes.shape}, expected (N, S, {h}, {w})", path)
+    elif codes.ndim != 3 or codes.shape[1:] != (h, w):
         raise _damaged(f"codes have shape {codes.shape}, expected (N, {h}, {w})", path)
     if n == 0:
         raise _damaged("the file holds no images", path)

@@ -99,7 +99,8 @@ class PriorSteps:
             x = self._block(weights, x, layer, t)
         self.position = t + 1
         x = F.layer_norm(x, (self.width,), *self.final_norm)
-        return F.linear(x, *self.head)
+        logits = F.linear(x, *self.head)
+        return logits if model.stage_mask is None else logits + model.stage_mask[t]
 
     def _block(self, weights: _Layer, x: Tensor, layer: int, t: int) -> Tensor:
         """One pre-norm block at position t: (B, C) -> (B, C)."""

@@ -113,9 +113,18 @@ class CodePrior(nn.Module):
     Token embedding rows 0..K-1 are the codes and row K the start token; positions have
     learned embeddings. When `cfg.conditional`, a learned class embedding is added to the start
     token, so every prediction can depend on the label.
+
+    Codes of S residual stages (S > 1) are one sequence, stage after stage: the grid is
+    (S * h, w), and the code c of stage s is the token s * K_s + c (K = S * K_s tokens), so a
+    prefix of the sequence is a prefix of the stages. Each position's logits are masked to
+    its stage's K_s tokens (a buffer, not a weight: a one-stage prior is unchanged).
     """
 
-    def __init__(self, cfg: PriorConfig, num_embeddings: int, grid: tuple[int, int]) -> None:
+    stage_mask: Tensor | None  # (T, K): 0 on each position's stage's tokens, -inf elsewhere
+
+    def __init__(
+        self, cfg: PriorConfig, num_embeddings: int, grid: tuple[int, int], stages: int = 1
+    ) -> None:
         super().__init__()
         if cfg.width % cfg.heads != 0:
             raise ValueError(f"prior width {cfg.width} is not a multiple of heads {cfg.heads}")
@@ -130,6 +139,18 @@ class CodePrior(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.width)
         self.head = nn.Linear(cfg.width, num_embeddings)
+        self.stages = stages
+        if stages == 1:
+            self.stage_mask = None
+        else:
+            if num_embeddings % stages or grid[0] % stages:
+                raise ValueError(f"{num_embeddings} tokens, grid {grid}: not {stages} stages")
+            per_stage, positions = num_embeddings // stages, self.length // stages
+            mask = torch.full((self.length, num_embeddings), -math.inf)
+            for s in range(stages):
+                rows = slice(s * positions, (s + 1) * positions)
+                mask[rows, s * per_stage : (s + 1) * per_stage] = 0.0
+            self.register_buffer("stage_mask", mask, persistent=False)  # (T, K)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -188,7 +209,8 @@ class CodePrior(nn.Module):
         if tuple(codes.shape[1:]) != self.grid:
             raise ValueError(f"codes of shape {tuple(codes.shape)}, expected (B, {self.grid})")
         flat = codes.reshape(codes.shape[0], self.length)  # (B, T)
-        return self.head(self.hidden(flat[:, :-1], labels))
+        logits = self.head(self.hidden(flat[:, :-1], labels))
+        return logits if self.stage_mask is None else logits + self.stage_mask
 
     @torch.no_grad()
     def new_cache(self, batch: int, labels: Tensor | None = None) -> KVCache:
@@ -220,7 +242,8 @@ class CodePrior(nn.Module):
         for layer, block in enumerate(self._blocks()):
             x = block.step(x, cache.keys[layer], cache.values[layer], position)
         cache.length = position + 1
-        return self.head(self.norm(x[:, 0]))
+        logits = self.head(self.norm(x[:, 0]))
+        return logits if self.stage_mask is None else logits + self.stage_mask[position]
 
 
 def nll_bits(model: CodePrior, codes: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -287,6 +310,8 @@ def sample(
             logits = model.step_logits(cache, previous)
         else:
             logits = model.head(model.hidden(codes[:, :t], labels)[:, -1])  # (n, K)
+            if model.stage_mask is not None:
+                logits = logits + model.stage_mask[t]
         previous = draw(logits, temperature, top_k, generator)
         codes[:, t] = previous
     return codes.view(n, *model.grid)

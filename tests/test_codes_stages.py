@@ -1,0 +1,124 @@
+"""Code files with a stage axis (versions 3 and 4): codes (N, S, h, w) of residual stages, raw,
+unigram- and prior-coded; the first n stages read (and decode) without the rest."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import torch
+
+from vqtool.codes import entropy
+from vqtool.codes.vqc import CodeFile, read_codes, write_codes
+from vqtool.errors import UsageError, WorkError
+from vqtool.models.config import PriorConfig
+from vqtool.models.transformer import CodePrior
+
+K, STAGES, N = 8, 3, 150
+
+
+class Prior(NamedTuple):
+    model: CodePrior
+    fingerprint: str
+    vq_fingerprint: str
+
+
+def staged_file(stages: int = STAGES, seed: int = 0) -> CodeFile:
+    rng = np.random.default_rng(seed)
+    # later stages skewed differently from the first: a table per stage pays
+    codes = np.stack(
+        [rng.integers(0, K // (1 + s), (N, 2, 2)) for s in range(stages)], axis=1
+    ).astype(np.uint16)
+    return CodeFile(
+        codes=codes,
+        names=tuple(f"image-{i:03d}" for i in range(N)),
+        sizes=np.tile(np.array([[8, 8]], np.int32), (N, 1)),
+        checkpoint="a" * 64,
+        num_embeddings=K,
+        embedding_dim=4,
+        image_size=(8, 8),
+    )
+
+
+def staged_prior(stages: int = STAGES) -> Prior:
+    torch.manual_seed(0)
+    cfg = PriorConfig(layers=1, width=32, heads=2)
+    model = CodePrior(cfg, stages * K, (stages * 2, 2), stages=stages).eval()
+    return Prior(model, "b" * 64, "a" * 64)
+
+
+@pytest.mark.parametrize("coding", ["raw", "unigram", "prior"])
+def test_every_prefix_of_stages_reads_back(coding: str, tmp_path: Path) -> None:
+    code_file, prior = staged_file(), staged_prior()
+    path = tmp_path / "s.vqc"
+    write_codes(path, code_file, coding != "raw", prior if coding == "prior" else None)
+    use = prior if coding == "prior" else None
+    whole = read_codes(path, use)
+    assert whole.stages == STAGES and np.array_equal(whole.codes, code_file.codes)
+    for n in range(1, STAGES + 1):
+        first = read_codes(path, use, stages=n)
+        assert first.codes.shape == (N, n, 2, 2)
+        assert np.array_equal(first.codes, code_file.codes[:, :n])
+    header_version = 3 if coding == "raw" else 4
+    with zipfile.ZipFile(path) as archive:
+        raw = np.load(archive.open("header.npy"), allow_pickle=False)
+    header = json.loads(raw.tobytes().decode() if raw.dtype == np.uint8 else str(raw[()]))
+    assert header["version"] == header_version and header["stages"] == STAGES
+
+
+@pytest.mark.parametrize("stages", [0, STAGES + 1])
+def test_stages_outside_the_file_are_usage_errors(stages: int, tmp_path: Path) -> None:
+    path = tmp_path / "s.vqc"
+    write_codes(path, staged_file(), compress=True)
+    with pytest.raises(UsageError, match="stage"):
+        read_codes(path, stages=stages)
+
+
+def test_a_prior_of_another_stage_count_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="2 stage"):
+        write_codes(tmp_path / "s.vqc", staged_file(), prior=staged_prior(2))
+    assert not (tmp_path / "s.vqc").exists()
+
+
+def test_unigram_tables_per_stage_cost_less_than_one_table(tmp_path: Path) -> None:
+    code_file = staged_file()
+    per_stage = entropy.encode_unigram(
+        code_file.codes, entropy.code_frequencies(code_file.codes, K)
+    )
+    flat = code_file.codes.reshape(N, -1, 2)  # the same codes as one stage
+    shared = entropy.encode_unigram(flat, entropy.code_frequencies(flat, K))
+    assert per_stage.bits.sum() < shared.bits.sum()
+
+
+def test_one_stage_codes_keep_the_earlier_versions(tmp_path: Path) -> None:
+    code_file = staged_file(stages=1)
+    flat = CodeFile(**{**code_file.__dict__, "codes": code_file.codes[:, 0]})
+    write_codes(tmp_path / "raw.vqc", flat)
+    write_codes(tmp_path / "uni.vqc", flat, compress=True)
+    assert read_codes(tmp_path / "raw.vqc").codes.ndim == 3
+    assert read_codes(tmp_path / "uni.vqc").version == 1
+    with pytest.raises(UsageError):
+        read_codes(tmp_path / "raw.vqc", stages=2)
+    assert read_codes(tmp_path / "raw.vqc", stages=1).codes.shape == (N, 2, 2)
+
+
+def test_a_wrong_stage_checksum_list_is_damage(tmp_path: Path) -> None:
+    path = tmp_path / "s.vqc"
+    write_codes(path, staged_file(), compress=True)
+    with zipfile.ZipFile(path) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    header = json.loads(np.load(io.BytesIO(members["header.npy"]), allow_pickle=False).tobytes())
+    header["codes_sha256"] = header["codes_sha256"][:2]
+    buffer = io.BytesIO()
+    np.save(buffer, np.frombuffer(json.dumps(header).encode(), np.uint8))
+    members["header.npy"] = buffer.getvalue()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(WorkError, match="one digest per stage"):
+        read_codes(path)
