@@ -13,19 +13,30 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vqtool.codes import entropy
 from vqtool.codes.pipeline import batch_ranges, encode_images
 from vqtool.codes.vqc import CodeFile, check_codes_for_model, read_codes, write_codes
 from vqtool.data.datasets import dataset_classes, load_split
 from vqtool.events import Progress
-from vqtool.models.config import DOWNSAMPLE
 from vqtool.runs import RunDir
 from vqtool.schedule import EVAL_BATCH
 from vqtool.vq.load import LoadedModel
 
 
 class PriorData(NamedTuple):
-    codes: Tensor  # int64 (N, h, w)
+    codes: Tensor  # int64 (N, S * h, w): the prior's tokens (codes of one stage: (N, h, w))
     labels: Tensor | None  # int64 (N,)
+
+
+def prior_tokens(code_file: CodeFile) -> Tensor:
+    """A code file's codes as the prior's tokens: int64 (N, h, w), or for S stages
+    (N, S * h, w) with stage s's codes offset by s * K (vqtool.models.transformer.CodePrior)."""
+    codes = code_file.codes
+    if codes.ndim == 3:
+        return torch.from_numpy(codes.astype(np.int64))
+    n, stages, h, w = codes.shape
+    tokens = entropy.stage_tokens(codes, code_file.num_embeddings)
+    return torch.from_numpy(tokens.astype(np.int64)).view(n, stages * h, w)
 
 
 def encode_split(
@@ -35,9 +46,12 @@ def encode_split(
     images, labels, class_names = load_split(vq.profile.data, data_dir, split)
     n, _, height, width = images.shape
     model = vq.model.folded()
-    codes = np.empty((n, height // DOWNSAMPLE, width // DOWNSAMPLE), np.uint16)
+    codes: np.ndarray | None = None  # (N, h, w), or (N, S, h, w) for a model of S stages
     for start, stop in batch_ranges(n, EVAL_BATCH, height * width):
-        codes[start:stop] = encode_images(model, images[start:stop]).numpy()
+        batch = encode_images(model, images[start:stop]).numpy()
+        if codes is None:
+            codes = np.empty((n, *batch.shape[1:]), np.uint16)
+        codes[start:stop] = batch
         if on_progress is not None:
             on_progress(stop, n)
     if labels is not None and class_names:
@@ -45,6 +59,7 @@ def encode_split(
     else:
         names = [f"{split}-{i:05d}" for i in range(n)]
     config = vq.model.config
+    assert codes is not None  # a split holds at least one image
     return CodeFile(
         codes=codes,
         names=tuple(names),
@@ -72,13 +87,13 @@ def prepare_codes(
     run: RunDir,
     data_dir: Path,
     on_progress: Callable[[str, int, int], None] | None = None,
-) -> tuple[dict[str, PriorData], tuple[int, int]]:
+) -> tuple[dict[str, PriorData], tuple[int, int], int]:
     """The train and test codes of R's dataset, read from P when there, else encoded and kept;
-    and the images' (H, W)."""
+    the images' (H, W) and the codes' stage count."""
     found: dict[str, PriorData] = {}
     class_names = dataset_classes(vq.profile.data)
     config = vq.model.config
-    image_size = (0, 0)
+    image_size, stages = (0, 0), 1
     for split in ("train", "test"):
         path = run.codes_file(split)
         if path.is_file():
@@ -92,7 +107,6 @@ def prepare_codes(
                 progress = functools.partial(on_progress, split)
             code_file = encode_split(vq, data_dir, split, progress)
             write_codes(path, code_file)
-        codes = torch.from_numpy(code_file.codes.astype(np.int64))
-        found[split] = PriorData(codes, labels_from_names(code_file, class_names))
-        image_size = code_file.image_size
-    return found, image_size
+        found[split] = PriorData(prior_tokens(code_file), labels_from_names(code_file, class_names))
+        image_size, stages = code_file.image_size, code_file.stages
+    return found, image_size, stages

@@ -7,14 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from vqtool.codes.vqc import check_codes_for_model, read_codes
 from vqtool.events import Progress
 from vqtool.models.quantizer import code_counts, entropy_bits_from_counts
 from vqtool.models.transformer import CodePrior, nll_bits
-from vqtool.prior.data import PriorData, labels_from_names
+from vqtool.prior.data import PriorData, labels_from_names, prior_tokens
 from vqtool.prior.load import load_prior
 from vqtool.runs import RunDir
 from vqtool.schedule import EVAL_BATCH
@@ -28,7 +27,7 @@ def evaluate_codes(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    k = model.num_embeddings
+    k = model.num_embeddings  # tokens: K codes of each of the prior's stages
     n = data.codes.shape[0]
     total = 0.0
     counts = torch.zeros(k, dtype=torch.float64)
@@ -46,12 +45,14 @@ def evaluate_codes(
     model.train(was_training)
     length = model.length
     bits_per_image = total / n
-    unigram = float(entropy_bits_from_counts(counts)) * length
+    # Each stage has a codebook of its own: the unigram bound is each stage's entropy.
+    per_stage = counts.view(model.stages, -1)
+    unigram = sum(float(entropy_bits_from_counts(c)) for c in per_stage) * length / model.stages
     return {
         "bits_per_code": bits_per_image / length,
         "bits_per_image": bits_per_image,
         "unigram_bits_per_image": unigram,
-        "uniform_bits_per_image": length * math.log2(k),
+        "uniform_bits_per_image": length * math.log2(k // model.stages),
         "ratio_to_unigram": bits_per_image / unigram if unigram > 0 else None,
         "images": n,
         "images_per_s": n / seconds if seconds > 0 else float("inf"),
@@ -69,9 +70,6 @@ def evaluate_prior(
     check_codes_for_model(
         code_file, vq.fingerprint, vq.num_embeddings, vq.embedding_dim, files.codes_file("test")
     )
-    data = PriorData(
-        torch.from_numpy(code_file.codes.astype(np.int64)),
-        labels_from_names(code_file, vq.class_names),
-    )
+    data = PriorData(prior_tokens(code_file), labels_from_names(code_file, vq.class_names))
     metrics = evaluate_codes(loaded.model, data, loaded.profile.prior.conditional, on_progress)
     return {"split": "test", **metrics, "checkpoint": loaded.fingerprint, "step": loaded.step}

@@ -33,13 +33,25 @@ class VQFacts:
     image_size: tuple[int, int]  # (H, W) of the images; codes are (H / 4, W / 4)
     class_names: tuple[str, ...]  # the dataset's labels; empty when it has none
     checkpoint: str  # where R's checkpoint was when P was made
+    stages: int = 1  # residual stages of R's codes the prior models, stage after stage
 
     @property
     def grid(self) -> tuple[int, int]:
         return self.image_size[0] // DOWNSAMPLE, self.image_size[1] // DOWNSAMPLE
 
+    @property
+    def tokens(self) -> int:
+        """The prior's vocabulary: K codes of each stage."""
+        return self.num_embeddings * self.stages
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """The grid the prior runs over: the stages' grids one under the other."""
+        return self.grid[0] * self.stages, self.grid[1]
+
     def as_dict(self) -> dict[str, Any]:
-        return {
+        stages = {"stages": self.stages} if self.stages > 1 else {}  # one-stage priors unchanged
+        return stages | {
             "fingerprint": self.fingerprint,
             "num_embeddings": self.num_embeddings,
             "embedding_dim": self.embedding_dim,
@@ -57,6 +69,7 @@ class VQFacts:
             (int(raw["image_size"][0]), int(raw["image_size"][1])),
             tuple(str(n) for n in raw["class_names"]),
             str(raw["checkpoint"]),
+            int(raw.get("stages", 1)),
         )
 
 
@@ -81,7 +94,7 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> LoadedPr
         raw = payload["profile"]
         profile = prior_profile_from_dict(raw, raw.get("name", "prior"), str(files.checkpoint))
         vq = VQFacts.from_dict(payload["vq"])
-        model = CodePrior(profile.prior, vq.num_embeddings, vq.grid)
+        model = CodePrior(profile.prior, vq.tokens, vq.token_grid, vq.stages)
         model.load_state_dict(payload["model"])
         step = int(payload["step"])
     except (KeyError, IndexError, RuntimeError, AttributeError, TypeError, ValueError) as exc:

@@ -45,7 +45,7 @@ def sample_codes(
     labels = _sample_labels(loaded, n, label)
     device = next(loaded.model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    codes = np.empty((n, *vq.grid), np.uint16)
+    tokens = np.empty((n, *vq.token_grid), np.int64)
     for start in range(0, n, SAMPLE_BATCH):
         stop = min(start + SAMPLE_BATCH, n)
         chunk = labels[start:stop].to(device) if labels is not None else None
@@ -57,9 +57,14 @@ def sample_codes(
             labels=chunk,
             generator=generator,
         )
-        codes[start:stop] = drawn.cpu().numpy()
+        tokens[start:stop] = drawn.cpu().numpy()
         if on_progress is not None:
             on_progress(stop, n)
+    codes = tokens.astype(np.uint16)  # (n, h, w) for one stage
+    if vq.stages > 1:  # tokens (n, S * h, w) -> codes (n, S, h, w) of each stage's codebook
+        by_stage = tokens.reshape(n, vq.stages, *vq.grid)
+        offsets = (np.arange(vq.stages) * k).reshape(1, -1, 1, 1)
+        codes = (by_stage - offsets).astype(np.uint16)
     return CodeFile(
         codes=codes,
         names=tuple(f"sample-{i + 1:05d}" for i in range(n)),

@@ -145,7 +145,7 @@ class PriorTrainer:
         )
         self.test = test
         torch.manual_seed(cfg.seed)
-        self.model = CodePrior(profile.prior, vq.num_embeddings, vq.grid).to(device)
+        self.model = CodePrior(profile.prior, vq.tokens, vq.token_grid, vq.stages).to(device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
@@ -291,10 +291,10 @@ def train_prior(
             notify(TrainEvent("codes", done, total, {"split": split}))
 
         if writer:  # the others wait, then read the code files rank 0 wrote
-            data, image_size = prepare_codes(vq, files, data_dir, codes_progress)
+            data, image_size, stages = prepare_codes(vq, files, data_dir, codes_progress)
         distributed.barrier()
         if not writer:
-            data, image_size = prepare_codes(vq, files, data_dir)
+            data, image_size, stages = prepare_codes(vq, files, data_dir)
         facts = VQFacts(
             vq.fingerprint,
             vq.model.config.num_embeddings,
@@ -302,6 +302,7 @@ def train_prior(
             image_size,
             dataset_classes(vq.profile.data),
             str(vq.path.resolve()),
+            stages,
         )
         trainer = PriorTrainer(
             profile, run_dir, facts, data["train"], data["test"], placement, notify
