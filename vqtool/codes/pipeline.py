@@ -68,6 +68,11 @@ PNG_TASK = 64  # images per PNG-writing task
 NAMED_SKIPS = 5  # skipped files named one by one; the rest are counted
 
 
+def model_stages(model: VQVAE) -> int:
+    """The residual stages a model quantizes with (1 for the 2017 quantizer)."""
+    return int(getattr(model.config, "stages", 1))
+
+
 def _check_images(images: Tensor) -> None:
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(
@@ -87,11 +92,12 @@ def encode_images(model: VQVAE, images: Tensor) -> Tensor:
 
 
 def decode_indices(model: VQVAE, indices: Tensor) -> Tensor:
-    """Code indices (B, h, w) -> uint8 images (B, 3, 4h, 4w) on the CPU.
+    """Code indices (B, h, w), or (B, n, h, w) of a run's first n stages -> uint8 images
+    (B, 3, 4h, 4w) on the CPU.
 
     The decoder's output clamped to [0, 1] and rounded to 8 bits: (recon * 255).round().
     """
-    if indices.ndim != 3 or indices.dtype.is_floating_point or indices.dtype == torch.bool:
+    if indices.ndim not in (3, 4) or indices.dtype.is_floating_point or indices.dtype == torch.bool:
         raise ValueError(f"expected integer indices (B, h, w), got {indices.dtype} {indices.shape}")
     with torch.inference_mode():
         return model.codes_to_images(indices.to(model.device, torch.long)).cpu()
@@ -131,6 +137,7 @@ def encode_inputs(
     on_progress: Progress | None = None,
     on_note: Callable[[str], None] | None = None,
     strict: bool = False,
+    stages: int | None = None,
 ) -> CodeFile:
     """Encode image files, folders and CIFAR-10 splits (see inputs.find_images) into a CodeFile.
 
@@ -138,14 +145,24 @@ def encode_inputs(
     Images are read batch by batch; only the codes are kept. Files in folders that are not
     images, and damaged images in folders, are skipped with a note (`on_note`) unless
     `strict`, which makes them errors; a damaged file named on its own is always an error.
+    A run of S residual stages gives codes (N, S, h, w), or its first `stages` of them.
     """
     note = on_note if on_note is not None else (lambda message: None)
+    trained = model_stages(loaded.model)
+    if stages is not None and not 1 <= stages <= trained:
+        raise UsageError(
+            f"--stages {stages}, but the run has {trained} stage(s)",
+            "--stages",
+            f"give --stages from 1 to {trained}",
+        )
     found = find_images(inputs, data_dir, size, strict)
     items = found.items
     shape = common_size(items, size)
     damaged = list(found.damaged)
     n = len(items)
-    codes = np.empty((n, shape[0] // DOWNSAMPLE, shape[1] // DOWNSAMPLE), np.uint16)
+    grid = (shape[0] // DOWNSAMPLE, shape[1] // DOWNSAMPLE)
+    kept_stages = trained if stages is None else stages
+    codes = np.empty((n, kept_stages, *grid) if trained > 1 else (n, *grid), np.uint16)
     kept = np.ones(n, bool)
     model = loaded.model.folded()
     for start, stop in batch_ranges(n, batch_size, shape[0] * shape[1]):
@@ -159,7 +176,10 @@ def encode_inputs(
                 kept[i] = False
                 damaged.append(problem)
         if batch:
-            codes[start:stop][kept[start:stop]] = encode_images(model, torch.stack(batch)).numpy()
+            encoded = encode_images(model, torch.stack(batch)).numpy()
+            codes[start:stop][kept[start:stop]] = (
+                encoded[:, :kept_stages] if trained > 1 else encoded
+            )
         if on_progress is not None:
             on_progress(stop, n)
     if not kept.any():
@@ -319,11 +339,13 @@ def decode_file(
     on_progress: Progress | None = None,
     prior: CodingPrior | None = None,
     on_stream: Progress | None = None,
+    stages: int | None = None,
 ) -> DecodeResult:
     """Decode a .vqc into one PNG per image at its stored size, named after the stored names.
 
     A file compressed with a prior needs that prior (`prior`); `on_stream(done, n)` follows
-    its range decoding, `on_progress` the PNGs.
+    its range decoding, `on_progress` the PNGs. `stages` decodes the file's first stages
+    only (a compressed file's later stages are not even range-decoded).
 
     Everything is checked first (the file, its fingerprint against `loaded`, the output
     paths); only then are PNGs written: into a hidden folder beside `out_dir` that is renamed
@@ -334,10 +356,16 @@ def decode_file(
     config = loaded.model.config
     if prior is not None:  # checked before a long decode
         check_prior(prior, loaded.fingerprint, config.num_embeddings)
-    code_file = read_codes(codes_path, prior, on_stream)
+    code_file = read_codes(codes_path, prior, on_stream, stages)
     check_codes_for_model(
         code_file, loaded.fingerprint, config.num_embeddings, config.embedding_dim, codes_path
     )
+    if code_file.stages > model_stages(loaded.model):
+        raise UsageError(
+            f"the file holds {code_file.stages} stages, the run has {model_stages(loaded.model)}",
+            codes_path,
+            "decode it with the run that encoded it",
+        )
     targets = plan_outputs(code_file.names, out_dir)
     if grid is not None:
         check_output_file(Path(grid), "the grid", "--grid grid.png")
