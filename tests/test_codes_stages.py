@@ -79,10 +79,23 @@ def test_stages_outside_the_file_are_usage_errors(stages: int, tmp_path: Path) -
         read_codes(path, stages=stages)
 
 
-def test_a_prior_of_another_stage_count_is_refused(tmp_path: Path) -> None:
+def test_a_prior_of_fewer_stages_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="2 stage"):
         write_codes(tmp_path / "s.vqc", staged_file(), prior=staged_prior(2))
     assert not (tmp_path / "s.vqc").exists()
+
+
+def test_a_prior_of_more_stages_codes_the_first_ones(tmp_path: Path) -> None:
+    # A prior predicts stage after stage: its first two stages' predictions never look at
+    # the third, so a file of two stages costs what those stages cost in a file of three.
+    prior, whole = staged_prior(), staged_file()
+    first_two = CodeFile(**{**whole.__dict__, "codes": np.ascontiguousarray(whole.codes[:, :2])})
+    write_codes(tmp_path / "two.vqc", first_two, prior=prior)
+    assert np.array_equal(read_codes(tmp_path / "two.vqc", prior).codes, whole.codes[:, :2])
+    two = entropy.encode_with_prior(first_two.codes, prior.model)
+    three = entropy.encode_with_prior(whole.codes, prior.model)
+    tokens = entropy.stage_tokens(whole.codes, K)
+    assert tokens.shape == (N, 12) and two.bits.sum() < three.bits.sum()
 
 
 def test_unigram_tables_per_stage_cost_less_than_one_table(tmp_path: Path) -> None:

@@ -88,7 +88,8 @@ def check_prior(
     stages: int = 1,
 ) -> None:
     """Refuse a prior that cannot code these codes (UsageError, exit 2): `stages` stages of
-    `grid` grids of `num_embeddings` codes each."""
+    `grid` grids of `num_embeddings` codes each. A prior of S stages codes the first n <= S
+    stages too: it predicts stage after stage, so a prefix never depends on what follows."""
     model = prior.model
     if prior.vq_fingerprint != checkpoint:
         raise UsageError(
@@ -104,14 +105,14 @@ def check_prior(
             "--prior",
             "compress with an unconditional prior",
         )
-    if model.stages != stages:
+    if model.stages < stages:
         raise UsageError(
             f"the prior was trained on {model.stages} stage(s) of codes, these have {stages}",
             "--prior",
             f"encode with --stages {model.stages}, or train a prior on {stages} stage(s)",
         )
-    per_stage = model.num_embeddings // stages
-    prior_grid = (model.grid[0] // stages, model.grid[1])
+    per_stage = model.num_embeddings // model.stages
+    prior_grid = (model.grid[0] // model.stages, model.grid[1])
     if per_stage != num_embeddings or (grid is not None and prior_grid != grid):
         raise UsageError(
             f"the prior models {prior_grid[0]}x{prior_grid[1]} grids of {per_stage} "
@@ -332,7 +333,7 @@ def encode_with_prior(
             bits[:] += _bits(tables, symbols)
             return symbols
 
-        _chunk_steps(model, stop - start, rows, step, cancelled)
+        _chunk_steps(model, stop - start, rows, step, cancelled, flat.shape[1])
         return encoder.get_compressed(), bits
 
     parts = _each_chunk(model, n, chunk, threads, on_progress)
@@ -375,7 +376,7 @@ def decode_with_prior(
     spans = chunk_spans(chunk_words, n, len(words))
     total = shape[1] if len(shape) == 4 else 1
     wanted = total if stages is None else stages
-    positions = model.length // total * wanted
+    positions = model.length // model.stages * wanted
     tokens = np.empty((n, positions), np.int64)
 
     def chunk(start: int, stop: int, rows: int, cancelled: threading.Event) -> None:
