@@ -202,6 +202,17 @@ RunOrCheckpoint = Annotated[
     Path,
     typer.Argument(help="A run folder or its checkpoint.pt.", metavar="RUN", show_default=False),
 ]
+Stages = Annotated[
+    int | None,
+    typer.Option(
+        "--stages",
+        min=1,
+        help="Residual stages to use, from the first (default: all the run has, or the file "
+        "holds). Fewer stages: fewer bits, a coarser picture.",
+        metavar="N",
+        show_default=False,
+    ),
+]
 BatchSize = Annotated[int, typer.Option(min=1, help="Images per batch.", metavar="N")]
 ProfileChoice = Annotated[
     str | None,

@@ -15,6 +15,7 @@ from vqtool.cli.app import (
     Device,
     PriorOption,
     RunOrCheckpoint,
+    Stages,
     app,
     data_dir_of,
     load_coding_prior_for,
@@ -75,9 +76,11 @@ def encode(
         ),
     ] = False,
     prior: PriorOption = None,
+    stages: Stages = None,
 ) -> None:
     """Encode images into a code file (.vqc): code indices, names, sizes and the checkpoint's
-    fingerprint.
+    fingerprint. A run of several residual stages stores all of them, or the first N with
+    --stages N.
 
     In folders, files that are not images and damaged images are skipped with a note.
 
@@ -108,6 +111,7 @@ def encode(
             bar.update,
             lambda note: progress.info(f"note: {note}"),
             strict,
+            stages,
         )
         write_codes(output, codes, compress, coding_prior, bar.stage("compressing"))
     coded = ""
@@ -119,7 +123,7 @@ def encode(
 def _encoded(codes: Any) -> str:
     """'1 image of 300x451 (padded to 300x452) as 75x113 codes of 512': the sizes as given
     (after --size), and the padded size they share when it differs."""
-    n, h, w = codes.codes.shape
+    n, (h, w) = codes.codes.shape[0], codes.codes.shape[-2:]
     padded = f"{codes.image_size[0]}x{codes.image_size[1]}"
     sizes = {(int(a), int(b)) for a, b in codes.sizes}
     if len(sizes) == 1:
@@ -129,7 +133,8 @@ def _encoded(codes: Any) -> str:
         images = f"{counted(n, 'image')} of {shape}"
     else:
         images = f"{counted(n, 'image')} of mixed sizes, padded to {padded},"
-    return f"{images} as {h}x{w} codes of {codes.num_embeddings}"
+    staged = f"{codes.stages} stage(s) of " if codes.codes.ndim == 4 else ""
+    return f"{images} as {staged}{h}x{w} codes of {codes.num_embeddings}"
 
 
 @app.command(cls=Command, short_help="Decode a code file into one PNG per image.")
@@ -164,9 +169,11 @@ def decode(
     batch_size: BatchSize = 256,
     device: Device = "auto",
     prior: PriorOption = None,
+    stages: Stages = None,
 ) -> None:
     """Decode a code file into one PNG per image, at the size it was encoded at, named after
-    the stored names (DIR/cat/0001.png).
+    the stored names (DIR/cat/0001.png). --stages N decodes a multi-stage file's first N
+    stages only (a compressed file's later stages are not even read).
 
     Example: [bold]vqtool decode runs/demo codes.vqc -o decoded --grid grid.png[/bold]
     """
@@ -180,7 +187,7 @@ def decode(
     with progress.CountProgress("decoding") as bar:
         stream = bar.stage("range decoding")
         result = decode_file(
-            loaded, codes, output, grid, batch_size, bar.update, coding_prior, stream
+            loaded, codes, output, grid, batch_size, bar.update, coding_prior, stream, stages
         )
     progress.info(f"wrote {counted(result.images, 'PNG')} to {result.out_dir}")
     if result.grid is not None:
