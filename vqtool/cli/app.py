@@ -225,6 +225,12 @@ Resume = Annotated[
     bool, typer.Option("--resume", help="Continue the run in --run-dir from its checkpoint.")
 ]
 
+JsonOut = Annotated[
+    str | None,
+    typer.Option(
+        "--json", help="Also write it as JSON to FILE, or - for stdout alone.", metavar="FILE|-"
+    ),
+]
 PriorRunDir = Annotated[Path | None, folder_option("The prior's run folder (default: RUN/prior).")]
 
 

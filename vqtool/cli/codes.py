@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,6 +13,7 @@ from vqtool.cli.app import (
     Command,
     DataDir,
     Device,
+    JsonOut,
     PriorOption,
     RunOrCheckpoint,
     app,
@@ -25,6 +26,9 @@ from vqtool.errors import (
     counted,
 )
 from vqtool.process import import_torch
+
+if TYPE_CHECKING:
+    from vqtool.codes.vqc import CodeSummary
 
 
 @app.command(cls=Command, short_help="Encode images into a code file (.vqc).")
@@ -186,3 +190,74 @@ def decode(
     if result.grid is not None:
         shown = f" (the first {result.grid_images:,})" if result.grid_images < result.images else ""
         progress.info(f"wrote {result.grid}{shown}")
+
+
+@app.command("inspect", cls=Command, short_help="Show what a code file holds, without decoding.")
+@reports_errors
+def inspect_file(
+    codes: Annotated[
+        Path,
+        typer.Argument(help="A code file (.vqc).", metavar="CODES", show_default=False),
+    ],
+    json_out: JsonOut = None,
+) -> None:
+    """Show what a code file holds: the checkpoint that made it, how it is coded (raw, unigram,
+    or which prior), its images and their sizes (height x width), and its bits per image.
+
+    A damaged file is refused with the one-line error decode gives.
+
+    A prior-coded stream is checked when it is decoded with its prior.
+
+    Example: [bold]vqtool inspect codes.vqc --json -[/bold]
+    """
+    from vqtool.codes.vqc import describe_codes
+    from vqtool.files import check_output_file
+
+    if json_out not in (None, "-"):
+        check_output_file(Path(json_out), "the --json file", "--json facts.json")
+    summary = describe_codes(codes)
+    if json_out is not None:
+        progress.emit_json({"file": str(codes), **summary.as_dict()}, json_out)
+    if json_out != "-":
+        progress.print_result(progress.facts_table(f"code file {codes}", _summary_rows(summary)))
+    if not summary.stream_checked:
+        progress.info(
+            "note: the prior-coded stream was not decoded; vqtool decode R FILE --prior P "
+            "checks it against the codes' checksum"
+        )
+
+
+SHOWN_SIZES = 4  # distinct image sizes listed one by one; the rest are counted
+
+
+def _summary_rows(summary: CodeSummary) -> list[tuple[str, Any]]:
+    """inspect's table: a CodeSummary in words, sizes as HxW and fingerprints shortened."""
+    from vqtool.images.pixels import HW, size_text
+
+    coding = {
+        "raw": "raw (uint16 codes, not compressed)",
+        "unigram": "unigram (range-coded with the file's own code frequencies)",
+        "prior": "prior (range-coded with the prior's predictions)",
+    }[summary.coding]
+    sizes = [f"{size_text((h, w))} ({counted(n, 'image')})" for h, w, n in summary.size_counts]
+    more = len(sizes) - SHOWN_SIZES
+    shown = "; ".join(sizes[:SHOWN_SIZES]) + (f"; and {more:,} more sizes" if more > 0 else "")
+    names = summary.first_name
+    if summary.images > 1:
+        names += f" ... {summary.last_name}"
+    return [
+        ("made by the checkpoint", progress.short_fingerprint(summary.checkpoint)),
+        ("coding", coding),
+        ("prior", progress.short_fingerprint(summary.prior) if summary.prior else "none"),
+        ("format version", summary.version),
+        ("images", summary.images),
+        (f"image sizes ({HW})", shown),
+        (f"padded to ({HW})", size_text(summary.image_size)),
+        (f"codes per image ({HW})", f"{size_text(summary.grid)} of K = {summary.num_embeddings} "
+                                    f"(D = {summary.embedding_dim})"),
+        ("names (first ... last)", names),
+        ("file size", f"{summary.file_bytes:,} bytes"),
+        ("bits per image (whole file)", summary.bits_per_image),
+        ("bits per image (codes or stream alone)", summary.payload_bits_per_image),
+        ("bits per image (uniform bound, h*w*log2 K)", summary.uniform_bits_per_image),
+    ]  # fmt: skip

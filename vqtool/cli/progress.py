@@ -271,6 +271,21 @@ def metrics_table(title: str, metrics: Mapping[str, Any]) -> Table:
     return table
 
 
+def facts_table(title: str, rows: Iterable[tuple[str, Any]]) -> Table:
+    """Two columns without a header: what, then its value."""
+    table = Table(title=title, show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    for label, value in rows:
+        table.add_row(label, format_value(value))
+    return table
+
+
+def short_fingerprint(fingerprint: str) -> str:
+    """A sha256 fingerprint as its first 12 hex digits, for tables (JSON keeps all 64)."""
+    return f"{fingerprint[:12]}..." if len(fingerprint) > 12 else fingerprint
+
+
 def rows_table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> Table:
     table = Table(title=title)
     for column in columns:
