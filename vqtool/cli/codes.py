@@ -172,6 +172,10 @@ def decode(
     """Decode a code file into one PNG per image, at the size it was encoded at, named after
     the stored names (DIR/cat/0001.png).
 
+    A file compressed with a prior needs that prior, given as --prior P.
+
+    Without --prior, the prior inside RUN that compressed the file (by its fingerprint) is used.
+
     Example: [bold]vqtool decode runs/demo codes.vqc -o decoded --grid grid.png[/bold]
     """
     import_torch()
@@ -180,6 +184,8 @@ def decode(
     from vqtool.vq.load import load_model
 
     loaded = load_model(run, resolve_device(device))
+    if prior is None:
+        prior = _prior_in_run(loaded.path, codes)
     coding_prior = load_coding_prior_for(prior, loaded)
     with progress.CountProgress("decoding") as bar:
         stream = bar.stage("range decoding")
@@ -190,6 +196,24 @@ def decode(
     if result.grid is not None:
         shown = f" (the first {result.grid_images:,})" if result.grid_images < result.images else ""
         progress.info(f"wrote {result.grid}{shown}")
+
+
+def _prior_in_run(run: Path, codes: Path) -> Path | None:
+    """For a file compressed with a prior and decoded without --prior: the prior run inside
+    R that compressed it, said on stderr; None when there is none (decode then asks for
+    --prior). Using it is safe: its fingerprint is the file's, checked as it loads, and the
+    decoded codes must match the file's checksum."""
+    from vqtool.codes.vqc import prior_fingerprint
+    from vqtool.prior.load import find_prior
+
+    wanted = prior_fingerprint(codes)
+    found = find_prior(run, wanted) if wanted is not None else None
+    if found is not None:
+        progress.info(
+            f"note: decoding with the prior {found}, which compressed this file "
+            f"({progress.short_fingerprint(str(wanted))}); --prior P chooses it yourself"
+        )
+    return found
 
 
 @app.command("inspect", cls=Command, short_help="Show what a code file holds, without decoding.")
