@@ -41,6 +41,7 @@ EVAL_KEYS = {
         "encode",
         "decode",
         "inspect",
+        "roundtrip",
         "plot",
         "compare",
         "prior",
@@ -393,7 +394,7 @@ def test_log_lines_stay_whole_when_stderr_is_not_a_terminal(
 
 COMMANDS = [
     "download", "train", "evaluate", "profiles", "plot", "compare", "encode", "decode", "inspect",
-    "prior", "sample",
+    "roundtrip", "prior", "sample",
 ]  # fmt: skip
 
 

@@ -159,8 +159,9 @@ def decode(
     grid: Annotated[
         Path | None,
         typer.Option(
-            help="Also write the first images side by side to this PNG: pixels only, in the "
-            "code file's order, row by row (names are in the PNG files' names).",
+            help="Also write the first images side by side to this PNG, each at its own size "
+            "(as many as fit 1024x1024 pixels): pixels only, in the code file's order, row by "
+            "row. vqtool roundtrip shows originals, names and PSNR.",
             metavar="FILE",
             show_default=False,
         ),
@@ -285,3 +286,88 @@ def _summary_rows(summary: CodeSummary) -> list[tuple[str, Any]]:
         ("bits per image (codes or stream alone)", summary.payload_bits_per_image),
         ("bits per image (uniform bound, h*w*log2 K)", summary.uniform_bits_per_image),
     ]  # fmt: skip
+
+
+@app.command(cls=Command, short_help="Your images over their reconstructions, with PSNR and bits.")
+@reports_errors
+def roundtrip(
+    run: RunOrCheckpoint,
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="What encode takes: image files, folders, cifar10:test, cifar10:test:N, ...",
+            metavar="INPUT",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o",
+            "--output",
+            help="The figure to write (PNG).",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ],
+    json_out: JsonOut = None,
+    prior: Annotated[
+        Path | None,
+        optional_option(
+            "A prior run (or its checkpoint): also give the bits its coding spends on each image.",
+            "PRIOR",
+        ),
+    ] = None,
+    size: Annotated[
+        str | None,
+        optional_option("Resize every image to HEIGHTxWIDTH first, as encode --size does.", "HxW"),
+    ] = None,
+    show: Annotated[
+        int, typer.Option(min=1, help="Images in the figure and the table.", metavar="N")
+    ] = 32,
+    batch_size: BatchSize = 256,
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Refuse damaged images in folders, as encode --strict does."),
+    ] = False,
+) -> None:
+    """Put your images through the codes and back: a figure of each original above its
+    reconstruction with its PSNR, and a table of each image's PSNR and bits.
+
+    Bits per image: raw, h*w*log2 K for h x w codes of K; with --prior, the prior coding's.
+
+    The table lists the images the figure shows and the mean of all; --json gives every image.
+
+    Example: [bold]vqtool roundtrip runs/demo photos/ -o roundtrip.png --size 64x64[/bold]
+    """
+    import_torch()
+    from vqtool.codes.roundtrip import round_trip
+    from vqtool.device import resolve_device
+    from vqtool.files import check_output_file
+    from vqtool.images.pixels import parse_size
+    from vqtool.reports.plots import save_png
+    from vqtool.reports.roundtrip_plots import roundtrip_figure, roundtrip_rows
+    from vqtool.vq.load import load_model
+
+    shape = parse_size(size) if size is not None else None
+    check_output_file(output, "the figure", "-o roundtrip.png")
+    if json_out not in (None, "-"):
+        check_output_file(Path(json_out), "the --json file", "--json roundtrip.json")
+    loaded = load_model(run, resolve_device(device))
+    coding_prior = load_coding_prior_for(prior, loaded)
+    with progress.CountProgress("encoding and decoding") as bar:
+        result = round_trip(
+            loaded, inputs, data_dir_of(data_dir), shape, coding_prior, show, batch_size,
+            bar.update, lambda note: progress.info(f"note: {note}"), strict,
+            bar.stage("prior coding"),
+        )  # fmt: skip
+    progress.info(f"wrote {save_png(roundtrip_figure(result, loaded.run_dir.path.name), output)}")
+    if json_out is not None:
+        progress.emit_json(result.as_dict(), json_out)
+    if json_out != "-":
+        columns, rows = roundtrip_rows(result, show)
+        progress.print_result(progress.rows_table(f"round trip through {run}", columns, rows))
+    if len(result.names) > show:
+        progress.info(f"showed the first {show} of {len(result.names):,} images; --json has all")
