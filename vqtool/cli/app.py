@@ -101,7 +101,8 @@ class OneLineErrors(PlainHelp, TyperGroup):
 
 app = typer.Typer(
     cls=OneLineErrors,
-    help="Train a VQ-VAE on CIFAR-10 and turn images into discrete codes and back.\n\n"
+    help="Train a VQ-VAE on CIFAR-10 or your own image folders, and turn images into "
+    "discrete codes and back.\n\n"
     "Start with: vqtool download, then vqtool train --profile smoke.",
     no_args_is_help=True,
     add_completion=False,

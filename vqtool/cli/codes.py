@@ -57,7 +57,9 @@ def encode(
     size: Annotated[
         str | None,
         optional_option(
-            "Resize every image to HxW first (needed for images of mixed sizes).", "HxW"
+            "Resize every image to HEIGHTxWIDTH first (height first: 64x96 is 64 high, 96 "
+            "wide); needed for images of mixed sizes.",
+            "HxW",
         ),
     ] = None,
     batch_size: BatchSize = 256,
@@ -87,7 +89,7 @@ def encode(
 
     --strict refuses them instead; a file named on its own must be a readable image.
 
-    Images larger than 4096x4096 need --size, which shrinks them while they are read.
+    Images larger than 4096x4096 need --size HxW, which shrinks them while they are read.
 
     Example: [bold]vqtool encode runs/demo photos/ cifar10:test:100 -o codes.vqc --size 32x32[/bold]
     """
@@ -117,12 +119,12 @@ def encode(
     coded = ""
     if compress or coding_prior is not None:
         coded = f", {output.stat().st_size * 8 / codes.codes.shape[0]:,.1f} bits per image"
-    progress.info(f"wrote {output}: {_encoded(codes)}{coded}")
+    progress.info(f"wrote {output}: {_encoded(codes)}; sizes are HxW{coded}")
 
 
 def _encoded(codes: Any) -> str:
     """'1 image of 300x451 (padded to 300x452) as 75x113 codes of 512': the sizes as given
-    (after --size), and the padded size they share when it differs."""
+    (after --size), height first, and the padded size they share when it differs."""
     n, h, w = codes.codes.shape
     padded = f"{codes.image_size[0]}x{codes.image_size[1]}"
     sizes = {(int(a), int(b)) for a, b in codes.sizes}

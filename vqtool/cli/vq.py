@@ -240,16 +240,19 @@ def profiles(
         ),
     ] = None,
 ) -> None:
-    """List the shipped profiles, or print one resolved (extends and defaults applied).
+    """List the shipped profiles, those for vqtool train (VQ-VAEs) apart from those for vqtool
+    prior (priors over a run's codes), or print one resolved (extends and defaults applied).
 
     Example: [bold]vqtool profiles ema[/bold]
     """
-    from vqtool.profiles import list_profiles, load_any_profile, profile_to_toml
+    from vqtool.profiles import load_any_profile, profile_to_toml, profiles_by_command
 
     if name is not None:
         progress.out.print(profile_to_toml(load_any_profile(name)), markup=False, end="")
         return
-    progress.print_result(progress.rows_table("profiles", ["name", "description"], list_profiles()))
+    for command, listed in profiles_by_command():
+        title = f"profiles for {command}"
+        progress.print_result(progress.rows_table(title, ["name", "description"], listed))
 
 
 @app.command(cls=Command, short_help="Draw a run's loss, reconstructions and codebook PNGs.")

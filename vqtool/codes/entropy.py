@@ -101,8 +101,8 @@ def check_prior(
         )
     if model.num_embeddings != num_embeddings or (grid is not None and tuple(model.grid) != grid):
         raise UsageError(
-            f"the prior models {model.grid[0]}x{model.grid[1]} grids of {model.num_embeddings} "
-            f"codes, these are {_grid(grid)}grids of {num_embeddings}",
+            f"the prior models {model.grid[0]}x{model.grid[1]} grids (HxW) of "
+            f"{model.num_embeddings} codes, these are {_grid(grid)}grids of {num_embeddings}",
             "--prior",
             "encode images of the size the prior was trained on",
         )

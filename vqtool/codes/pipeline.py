@@ -113,10 +113,10 @@ def common_size(items: Sequence[ImageItem], size: tuple[int, int] | None) -> tup
     for item in items:
         if padded_size(item.size) != shared:
             raise UsageError(
-                f"images of different sizes: {first.size[0]}x{first.size[1]} ({first.name}) and "
-                f"{item.size[0]}x{item.size[1]} ({item.name})",
+                f"images of different sizes (HxW): {first.size[0]}x{first.size[1]} "
+                f"({first.name}) and {item.size[0]}x{item.size[1]} ({item.name})",
                 item.path if item.path is not None else item.name,
-                "pass --size HxW (e.g. --size 64x64) to resize them all, "
+                "pass --size HxW (height x width, e.g. --size 64x64) to resize them all, "
                 "or encode each size into its own file",
             )
     return shared

@@ -751,7 +751,9 @@ def _unpacked_sizes(
         raise _damaged(f"the size runs do not count {n} images", path)
     for _, height, width in runs.tolist():
         if min(height, width) < 1 or padded_size((height, width)) != image_size:
-            raise _damaged(f"size {height}x{width} does not pad to the header's image_size", path)
+            raise _damaged(
+                f"size {height}x{width} (HxW) does not pad to the header's image_size", path
+            )
     return np.repeat(runs[:, 1:], counts, axis=0)
 
 
@@ -816,7 +818,7 @@ def _validate(
         size = (int(row[0]), int(row[1]))
         if min(size) < 1 or padded_size(size) != code_file.image_size:
             raise _damaged(
-                f"size {size[0]}x{size[1]} does not pad to the header's "
+                f"size {size[0]}x{size[1]} (HxW) does not pad to the header's "
                 f"{code_file.image_size[0]}x{code_file.image_size[1]}",
                 path,
             )

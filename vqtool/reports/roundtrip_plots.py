@@ -104,7 +104,7 @@ def _heading(result: RoundTrip, title: str, scale: int, width: int) -> list[tupl
     grid = f"{result.grid[0]}x{result.grid[1]}"
     second = (
         f"PSNR under each (mean of all {n:,}: {result.psnr.mean():.2f} dB); raw "
-        f"{result.raw_bits:,.0f} bits per image ({grid} codes of {result.num_embeddings})"
+        f"{result.raw_bits:,.0f} bits per image ({grid} codes (HxW) of {result.num_embeddings})"
     )
     if result.prior_bits is not None:
         second += f", prior coding {result.prior_bits.mean():,.1f} on average"
