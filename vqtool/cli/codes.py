@@ -286,7 +286,7 @@ def _summary_rows(summary: CodeSummary) -> list[tuple[str, Any]]:
         ("file size", f"{summary.file_bytes:,} bytes"),
         ("bits per image (whole file)", summary.bits_per_image),
         ("bits per image (codes or stream alone)", summary.payload_bits_per_image),
-        ("bits per image (uniform bound, h*w*log2 K)", summary.uniform_bits_per_image),
+        (progress.UNIFORM, summary.uniform_bits_per_image),
     ]  # fmt: skip
 
 

@@ -353,12 +353,11 @@ def describe_codes(path: Path) -> CodeSummary:
     path = Path(path)
     arrays = _members(path)
     stream = arrays.get("stream")
-    if stream is None or "frequencies" in arrays:
-        code_file = (
-            _from_compressed(arrays, path, None, None)
-            if stream is not None
-            else (_from_arrays(arrays, path))
-        )
+    if stream is None or "frequencies" in arrays:  # raw or unigram: read as decode reads it
+        if stream is None:
+            code_file = _from_arrays(arrays, path)
+        else:
+            code_file = _from_compressed(arrays, path, None, None)
         names, sizes, checked = list(code_file.names), code_file.sizes, True
     else:
         header = _checked_header(arrays, path)
