@@ -40,6 +40,8 @@ EVAL_KEYS = {
         "profiles",
         "encode",
         "decode",
+        "inspect",
+        "roundtrip",
         "plot",
         "compare",
         "prior",
@@ -391,8 +393,8 @@ def test_log_lines_stay_whole_when_stderr_is_not_a_terminal(
 
 
 COMMANDS = [
-    "download", "train", "evaluate", "profiles", "plot", "compare", "encode", "decode", "prior",
-    "sample",
+    "download", "train", "evaluate", "profiles", "plot", "compare", "encode", "decode", "inspect",
+    "roundtrip", "prior", "sample",
 ]  # fmt: skip
 
 

@@ -1,4 +1,5 @@
-"""vqtool: a VQ-VAE for CIFAR-10 that turns images into discrete codes and back.
+"""vqtool: a VQ-VAE for CIFAR-10 or your own image folders that turns images into discrete
+codes and back.
 
 The library behind the CLI, for notebooks::
 

@@ -224,6 +224,17 @@ def list_profiles() -> list[tuple[str, str]]:
     return [(name, load_any_profile(name).description) for name in _shipped_names()]
 
 
+def profiles_by_command() -> list[tuple[str, list[tuple[str, str]]]]:
+    """The shipped profiles grouped by the command that takes them: (how the command takes
+    one, [(name, description)]), VQ profiles first, then prior profiles."""
+    usage = {VQ.kind: "vqtool train --profile NAME", PRIOR.kind: "vqtool prior RUN --profile NAME"}
+    groups: dict[str, list[tuple[str, str]]] = {command: [] for command in usage.values()}
+    for name, description in list_profiles():
+        kind = _kind_of(profiles_dir() / f"{name}.toml", [])
+        groups[usage[kind.kind]].append((name, description))
+    return list(groups.items())
+
+
 def _looks_like_path(spec: str, base: Path) -> bool:
     seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
     return spec.endswith(".toml") or any(s in spec for s in seps) or (base / spec).is_file()

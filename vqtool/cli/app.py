@@ -101,7 +101,8 @@ class OneLineErrors(PlainHelp, TyperGroup):
 
 app = typer.Typer(
     cls=OneLineErrors,
-    help="Train a VQ-VAE on CIFAR-10 and turn images into discrete codes and back.\n\n"
+    help="Train a VQ-VAE on CIFAR-10 or your own image folders, and turn images into "
+    "discrete codes and back.\n\n"
     "Start with: vqtool download, then vqtool train --profile smoke.",
     no_args_is_help=True,
     add_completion=False,
@@ -236,6 +237,12 @@ Resume = Annotated[
     bool, typer.Option("--resume", help="Continue the run in --run-dir from its checkpoint.")
 ]
 
+JsonOut = Annotated[
+    str | None,
+    typer.Option(
+        "--json", help="Also write it as JSON to FILE, or - for stdout alone.", metavar="FILE|-"
+    ),
+]
 PriorRunDir = Annotated[Path | None, folder_option("The prior's run folder (default: RUN/prior).")]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,6 +13,7 @@ from vqtool.cli.app import (
     Command,
     DataDir,
     Device,
+    JsonOut,
     PriorOption,
     RunOrCheckpoint,
     Stages,
@@ -26,6 +27,9 @@ from vqtool.errors import (
     counted,
 )
 from vqtool.process import import_torch
+
+if TYPE_CHECKING:
+    from vqtool.codes.vqc import CodeSummary
 
 
 @app.command(cls=Command, short_help="Encode images into a code file (.vqc).")
@@ -54,7 +58,9 @@ def encode(
     size: Annotated[
         str | None,
         optional_option(
-            "Resize every image to HxW first (needed for images of mixed sizes).", "HxW"
+            "Resize every image to HEIGHTxWIDTH first (height first: 64x96 is 64 high, 96 "
+            "wide); needed for images of mixed sizes.",
+            "HxW",
         ),
     ] = None,
     batch_size: BatchSize = 256,
@@ -86,7 +92,7 @@ def encode(
 
     --strict refuses them instead; a file named on its own must be a readable image.
 
-    Images larger than 4096x4096 need --size, which shrinks them while they are read.
+    Images larger than 4096x4096 need --size HxW, which shrinks them while they are read.
 
     Example: [bold]vqtool encode runs/demo photos/ cifar10:test:100 -o codes.vqc --size 32x32[/bold]
     """
@@ -117,12 +123,12 @@ def encode(
     coded = ""
     if compress or coding_prior is not None:
         coded = f", {output.stat().st_size * 8 / codes.codes.shape[0]:,.1f} bits per image"
-    progress.info(f"wrote {output}: {_encoded(codes)}{coded}")
+    progress.info(f"wrote {output}: {_encoded(codes)}; sizes are HxW{coded}")
 
 
 def _encoded(codes: Any) -> str:
     """'1 image of 300x451 (padded to 300x452) as 75x113 codes of 512': the sizes as given
-    (after --size), and the padded size they share when it differs."""
+    (after --size), height first, and the padded size they share when it differs."""
     n, (h, w) = codes.codes.shape[0], codes.codes.shape[-2:]
     padded = f"{codes.image_size[0]}x{codes.image_size[1]}"
     sizes = {(int(a), int(b)) for a, b in codes.sizes}
@@ -160,8 +166,9 @@ def decode(
     grid: Annotated[
         Path | None,
         typer.Option(
-            help="Also write the first images side by side to this PNG: pixels only, in the "
-            "code file's order, row by row (names are in the PNG files' names).",
+            help="Also write the first images side by side to this PNG, each at its own size "
+            "(as many as fit 1024x1024 pixels): pixels only, in the code file's order, row by "
+            "row. vqtool roundtrip shows originals, names and PSNR.",
             metavar="FILE",
             show_default=False,
         ),
@@ -175,6 +182,10 @@ def decode(
     the stored names (DIR/cat/0001.png). --stages N decodes a multi-stage file's first N
     stages only (a compressed file's later stages are not even read).
 
+    A file compressed with a prior needs that prior, given as --prior P.
+
+    Without --prior, the prior inside RUN that compressed the file (by its fingerprint) is used.
+
     Example: [bold]vqtool decode runs/demo codes.vqc -o decoded --grid grid.png[/bold]
     """
     import_torch()
@@ -183,6 +194,8 @@ def decode(
     from vqtool.vq.load import load_model
 
     loaded = load_model(run, resolve_device(device))
+    if prior is None:
+        prior = _prior_in_run(loaded.path, codes)
     coding_prior = load_coding_prior_for(prior, loaded)
     with progress.CountProgress("decoding") as bar:
         stream = bar.stage("range decoding")
@@ -193,3 +206,178 @@ def decode(
     if result.grid is not None:
         shown = f" (the first {result.grid_images:,})" if result.grid_images < result.images else ""
         progress.info(f"wrote {result.grid}{shown}")
+
+
+def _prior_in_run(run: Path, codes: Path) -> Path | None:
+    """For a file compressed with a prior and decoded without --prior: the prior run inside
+    R that compressed it, said on stderr; None when there is none (decode then asks for
+    --prior). Using it is safe: its fingerprint is the file's, checked as it loads, and the
+    decoded codes must match the file's checksum."""
+    from vqtool.codes.vqc import prior_fingerprint
+    from vqtool.prior.load import find_prior
+
+    wanted = prior_fingerprint(codes)
+    found = find_prior(run, wanted) if wanted is not None else None
+    if found is not None:
+        progress.info(
+            f"note: decoding with the prior {found}, which compressed this file "
+            f"({progress.short_fingerprint(str(wanted))}); --prior P chooses it yourself"
+        )
+    return found
+
+
+@app.command("inspect", cls=Command, short_help="Show what a code file holds, without decoding.")
+@reports_errors
+def inspect_file(
+    codes: Annotated[
+        Path,
+        typer.Argument(help="A code file (.vqc).", metavar="CODES", show_default=False),
+    ],
+    json_out: JsonOut = None,
+) -> None:
+    """Show what a code file holds: the checkpoint that made it, how it is coded (raw, unigram,
+    or which prior), its images and their sizes (height x width), and its bits per image.
+
+    A damaged file is refused with the one-line error decode gives.
+
+    A prior-coded stream is checked when it is decoded with its prior.
+
+    Example: [bold]vqtool inspect codes.vqc --json -[/bold]
+    """
+    from vqtool.codes.vqc import describe_codes
+    from vqtool.files import check_output_file
+
+    if json_out not in (None, "-"):
+        check_output_file(Path(json_out), "the --json file", "--json facts.json")
+    summary = describe_codes(codes)
+    if json_out is not None:
+        progress.emit_json({"file": str(codes), **summary.as_dict()}, json_out)
+    if json_out != "-":
+        progress.print_result(progress.facts_table(f"code file {codes}", _summary_rows(summary)))
+    if not summary.stream_checked:
+        progress.info(
+            "note: the prior-coded stream was not decoded; vqtool decode R FILE --prior P "
+            "checks it against the codes' checksum"
+        )
+
+
+SHOWN_SIZES = 4  # distinct image sizes listed one by one; the rest are counted
+
+
+def _summary_rows(summary: CodeSummary) -> list[tuple[str, Any]]:
+    """inspect's table: a CodeSummary in words, sizes as HxW and fingerprints shortened."""
+    from vqtool.images.pixels import HW, size_text
+
+    coding = {
+        "raw": "raw (uint16 codes, not compressed)",
+        "unigram": "unigram (range-coded with the file's own code frequencies)",
+        "prior": "prior (range-coded with the prior's predictions)",
+    }[summary.coding]
+    sizes = [f"{size_text((h, w))} ({counted(n, 'image')})" for h, w, n in summary.size_counts]
+    more = len(sizes) - SHOWN_SIZES
+    shown = "; ".join(sizes[:SHOWN_SIZES]) + (f"; and {more:,} more sizes" if more > 0 else "")
+    names = summary.first_name
+    if summary.images > 1:
+        names += f" ... {summary.last_name}"
+    return [
+        ("made by the checkpoint", progress.short_fingerprint(summary.checkpoint)),
+        ("coding", coding),
+        ("prior", progress.short_fingerprint(summary.prior) if summary.prior else "none"),
+        ("format version", summary.version),
+        ("images", summary.images),
+        ("residual stages", summary.stages),
+        (f"image sizes ({HW})", shown),
+        (f"padded to ({HW})", size_text(summary.image_size)),
+        (f"codes per image ({HW})", f"{size_text(summary.grid)} of K = {summary.num_embeddings} "
+                                    f"(D = {summary.embedding_dim})"),
+        ("names (first ... last)", names),
+        ("file size", f"{summary.file_bytes:,} bytes"),
+        ("bits per image (whole file)", summary.bits_per_image),
+        ("bits per image (codes or stream alone)", summary.payload_bits_per_image),
+        (progress.UNIFORM, summary.uniform_bits_per_image),
+    ]  # fmt: skip
+
+
+@app.command(cls=Command, short_help="Your images over their reconstructions, with PSNR and bits.")
+@reports_errors
+def roundtrip(
+    run: RunOrCheckpoint,
+    inputs: Annotated[
+        list[str],
+        typer.Argument(
+            help="What encode takes: image files, folders, cifar10:test, cifar10:test:N, ...",
+            metavar="INPUT",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o",
+            "--output",
+            help="The figure to write (PNG).",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ],
+    json_out: JsonOut = None,
+    prior: Annotated[
+        Path | None,
+        optional_option(
+            "A prior run (or its checkpoint): also give the bits its coding spends on each image.",
+            "PRIOR",
+        ),
+    ] = None,
+    size: Annotated[
+        str | None,
+        optional_option("Resize every image to HEIGHTxWIDTH first, as encode --size does.", "HxW"),
+    ] = None,
+    show: Annotated[
+        int, typer.Option(min=1, help="Images in the figure and the table.", metavar="N")
+    ] = 32,
+    batch_size: BatchSize = 256,
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Refuse damaged images in folders, as encode --strict does."),
+    ] = False,
+) -> None:
+    """Put your images through the codes and back: a figure of each original above its
+    reconstruction with its PSNR, and a table of each image's PSNR and bits.
+
+    Bits per image: raw, h*w*log2 K for h x w codes of K; with --prior, the prior coding's.
+
+    The table lists the images the figure shows and the mean of all; --json gives every image.
+
+    Example: [bold]vqtool roundtrip runs/demo photos/ -o roundtrip.png --size 64x64[/bold]
+    """
+    import_torch()
+    from vqtool.codes.roundtrip import round_trip
+    from vqtool.device import resolve_device
+    from vqtool.files import check_output_file
+    from vqtool.images.pixels import parse_size
+    from vqtool.reports.plots import save_png
+    from vqtool.reports.roundtrip_plots import roundtrip_figure, roundtrip_rows
+    from vqtool.vq.load import load_model
+
+    shape = parse_size(size) if size is not None else None
+    check_output_file(output, "the figure", "-o roundtrip.png")
+    if json_out not in (None, "-"):
+        check_output_file(Path(json_out), "the --json file", "--json roundtrip.json")
+    loaded = load_model(run, resolve_device(device))
+    coding_prior = load_coding_prior_for(prior, loaded)
+    with progress.CountProgress("encoding and decoding") as bar:
+        result = round_trip(
+            loaded, inputs, data_dir_of(data_dir), shape, coding_prior, show, batch_size,
+            bar.update, lambda note: progress.info(f"note: {note}"), strict,
+            bar.stage("prior coding"),
+        )  # fmt: skip
+    progress.info(f"wrote {save_png(roundtrip_figure(result, loaded.run_dir.path.name), output)}")
+    if json_out is not None:
+        progress.emit_json(result.as_dict(), json_out)
+    if json_out != "-":
+        columns, rows = roundtrip_rows(result, show)
+        progress.print_result(progress.rows_table(f"round trip through {run}", columns, rows))
+    if len(result.names) > show:
+        progress.info(f"showed the first {show} of {len(result.names):,} images; --json has all")

@@ -119,6 +119,6 @@ def sample(
     write_codes(output, code_file)
     h, w = code_file.codes.shape[1:]
     progress.info(
-        f"wrote {output}: {n:,} sampled grids of {h}x{w} codes for the VQ checkpoint "
+        f"wrote {output}: {n:,} sampled grids of {h}x{w} codes (HxW) for the VQ checkpoint "
         f"{loaded.vq.fingerprint[:12]}... ({loaded.vq.checkpoint})"
     )

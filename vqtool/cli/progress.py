@@ -262,13 +262,19 @@ class PriorProgress(TrainProgress):
             info(f"encoded the {split} split with the VQ run: {event.step:,} code grids")
 
 
-def metrics_table(title: str, metrics: Mapping[str, Any]) -> Table:
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        table.add_row(key, format_value(value))
+def facts_table(title: str, rows: Iterable[tuple[str, Any]]) -> Table:
+    """Two columns without a header: what, then its value."""
+    table = Table(title=title, show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    for label, value in rows:
+        table.add_row(label, format_value(value))
     return table
+
+
+def short_fingerprint(fingerprint: str) -> str:
+    """A sha256 fingerprint as its first 12 hex digits, for tables (JSON keeps all 64)."""
+    return f"{fingerprint[:12]}..." if len(fingerprint) > 12 else fingerprint
 
 
 def rows_table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> Table:
@@ -306,3 +312,61 @@ def emit_json(data: Any, target: str) -> None:
         from vqtool.files import write_text
 
         write_text(Path(target), text)
+
+
+def _db(value: Any) -> str:
+    return f"{value:.2f} dB" if isinstance(value, (int, float)) else format_value(value)
+
+
+def _percent(value: Any) -> str:
+    return f"{value:.1%}" if isinstance(value, (int, float)) else format_value(value)
+
+
+def _bits(value: Any) -> str:
+    return f"{value:,.1f}" if isinstance(value, (int, float)) else format_value(value)
+
+
+def _fingerprint(value: Any) -> str:
+    return short_fingerprint(value) if isinstance(value, str) else format_value(value)
+
+
+UNIFORM = "bits per image (uniform bound: h*w*log2 K)"
+# metric -> its label in evaluate's table and how its value reads there (JSON keeps the
+# keys and raw values): a VQ run's metrics, then where a prior's differ.
+VQ_METRICS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "split": ("split", format_value),
+    "nmse": ("nmse (MSE / train pixel variance)", format_value),
+    "mse": ("mse (pixels in [0, 1])", format_value),
+    "psnr": ("psnr", _db),
+    "perplexity": ("perplexity (codes in effective use)", format_value),
+    "codebook_usage": ("codebook usage (codes chosen at least once)", _percent),
+    "dead_codes": ("dead codes (never chosen)", format_value),
+    "bits_per_image": (UNIFORM, _bits),
+    "entropy_bits_per_image": ("bits per image (entropy of the codes)", _bits),
+    "images": ("images", format_value),
+    "images_per_s": ("images per second", format_value),
+    "checkpoint": ("checkpoint", _fingerprint),
+    "step": ("step", format_value),
+}
+PRIOR_METRICS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    **VQ_METRICS,
+    "bits_per_code": ("bits per code (the prior's)", format_value),
+    "bits_per_image": ("bits per image (the prior's)", _bits),
+    "unigram_bits_per_image": ("bits per image (entropy of the codes)", _bits),
+    "uniform_bits_per_image": (UNIFORM, _bits),
+    "ratio_to_unigram": ("the prior's bits / entropy's", format_value),
+    "images": ("code grids", format_value),
+    "images_per_s": ("code grids per second", format_value),
+}
+
+
+def metrics_table(title: str, metrics: Mapping[str, Any]) -> Table:
+    """evaluate's metrics in words: fingerprints shortened, units said, bits qualified."""
+    known = PRIOR_METRICS if "bits_per_code" in metrics else VQ_METRICS
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        label, shown = known.get(key, (key, format_value))
+        table.add_row(label, shown(value))
+    return table

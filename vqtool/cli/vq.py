@@ -130,7 +130,8 @@ def evaluate(
         typer.Option(
             "--rate-distortion",
             help="Also put the run's real code files beside JPEG, WebP and AVIF sweeps on the "
-            "same images; writes rd-<split>.json (vqtool plot draws rd.png).",
+            "same images; writes rd-<split>.json (vqtool plot draws rd.png) and shows its table "
+            "instead of the metrics (still written to eval-<split>.json).",
         ),
     ] = False,
     rd_images: Annotated[
@@ -146,7 +147,7 @@ def evaluate(
 ) -> None:
     """Metrics over a whole split from the decoded codes; writes eval-<split>.json in the run.
 
-    --rate-distortion also compares the run's code files with JPEG, WebP and AVIF.
+    --rate-distortion shows instead the run's code files beside JPEG, WebP and AVIF.
 
     Example: [bold]vqtool evaluate runs/demo --split test[/bold]
     """
@@ -195,10 +196,11 @@ def evaluate(
         )
     if json_out is not None:
         progress.emit_json(metrics, json_out)
-    if json_out != "-":
+    # --rate-distortion asks for its own table: the metrics are in eval-<split>.json.
+    if json_out != "-" and measure_rd is None:
         progress.print_result(progress.metrics_table(f"{split} split", metrics))
     if measure_rd is not None:
-        measure_rd(split, data_dir_of(data_dir), rd_images)
+        measure_rd(split, data_dir_of(data_dir), rd_images, json_out != "-")
 
 
 def _rate_distortion_job(run: Path, prior: Path | None, device: str) -> Callable[..., None]:
@@ -216,17 +218,19 @@ def _rate_distortion_job(run: Path, prior: Path | None, device: str) -> Callable
     loaded = load_model(run, resolve_device(device))
     coding_prior = load_coding_prior_for(prior, loaded)
 
-    def measure(split: str, data_dir: Path, images: int | None) -> None:
+    def measure(split: str, data_dir: Path, images: int | None, show: bool) -> None:
         with progress.CountProgress("rate-distortion") as bar:
             rd = rate_distortion_split(loaded, split, data_dir, coding_prior, images, bar.stage)
         progress.info(f"wrote {write_rate_distortion(run, rd)}")
-        title = f"rate-distortion, {rd['images']:,} {split} images"
-        progress.print_result(progress.rows_table(title, RD_COLUMNS, rate_distortion_rows(rd)))
+        if show:  # not under --json -, whose stdout holds the JSON alone
+            title = f"rate-distortion, {rd['images']:,} {split} images"
+            rows = rate_distortion_rows(rd)
+            progress.print_result(progress.rows_table(title, RD_COLUMNS, rows))
 
     return measure
 
 
-@app.command(cls=Command, short_help="List the shipped profiles, or print one resolved.")
+@app.command(cls=Command, short_help="List the shipped profiles by command, or print one.")
 @reports_errors
 def profiles(
     name: Annotated[
@@ -236,16 +240,19 @@ def profiles(
         ),
     ] = None,
 ) -> None:
-    """List the shipped profiles, or print one resolved (extends and defaults applied).
+    """List the shipped profiles, those for vqtool train (VQ-VAEs) apart from those for vqtool
+    prior (priors over a run's codes), or print one resolved (extends and defaults applied).
 
     Example: [bold]vqtool profiles ema[/bold]
     """
-    from vqtool.profiles import list_profiles, load_any_profile, profile_to_toml
+    from vqtool.profiles import load_any_profile, profile_to_toml, profiles_by_command
 
     if name is not None:
         progress.out.print(profile_to_toml(load_any_profile(name)), markup=False, end="")
         return
-    progress.print_result(progress.rows_table("profiles", ["name", "description"], list_profiles()))
+    for command, listed in profiles_by_command():
+        title = f"profiles for {command}"
+        progress.print_result(progress.rows_table(title, ["name", "description"], listed))
 
 
 @app.command(cls=Command, short_help="Draw a run's loss, reconstructions and codebook PNGs.")

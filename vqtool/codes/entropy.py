@@ -115,7 +115,7 @@ def check_prior(
     prior_grid = (model.grid[0] // model.stages, model.grid[1])
     if per_stage != num_embeddings or (grid is not None and prior_grid != grid):
         raise UsageError(
-            f"the prior models {prior_grid[0]}x{prior_grid[1]} grids of {per_stage} "
+            f"the prior models {prior_grid[0]}x{prior_grid[1]} grids (HxW) of {per_stage} "
             f"codes, these are {_grid(grid)}grids of {num_embeddings}",
             "--prior",
             "encode images of the size the prior was trained on",

@@ -119,13 +119,84 @@ def common_size(items: Sequence[ImageItem], size: tuple[int, int] | None) -> tup
     for item in items:
         if padded_size(item.size) != shared:
             raise UsageError(
-                f"images of different sizes: {first.size[0]}x{first.size[1]} ({first.name}) and "
-                f"{item.size[0]}x{item.size[1]} ({item.name})",
+                f"images of different sizes (HxW): {first.size[0]}x{first.size[1]} "
+                f"({first.name}) and {item.size[0]}x{item.size[1]} ({item.name})",
                 item.path if item.path is not None else item.name,
-                "pass --size HxW (e.g. --size 64x64) to resize them all, "
+                "pass --size HxW (height x width, e.g. --size 64x64) to resize them all, "
                 "or encode each size into its own file",
             )
     return shared
+
+
+class EncodedBatch(NamedTuple):
+    indices: list[int]  # the images' positions in Encoding.items
+    images: Tensor  # uint8 (B, 3, H, W): the images as encoded, padded to Encoding.shape
+    codes: Tensor  # int64 (B, H / 4, W / 4)
+
+
+class Encoding:
+    """Inputs found (inputs.find_images) and sized for encoding: `batches` reads, pads and
+    encodes them batch by batch, setting damaged images of folders aside (unless `strict`);
+    `finish` then refuses a set of only damaged images, or notes what was skipped.
+
+    `size` (H, W) resizes every image first; without it, all images must pad to one size.
+    """
+
+    def __init__(
+        self,
+        inputs: Sequence[str],
+        data_dir: Path,
+        size: tuple[int, int] | None = None,
+        strict: bool = False,
+    ) -> None:
+        self.found = find_images(inputs, data_dir, size, strict)
+        self.items = self.found.items
+        self.size = size
+        self.strict = strict
+        self.shape = common_size(self.items, size)  # (H, W) every image is padded to
+        self.kept = np.ones(len(self.items), bool)
+        self.damaged = list(self.found.damaged)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Codes per image (h, w)."""
+        return self.shape[0] // DOWNSAMPLE, self.shape[1] // DOWNSAMPLE
+
+    def size_of(self, index: int) -> tuple[int, int]:
+        """(height, width) of image `index` as encoded: after --size, before padding."""
+        return self.size if self.size is not None else self.items[index].size
+
+    def batches(
+        self, model: VQVAE, batch_size: int = DEFAULT_BATCH, on_progress: Progress | None = None
+    ) -> Iterator[EncodedBatch]:
+        n = len(self.items)
+        for start, stop in batch_ranges(n, batch_size, self.shape[0] * self.shape[1]):
+            batch, indices = [], []
+            for i in range(start, stop):
+                try:
+                    batch.append(pad_to(load_item(self.items[i], self.size), self.shape))
+                    indices.append(i)
+                except DamagedImage as problem:
+                    if self.strict or not self.items[i].in_folder:
+                        raise
+                    self.kept[i] = False
+                    self.damaged.append(problem)
+            if batch:
+                images = torch.stack(batch)
+                yield EncodedBatch(indices, images, encode_images(model, images))
+            if on_progress is not None:
+                on_progress(stop, n)
+
+    def finish(self, on_note: Callable[[str], None] | None = None) -> None:
+        """After the batches: WorkError when every image was damaged, else a note on what
+        was skipped (noted once the work has succeeded: a failure stays a single line)."""
+        if not self.kept.any():
+            raise WorkError(
+                f"every image is damaged: {len(self.damaged)} could not be read",
+                self.damaged[0].where,
+                "check the files (the first one is named here)",
+            )
+        _note_skips(self.found.skipped, self.damaged, on_note or (lambda message: None))
 
 
 def encode_inputs(
@@ -147,7 +218,6 @@ def encode_inputs(
     `strict`, which makes them errors; a damaged file named on its own is always an error.
     A run of S residual stages gives codes (N, S, h, w), or its first `stages` of them.
     """
-    note = on_note if on_note is not None else (lambda message: None)
     trained = model_stages(loaded.model)
     if stages is not None and not 1 <= stages <= trained:
         raise UsageError(
@@ -155,52 +225,25 @@ def encode_inputs(
             "--stages",
             f"give --stages from 1 to {trained}",
         )
-    found = find_images(inputs, data_dir, size, strict)
-    items = found.items
-    shape = common_size(items, size)
-    damaged = list(found.damaged)
-    n = len(items)
-    grid = (shape[0] // DOWNSAMPLE, shape[1] // DOWNSAMPLE)
     kept_stages = trained if stages is None else stages
-    codes = np.empty((n, kept_stages, *grid) if trained > 1 else (n, *grid), np.uint16)
-    kept = np.ones(n, bool)
-    model = loaded.model.folded()
-    for start, stop in batch_ranges(n, batch_size, shape[0] * shape[1]):
-        batch = []
-        for i in range(start, stop):
-            try:
-                batch.append(pad_to(load_item(items[i], size), shape))
-            except DamagedImage as problem:
-                if strict or not items[i].in_folder:
-                    raise
-                kept[i] = False
-                damaged.append(problem)
-        if batch:
-            encoded = encode_images(model, torch.stack(batch)).numpy()
-            codes[start:stop][kept[start:stop]] = (
-                encoded[:, :kept_stages] if trained > 1 else encoded
-            )
-        if on_progress is not None:
-            on_progress(stop, n)
-    if not kept.any():
-        raise WorkError(
-            f"every image is damaged: {len(damaged)} could not be read",
-            damaged[0].where,
-            "check the files (the first one is named here)",
-        )
-    # Noted once the work has succeeded: a failure stays a single line.
-    _note_skips(found.skipped, damaged, note)
-    items = [item for item, keep in zip(items, kept, strict=True) if keep]
-    sizes = [size if size is not None else item.size for item in items]
+    encoding = Encoding(inputs, data_dir, size, strict)
+    n = len(encoding.items)
+    stage_axis = (kept_stages,) if trained > 1 else ()
+    codes = np.empty((n, *stage_axis, *encoding.grid), np.uint16)
+    for batch in encoding.batches(loaded.model.folded(), batch_size, on_progress):
+        encoded = batch.codes.numpy()
+        codes[batch.indices] = encoded[:, :kept_stages] if trained > 1 else encoded
+    encoding.finish(on_note)
+    kept = encoding.kept
     config = loaded.model.config
     return CodeFile(
         codes=codes[kept],
-        names=tuple(item.name for item in items),
-        sizes=np.array(sizes, np.int32),
+        names=tuple(item.name for item, keep in zip(encoding.items, kept, strict=True) if keep),
+        sizes=np.array([encoding.size_of(int(i)) for i in np.flatnonzero(kept)], np.int32),
         checkpoint=loaded.fingerprint,
         num_embeddings=config.num_embeddings,
         embedding_dim=config.embedding_dim,
-        image_size=shape,
+        image_size=encoding.shape,
     )
 
 

@@ -55,7 +55,7 @@ import numpy as np
 from vqtool.codes import entropy
 from vqtool.codes.entropy import CodingPrior, StreamError
 from vqtool.codes.names import name_problem
-from vqtool.errors import UsageError, VqtoolError, WorkError, first_line
+from vqtool.errors import UsageError, VqtoolError, WorkError, first_line, os_reason
 from vqtool.events import Progress
 from vqtool.files import check_output_file, save_or_fail
 from vqtool.images.pixels import padded_size
@@ -84,6 +84,7 @@ RUN_MARK = "\x1f"  # a control character: never part of a stored name
 MAX_DEFLATE_RATIO = 64
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the zip epoch: timestamps would make equal files differ
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+ZIP_MAGIC = b"PK\x03\x04"  # what every zip archive, hence every code file, starts with
 _DAMAGED = "the file is damaged or was changed; encode the images again"
 
 
@@ -306,15 +307,7 @@ def read_codes(
     else. `on_progress(done, n)` follows the prior's images. `stages` keeps (and decodes) only
     the first stages of a file with a stage axis."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError("no such code file", path, "give a .vqc file written by vqtool encode")
-    try:
-        arrays = _read_members(path)
-    except VqtoolError:
-        raise
-    except Exception as exc:  # zipfile and numpy raise many types on damaged input
-        reason = first_line(exc, 120)
-        raise WorkError(f"not a readable code file: {reason}", path, _DAMAGED) from exc
+    arrays = _members(path)
     if "stream" in arrays:
         return _from_compressed(arrays, path, prior, on_progress, stages)
     return _first_stages(_from_arrays(arrays, path), stages, path)
@@ -335,6 +328,173 @@ def _first_stages(code_file: CodeFile, stages: int | None, path: Path) -> CodeFi
     if stages is None or code_file.codes.ndim == 3 or stages == code_file.stages:
         return code_file
     return dataclasses.replace(code_file, codes=np.ascontiguousarray(code_file.codes[:, :stages]))
+
+
+@dataclass(frozen=True)
+class CodeSummary:
+    """What a code file says about itself, for `vqtool inspect`: read and checked like
+    `read_codes` does, but a prior-coded stream is not decoded (that needs the prior)."""
+
+    version: int
+    coding: str  # "raw" (version 1), "unigram" or "prior" (version 2)
+    checkpoint: str  # fingerprint of the VQ checkpoint whose model made the codes
+    prior: str | None  # fingerprint of the prior that coded the stream ("prior" coding only)
+    images: int  # N
+    size_counts: tuple[tuple[int, int, int], ...]  # (height, width, images) per size, by first use
+    image_size: tuple[int, int]  # (H, W) every image is padded to
+    num_embeddings: int  # K
+    embedding_dim: int  # D
+    file_bytes: int
+    payload_bytes: int  # the codes member of a raw file, the stream of a compressed one
+    first_name: str
+    last_name: str
+    stream_checked: bool  # False for a prior-coded stream: decoding it with its prior checks it
+    stages: int = 1  # residual stages stored (versions 3 and 4)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(h, w): codes per image."""
+        return self.image_size[0] // DOWNSAMPLE, self.image_size[1] // DOWNSAMPLE
+
+    @property
+    def bits_per_image(self) -> float:
+        """The whole file's bits, shared out over its images."""
+        return self.file_bytes * 8 / self.images
+
+    @property
+    def payload_bits_per_image(self) -> float:
+        return self.payload_bytes * 8 / self.images
+
+    @property
+    def uniform_bits_per_image(self) -> float:
+        """h * w * log2 K: every code coded as one of K equally likely ones."""
+        return self.stages * self.grid[0] * self.grid[1] * math.log2(self.num_embeddings)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON data; sizes as named height and width, never a bare pair."""
+        return {
+            "format": FORMAT,
+            "version": self.version,
+            "coding": self.coding,
+            "checkpoint": self.checkpoint,
+            "prior": self.prior,
+            "images": self.images,
+            "stages": self.stages,
+            "sizes": [
+                {"height": h, "width": w, "images": count} for h, w, count in self.size_counts
+            ],
+            "padded_size": {"height": self.image_size[0], "width": self.image_size[1]},
+            "codes_per_image": {"height": self.grid[0], "width": self.grid[1]},
+            "num_embeddings": self.num_embeddings,
+            "embedding_dim": self.embedding_dim,
+            "file_bytes": self.file_bytes,
+            "payload_bytes": self.payload_bytes,
+            "bits_per_image": self.bits_per_image,
+            "payload_bits_per_image": self.payload_bits_per_image,
+            "uniform_bits_per_image": self.uniform_bits_per_image,
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "stream_checked": self.stream_checked,
+        }
+
+
+def describe_codes(path: Path) -> CodeSummary:
+    """A code file's summary, with the errors of `read_codes` for a damaged file: everything
+    is checked, raw and unigram codes decoded, but a prior-coded stream is not (without its
+    prior it cannot be; `read_codes` with the prior checks it against the codes' checksum)."""
+    path = Path(path)
+    arrays = _members(path)
+    stream = arrays.get("stream")
+    if stream is None or "frequencies" in arrays:  # raw or unigram: read as decode reads it
+        if stream is None:
+            code_file = _from_arrays(arrays, path)
+        else:
+            code_file = _from_compressed(arrays, path, None, None)
+        names, sizes, checked = list(code_file.names), code_file.sizes, True
+    else:
+        header = _checked_header(arrays, path)
+        _check_compressed_header(header, arrays, path)
+        n = header["images"]
+        image_size = (header["image_size"][0], header["image_size"][1])
+        names = _unpacked_names(arrays["names"], n, path)
+        sizes, checked = _unpacked_sizes(arrays["sizes"], n, image_size, path), False
+    header = _header(arrays["header"], path)
+    counts: dict[tuple[int, int], int] = {}
+    for height, width in sizes.tolist():
+        counts[(height, width)] = counts.get((height, width), 0) + 1
+    coding = header.get("coding", "raw")
+    return CodeSummary(
+        version=header["version"],
+        coding=coding,
+        checkpoint=header["checkpoint"],
+        prior=header.get("prior"),
+        images=len(names),
+        size_counts=tuple((h, w, count) for (h, w), count in counts.items()),
+        image_size=(header["image_size"][0], header["image_size"][1]),
+        num_embeddings=header["num_embeddings"],
+        embedding_dim=header["embedding_dim"],
+        file_bytes=path.stat().st_size,
+        payload_bytes=int((stream if stream is not None else arrays["codes"]).nbytes),
+        first_name=names[0],
+        last_name=names[-1],
+        stream_checked=checked,
+        stages=int(header.get("stages", 1)),
+    )
+
+
+def prior_fingerprint(path: Path) -> str | None:
+    """The fingerprint of the prior a code file was compressed with, from its header alone;
+    None for a raw or unigram file, and for one whose header cannot be read (`read_codes`
+    then says why)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo("header.npy")
+            _check_member(info, Path(path).stat().st_size, Path(path))
+            header = _header(_parse_npy(archive.read(info), "header", Path(path)), Path(path))
+    except Exception:  # whatever is wrong, read_codes finds and reports it
+        return None
+    fingerprint = header.get("prior")
+    if header.get("coding") != "prior" or not isinstance(fingerprint, str):
+        return None
+    return fingerprint if _FINGERPRINT.fullmatch(fingerprint) else None
+
+
+def _members(path: Path) -> dict[str, np.ndarray]:
+    """The file's arrays, each member checked before it is read; UsageError for a missing
+    file, WorkError for one that cannot be read as a code file."""
+    if not path.is_file():
+        raise UsageError("no such code file", path, "give a .vqc file written by vqtool encode")
+    try:
+        return _read_members(path)
+    except VqtoolError:
+        raise
+    except PermissionError as exc:
+        raise WorkError(
+            f"cannot read the code file: {os_reason(exc)}", path, "check its permissions"
+        ) from exc
+    except Exception as exc:  # zipfile and numpy raise many types on damaged input
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: Exception) -> WorkError:
+    """Why a file is not a readable code file, in a user's words: the zip and .npy readers'
+    own messages ("File is not a zip file", "Bad magic number") speak of their internals."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+    except OSError:
+        head = ZIP_MAGIC
+    if not head:
+        return WorkError("not a readable code file: it is empty", path, "encode the images again")
+    if head != ZIP_MAGIC:
+        return WorkError(
+            "not a readable code file: it is not a vqtool code file",
+            path,
+            "give a .vqc file written by vqtool encode",
+        )
+    if "CRC" in str(exc):
+        return _damaged("not a readable code file: it is damaged (a member fails its CRC)", path)
+    return _damaged("not a readable code file: it is damaged or truncated", path)
 
 
 def check_codes_for_model(
@@ -662,7 +822,9 @@ def _unpacked_sizes(
         raise _damaged(f"the size runs do not count {n} images", path)
     for _, height, width in runs.tolist():
         if min(height, width) < 1 or padded_size((height, width)) != image_size:
-            raise _damaged(f"size {height}x{width} does not pad to the header's image_size", path)
+            raise _damaged(
+                f"size {height}x{width} (HxW) does not pad to the header's image_size", path
+            )
     return np.repeat(runs[:, 1:], counts, axis=0)
 
 
@@ -747,7 +909,7 @@ def _validate(
         size = (int(row[0]), int(row[1]))
         if min(size) < 1 or padded_size(size) != code_file.image_size:
             raise _damaged(
-                f"size {size[0]}x{size[1]} does not pad to the header's "
+                f"size {size[0]}x{size[1]} (HxW) does not pad to the header's "
                 f"{code_file.image_size[0]}x{code_file.image_size[1]}",
                 path,
             )

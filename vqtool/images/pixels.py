@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -14,12 +15,23 @@ from vqtool.errors import UsageError
 from vqtool.images.read import MAX_IMAGE_PIXELS, pil_to_tensor, resize_rgb
 from vqtool.models.config import DOWNSAMPLE
 
+# How sizes are written for people, everywhere: height first, as --size takes them and as
+# profiles (data.image_size) and code files (image_size) store them; messages say "HxW".
+HW = "HxW"
+
+
+def size_text(size: tuple[int, int] | Sequence[int]) -> str:
+    """(H, W) -> '300x451' (height x width: say HW beside it)."""
+    return f"{int(size[0])}x{int(size[1])}"
+
 
 def parse_size(text: str) -> tuple[int, int]:
     """'HxW' (e.g. '64x64') -> (H, W); each side >= 1 and within MAX_IMAGE_PIXELS."""
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if match is None or int(match[1]) < 1 or int(match[2]) < 1:
-        raise UsageError(f"bad size {text!r}", "--size", "give HEIGHTxWIDTH, e.g. --size 64x64")
+        raise UsageError(
+            f"bad size {text!r}", "--size", "give HEIGHTxWIDTH (height first), e.g. --size 64x96"
+        )
     size = (int(match[1]), int(match[2]))
     if size[0] * size[1] > MAX_IMAGE_PIXELS:
         raise UsageError(

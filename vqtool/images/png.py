@@ -8,8 +8,6 @@ import zlib
 
 import numpy as np
 
-from vqtool.images.read import MAX_IMAGE_PIXELS
-
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -47,20 +45,31 @@ def png_bytes(image: np.ndarray) -> bytes:
     )
 
 
+# The largest side of a grid, in pixels: it is seen at its own size (a pixel of the image a
+# pixel of the screen) on a laptop's screen, so that no viewer shrinks its cells to fit.
+GRID_SIDE = 1024
+
+
 class Grid:
     """A grid of images of one cell size, filled as images arrive (the first `capacity`).
 
-    Cells are `cell` (H, W) plus a 2-pixel black border, like torchvision's make_grid; the
-    grid is about square and holds at most MAX_IMAGE_PIXELS pixels.
+    Cells are `cell` (H, W) plus a 2-pixel black border, like torchvision's make_grid; images
+    keep their own size (never shrunk). The grid is about square and at most GRID_SIDE
+    pixels a side, so it holds as many of the first images as fit (at least one).
     """
 
     PAD = 2
 
     def __init__(self, count: int, cell: tuple[int, int]) -> None:
         pitch = ((cell[0] + self.PAD), (cell[1] + self.PAD))
-        self.capacity = max(1, min(count, MAX_IMAGE_PIXELS // (pitch[0] * pitch[1])))
-        self.columns = math.ceil(math.sqrt(self.capacity))
+        most_rows = max(1, (GRID_SIDE - self.PAD) // pitch[0])
+        most_columns = max(1, (GRID_SIDE - self.PAD) // pitch[1])
+        self.capacity = max(1, min(count, most_rows * most_columns))
+        self.columns = min(math.ceil(math.sqrt(self.capacity)), most_columns)
         rows = math.ceil(self.capacity / self.columns)
+        if rows > most_rows:  # cells much taller than wide
+            rows = most_rows
+            self.columns = math.ceil(self.capacity / rows)
         self.pitch = pitch
         self.canvas = np.zeros(
             (rows * pitch[0] + self.PAD, self.columns * pitch[1] + self.PAD, 3), np.uint8

@@ -78,7 +78,8 @@ def _too_large(path: Path, pixels: int | str, limit: int) -> UsageError:
             f"image too large: it declares {shown} pixels, more than vqtool encodes at an "
             f"image's own size ({MAX_IMAGE_PIXELS:,}, 4096x4096)",
             path,
-            "pass --size HxW (e.g. --size 64x64): vqtool then shrinks it while reading it",
+            "pass --size HxW (height x width, e.g. --size 64x64): vqtool then shrinks it while "
+            "reading it",
         )
     return UsageError(
         f"image too large: it declares {shown} pixels, more than vqtool reads even to shrink it "
@@ -148,7 +149,7 @@ def _open(path: Path, shrink_to: tuple[int, int] | None = None) -> tuple[Image.I
     width, height = image.size
     if width < 1 or height < 1:
         image.close()
-        raise _unreadable(path, ValueError(f"it declares {width}x{height} pixels"))
+        raise _unreadable(path, ValueError(f"it declares {height}x{width} (HxW) pixels"))
     jpeg = isinstance(image, JpegImagePlugin.JpegImageFile)
     shrinkable = MAX_JPEG_PIXELS if jpeg else MAX_DECODED_PIXELS
     limit = MAX_IMAGE_PIXELS if shrink_to is None else shrinkable
@@ -164,8 +165,8 @@ def _open(path: Path, shrink_to: tuple[int, int] | None = None) -> tuple[Image.I
             decoded = image.size
             image.close()
             raise UsageError(
-                f"image too large to shrink to {shrink_to[0]}x{shrink_to[1]}: it would decode at "
-                f"{decoded[1]}x{decoded[0]}, more than {MAX_DECODED_PIXELS:,} pixels",
+                f"image too large to shrink to {shrink_to[0]}x{shrink_to[1]} (HxW): it would "
+                f"decode at {decoded[1]}x{decoded[0]}, more than {MAX_DECODED_PIXELS:,} pixels",
                 path,
                 "give a smaller --size, or shrink it first with another tool",
             )

@@ -13,7 +13,7 @@ from vqtool.checkpoint import (
     PRIOR_FORMAT,
     load_checkpoint,
 )
-from vqtool.errors import UsageError, WorkError
+from vqtool.errors import UsageError, VqtoolError, WorkError
 from vqtool.models.config import DOWNSAMPLE
 from vqtool.models.transformer import CodePrior
 from vqtool.profiles import (
@@ -21,6 +21,8 @@ from vqtool.profiles import (
     prior_profile_from_dict,
 )
 from vqtool.runs import RunDir
+
+PRIOR_DIR = "prior"  # P defaults to R/prior
 
 
 @dataclass(frozen=True)
@@ -112,3 +114,27 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> LoadedPr
 def load_coding_prior(path: str | Path) -> LoadedPrior:
     """The prior run (or checkpoint) at `path`, on the CPU, where entropy coding runs."""
     return load_prior(path, "cpu")
+
+
+def find_prior(vq_run: str | Path, fingerprint: str) -> Path | None:
+    """The prior run inside VQ run `vq_run` (a run folder or its checkpoint) whose checkpoint
+    has `fingerprint`: R/prior, its default place, first, then R's other subfolders in name
+    order; None when none has it. Folders whose checkpoint is not a readable prior's are
+    passed over."""
+    folder = RunDir.with_checkpoint(vq_run).path
+    try:
+        others = sorted(p for p in folder.iterdir() if p.is_dir() and p.name != PRIOR_DIR)
+    except OSError:
+        others = []
+    for candidate in [folder / PRIOR_DIR, *others]:
+        files = RunDir.at(candidate)
+        # profile.toml says what a run is without loading its checkpoint (a VQ run's is larger)
+        if not files.has_checkpoint() or (files.profile.is_file() and files.kind() != "prior"):
+            continue
+        try:
+            payload = load_checkpoint(files.checkpoint, fmt=PRIOR_FORMAT)
+        except VqtoolError:
+            continue
+        if payload.get("fingerprint") == fingerprint:
+            return candidate
+    return None

@@ -38,7 +38,7 @@ from vqtool.events import TrainCallback, TrainEvent
 from vqtool.models.transformer import CodePrior
 from vqtool.prior.data import PriorData, prepare_codes
 from vqtool.prior.evaluate import evaluate_codes
-from vqtool.prior.load import VQFacts
+from vqtool.prior.load import PRIOR_DIR, VQFacts
 from vqtool.process import StopSignals
 from vqtool.profiles import (
     PriorProfile,
@@ -51,8 +51,6 @@ from vqtool.runs import RunDir
 from vqtool.schedule import DataOrder, StepClock, scheduled_rate
 from vqtool.threads import saved_threads, training_threads
 from vqtool.vq.load import load_model
-
-PRIOR_DIR = "prior"  # P defaults to R/prior
 
 
 class PriorResult(NamedTuple):

@@ -414,7 +414,7 @@ def rate_distortion_figure(rd: Mapping[str, Any]) -> Figure:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     size = rd["image_size"]
-    ax.set_title(f"rate-distortion over {rd['images']:,} images of {size[0]}x{size[1]}")
+    ax.set_title(f"rate-distortion over {rd['images']:,} images of {size[0]}x{size[1]} (HxW)")
     return fig
 
 
