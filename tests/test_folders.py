@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_image_folder, png_declaring, write_folder_profile
+from helpers import make_image_folder, make_photos, png_declaring, write_folder_profile
 from PIL import Image
 from typer.testing import CliRunner, Result
 
@@ -100,6 +100,88 @@ def test_resize_modes_crop_or_stretch_larger_photos(tmp_path: Path) -> None:
         assert bool(red) == (mode == "stretch"), mode
         shapes[mode] = load_training_images(data, tmp_path / "data", 0).images.shape[2:]
     assert shapes == {"centre-crop": (32, 32), "random-crop": (36, 36), "stretch": (32, 32)}
+
+
+SHAPES = {"square": (500, 500), "portrait": (600, 400), "landscape": (400, 600), "odd": (333, 331)}
+
+
+def save_shaped(path: Path, size: tuple[int, int], mode: str = "RGB") -> Path:
+    """An image of `size` (H, W) in Pillow `mode` (RGB, RGBA, L): a gradient, so crops differ."""
+    h, w = size
+    pixels = make_photos(1, size, np.random.default_rng(h * w))[0]
+    image = Image.fromarray(pixels)
+    if mode == "RGBA":
+        image.putalpha(Image.fromarray(np.full((h, w), 128, np.uint8)))
+    elif mode != "RGB":
+        image = image.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+@pytest.mark.parametrize("resize_mode", ["centre-crop", "random-crop", "stretch"])
+@pytest.mark.parametrize("image_size", [[32, 32], [64, 64], [32, 48], [48, 32]])
+def test_every_shape_of_image_is_stored_at_every_resize_mode(
+    resize_mode: str, image_size: list[int], tmp_path: Path
+) -> None:
+    # "What a newcomer tripped on, second round", item 1: square 500x500 PNGs were left out
+    # as unreadable ("box offset can't be negative") at random-crop's stored 72x72.
+    root = tmp_path / "pics"
+    for shape, size in SHAPES.items():
+        for mode, ext in (("RGB", "png"), ("RGBA", "png"), ("L", "png"), ("RGB", "jpg")):
+            save_shaped(root / f"{shape}-{mode}.{ext}", size, mode)
+    data = folder_data(root, image_size=image_size, resize=resize_mode, test_fraction=0.0)
+    cache = ensure_cache(data, tmp_path / "data")
+    assert cache.skipped == [] and not any("could not be read" in n for n in cache.notes)
+    stored = folders.FolderSettings.from_config(data).stored_size
+    assert cache.arrays["train"].shape == (len(SHAPES) * 4, 3, *stored)
+    images = load_images(data, tmp_path / "data", "train")
+    assert images.shape[2:] == tuple(image_size)
+    # Every image keeps its content: the mean colour of a crop or a stretch is near the file's.
+    for entry, image in zip(cache.files["train"], images, strict=True):
+        source = pixels_of(root / entry.rel).reshape(3, -1).mean(1)
+        assert np.abs(image.float().reshape(3, -1).mean(1).numpy() - source).max() < 40
+
+
+def test_crop_modes_keep_the_centre_and_stretch_keeps_it_all(tmp_path: Path) -> None:
+    for name, (h, w) in SHAPES.items():
+        path = tmp_path / f"{name}.png"
+        pixels = np.full((h, w, 3), 128, np.uint8)
+        # A red frame, a sixteenth of the short side: outside a crop of a long side.
+        m = min(h, w) // 16
+        pixels[:m] = pixels[-m:] = pixels[:, :m] = pixels[:, -m:] = (255, 0, 0)
+        Image.fromarray(pixels).save(path)
+        for mode in ("centre-crop", "random-crop", "stretch"):
+            stored = folders.FolderSettings(tmp_path, (32, 32), mode, 0.0).stored_size
+            image = folders.decode_image(path, stored, mode).astype(int)
+            red = image[0] - image[1] > 60
+            middle = (red.shape[0] // 2, red.shape[1] // 2)
+            edges = {"top": bool(red[0, middle[1]]), "left": bool(red[middle[0], 0])}
+            if mode == "stretch" or name in ("square", "odd"):
+                assert edges == {"top": True, "left": True}, (name, mode)
+            else:  # the long side is cut: its frame is gone, the short side's stays
+                assert edges == {"top": name == "landscape", "left": name == "portrait"}
+
+
+def test_a_failure_that_is_not_the_file_is_not_called_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Item 1: a bug in resizing was reported as "could not be read" against good files.
+    root = make_image_folder(tmp_path / "pics", names(4))
+    make_image_folder(tmp_path / "pics", ["big.png"], size=(50, 40))
+
+    def broken(*args: object) -> object:
+        raise ValueError("box offset can't be negative")
+
+    monkeypatch.setattr(folders.fit, "resize_to", broken)
+    with pytest.raises(ValueError, match="box offset"):
+        ensure_cache(folder_data(root, test_fraction=0.0), tmp_path / "data")
+    left = [p.name for p in (tmp_path / "data" / CACHE_DIR).iterdir()]
+    assert len(left) == 1 and left[0].endswith(".lock")  # no cache that would hide it
+    result = runner.invoke(app, ["train", "--profile", "folder", "--set", f"data.path={root}"])
+    assert result.exit_code == 1
+    assert "error: unexpected ValueError: box offset" in result.output
+    assert "could not be read" not in result.output
 
 
 def test_jpegs_are_shrunk_while_decoding(tmp_path: Path) -> None:
@@ -384,6 +466,20 @@ def test_folder_profile_trains_on_64px_crops_then_evaluate_plot_compare_encode_d
         with Image.open(tmp_path / "out" / "p" / f"{i:03d}.png") as png:
             decoded = np.asarray(png).transpose(2, 0, 1)
         assert np.array_equal(decoded, (recon[i] * 255).round().byte().numpy())
+
+
+def test_folder_profile_trains_on_jpegs_and_square_pngs_leaving_none_out(tmp_path: Path) -> None:
+    # Item 1's folder: CIFAR-sized JPEGs and 500x500 PNGs, RGB and RGBA.
+    make_image_folder(tmp_path / "photos", names(12, "cifar/", "jpg"))
+    save_shaped(tmp_path / "photos" / "logo.png", (500, 500))
+    save_shaped(tmp_path / "photos" / "logo-alpha.png", (500, 500), "RGBA")
+    save_shaped(tmp_path / "photos" / "banner.png", (500, 500), "RGBA")
+    result = train_folder("run", 2)
+    assert result.exit_code == 0, result.output
+    assert "left out" not in result.output and "could not be read" not in result.output
+    (cache,) = (tmp_path / "data" / CACHE_DIR).glob("photos-*")
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["skipped"] == [] and len(manifest["train"]) + len(manifest["test"]) == 15
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,12 @@ ends). The held-out split is `path/test/` when that folder exists (everything el
 else each file by a hash of its path below `path` (`test_fraction`): adding files never moves an
 old file between splits.
 
-Each image becomes `image_size` (H, W) as `resize` says: "centre-crop" scales its short side to
-fit and keeps the centre; "stretch" resizes it to H x W; "random-crop" stores it like
-"centre-crop" at 9/8 of H x W (`stored_size`), so that training can take a different H x W
-window each epoch (`vqtool.data.datasets.RandomCrops`) and evaluation the centre one.
+Each image becomes `image_size` (H, W) as `resize` says (vqtool.images.fit): "centre-crop"
+scales its short side to fit and keeps the centre; "stretch" resizes it to H x W;
+"random-crop" stores it like "centre-crop" at 9/8 of H x W (`stored_size`), so that training
+can take a different H x W window each epoch (`vqtool.data.datasets.RandomCrops`) and
+evaluation the centre one. A file is left out (and named in a note) only when it cannot be
+read: its header or pixel data is damaged, or it declares too many pixels.
 
 The cache, `<data_dir>/folder-cache/<folder>-<H>x<W>-<resize>-<hash>/`, one per folder and
 settings (the hash covers the folder's real path, image_size, resize and test_fraction):
@@ -32,7 +34,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import math
 import os
 import shutil
 import stat
@@ -47,7 +48,8 @@ from PIL import Image
 from vqtool.errors import UsageError, VqtoolError, WorkError, first_line, os_reason
 from vqtool.events import Progress
 from vqtool.files import fsync_dir, make_folder, write_text
-from vqtool.images.read import from_pil, open_image
+from vqtool.images import fit
+from vqtool.images.read import open_image, to_rgb
 from vqtool.profiles import DataConfig
 
 CACHE_FORMAT = "vqtool-folder-cache"
@@ -95,8 +97,7 @@ class FolderSettings(NamedTuple):
     @property
     def stored_size(self) -> tuple[int, int]:
         """(Hs, Ws) as cached: image_size, plus an eighth for random crops to move in."""
-        h, w = self.image_size
-        return (h + h // 8, w + w // 8) if self.resize == "random-crop" else (h, w)
+        return fit.stored_size(self.image_size, self.resize)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -197,45 +198,27 @@ def assign_splits(
     return splits
 
 
-def decode_image(path: Path, stored_size: tuple[int, int], resize: str) -> np.ndarray:
-    """An image file -> uint8 (3, Hs, Ws) RGB, sized as `resize` says (see the module).
+def decode_image(path: Path, stored: tuple[int, int], resize: str) -> np.ndarray:
+    """An image file -> uint8 (3, Hs, Ws) RGB at its `stored` size (FolderSettings.stored_size),
+    sized as `resize` says (vqtool.images.fit).
 
     JPEGs are decoded straight at a reduced scale when they are much larger than needed
     (Pillow's draft mode: DCT scaling), then resized with Pillow's bicubic filter (antialiased).
-    Raises VqtoolError for a file that cannot be read or declares too many pixels.
+    Raises VqtoolError for a file that cannot be read or declares too many pixels; anything
+    else that fails is not the file's fault, and escapes as it is.
     """
-    out_h, out_w = stored_size
     with open_image(path) as image:
         w, h = image.size
-        if resize == "stretch":
-            need = (out_w, out_h)
-        else:
-            scale = max(out_h / h, out_w / w)
-            need = (math.ceil(w * scale), math.ceil(h * scale))
+        need = stored if resize == "stretch" else fit.cover_size((h, w), stored)
         if image.format == "JPEG":
-            image.draft("RGB", need)
+            image.draft("RGB", (need[1], need[0]))
         try:
             image.load()
-            pixels = from_pil(image)  # (3, h', w'): h', w' >= need after draft
+            rgb = to_rgb(image)  # h', w' >= need after draft
         except Exception as exc:  # truncated or corrupt pixel data
             raise WorkError(f"cannot read the image: {first_line(exc)}", path) from exc
-    h, w = pixels.shape[1:]
-    if (h, w) == (out_h, out_w):
-        return pixels.numpy()
-    if resize == "stretch":
-        box = (0.0, 0.0, float(w), float(h))
-    else:
-        # The centred region of the source that scales to exactly (out_h, out_w).
-        scale = max(out_h / h, out_w / w)
-        bw, bh = out_w / scale, out_h / scale
-        box = ((w - bw) / 2, (h - bh) / 2, (w + bw) / 2, (h + bh) / 2)
-    rgb = Image.fromarray(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()))
-    resized = rgb.resize((out_w, out_h), Image.Resampling.BICUBIC, box=box)
-    return np.asarray(resized).transpose(2, 0, 1)
-
-
-def _reason(exc: BaseException) -> str:
-    return exc.what if isinstance(exc, VqtoolError) else first_line(exc)
+        # Inside the `with`: an RGB file's `rgb` is `image`, whose pixels closing frees.
+        return np.asarray(fit.resize_to(rgb, stored, resize)).transpose(2, 0, 1)
 
 
 def ensure_cache(
@@ -462,8 +445,8 @@ def _decode_all(
                 arrays[split][i] = decode_image(
                     settings.root / entry.rel, settings.stored_size, settings.resize
                 )
-            except Exception as exc:  # every way a file can be bad: it is skipped and named
-                bad.append((i, _reason(exc)))
+            except VqtoolError as exc:  # every way a file can be bad: skipped and named
+                bad.append((i, exc.what))
         return split, bad, len(chunk)
 
     failed: dict[str, list[tuple[int, str]]] = {split: [] for split in SPLITS}
