@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_image_folder, make_photos, png_declaring, write_folder_profile
+from helpers import (
+    make_image_folder,
+    make_photos,
+    one_error_line,
+    png_declaring,
+    write_folder_profile,
+)
 from PIL import Image
 from typer.testing import CliRunner, Result
 
@@ -480,6 +486,56 @@ def test_folder_profile_trains_on_jpegs_and_square_pngs_leaving_none_out(tmp_pat
     (cache,) = (tmp_path / "data" / CACHE_DIR).glob("photos-*")
     manifest = json.loads((cache / "manifest.json").read_text())
     assert manifest["skipped"] == [] and len(manifest["train"]) + len(manifest["test"]) == 15
+
+
+def test_a_lone_image_held_out_by_the_hash_is_explained_before_decoding(tmp_path: Path) -> None:
+    # Item 3: "decoding 1 images", then "no train images ...: put images outside test/"
+    # with no test/ folder at all.
+    assert split_of("only-18.jpg", 0.1, False) == "test"
+    make_image_folder(tmp_path / "photos", ["only-18.jpg"])
+    result = train_folder("run", 2)
+    assert result.exit_code == 2, result.output
+    line = one_error_line(result.output)  # nothing decoded first: no progress line
+    assert line.startswith("error: the image folder has no train images: without a test/ ")
+    assert "by a hash of its path below the folder, data.test_fraction = 0.1 of them" in line
+    assert "put 0 images in train and 1 in test" in line
+    assert "lower data.test_fraction (0 trains on all of them)" in line
+    assert list((tmp_path / "data" / CACHE_DIR).glob("photos-*")) == []  # no cache built
+    assert not (tmp_path / "run").exists()
+    shutil.rmtree(tmp_path / "data")  # built by the run below: decode again, for the message
+    result = train_folder("run", 2, "data.test_fraction=0")
+    assert result.exit_code == 2
+    assert "error: data.batch_size 8 exceeds the 1 training image (" in result.stderr
+    assert "decoding 1 image into the image cache (once)" in result.output
+    assert "decoded 1 image of " in result.output
+    result = train_folder("run", 2, "data.test_fraction=0", "data.batch_size=1")
+    assert result.exit_code == 0, result.output
+    assert "1 process(es), 1 image, " in result.output
+
+
+def test_a_split_without_images_says_how_the_folder_was_split(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "pics", names(3, "test/"))
+    with pytest.raises(UsageError) as excinfo:
+        ensure_cache(folder_data(root), tmp_path / "data", need=("train",))
+    assert excinfo.value.line() == (
+        "error: the image folder has no train images: its test/ subfolder holds the held-out "
+        f"images (3 images) and none lies outside it ({root}): put the training images outside "
+        "test/"
+    )
+    assert not (
+        tmp_path / "data" / CACHE_DIR / folders.FolderSettings.from_config(folder_data(root)).key
+    ).exists()
+    make_image_folder(root, names(2, "train/"))
+    for bad in names(2, "train/bad-"):
+        (root / bad).write_bytes(b"not an image")
+    (root / "train" / "000.png").unlink()
+    (root / "train" / "001.png").unlink()
+    with pytest.raises(WorkError) as excinfo:
+        load_images(folder_data(root), tmp_path / "data", "train")
+    assert excinfo.value.exit_code == 1
+    assert "no train images: none of its train files could be read (2 files left out in all, "
+    assert "the first: train/bad-000.png: cannot read the image" in excinfo.value.line()
+    assert load_images(folder_data(root), tmp_path / "data", "test").shape[0] == 3
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from vqtool.errors import counted
+
 # emoji=False: rich would turn ":train:" in `cifar10:train:N` (or in a file name) into an emoji.
 # soft_wrap: a status line is one line however long, so that logs stay greppable; a terminal
 # wraps it for the eye.
@@ -142,7 +144,7 @@ class TrainProgress(_Bar):
     """
 
     activity = "training"
-    what = "images"  # what a training step consumes
+    what = "image"  # what a training step consumes (counted makes the plural)
     speed_unit = "img/s"
 
     def __init__(self, description: str = "train") -> None:
@@ -180,13 +182,13 @@ class TrainProgress(_Bar):
         if event.kind == "decode":
             self.decode(record["done"], record["total"])
             if not self.live and record["done"] == 0:
-                info(f"decoding {record['total']:,} images into the image cache (once)")
+                info(f"decoding {counted(record['total'], 'image')} into the image cache (once)")
         elif event.kind == "start":
             self.setup = self.describe_setup(record)
             self.first_log = True
+            data = counted(record["train_images"], self.what)
             info(
-                f"{self.activity} on {self.setup}, "
-                f"{record['world_size']} process(es), {record['train_images']:,} {self.what}, "
+                f"{self.activity} on {self.setup}, {record['world_size']} process(es), {data}, "
                 f"{record['parameters']:,} parameters -> {record['run_dir']}"
             )
             if self.live:
@@ -225,7 +227,7 @@ class PriorProgress(TrainProgress):
     """Prior training: the dataset's encoding into code files first, then bits per code."""
 
     activity = "training a prior"
-    what = "code grids"
+    what = "code grid"
     speed_unit = "grids/s"
 
     def __init__(self) -> None:

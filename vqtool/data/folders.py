@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from vqtool.errors import UsageError, VqtoolError, WorkError, first_line, os_reason
+from vqtool.errors import UsageError, VqtoolError, WorkError, counted, first_line, os_reason
 from vqtool.events import Progress
 from vqtool.files import fsync_dir, make_folder, write_text
 from vqtool.images import fit
@@ -225,11 +225,13 @@ def ensure_cache(
     data: DataConfig,
     data_dir: Path,
     on_progress: Progress | None = None,
+    need: Sequence[str] = (),
 ) -> FolderCache:
     """The folder's cache under `data_dir`: reused when it matches the folder, else built.
 
-    Raises UsageError for a missing folder or one without images (exit 2), WorkError when no
-    image can be read (exit 1).
+    Raises UsageError for a missing folder, one without images, or one where a split in `need`
+    gets no image (checked before any image is decoded; exit 2), WorkError when no image, or
+    none of a needed split, can be read (exit 1).
     """
     settings = FolderSettings.from_config(data)
     root = settings.root
@@ -247,6 +249,11 @@ def ensure_cache(
                 root,
                 "put JPEG or PNG files in it (subfolders are searched), or change data.path",
             )
+        has_test = (root / TEST_FOLDER).is_dir()
+        counts = {split: len(files) for split, files in assign_splits(settings, scan.files).items()}
+        for split in need:
+            if counts[split] == 0:
+                raise _empty_split(split, data, has_test, counts)
         folder = cache_root / settings.key
         built_s = None
         cache = _open_valid(folder, settings, scan.files)
@@ -257,8 +264,53 @@ def ensure_cache(
             cache = _open_valid(folder, settings, scan.files)
             if cache is None:  # pragma: no cover - only if the disk changed it under us
                 raise WorkError("the image cache just written does not read back", folder)
+    for split in need:
+        if len(cache.arrays[split]) == 0:
+            raise _unreadable_split(split, data, cache.skipped)
     notes = _notes(scan, cache, settings, built_s)
     return cache._replace(notes=notes, built_s=built_s)
+
+
+def _empty_split(
+    split: str, data: DataConfig, has_test: bool, counts: Mapping[str, int]
+) -> UsageError:
+    """Why a split has no image: how the folder's files were split, and how to change it."""
+    head = f"the image folder has no {split} images"
+    if has_test:
+        if split == "train":
+            held = counted(counts["test"], "image")
+            why = f"its test/ subfolder holds the held-out images ({held}) and none lies outside it"
+            return UsageError(f"{head}: {why}", data.path, "put the training images outside test/")
+        return UsageError(
+            f"{head}: its test/ subfolder holds none",
+            data.path,
+            "put images in test/, or remove test/ to hold out data.test_fraction of them",
+        )
+    why = (
+        "without a test/ subfolder, each file goes to train or test by a hash of its path below "
+        f"the folder, data.test_fraction = {data.test_fraction:g} of them to test, and that put "
+        f"{counted(counts['train'], 'image')} in train and {counts['test']:,} in test"
+    )
+    fix = (
+        "add a test/ subfolder of images, or raise data.test_fraction"
+        if split == "test"
+        else "add images, lower data.test_fraction (0 trains on all of them), "
+        "or put the held-out images in a test/ subfolder"
+    )
+    return UsageError(f"{head}: {why}", data.path, fix)
+
+
+def _unreadable_split(
+    split: str, data: DataConfig, skipped: Sequence[tuple[str, str]]
+) -> WorkError:
+    """A split whose every file was left out as unreadable."""
+    rel, reason = skipped[0]
+    return WorkError(
+        f"the image folder has no {split} images: none of its {split} files could be read "
+        f"({counted(len(skipped), 'file')} left out in all, the first: {rel}: {reason})",
+        data.path,
+        "replace the damaged files",
+    )
 
 
 def _notes(
@@ -268,7 +320,7 @@ def _notes(
     counts = {split: len(files) for split, files in cache.files.items()}
     if built_s is not None:
         notes.append(
-            f"decoded {counts['train'] + counts['test']:,} images of {settings.root} in "
+            f"decoded {counted(counts['train'] + counts['test'], 'image')} of {settings.root} in "
             f"{built_s:.1f} s into {cache.folder} (later runs reuse it)"
         )
     if cache.skipped:
@@ -383,8 +435,13 @@ def _build(
         failed = _decode_all(settings, splits, arrays, on_progress)
         if sum(len(bad) for bad in failed.values()) == len(files):
             first = next(reason for bad in failed.values() for _, reason in bad)
+            none = (
+                "the one image file could not be read"
+                if len(files) == 1
+                else f"none of the {len(files):,} image files could be read"
+            )
             raise WorkError(
-                f"none of the {len(files):,} image files could be read (the first: {first})",
+                f"{none} (the first: {first})",
                 settings.root,
                 "check that the folder holds JPEG or PNG images",
             )

@@ -136,7 +136,7 @@ class PriorTrainer:
             placement.rank,
             placement.world_size,
             key="train.batch_size",
-            what="training code grids",
+            what="training code grid",
         )
         self.labels = (
             train.labels.to(device)

@@ -450,8 +450,9 @@ def _train(
             def decoding(done: int, total: int) -> None:
                 notify(TrainEvent("decode", 0, steps, {"done": done, "total": total}))
 
+            need = ("train", "test") if profile.train.eval_every else ("train",)
             for message in ensure_dataset(
-                profile.data, data_dir, on_download, decoding, data_origin
+                profile.data, data_dir, on_download, decoding, data_origin, need
             ):
                 notify(TrainEvent("note", 0, steps, {"kind": "note", "message": message}, message))
         distributed.barrier()
