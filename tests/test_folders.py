@@ -3,6 +3,7 @@ builds), bad input as one clear line, random crops, and training on a folder."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -459,7 +460,10 @@ def test_folder_profile_trains_on_64px_crops_then_evaluate_plot_compare_encode_d
     assert result.exit_code == 0, result.output
     assert [row["steps"] for row in json.loads(result.stdout)] == [4, 2]
 
-    result = vqtool("encode", "run", photos, "-o", "p.vqc", "--size", "64x64")
+    # Stretched as asked, not cropped as trained (item 4): the same pixels as `resize` below.
+    result = vqtool(
+        "encode", "run", photos, "-o", "p.vqc", "--size", "64x64", "--resize", "stretch"
+    )
     assert result.exit_code == 0, result.output
     codes = read_codes(tmp_path / "p.vqc")
     assert codes.codes.shape == (40, 16, 16) and codes.names[0] == "p/000"
@@ -536,6 +540,32 @@ def test_a_split_without_images_says_how_the_folder_was_split(tmp_path: Path) ->
     assert "no train images: none of its train files could be read (2 files left out in all, "
     assert "the first: train/bad-000.png: cannot read the image" in excinfo.value.line()
     assert load_images(folder_data(root), tmp_path / "data", "test").shape[0] == 3
+
+
+def test_encode_sees_a_folder_run_s_images_as_evaluation_does(tmp_path: Path) -> None:
+    # Item 4: encode --size stretched while training cropped. Now `--resize` (default: the
+    # run's data.resize) gives exactly the pixels of the run's dataset at that mode.
+    for i, size in enumerate([(40, 56), (56, 40), (48, 48), (20, 30)]):
+        save_shaped(tmp_path / "photos" / "test" / f"{i}.png", size, ("RGB", "RGBA")[i % 2])
+    make_image_folder(tmp_path / "photos" / "train", names(8), size=(24, 20))
+    write_folder_profile(tmp_path)  # 16x16 random crops of "photos"
+    result = vqtool(
+        "train", "--profile", "folder.toml", "--set", "train.steps=2", "--run-dir", "run"
+    )
+    assert result.exit_code == 0, result.output
+    loaded = load_model(tmp_path / "run")
+    for mode in (None, "centre-crop", "random-crop", "stretch"):
+        chosen = ["--resize", mode] if mode else []
+        result = vqtool("encode", "run", "photos/test", "-o", "t.vqc", "--size", "16x16", *chosen)
+        assert result.exit_code == 0, result.output
+        data = loaded.profile.data
+        if mode is None:
+            assert "resized by random-crop (the run's data.resize)" in result.output
+        else:
+            data = dataclasses.replace(data, resize=mode)
+        seen = load_images(data, tmp_path / "data", "test")  # what evaluate would see
+        codes = loaded.model.images_to_codes(seen.contiguous())
+        assert np.array_equal(read_codes(tmp_path / "t.vqc").codes, codes.numpy()), mode
 
 
 @pytest.mark.parametrize(

@@ -131,16 +131,19 @@ def encode_inputs(
     on_progress: Progress | None = None,
     on_note: Callable[[str], None] | None = None,
     strict: bool = False,
+    resize_mode: str = "stretch",
 ) -> CodeFile:
     """Encode image files, folders and CIFAR-10 splits (see inputs.find_images) into a CodeFile.
 
-    `size` (H, W) resizes every image first; without it, all images must pad to one size.
+    `size` (H, W) resizes every image first, as `resize_mode` says ("stretch", "centre-crop"
+    or "random-crop": vqtool.images.fit; the CLI's default is the run's data.resize); without
+    it, all images keep their own size and must pad to one size.
     Images are read batch by batch; only the codes are kept. Files in folders that are not
     images, and damaged images in folders, are skipped with a note (`on_note`) unless
     `strict`, which makes them errors; a damaged file named on its own is always an error.
     """
     note = on_note if on_note is not None else (lambda message: None)
-    found = find_images(inputs, data_dir, size, strict)
+    found = find_images(inputs, data_dir, size, strict, resize_mode)
     items = found.items
     shape = common_size(items, size)
     damaged = list(found.damaged)
@@ -152,7 +155,7 @@ def encode_inputs(
         batch = []
         for i in range(start, stop):
             try:
-                batch.append(pad_to(load_item(items[i], size), shape))
+                batch.append(pad_to(load_item(items[i], size, resize_mode), shape))
             except DamagedImage as problem:
                 if strict or not items[i].in_folder:
                     raise
