@@ -26,6 +26,7 @@ from vqtool.data.cifar10 import (
 from vqtool.data.folders import ensure_cache
 from vqtool.errors import WorkError
 from vqtool.events import Progress
+from vqtool.images.fit import centre_offsets
 from vqtool.profiles import DataConfig
 
 SPLITS = ("train", "test")
@@ -103,7 +104,7 @@ def load_split(data: DataConfig, data_dir: Path, split: str) -> Split:
 def centre_crop(images: Tensor, size: tuple[int, int]) -> Tensor:
     """The centred (H, W) window of (N, 3, Hs, Ws) images, as a view."""
     h, w = size
-    top, left = (images.shape[2] - h) // 2, (images.shape[3] - w) // 2
+    top, left = centre_offsets((images.shape[2], images.shape[3]), size)
     return images[:, :, top : top + h, left : left + w]
 
 
