@@ -217,7 +217,7 @@ def decode_image(path: Path, stored: tuple[int, int], resize: str) -> np.ndarray
             rgb = to_rgb(image)  # h', w' >= need after draft
         except Exception as exc:  # truncated or corrupt pixel data
             raise WorkError(f"cannot read the image: {first_line(exc)}", path) from exc
-        # Inside the `with`: an RGB file's `rgb` is `image`, whose pixels closing frees.
+        # Resized inside the `with`: for an RGB file `rgb` is `image`, whose close() frees it.
         return np.asarray(fit.resize_to(rgb, stored, resize)).transpose(2, 0, 1)
 
 
