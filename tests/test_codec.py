@@ -27,7 +27,7 @@ from vqtool.codes.pipeline import decode_indices, encode_images, encode_inputs
 from vqtool.codes.vqc import read_codes
 from vqtool.data.cifar10 import load_cifar10
 from vqtool.images import read as imagefiles
-from vqtool.images.pixels import pad_to_multiple
+from vqtool.images.pixels import pad_to_multiple, resize
 from vqtool.models.vqvae import build_model
 from vqtool.vq.evaluate import evaluate_images
 from vqtool.vq.load import LoadedModel, load_model
@@ -558,6 +558,62 @@ def test_a_phone_photo_is_shrunk_while_it_is_read(trained_run: Path, tmp_path: P
         whole = np.asarray(full.convert("RGB").resize((64, 64), Image.Resampling.BICUBIC))
     assert shrunk.shape == (3, 64, 64)
     assert np.abs(shrunk.permute(1, 2, 0).numpy().astype(int) - whole).mean() < 2
+
+
+def test_encode_resize_fits_as_the_run_trained_unless_told(
+    loaded: LoadedModel, trained_run: Path, tmp_path: Path
+) -> None:
+    # "What a newcomer tripped on, second round", item 4: `encode --size 64x64` stretched a
+    # 400x600 photo that training would have cropped.
+    assert loaded.profile.data.resize == "centre-crop"  # a CIFAR-10 run: the profile's default
+    photo = save_noise(tmp_path / "photo.png", 400, 600)
+    pixels = imagefiles.read_image(photo)  # (3, 600, 400)
+    codes = {}
+    for mode in (None, "centre-crop", "stretch", "random-crop"):
+        chosen = ["--resize", mode] if mode else []
+        code, output = invoke(
+            "encode", trained_run, photo, "-o", "c.vqc", "--size", "64x64", *chosen
+        )
+        assert code == 0, output
+        said = f"resized by {mode}" if mode else "resized by centre-crop (the run's data.resize)"
+        assert f"wrote c.vqc: 1 image of 64x64 as 16x16 codes of 32, {said}" in output
+        codes[mode] = read_codes(tmp_path / "c.vqc").codes[0]
+        fitted = resize(pixels, (64, 64), mode or "centre-crop")
+        assert np.array_equal(codes[mode], loaded.model.images_to_codes(fitted[None])[0].numpy())
+    assert np.array_equal(codes[None], codes["centre-crop"])
+    assert not np.array_equal(codes["centre-crop"], codes["stretch"])
+    # The geometry: the centre square, all of it, or the centre 64x64 of that square at 72x72.
+    square = pixels[:, 100:500]
+    near = {
+        "centre-crop": resize(square, (64, 64)),
+        "stretch": resize(pixels, (64, 64)),  # the default of the function: what encode did
+        "random-crop": resize(square, (72, 72))[:, 4:68, 4:68],
+    }
+    for mode, expected in near.items():
+        got = resize(pixels, (64, 64), mode)
+        assert (got.float() - expected.float()).abs().mean() < 2, mode  # Pillow's box edges
+
+
+def test_encode_resize_refusals(trained_run: Path, tmp_path: Path) -> None:
+    save_noise(tmp_path / "a.png", 30, 20)
+    code, output = invoke("encode", trained_run, "a.png", "-o", "c.vqc", "--resize", "stretch")
+    assert code == 2
+    assert one_error_line(output) == (
+        "error: --resize needs --size (--resize): add --size HxW (e.g. --size 64x64); without it, "
+        "images keep their own size"
+    )
+    code, output = invoke("encode", trained_run, "a.png", "-o", "c.vqc", "--size", "32x32",
+                          "--resize", "squash")  # fmt: skip
+    assert code == 2
+    assert one_error_line(output) == (
+        "error: unknown resize mode 'squash' (--resize): use centre-crop, random-crop, stretch"
+    )
+    assert not (tmp_path / "c.vqc").exists()
+    result = runner.invoke(app, ["encode", "--help"])
+    assert result.exit_code == 0
+    assert "--resize" in result.output and "MODE" in result.output
+    flat = " ".join(result.output.replace("│", " ").split())
+    assert "Default: the run's data.resize, so that encoding sees images as training did." in flat
 
 
 def test_other_large_images_are_decoded_whole_within_a_bound(

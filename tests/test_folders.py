@@ -3,6 +3,7 @@ builds), bad input as one clear line, random crops, and training on a folder."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,7 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_image_folder, png_declaring, write_folder_profile
+from helpers import (
+    make_image_folder,
+    make_photos,
+    one_error_line,
+    png_declaring,
+    write_folder_profile,
+)
 from PIL import Image
 from typer.testing import CliRunner, Result
 
@@ -100,6 +107,88 @@ def test_resize_modes_crop_or_stretch_larger_photos(tmp_path: Path) -> None:
         assert bool(red) == (mode == "stretch"), mode
         shapes[mode] = load_training_images(data, tmp_path / "data", 0).images.shape[2:]
     assert shapes == {"centre-crop": (32, 32), "random-crop": (36, 36), "stretch": (32, 32)}
+
+
+SHAPES = {"square": (500, 500), "portrait": (600, 400), "landscape": (400, 600), "odd": (333, 331)}
+
+
+def save_shaped(path: Path, size: tuple[int, int], mode: str = "RGB") -> Path:
+    """An image of `size` (H, W) in Pillow `mode` (RGB, RGBA, L): a gradient, so crops differ."""
+    h, w = size
+    pixels = make_photos(1, size, np.random.default_rng(h * w))[0]
+    image = Image.fromarray(pixels)
+    if mode == "RGBA":
+        image.putalpha(Image.fromarray(np.full((h, w), 128, np.uint8)))
+    elif mode != "RGB":
+        image = image.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+@pytest.mark.parametrize("resize_mode", ["centre-crop", "random-crop", "stretch"])
+@pytest.mark.parametrize("image_size", [[32, 32], [64, 64], [32, 48], [48, 32]])
+def test_every_shape_of_image_is_stored_at_every_resize_mode(
+    resize_mode: str, image_size: list[int], tmp_path: Path
+) -> None:
+    # "What a newcomer tripped on, second round", item 1: square 500x500 PNGs were left out
+    # as unreadable ("box offset can't be negative") at random-crop's stored 72x72.
+    root = tmp_path / "pics"
+    for shape, size in SHAPES.items():
+        for mode, ext in (("RGB", "png"), ("RGBA", "png"), ("L", "png"), ("RGB", "jpg")):
+            save_shaped(root / f"{shape}-{mode}.{ext}", size, mode)
+    data = folder_data(root, image_size=image_size, resize=resize_mode, test_fraction=0.0)
+    cache = ensure_cache(data, tmp_path / "data")
+    assert cache.skipped == [] and not any("could not be read" in n for n in cache.notes)
+    stored = folders.FolderSettings.from_config(data).stored_size
+    assert cache.arrays["train"].shape == (len(SHAPES) * 4, 3, *stored)
+    images = load_images(data, tmp_path / "data", "train")
+    assert images.shape[2:] == tuple(image_size)
+    # Every image keeps its content: the mean colour of a crop or a stretch is near the file's.
+    for entry, image in zip(cache.files["train"], images, strict=True):
+        source = pixels_of(root / entry.rel).reshape(3, -1).mean(1)
+        assert np.abs(image.float().reshape(3, -1).mean(1).numpy() - source).max() < 40
+
+
+def test_crop_modes_keep_the_centre_and_stretch_keeps_it_all(tmp_path: Path) -> None:
+    for name, (h, w) in SHAPES.items():
+        path = tmp_path / f"{name}.png"
+        pixels = np.full((h, w, 3), 128, np.uint8)
+        # A red frame, a sixteenth of the short side: outside a crop of a long side.
+        m = min(h, w) // 16
+        pixels[:m] = pixels[-m:] = pixels[:, :m] = pixels[:, -m:] = (255, 0, 0)
+        Image.fromarray(pixels).save(path)
+        for mode in ("centre-crop", "random-crop", "stretch"):
+            stored = folders.FolderSettings(tmp_path, (32, 32), mode, 0.0).stored_size
+            image = folders.decode_image(path, stored, mode).astype(int)
+            red = image[0] - image[1] > 60
+            middle = (red.shape[0] // 2, red.shape[1] // 2)
+            edges = {"top": bool(red[0, middle[1]]), "left": bool(red[middle[0], 0])}
+            if mode == "stretch" or name in ("square", "odd"):
+                assert edges == {"top": True, "left": True}, (name, mode)
+            else:  # the long side is cut: its frame is gone, the short side's stays
+                assert edges == {"top": name == "landscape", "left": name == "portrait"}
+
+
+def test_a_failure_that_is_not_the_file_is_not_called_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Item 1: a bug in resizing was reported as "could not be read" against good files.
+    root = make_image_folder(tmp_path / "pics", names(4))
+    make_image_folder(tmp_path / "pics", ["big.png"], size=(50, 40))
+
+    def broken(*args: object) -> object:
+        raise ValueError("box offset can't be negative")
+
+    monkeypatch.setattr(folders.fit, "resize_to", broken)
+    with pytest.raises(ValueError, match="box offset"):
+        ensure_cache(folder_data(root, test_fraction=0.0), tmp_path / "data")
+    left = [p.name for p in (tmp_path / "data" / CACHE_DIR).iterdir()]
+    assert len(left) == 1 and left[0].endswith(".lock")  # no cache that would hide it
+    result = runner.invoke(app, ["train", "--profile", "folder", "--set", f"data.path={root}"])
+    assert result.exit_code == 1
+    assert "error: unexpected ValueError: box offset" in result.output
+    assert "could not be read" not in result.output
 
 
 def test_jpegs_are_shrunk_while_decoding(tmp_path: Path) -> None:
@@ -371,7 +460,10 @@ def test_folder_profile_trains_on_64px_crops_then_evaluate_plot_compare_encode_d
     assert result.exit_code == 0, result.output
     assert [row["steps"] for row in json.loads(result.stdout)] == [4, 2]
 
-    result = vqtool("encode", "run", photos, "-o", "p.vqc", "--size", "64x64")
+    # Stretched as asked, not cropped as trained (item 4): the same pixels as `resize` below.
+    result = vqtool(
+        "encode", "run", photos, "-o", "p.vqc", "--size", "64x64", "--resize", "stretch"
+    )
     assert result.exit_code == 0, result.output
     codes = read_codes(tmp_path / "p.vqc")
     assert codes.codes.shape == (40, 16, 16) and codes.names[0] == "p/000"
@@ -384,6 +476,96 @@ def test_folder_profile_trains_on_64px_crops_then_evaluate_plot_compare_encode_d
         with Image.open(tmp_path / "out" / "p" / f"{i:03d}.png") as png:
             decoded = np.asarray(png).transpose(2, 0, 1)
         assert np.array_equal(decoded, (recon[i] * 255).round().byte().numpy())
+
+
+def test_folder_profile_trains_on_jpegs_and_square_pngs_leaving_none_out(tmp_path: Path) -> None:
+    # Item 1's folder: CIFAR-sized JPEGs and 500x500 PNGs, RGB and RGBA.
+    make_image_folder(tmp_path / "photos", names(12, "cifar/", "jpg"))
+    save_shaped(tmp_path / "photos" / "logo.png", (500, 500))
+    save_shaped(tmp_path / "photos" / "logo-alpha.png", (500, 500), "RGBA")
+    save_shaped(tmp_path / "photos" / "banner.png", (500, 500), "RGBA")
+    result = train_folder("run", 2)
+    assert result.exit_code == 0, result.output
+    assert "left out" not in result.output and "could not be read" not in result.output
+    (cache,) = (tmp_path / "data" / CACHE_DIR).glob("photos-*")
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["skipped"] == [] and len(manifest["train"]) + len(manifest["test"]) == 15
+
+
+def test_a_lone_image_held_out_by_the_hash_is_explained_before_decoding(tmp_path: Path) -> None:
+    # Item 3: "decoding 1 images", then "no train images ...: put images outside test/"
+    # with no test/ folder at all.
+    assert split_of("only-18.jpg", 0.1, False) == "test"
+    make_image_folder(tmp_path / "photos", ["only-18.jpg"])
+    result = train_folder("run", 2)
+    assert result.exit_code == 2, result.output
+    line = one_error_line(result.output)  # nothing decoded first: no progress line
+    assert line.startswith("error: the image folder has no train images: without a test/ ")
+    assert "by a hash of its path below the folder, data.test_fraction = 0.1 of them" in line
+    assert "put 0 images in train and 1 in test" in line
+    assert "lower data.test_fraction (0 trains on all of them)" in line
+    assert list((tmp_path / "data" / CACHE_DIR).glob("photos-*")) == []  # no cache built
+    assert not (tmp_path / "run").exists()
+    shutil.rmtree(tmp_path / "data")  # built by the run below: decode again, for the message
+    result = train_folder("run", 2, "data.test_fraction=0")
+    assert result.exit_code == 2
+    assert "error: data.batch_size 8 exceeds the 1 training image (" in result.stderr
+    assert "decoding 1 image into the image cache (once)" in result.output
+    assert "decoded 1 image of " in result.output
+    result = train_folder("run", 2, "data.test_fraction=0", "data.batch_size=1")
+    assert result.exit_code == 0, result.output
+    assert "1 process(es), 1 image, " in result.output
+
+
+def test_a_split_without_images_says_how_the_folder_was_split(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "pics", names(3, "test/"))
+    with pytest.raises(UsageError) as excinfo:
+        ensure_cache(folder_data(root), tmp_path / "data", need=("train",))
+    assert excinfo.value.line() == (
+        "error: the image folder has no train images: its test/ subfolder holds the held-out "
+        f"images (3 images) and none lies outside it ({root}): put the training images outside "
+        "test/"
+    )
+    assert not (
+        tmp_path / "data" / CACHE_DIR / folders.FolderSettings.from_config(folder_data(root)).key
+    ).exists()
+    make_image_folder(root, names(2, "train/"))
+    for bad in names(2, "train/bad-"):
+        (root / bad).write_bytes(b"not an image")
+    (root / "train" / "000.png").unlink()
+    (root / "train" / "001.png").unlink()
+    with pytest.raises(WorkError) as excinfo:
+        load_images(folder_data(root), tmp_path / "data", "train")
+    assert excinfo.value.exit_code == 1
+    assert "no train images: none of its train files could be read (2 files left out in all, "
+    assert "the first: train/bad-000.png: cannot read the image" in excinfo.value.line()
+    assert load_images(folder_data(root), tmp_path / "data", "test").shape[0] == 3
+
+
+def test_encode_sees_a_folder_run_s_images_as_evaluation_does(tmp_path: Path) -> None:
+    # Item 4: encode --size stretched while training cropped. Now `--resize` (default: the
+    # run's data.resize) gives exactly the pixels of the run's dataset at that mode.
+    for i, size in enumerate([(40, 56), (56, 40), (48, 48), (20, 30)]):
+        save_shaped(tmp_path / "photos" / "test" / f"{i}.png", size, ("RGB", "RGBA")[i % 2])
+    make_image_folder(tmp_path / "photos" / "train", names(8), size=(24, 20))
+    write_folder_profile(tmp_path)  # 16x16 random crops of "photos"
+    result = vqtool(
+        "train", "--profile", "folder.toml", "--set", "train.steps=2", "--run-dir", "run"
+    )
+    assert result.exit_code == 0, result.output
+    loaded = load_model(tmp_path / "run")
+    for mode in (None, "centre-crop", "random-crop", "stretch"):
+        chosen = ["--resize", mode] if mode else []
+        result = vqtool("encode", "run", "photos/test", "-o", "t.vqc", "--size", "16x16", *chosen)
+        assert result.exit_code == 0, result.output
+        data = loaded.profile.data
+        if mode is None:
+            assert "resized by random-crop (the run's data.resize)" in result.output
+        else:
+            data = dataclasses.replace(data, resize=mode)
+        seen = load_images(data, tmp_path / "data", "test")  # what evaluate would see
+        codes = loaded.model.images_to_codes(seen.contiguous())
+        assert np.array_equal(read_codes(tmp_path / "t.vqc").codes, codes.numpy()), mode
 
 
 @pytest.mark.parametrize(

@@ -99,7 +99,8 @@ def exit_now(code: object) -> None:
     closed by the time it returns, so nothing is lost by skipping it.
     """
     if isinstance(code, str):
-        print(code, file=sys.stderr)
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe, a closed stream
+            print(code, file=sys.stderr)
     if not isinstance(code, int):  # a message (printed above) or anything else: a failure
         code = 0 if code is None else 1
     for stream in (sys.stdout, sys.stderr):

@@ -128,6 +128,8 @@ _TYPE_NAMES: dict[Any, str] = {
     str: "a string",
     tuple[int, int]: "two integers [H, W],",
 }
+# How an image becomes data.image_size (vqtool.images.fit), also `vqtool encode --resize`.
+RESIZE_MODES = ("centre-crop", "random-crop", "stretch")
 # The longest image side a profile may ask for (vqtool reads images up to 4096 x 4096).
 MAX_SIDE = 4096
 CIFAR10_SIZE = (32, 32)
@@ -153,7 +155,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         f"each a multiple of {DOWNSAMPLE} (the model's downsampling) from {DOWNSAMPLE} to "
         f"{MAX_SIDE}",
     ),
-    "data.resize": _one_of("centre-crop", "random-crop", "stretch"),
+    "data.resize": _one_of(*RESIZE_MODES),
     "data.test_fraction": ((lambda v: 0 <= v < 1), ">= 0 and < 1"),
     "model.num_hiddens": ((lambda v: v >= 2 and v % 2 == 0), "that is even and >= 2"),
     "model.num_residual_hiddens": _at_least(1),

@@ -88,8 +88,11 @@ def begin_run(
     files: RunDir,
     writer: bool,
     notify: TrainCallback,
+    resume: bool,
 ) -> bool:
     """Restore `trainer` from `payload`, say so, and lay out the run's files (rank 0 alone).
+    A `resume` without a checkpoint says that it starts fresh: a run stopped before its first
+    checkpoint leaves only its profile and metrics.
 
     False when the run is already at its last step: nothing to train, and the files are left as
     they are (profile.toml keeps the steps the checkpoint was trained to).
@@ -108,6 +111,10 @@ def begin_run(
             )
             return False
         _note(notify, step, total, f"resuming from step {step} of {total}")
+    elif resume:
+        logged = ", replacing the metrics it logged" if files.metrics.exists() else ""
+        message = f"no checkpoint in {files.path}: starting a new {kind.noun} from step 0{logged}"
+        _note(notify, 0, total, message)
     if writer:
         if payload is not None:
             files.truncate_metrics(trainer.step)

@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from vqtool.errors import UsageError
+from vqtool.errors import UsageError, counted
 
 # Images (or code grids) per forward pass when a whole split is evaluated or encoded.
 EVAL_BATCH = 500
@@ -68,7 +68,7 @@ class DataOrder:
         rank: int = 0,
         world_size: int = 1,
         key: str = "data.batch_size",
-        what: str = "training images",
+        what: str = "training image",  # singular: counted() makes the plural
     ) -> None:
         if batch_size % world_size:
             raise UsageError(
@@ -79,7 +79,7 @@ class DataOrder:
         self.batches_per_epoch = count // batch_size
         if self.batches_per_epoch == 0:
             raise UsageError(
-                f"{key} {batch_size} exceeds the {count} {what}",
+                f"{key} {batch_size} exceeds the {counted(count, what)}",
                 f"--set {key}",
                 "choose a smaller batch size",
             )

@@ -59,8 +59,19 @@ def encode(
         str | None,
         optional_option(
             "Resize every image to HEIGHTxWIDTH first (height first: 64x96 is 64 high, 96 "
-            "wide); needed for images of mixed sizes.",
+            "wide; needed for images of mixed sizes), as --resize says.",
             "HxW",
+        ),
+    ] = None,
+    resize: Annotated[
+        str | None,
+        optional_option(
+            "How --size fits an image of another shape: centre-crop (scale it to cover HxW and "
+            "keep the centre), stretch (to HxW, losing its aspect ratio) or random-crop (the "
+            "centre HxW of it scaled to cover 9/8 of HxW: the window evaluate takes of a "
+            "random-crop run's images). Default: the run's data.resize, so that encoding sees "
+            "images as training did.",
+            "MODE",
         ),
     ] = None,
     batch_size: BatchSize = 256,
@@ -94,6 +105,9 @@ def encode(
 
     Images larger than 4096x4096 need --size HxW, which shrinks them while they are read.
 
+    --size fits each image as the run's training did (its data.resize) unless --resize says
+    otherwise; without --size, images keep their own size.
+
     Example: [bold]vqtool encode runs/demo photos/ cifar10:test:100 -o codes.vqc --size 32x32[/bold]
     """
     import_torch()
@@ -104,8 +118,10 @@ def encode(
     from vqtool.vq.load import load_model
 
     shape = parse_size(size) if size is not None else None
+    _check_resize(resize, shape)
     check_output(output)
     loaded = load_model(run, resolve_device(device))
+    mode = resize if resize is not None else loaded.profile.data.resize
     coding_prior = load_coding_prior_for(prior, loaded)
     with progress.CountProgress("encoding") as bar:
         codes = encode_inputs(
@@ -118,12 +134,34 @@ def encode(
             lambda note: progress.info(f"note: {note}"),
             strict,
             stages,
+            mode,
         )
         write_codes(output, codes, compress, coding_prior, bar.stage("compressing"))
     coded = ""
     if compress or coding_prior is not None:
         coded = f", {output.stat().st_size * 8 / codes.codes.shape[0]:,.1f} bits per image"
-    progress.info(f"wrote {output}: {_encoded(codes)}; sizes are HxW{coded}")
+    fitted = ""
+    if shape is not None:
+        fitted = f", resized by {mode}" + (" (the run's data.resize)" if resize is None else "")
+    progress.info(f"wrote {output}: {_encoded(codes)}; sizes are HxW{coded}{fitted}")
+
+
+def _check_resize(resize: str | None, size: tuple[int, int] | None) -> None:
+    from vqtool.errors import UsageError
+    from vqtool.profiles import RESIZE_MODES
+
+    if resize is None:
+        return
+    if resize not in RESIZE_MODES:
+        raise UsageError(
+            f"unknown resize mode {resize!r}", "--resize", f"use {', '.join(RESIZE_MODES)}"
+        )
+    if size is None:
+        raise UsageError(
+            "--resize needs --size",
+            "--resize",
+            "add --size HxW (e.g. --size 64x64); without it, images keep their own size",
+        )
 
 
 def _encoded(codes: Any) -> str:

@@ -2,15 +2,20 @@
 
 Progress, logs and warnings go to stderr; results (tables, JSON) go to stdout. When stderr
 is not a terminal (a log file, CI), progress becomes plain lines instead of live bars.
+
+What is shown is a view of the work, never a part of it: a write that fails (the reader of a
+pipe has gone, as in `vqtool train ... 2>&1 | head`; a full disk under a log file) is dropped,
+and so is everything after it on that stream, while the work goes on to its end.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar, cast
 
 from rich.console import Console
 from rich.progress import (
@@ -26,14 +31,90 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from vqtool.errors import counted
+
+# Streams that a write failed on: nothing more is written to them.
+_gone: list[TextIO] = []
+
+
+class _Stream:
+    """sys.stdout or sys.stderr as it is at each write (CliRunner and pytest swap them), whose
+    failed writes are dropped (see the module). What rich's Console uses of a file: write,
+    flush, isatty and encoding."""
+
+    def __init__(self, name: str) -> None:
+        self.stream_name = name
+
+    def _target(self) -> TextIO | None:
+        stream: TextIO | None = getattr(sys, self.stream_name)
+        # While a live display redirects sys.stdout, rich's proxy prints through the console:
+        # the file behind it is the one to write to, as rich's own Console.file takes it.
+        stream = getattr(stream, "rich_proxied_file", stream)
+        if stream is None or any(stream is gone for gone in _gone):
+            return None
+        return stream
+
+    def write(self, text: str) -> int:
+        stream = self._target()
+        if stream is not None:
+            try:
+                try:
+                    stream.write(text)
+                except UnicodeEncodeError:  # a name the terminal's encoding lacks
+                    encoding = stream.encoding or "ascii"
+                    stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
+            except (OSError, ValueError):  # EPIPE and the like; ValueError: a closed file
+                _give_up(stream)
+        return len(text)
+
+    def flush(self) -> None:
+        stream = self._target()
+        if stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                _give_up(stream)
+
+    def isatty(self) -> bool:
+        stream = self._target()
+        try:
+            return stream is not None and stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self._target(), "encoding", None) or "utf-8"
+
+
+def _give_up(stream: TextIO) -> None:
+    """Write nothing more to `stream`. Its file descriptor, if it has one, now points at
+    /dev/null, so that its other writers (Python's final flush, warnings, torch's C++ logs)
+    do not fail in turn; the pipe itself is closed only once every process lets go of it."""
+    _gone.append(stream)
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):  # no descriptor (a test's buffer), or closed
+        return
+    try:
+        os.dup2(null, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
+
+
+stdout = cast(TextIO, _Stream("stdout"))
+stderr = cast(TextIO, _Stream("stderr"))
 # emoji=False: rich would turn ":train:" in `cifar10:train:N` (or in a file name) into an emoji.
 # soft_wrap: a status line is one line however long, so that logs stay greppable; a terminal
 # wraps it for the eye.
-err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(file=stderr, highlight=False, emoji=False, soft_wrap=True)
+out = Console(file=stdout, highlight=False, soft_wrap=True, emoji=False)
 if not out.is_terminal:
     # Piped results have no terminal width to fit; rich's default 80 columns would cut cells.
-    out = Console(highlight=False, soft_wrap=True, width=160, emoji=False)
+    out = Console(file=stdout, highlight=False, soft_wrap=True, width=160, emoji=False)
 
 
 def info(message: str) -> None:
@@ -142,7 +223,7 @@ class TrainProgress(_Bar):
     """
 
     activity = "training"
-    what = "images"  # what a training step consumes
+    what = "image"  # what a training step consumes (counted makes the plural)
     speed_unit = "img/s"
 
     def __init__(self, description: str = "train") -> None:
@@ -180,13 +261,13 @@ class TrainProgress(_Bar):
         if event.kind == "decode":
             self.decode(record["done"], record["total"])
             if not self.live and record["done"] == 0:
-                info(f"decoding {record['total']:,} images into the image cache (once)")
+                info(f"decoding {counted(record['total'], 'image')} into the image cache (once)")
         elif event.kind == "start":
             self.setup = self.describe_setup(record)
             self.first_log = True
+            data = counted(record["train_images"], self.what)
             info(
-                f"{self.activity} on {self.setup}, "
-                f"{record['world_size']} process(es), {record['train_images']:,} {self.what}, "
+                f"{self.activity} on {self.setup}, {record['world_size']} process(es), {data}, "
                 f"{record['parameters']:,} parameters -> {record['run_dir']}"
             )
             if self.live:
@@ -225,7 +306,7 @@ class PriorProgress(TrainProgress):
     """Prior training: the dataset's encoding into code files first, then bits per code."""
 
     activity = "training a prior"
-    what = "code grids"
+    what = "code grid"
     speed_unit = "grids/s"
 
     def __init__(self) -> None:
@@ -304,8 +385,8 @@ def emit_json(data: Any, target: str) -> None:
     """`--json -` writes to stdout, `--json FILE` to that file."""
     text = json.dumps(data, indent=2) + "\n"
     if target == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        stdout.write(text)
+        stdout.flush()
     else:
         from pathlib import Path
 

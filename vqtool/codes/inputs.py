@@ -104,6 +104,7 @@ def find_images(
     data_dir: Path,
     size: tuple[int, int] | None = None,
     strict: bool = False,
+    resize_mode: str = "stretch",
 ) -> FoundImages:
     """Inputs -> named images with their sizes (read from headers; no pixels decoded yet).
 
@@ -113,7 +114,7 @@ def find_images(
     -2, -3. Files in folders that are not images are skipped and listed in `skipped`, images
     in folders whose header is damaged in `damaged`; `strict` makes either an error. A file
     named on its own must be a readable image. `size` is the size images will be shrunk to
-    (--size), which lets larger images in.
+    (--size) as `resize_mode` says (--resize), which lets larger images in.
     """
     named: list[tuple[str, Path | None, Tensor | None, tuple[int, int] | None, bool]] = []
     skipped: list[Path] = []
@@ -137,7 +138,7 @@ def find_images(
                     continue
                 found += 1
                 try:
-                    file_size = probe_size(file, size)
+                    file_size = probe_size(file, size, resize_mode)
                 except DamagedImage as exc:
                     if strict:
                         raise
@@ -170,15 +171,17 @@ def find_images(
     for name, (_, source, pixels, item_size, in_folder) in zip(names, named, strict=True):
         if item_size is None:
             assert source is not None
-            item_size = probe_size(source, size)
+            item_size = probe_size(source, size, resize_mode)
         items.append(ImageItem(name, item_size, source, pixels, in_folder))
     return FoundImages(items, skipped, damaged)
 
 
-def load_item(item: ImageItem, size: tuple[int, int] | None = None) -> Tensor:
-    """An item's pixels as uint8 (3, H, W), resized to `size` (H, W) when given (an image
-    file is shrunk while it is decoded)."""
+def load_item(
+    item: ImageItem, size: tuple[int, int] | None = None, resize_mode: str = "stretch"
+) -> Tensor:
+    """An item's pixels as uint8 (3, H, W), fitted to `size` (H, W) as `resize_mode` says when
+    given (vqtool.images.fit; an image file is shrunk while it is decoded)."""
     if item.pixels is not None:
-        return resize(item.pixels, size) if size is not None else item.pixels
+        return resize(item.pixels, size, resize_mode) if size is not None else item.pixels
     assert item.path is not None
-    return read_image(item.path) if size is None else read_resized(item.path, size)
+    return read_image(item.path) if size is None else read_resized(item.path, size, resize_mode)

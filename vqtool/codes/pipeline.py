@@ -148,10 +148,12 @@ class Encoding:
         data_dir: Path,
         size: tuple[int, int] | None = None,
         strict: bool = False,
+        resize_mode: str = "stretch",
     ) -> None:
-        self.found = find_images(inputs, data_dir, size, strict)
+        self.found = find_images(inputs, data_dir, size, strict, resize_mode)
         self.items = self.found.items
         self.size = size
+        self.resize_mode = resize_mode
         self.strict = strict
         self.shape = common_size(self.items, size)  # (H, W) every image is padded to
         self.kept = np.ones(len(self.items), bool)
@@ -174,7 +176,9 @@ class Encoding:
             batch, indices = [], []
             for i in range(start, stop):
                 try:
-                    batch.append(pad_to(load_item(self.items[i], self.size), self.shape))
+                    batch.append(
+                        pad_to(load_item(self.items[i], self.size, self.resize_mode), self.shape)
+                    )
                     indices.append(i)
                 except DamagedImage as problem:
                     if self.strict or not self.items[i].in_folder:
@@ -209,10 +213,13 @@ def encode_inputs(
     on_note: Callable[[str], None] | None = None,
     strict: bool = False,
     stages: int | None = None,
+    resize_mode: str = "stretch",
 ) -> CodeFile:
     """Encode image files, folders and CIFAR-10 splits (see inputs.find_images) into a CodeFile.
 
-    `size` (H, W) resizes every image first; without it, all images must pad to one size.
+    `size` (H, W) resizes every image first, as `resize_mode` says ("stretch", "centre-crop"
+    or "random-crop": vqtool.images.fit; the CLI's default is the run's data.resize); without
+    it, all images keep their own size and must pad to one size.
     Images are read batch by batch; only the codes are kept. Files in folders that are not
     images, and damaged images in folders, are skipped with a note (`on_note`) unless
     `strict`, which makes them errors; a damaged file named on its own is always an error.
@@ -226,7 +233,7 @@ def encode_inputs(
             f"give --stages from 1 to {trained}",
         )
     kept_stages = trained if stages is None else stages
-    encoding = Encoding(inputs, data_dir, size, strict)
+    encoding = Encoding(inputs, data_dir, size, strict, resize_mode)
     n = len(encoding.items)
     stage_axis = (kept_stages,) if trained > 1 else ()
     codes = np.empty((n, *stage_axis, *encoding.grid), np.uint16)

@@ -8,7 +8,7 @@ into a memory-mapped cache, `vqtool.data.folders`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,8 +24,9 @@ from vqtool.data.cifar10 import (
     load_cifar10_labels,
 )
 from vqtool.data.folders import ensure_cache
-from vqtool.errors import UsageError, WorkError
+from vqtool.errors import WorkError
 from vqtool.events import Progress
+from vqtool.images.fit import centre_offsets
 from vqtool.profiles import DataConfig
 
 SPLITS = ("train", "test")
@@ -45,15 +46,17 @@ def ensure_dataset(
     on_download: Callable[[int, int | None], None] | None = None,
     on_decode: Progress | None = None,
     origin: str = "",
+    need: Sequence[str] = ("train",),
 ) -> list[str]:
     """Make the dataset available: CIFAR-10 is downloaded from the official URL when missing;
     an image folder is decoded into its cache unless a valid one is there (`on_decode` gets
-    images done and total). Returns notes for the user: files left out and why.
+    images done and total), once it is known that each split in `need` gets images. Returns
+    notes for the user: files left out and why.
 
     A failed download names the folder it looked in and `origin`, how that folder was chosen.
     """
     if data.dataset == "folder":
-        return ensure_cache(data, data_dir, on_decode).notes
+        return ensure_cache(data, data_dir, on_decode, need).notes
     if cifar10_present(data_dir):
         return []
     try:
@@ -71,14 +74,7 @@ def _folder_split(
     data: DataConfig, data_dir: Path, split: str, on_decode: Progress | None
 ) -> Tensor:
     """One split of an image folder as stored in its cache: uint8 (N, 3, Hs, Ws), mapped."""
-    array = ensure_cache(data, data_dir, on_decode).arrays[split]
-    if len(array) == 0:
-        fix = (
-            "add a test/ subfolder of images, or raise data.test_fraction"
-            if split == "test"
-            else "lower data.test_fraction, or put images outside test/"
-        )
-        raise UsageError(f"the image folder has no {split} images", data.path, fix)
+    array = ensure_cache(data, data_dir, on_decode, need=(split,)).arrays[split]
     # mmap_mode "c" maps the file copy-on-write: writable for torch, never written back.
     return torch.from_numpy(array)
 
@@ -108,7 +104,7 @@ def load_split(data: DataConfig, data_dir: Path, split: str) -> Split:
 def centre_crop(images: Tensor, size: tuple[int, int]) -> Tensor:
     """The centred (H, W) window of (N, 3, Hs, Ws) images, as a view."""
     h, w = size
-    top, left = (images.shape[2] - h) // 2, (images.shape[3] - w) // 2
+    top, left = centre_offsets((images.shape[2], images.shape[3]), size)
     return images[:, :, top : top + h, left : left + w]
 
 

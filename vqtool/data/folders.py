@@ -7,10 +7,12 @@ ends). The held-out split is `path/test/` when that folder exists (everything el
 else each file by a hash of its path below `path` (`test_fraction`): adding files never moves an
 old file between splits.
 
-Each image becomes `image_size` (H, W) as `resize` says: "centre-crop" scales its short side to
-fit and keeps the centre; "stretch" resizes it to H x W; "random-crop" stores it like
-"centre-crop" at 9/8 of H x W (`stored_size`), so that training can take a different H x W
-window each epoch (`vqtool.data.datasets.RandomCrops`) and evaluation the centre one.
+Each image becomes `image_size` (H, W) as `resize` says (vqtool.images.fit): "centre-crop"
+scales its short side to fit and keeps the centre; "stretch" resizes it to H x W;
+"random-crop" stores it like "centre-crop" at 9/8 of H x W (`stored_size`), so that training
+can take a different H x W window each epoch (`vqtool.data.datasets.RandomCrops`) and
+evaluation the centre one. A file is left out (and named in a note) only when it cannot be
+read: its header or pixel data is damaged, or it declares too many pixels.
 
 The cache, `<data_dir>/folder-cache/<folder>-<H>x<W>-<resize>-<hash>/`, one per folder and
 settings (the hash covers the folder's real path, image_size, resize and test_fraction):
@@ -32,7 +34,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import math
 import os
 import shutil
 import stat
@@ -44,10 +45,11 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from vqtool.errors import UsageError, VqtoolError, WorkError, first_line, os_reason
+from vqtool.errors import UsageError, VqtoolError, WorkError, counted, first_line, os_reason
 from vqtool.events import Progress
 from vqtool.files import fsync_dir, make_folder, write_text
-from vqtool.images.read import from_pil, open_image
+from vqtool.images import fit
+from vqtool.images.read import open_image, to_rgb
 from vqtool.profiles import DataConfig
 
 CACHE_FORMAT = "vqtool-folder-cache"
@@ -95,8 +97,7 @@ class FolderSettings(NamedTuple):
     @property
     def stored_size(self) -> tuple[int, int]:
         """(Hs, Ws) as cached: image_size, plus an eighth for random crops to move in."""
-        h, w = self.image_size
-        return (h + h // 8, w + w // 8) if self.resize == "random-crop" else (h, w)
+        return fit.stored_size(self.image_size, self.resize)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -197,56 +198,40 @@ def assign_splits(
     return splits
 
 
-def decode_image(path: Path, stored_size: tuple[int, int], resize: str) -> np.ndarray:
-    """An image file -> uint8 (3, Hs, Ws) RGB, sized as `resize` says (see the module).
+def decode_image(path: Path, stored: tuple[int, int], resize: str) -> np.ndarray:
+    """An image file -> uint8 (3, Hs, Ws) RGB at its `stored` size (FolderSettings.stored_size),
+    sized as `resize` says (vqtool.images.fit).
 
     JPEGs are decoded straight at a reduced scale when they are much larger than needed
     (Pillow's draft mode: DCT scaling), then resized with Pillow's bicubic filter (antialiased).
-    Raises VqtoolError for a file that cannot be read or declares too many pixels.
+    Raises VqtoolError for a file that cannot be read or declares too many pixels; anything
+    else that fails is not the file's fault, and escapes as it is.
     """
-    out_h, out_w = stored_size
     with open_image(path) as image:
         w, h = image.size
-        if resize == "stretch":
-            need = (out_w, out_h)
-        else:
-            scale = max(out_h / h, out_w / w)
-            need = (math.ceil(w * scale), math.ceil(h * scale))
+        need = stored if resize == "stretch" else fit.cover_size((h, w), stored)
         if image.format == "JPEG":
-            image.draft("RGB", need)
+            image.draft("RGB", (need[1], need[0]))
         try:
             image.load()
-            pixels = from_pil(image)  # (3, h', w'): h', w' >= need after draft
+            rgb = to_rgb(image)  # h', w' >= need after draft
         except Exception as exc:  # truncated or corrupt pixel data
             raise WorkError(f"cannot read the image: {first_line(exc)}", path) from exc
-    h, w = pixels.shape[1:]
-    if (h, w) == (out_h, out_w):
-        return pixels.numpy()
-    if resize == "stretch":
-        box = (0.0, 0.0, float(w), float(h))
-    else:
-        # The centred region of the source that scales to exactly (out_h, out_w).
-        scale = max(out_h / h, out_w / w)
-        bw, bh = out_w / scale, out_h / scale
-        box = ((w - bw) / 2, (h - bh) / 2, (w + bw) / 2, (h + bh) / 2)
-    rgb = Image.fromarray(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()))
-    resized = rgb.resize((out_w, out_h), Image.Resampling.BICUBIC, box=box)
-    return np.asarray(resized).transpose(2, 0, 1)
-
-
-def _reason(exc: BaseException) -> str:
-    return exc.what if isinstance(exc, VqtoolError) else first_line(exc)
+        # Resized inside the `with`: for an RGB file `rgb` is `image`, whose close() frees it.
+        return np.asarray(fit.resize_to(rgb, stored, resize)).transpose(2, 0, 1)
 
 
 def ensure_cache(
     data: DataConfig,
     data_dir: Path,
     on_progress: Progress | None = None,
+    need: Sequence[str] = (),
 ) -> FolderCache:
     """The folder's cache under `data_dir`: reused when it matches the folder, else built.
 
-    Raises UsageError for a missing folder or one without images (exit 2), WorkError when no
-    image can be read (exit 1).
+    Raises UsageError for a missing folder, one without images, or one where a split in `need`
+    gets no image (checked before any image is decoded; exit 2), WorkError when no image, or
+    none of a needed split, can be read (exit 1).
     """
     settings = FolderSettings.from_config(data)
     root = settings.root
@@ -264,6 +249,11 @@ def ensure_cache(
                 root,
                 "put JPEG or PNG files in it (subfolders are searched), or change data.path",
             )
+        has_test = (root / TEST_FOLDER).is_dir()
+        counts = {split: len(files) for split, files in assign_splits(settings, scan.files).items()}
+        for split in need:
+            if counts[split] == 0:
+                raise _empty_split(split, data, has_test, counts)
         folder = cache_root / settings.key
         built_s = None
         cache = _open_valid(folder, settings, scan.files)
@@ -274,8 +264,53 @@ def ensure_cache(
             cache = _open_valid(folder, settings, scan.files)
             if cache is None:  # pragma: no cover - only if the disk changed it under us
                 raise WorkError("the image cache just written does not read back", folder)
+    for split in need:
+        if len(cache.arrays[split]) == 0:
+            raise _unreadable_split(split, data, cache.skipped)
     notes = _notes(scan, cache, settings, built_s)
     return cache._replace(notes=notes, built_s=built_s)
+
+
+def _empty_split(
+    split: str, data: DataConfig, has_test: bool, counts: Mapping[str, int]
+) -> UsageError:
+    """Why a split has no image: how the folder's files were split, and how to change it."""
+    head = f"the image folder has no {split} images"
+    if has_test:
+        if split == "train":
+            held = counted(counts["test"], "image")
+            why = f"its test/ subfolder holds the held-out images ({held}) and none lies outside it"
+            return UsageError(f"{head}: {why}", data.path, "put the training images outside test/")
+        return UsageError(
+            f"{head}: its test/ subfolder holds none",
+            data.path,
+            "put images in test/, or remove test/ to hold out data.test_fraction of them",
+        )
+    why = (
+        "without a test/ subfolder, each file goes to train or test by a hash of its path below "
+        f"the folder, data.test_fraction = {data.test_fraction:g} of them to test, and that put "
+        f"{counted(counts['train'], 'image')} in train and {counts['test']:,} in test"
+    )
+    fix = (
+        "add a test/ subfolder of images, or raise data.test_fraction"
+        if split == "test"
+        else "add images, lower data.test_fraction (0 trains on all of them), "
+        "or put the held-out images in a test/ subfolder"
+    )
+    return UsageError(f"{head}: {why}", data.path, fix)
+
+
+def _unreadable_split(
+    split: str, data: DataConfig, skipped: Sequence[tuple[str, str]]
+) -> WorkError:
+    """A split whose every file was left out as unreadable."""
+    rel, reason = skipped[0]
+    return WorkError(
+        f"the image folder has no {split} images: none of its {split} files could be read "
+        f"({counted(len(skipped), 'file')} left out in all, the first: {rel}: {reason})",
+        data.path,
+        "replace the damaged files",
+    )
 
 
 def _notes(
@@ -285,7 +320,7 @@ def _notes(
     counts = {split: len(files) for split, files in cache.files.items()}
     if built_s is not None:
         notes.append(
-            f"decoded {counts['train'] + counts['test']:,} images of {settings.root} in "
+            f"decoded {counted(counts['train'] + counts['test'], 'image')} of {settings.root} in "
             f"{built_s:.1f} s into {cache.folder} (later runs reuse it)"
         )
     if cache.skipped:
@@ -400,8 +435,13 @@ def _build(
         failed = _decode_all(settings, splits, arrays, on_progress)
         if sum(len(bad) for bad in failed.values()) == len(files):
             first = next(reason for bad in failed.values() for _, reason in bad)
+            none = (
+                "the one image file could not be read"
+                if len(files) == 1
+                else f"none of the {len(files):,} image files could be read"
+            )
             raise WorkError(
-                f"none of the {len(files):,} image files could be read (the first: {first})",
+                f"{none} (the first: {first})",
                 settings.root,
                 "check that the folder holds JPEG or PNG images",
             )
@@ -462,8 +502,8 @@ def _decode_all(
                 arrays[split][i] = decode_image(
                     settings.root / entry.rel, settings.stored_size, settings.resize
                 )
-            except Exception as exc:  # every way a file can be bad: it is skipped and named
-                bad.append((i, _reason(exc)))
+            except VqtoolError as exc:  # every way a file can be bad: skipped and named
+                bad.append((i, exc.what))
         return split, bad, len(chunk)
 
     failed: dict[str, list[tuple[int, str]]] = {split: [] for split in SPLITS}

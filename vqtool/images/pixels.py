@@ -12,6 +12,7 @@ from PIL import Image
 from torch import Tensor
 
 from vqtool.errors import UsageError
+from vqtool.images import fit
 from vqtool.images.read import MAX_IMAGE_PIXELS, pil_to_tensor, resize_rgb
 from vqtool.models.config import DOWNSAMPLE
 
@@ -75,9 +76,12 @@ def pad_to_multiple(images: Tensor, multiple: int = DOWNSAMPLE) -> Tensor:
     return pad_to(images, padded_size((images.shape[-2], images.shape[-1]), multiple))
 
 
-def resize(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """uint8 (3, h, w) -> (3, H, W): as image files are resized (imagefiles.resize_rgb)."""
-    if tuple(image.shape[-2:]) == size:
+def resize(image: Tensor, size: tuple[int, int], mode: str = "stretch") -> Tensor:
+    """uint8 (3, h, w) -> (3, H, W), fitted as `mode` says: as image files are resized
+    (read.read_resized)."""
+    if tuple(image.shape[-2:]) == size and mode != "random-crop":  # random: a zoom, always
         return image
     pil = Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))
-    return pil_to_tensor(resize_rgb(pil, size))
+    if mode == "stretch":
+        return pil_to_tensor(resize_rgb(pil, size))
+    return pil_to_tensor(fit.fit_rgb(pil, size, mode))

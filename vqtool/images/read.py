@@ -22,6 +22,7 @@ from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 from torch import Tensor
 
 from vqtool.errors import UsageError, WorkError, first_line
+from vqtool.images import fit
 
 # The largest image vqtool encodes at its own size: 4096 x 4096. Larger ones cost several GB
 # in the model.
@@ -126,13 +127,16 @@ def _pillow_bomb_limit() -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = before
 
 
-def _open(path: Path, shrink_to: tuple[int, int] | None = None) -> tuple[Image.Image, int, int]:
+def _open(
+    path: Path, shrink_to: tuple[int, int] | None = None, mode: str = "stretch"
+) -> tuple[Image.Image, int, int]:
     """Open an image lazily (header only) and refuse one that declares too many pixels;
     returns it with its declared height and width.
 
     With `shrink_to` (H, W), a JPEG is set to decode at the smallest scale that keeps twice
-    that size (so that the final resize still averages neighbours, as Pillow's thumbnail
-    does); the image's `size` is then the size it will decode at.
+    the size that fitting it to H x W as `mode` says needs (vqtool.images.fit), so that the
+    final resize still averages neighbours, as Pillow's thumbnail does; the image's `size` is
+    then the size it will decode at.
     """
     try:
         with _pillow_bomb_limit():
@@ -160,7 +164,10 @@ def _open(path: Path, shrink_to: tuple[int, int] | None = None) -> tuple[Image.I
             path, width * height, limit if width * height <= shrinkable else shrinkable
         )
     if shrink_to is not None:
-        image.draft(image.mode, (2 * shrink_to[1], 2 * shrink_to[0]))  # a no-op but for JPEG
+        need = shrink_to
+        if mode in fit.CROP_MODES:  # the part kept must keep the resolution
+            need = fit.cover_size((height, width), fit.stored_size(shrink_to, mode))
+        image.draft(image.mode, (2 * need[1], 2 * need[0]))  # a no-op but for JPEG
         if image.size[0] * image.size[1] > MAX_DECODED_PIXELS:
             decoded = image.size
             image.close()
@@ -173,25 +180,35 @@ def _open(path: Path, shrink_to: tuple[int, int] | None = None) -> tuple[Image.I
     return image, height, width
 
 
-def probe_size(path: Path, shrink_to: tuple[int, int] | None = None) -> tuple[int, int]:
+def probe_size(
+    path: Path, shrink_to: tuple[int, int] | None = None, mode: str = "stretch"
+) -> tuple[int, int]:
     """An image file's (height, width) from its header, without decoding its pixels.
 
-    Refuses an image too large to read at its own size or, with `shrink_to`, to shrink.
+    Refuses an image too large to read at its own size or, with `shrink_to` (and the `mode`
+    that fits it there), to shrink.
     """
-    image, height, width = _open(path, shrink_to)
+    image, height, width = _open(path, shrink_to, mode)
     image.close()
     return height, width
 
 
-def _decode(path: Path, image: Image.Image, size: tuple[int, int] | None) -> Tensor:
-    """An opened image's pixels as uint8 (3, H, W) RGB, resized to `size` when given."""
+def _decode(
+    path: Path, image: Image.Image, size: tuple[int, int] | None, mode: str = "stretch"
+) -> Tensor:
+    """An opened image's pixels as uint8 (3, H, W) RGB, fitted to `size` as `mode` says when
+    given."""
     with image:
         try:
             image.load()
             rgb = to_rgb(image)
         except Exception as exc:  # truncated or corrupt pixel data: OSError, SyntaxError, ...
             raise _unreadable(path, exc) from exc
-        return pil_to_tensor(rgb if size is None else resize_rgb(rgb, size))
+        if size is None:
+            return pil_to_tensor(rgb)
+        if mode == "stretch":
+            return pil_to_tensor(resize_rgb(rgb, size))
+        return pil_to_tensor(fit.fit_rgb(rgb, size, mode))
 
 
 def read_image(path: Path) -> Tensor:
@@ -200,10 +217,12 @@ def read_image(path: Path) -> Tensor:
     return _decode(path, image, None)
 
 
-def read_resized(path: Path, size: tuple[int, int]) -> Tensor:
-    """An image file -> uint8 (3, H, W) RGB at `size` (H, W), shrunk while it is decoded."""
-    image, _, _ = _open(path, size)
-    return _decode(path, image, size)
+def read_resized(path: Path, size: tuple[int, int], mode: str = "stretch") -> Tensor:
+    """An image file -> uint8 (3, H, W) RGB at `size` (H, W), fitted there as `mode` says
+    (vqtool.images.fit: "stretch", "centre-crop" or "random-crop"), shrunk while it is
+    decoded."""
+    image, _, _ = _open(path, size, mode)
+    return _decode(path, image, size, mode)
 
 
 def resize_rgb(image: Image.Image, size: tuple[int, int]) -> Image.Image:

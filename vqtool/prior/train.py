@@ -134,7 +134,7 @@ class PriorTrainer:
             placement.rank,
             placement.world_size,
             key="train.batch_size",
-            what="training code grids",
+            what="training code grid",
         )
         self.labels = (
             train.labels.to(device)
@@ -305,7 +305,7 @@ def train_prior(
         trainer = PriorTrainer(
             profile, run_dir, facts, data["train"], data["test"], placement, notify
         )
-        if not begin_run(PRIOR_RUN, trainer, payload, profile, files, writer, notify):
+        if not begin_run(PRIOR_RUN, trainer, payload, profile, files, writer, notify, resume):
             return PriorResult(files.path, trainer.step, {}, trainer.elapsed_s, trainer.model)
         saved = payload.get("threads") if payload is not None else None
         with training_threads(placement.device, cfg.threads, saved) as reason:

@@ -26,7 +26,8 @@ def summarise_run(run: Run, label: str | None = None) -> dict[str, Any]:
     """One run as a flat dict for tables and JSON; None where a value is absent.
 
     Test metrics come from eval-test.json (written by `vqtool evaluate`); wall time is the last
-    training record's elapsed_s; images/s is the mean over the training records.
+    training record's elapsed_s; images/s is the mean over the training records. `checkpoint`
+    is False for a run stopped before it saved one: its steps were logged, then lost.
     """
     last = run.train[-1]
     test = run.eval_files.get("test", {})
@@ -37,6 +38,7 @@ def summarise_run(run: Run, label: str | None = None) -> dict[str, Any]:
         "kind": run.kind,
         "profile": run.profile,
         "steps": last["step"],
+        "checkpoint": run.has_checkpoint,
         "train_nmse": _number(last.get("nmse")),
         "test_nmse": _number(test.get("nmse")),
         "psnr": _number(test.get("psnr")),
@@ -68,11 +70,14 @@ COMPARE_COLUMNS = {
 
 
 def compare_row(summary: dict[str, Any]) -> list[Any]:
-    """A summary as a table row: the COMPARE_COLUMNS values, usage as a percentage."""
+    """A summary as a table row: the COMPARE_COLUMNS values, usage as a percentage, and the
+    steps of a run without a checkpoint marked as such."""
     row = [summary[key] for key in COMPARE_COLUMNS]
     usage = summary["codebook_usage"]
     if usage is not None:
         row[list(COMPARE_COLUMNS).index("codebook_usage")] = f"{usage:.1%}"
+    if not summary["checkpoint"]:
+        row[list(COMPARE_COLUMNS).index("steps")] = f"{summary['steps']:,} (no checkpoint)"
     return row
 
 

@@ -450,8 +450,9 @@ def _train(
             def decoding(done: int, total: int) -> None:
                 notify(TrainEvent("decode", 0, steps, {"done": done, "total": total}))
 
+            need = ("train", "test") if profile.train.eval_every else ("train",)
             for message in ensure_dataset(
-                profile.data, data_dir, on_download, decoding, data_origin
+                profile.data, data_dir, on_download, decoding, data_origin, need
             ):
                 notify(TrainEvent("note", 0, steps, {"kind": "note", "message": message}, message))
         distributed.barrier()
@@ -474,7 +475,7 @@ def _train_locked(
     if writer:
         files.refuse_overwrite(resume)  # again: another run may have ended meanwhile
     payload = saved_payload(VQ_RUN, files, resume)
-    if not begin_run(VQ_RUN, trainer, payload, profile, files, writer, notify):
+    if not begin_run(VQ_RUN, trainer, payload, profile, files, writer, notify, resume):
         return TrainResult(files.path, trainer.step, {}, trainer.elapsed_s, trainer.model)
     saved = payload.get("threads") if payload is not None else None
     with training_threads(trainer.placement.device, profile.train.threads, saved) as reason:
