@@ -143,7 +143,7 @@ def encode(
     fitted = ""
     if shape is not None:
         fitted = f", resized by {mode}" + (" (the run's data.resize)" if resize is None else "")
-    progress.info(f"wrote {output}: {_encoded(codes)}; sizes are HxW{coded}{fitted}")
+    progress.info(f"wrote {output}: {_encoded(codes)}{coded}{fitted}; sizes are HxW")
 
 
 def _check_resize(resize: str | None, size: tuple[int, int] | None) -> None:
