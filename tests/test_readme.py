@@ -39,8 +39,11 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
-    for made in ("runs/demo/checkpoint.pt", "grid.png", "figures/demo/reconstructions.png",
-                 "photos.vqc", "runs/photos/checkpoint.pt", "runs/demo/prior/checkpoint.pt",
-                 "samples.png", "test.vqc", "test-decoded/cifar10-test-00255.png"):  # fmt: skip
+    expected = [
+        "runs/demo/checkpoint.pt", "grid.png", "figures/demo/reconstructions.png", "photos.vqc",
+        "roundtrip.png", "runs/photos/checkpoint.pt", "runs/demo/prior/checkpoint.pt",
+        "samples.png", "test.vqc", "test-decoded/cifar10-test-00255.png",
+    ]  # fmt: skip
+    for made in expected:
         assert (tmp_path / made).is_file(), made
     assert len(list((tmp_path / "photos-decoded").glob("*.png"))) == 64
