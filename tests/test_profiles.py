@@ -354,3 +354,44 @@ def test_profiles_stored_before_weight_norm_was_a_key_keep_their_network(kaiming
     model = {k: v for k, v in stored["model"].items() if k != "weight_norm"}
     old = profile_from_dict({**stored, "model": {**model, "kaiming_init": kaiming}}, "old", "t")
     assert (old.model.weight_norm, old.model.kaiming_init) == (kaiming, kaiming)
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["model.levels=[8,1]", "model.levels=[8.0,8]", "model.levels=8", "model.levels=[]",
+     "model.levels=[true,8]", "model.levels=[256,256,2]"],
+)  # fmt: skip
+def test_levels_must_be_integers_of_at_least_two(override: str) -> None:
+    with pytest.raises(UsageError) as excinfo:
+        load_profile("ema", ["model.quantizer=fsq", override])
+    line = usage_line(excinfo)
+    assert "model.levels must be a list of integers, each >= 2, whose product is at most 65536" in (
+        line
+    )
+    assert f"(--set {override})" in line
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.stages=0", "model.stages must be an integer >= 1, got 0"),
+        ("model.stages=1.5", "model.stages must be an integer >= 1, got 1.5"),
+        ("model.quantizer=rvq", 'model.quantizer must be one of vq, fsq, got "rvq"'),
+        ("model.stage_dropout=1", "model.stage_dropout must be a boolean"),
+    ],
+)
+def test_quantizer_keys_are_checked(override: str, expected: str) -> None:
+    with pytest.raises(UsageError) as excinfo:
+        load_profile("ema", [override])
+    assert expected in usage_line(excinfo)
+
+
+def test_fsq_derives_num_embeddings_from_the_levels(tmp_path: Path) -> None:
+    profile = load_profile("ema", ["model.quantizer=fsq", "model.levels=[8,5,5,5]"])
+    assert (profile.model.levels, profile.model.num_embeddings) == ((8, 5, 5, 5), 1000)
+    # A value given for it is replaced, and the resolved profile says what the model uses.
+    given = load_profile("ema", ["model.quantizer=fsq", "model.num_embeddings=7"])
+    assert given.model.num_embeddings == 512
+    again = load_profile(write(tmp_path / "p.toml", profile_to_toml(profile)))
+    assert again == profile
+    assert load_profile("ema", ["model.num_embeddings=7"]).model.num_embeddings == 7  # vq: free

@@ -127,6 +127,7 @@ _TYPE_NAMES: dict[Any, str] = {
     float: "a number",
     str: "a string",
     tuple[int, int]: "two integers [H, W],",
+    tuple[int, ...]: "a list of integers,",
 }
 # How an image becomes data.image_size (vqtool.images.fit), also `vqtool encode --resize`.
 RESIZE_MODES = ("centre-crop", "random-crop", "stretch")
@@ -167,6 +168,13 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.decay": ((lambda v: 0 <= v < 1), ">= 0 and < 1 (0 = no EMA)"),
     "model.codebook_init": _one_of("seed", "encoder", "kmeans"),
     "model.dead_code_steps": _at_least(0),
+    "model.quantizer": _one_of("vq", "fsq"),
+    # K = the product of the levels, and codes are stored as uint16.
+    "model.levels": (
+        lambda v: len(v) > 0 and all(n >= 2 for n in v) and math.prod(v) <= 65536,
+        "each >= 2, whose product is at most 65536",
+    ),
+    "model.stages": _at_least(1),
     "train.steps": _at_least(1),
     "train.learning_rate": ((lambda v: v > 0), "> 0"),
     "train.seed": _at_least(0),
@@ -384,6 +392,10 @@ def _check_value(qualified: str, value: Any, kind: type, where: str, schema: Sch
     """The value converted to its field's type, or a UsageError naming what is allowed."""
     if kind == tuple[int, int]:
         ok = isinstance(value, (list, tuple)) and len(value) == 2
+        ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        value = tuple(value) if ok else value
+    elif kind == tuple[int, ...]:
+        ok = isinstance(value, (list, tuple))
         ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         value = tuple(value) if ok else value
     else:

@@ -40,6 +40,14 @@ def epoch_order(n: int, epoch: int, seed: int, shuffle: bool) -> Tensor:
     return torch.randperm(n, generator=generator)
 
 
+def drawn_stages(seed: int, step: int, stages: int) -> int:
+    """How many residual stages step `step` trains, uniform over 1..stages (quantizer
+    dropout): drawn from (seed, step) alone, so every process and a resumed run draw alike."""
+    # An odd offset keeps these generators apart from epoch_order's (seed, epoch) ones.
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step + 2**40 + 1)
+    return int(torch.randint(1, stages + 1, (1,), generator=generator))
+
+
 def scheduled_rate(cfg: Schedule, step: int) -> float:
     """Base rate x linear warm-up x optional cosine decay to zero at the last step."""
     lr = cfg.learning_rate

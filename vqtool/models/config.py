@@ -4,6 +4,7 @@ networks from them. Values are checked where profiles are validated."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # The encoder halves each side twice: an H x W image has (H / 4) x (W / 4) codes.
@@ -12,7 +13,12 @@ DOWNSAMPLE = 4
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The VQ-VAE's sizes, its quantizer and how its weights and codebook start."""
+    """The VQ-VAE's sizes, its quantizer and how its weights and codebook start.
+
+    With `quantizer = "fsq"` the code count is not free: `num_embeddings` is always the product
+    of `levels` (set here, whatever value was given), so that everything downstream of the
+    model (code files, priors, evaluation) reads K from one key for either quantizer.
+    """
 
     num_hiddens: int = 128
     num_residual_hiddens: int = 32
@@ -31,6 +37,20 @@ class ModelConfig:
     # the first batch; "kmeans": k-means++ on those outputs.
     codebook_init: str = "encoder"
     dead_code_steps: int = 300  # codes unused this many steps are re-seeded; 0 = off
+    # "vq": a learnt codebook (VectorQuantizer); "fsq": finite scalar quantization (Mentzer et
+    # al. 2023), a fixed grid of prod(levels) codes over len(levels) bounded, rounded channels.
+    quantizer: str = "vq"
+    levels: tuple[int, ...] = (8, 8, 8)  # fsq only: the values each channel is rounded to
+    # Residual stages: each quantizes what the stages before it left, with codes of its own.
+    stages: int = 1
+    # stages > 1: each training step uses the first n stages, n drawn uniformly from 1..stages,
+    # so that every prefix of the stages decodes well (quantizer dropout).
+    stage_dropout: bool = True
+
+    def __post_init__(self) -> None:
+        if self.quantizer == "fsq":
+            # Frozen: the derived K is set the one way a frozen dataclass allows.
+            object.__setattr__(self, "num_embeddings", math.prod(self.levels))
 
     @property
     def has_weight_norm(self) -> bool:

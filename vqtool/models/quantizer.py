@@ -27,8 +27,15 @@ EMA_EPSILON = 1e-5
 class QuantizerOutput(NamedTuple):
     quantized: Tensor  # (B, D, H, W), straight-through: forward value of the codes, gradient of z
     loss: Tensor  # scalar: codebook + commitment terms (commitment only with EMA)
-    perplexity: Tensor  # scalar: exp(entropy) of the batch's code histogram
-    indices: Tensor  # (B, H, W) int64
+    perplexity: Tensor  # scalar: exp(entropy) of the batch's code histogram (first stage's)
+    indices: Tensor  # (B, H, W) int64; (B, n, H, W) from n residual stages
+    restarted: Tensor  # scalar: dead codes re-seeded in this step
+
+
+class Assignment(NamedTuple):
+    codes: Tensor  # (N, D): the chosen code vectors (carrying the codebook's gradient)
+    indices: Tensor  # (N,) int64
+    counts: Tensor  # (K,) float32: this process's histogram of `indices`
     restarted: Tensor  # scalar: dead codes re-seeded in this step
 
 
@@ -213,17 +220,24 @@ class VectorQuantizer(nn.Module):
         flat = z.float().permute(0, 2, 3, 1).reshape(-1, self.embedding_dim)
         return nearest_codes(flat, self.codebook().float()).view(b, h, w)
 
-    def forward(self, z: Tensor) -> QuantizerOutput:
+    def needs_init(self) -> bool:
+        """Whether the codebook still waits for `init_from_data` (read back to the host)."""
+        return not bool(self.initialized)
+
+    def forward(self, z: Tensor, stages: int | None = None) -> QuantizerOutput:
+        """`stages` is there for the residual quantizers' sake: one stage is all there is."""
+        if stages not in (None, 1):
+            raise ValueError(f"a single-stage quantizer cannot use {stages} stages")
         # The quantizer always runs in fp32, whatever autocast does around it: bf16 distances
         # pick wrong codes and bf16 EMA sums lose the small updates.
         with torch.autocast(z.device.type, enabled=False):
             return self._forward_fp32(z.float())
 
-    def _forward_fp32(self, z: Tensor) -> QuantizerOutput:
-        b, d, h, w = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # (N, D), N = B * H * W
+    def assign(self, flat: Tensor) -> Assignment:
+        """Nearest codes of fp32 rows (N, D), and in training the codebook's update from them
+        (EMA, dead-code restarts): the step that a residual stage repeats."""
         indices = nearest_codes(flat, self.codebook())
-        quantized_flat = F.embedding(indices, self.embedding)  # (N, D)
+        codes = F.embedding(indices, self.embedding)  # (N, D)
         counts = code_counts(indices, self.num_embeddings)
         restarted = counts.new_zeros(())
         if self.training and (self.uses_ema or self.dead_code_steps > 0):
@@ -233,6 +247,12 @@ class VectorQuantizer(nn.Module):
                 self._ema_step(flat.detach(), indices, global_counts)
             if self.dead_code_steps > 0:
                 restarted = self._restart_dead_codes(flat.detach(), global_counts)
+        return Assignment(codes, indices, counts, restarted)
+
+    def _forward_fp32(self, z: Tensor) -> QuantizerOutput:
+        b, d, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, d)  # (N, D), N = B * H * W
+        quantized_flat, indices, counts, restarted = self.assign(flat)
         quantized = quantized_flat.view(b, h, w, d).permute(0, 3, 1, 2)
         commitment = F.mse_loss(z, quantized.detach())
         if self.uses_ema:

@@ -20,9 +20,13 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 from vqtool.models.config import DOWNSAMPLE, ModelConfig
+from vqtool.models.fsq import FiniteScalarQuantizer
 from vqtool.models.quantizer import VectorQuantizer
+from vqtool.models.residual import ResidualVectorQuantizer
 
-__all__ = ["DOWNSAMPLE", "VQVAE", "ModelConfig", "build_model"]
+Quantizer = VectorQuantizer | ResidualVectorQuantizer | FiniteScalarQuantizer
+
+__all__ = ["DOWNSAMPLE", "VQVAE", "ModelConfig", "build_model", "build_quantizer"]
 
 
 class Residual(nn.Module):
@@ -84,16 +88,34 @@ class Decoder(nn.Module):
 class VQVAEOutput(NamedTuple):
     reconstruction: Tensor  # (B, 3, H, W), same scale as the input ([-0.5, 0.5])
     vq_loss: Tensor  # scalar
-    perplexity: Tensor  # scalar
-    indices: Tensor  # (B, H/4, W/4)
+    perplexity: Tensor  # scalar: the first stage's
+    indices: Tensor  # (B, H/4, W/4); (B, n, H/4, W/4) from n of several stages
     restarted: Tensor  # scalar: dead codes re-seeded this step
 
 
+def build_quantizer(cfg: ModelConfig) -> Quantizer:
+    """The quantizer a config asks for; one stage of "vq" is the seed's VectorQuantizer."""
+    if cfg.quantizer == "fsq":
+        return FiniteScalarQuantizer(cfg.embedding_dim, cfg.levels, cfg.stages)
+    args = (
+        cfg.num_embeddings,
+        cfg.embedding_dim,
+        cfg.commitment_cost,
+        cfg.decay,
+        cfg.codebook_init,
+        cfg.dead_code_steps,
+    )
+    if cfg.stages > 1:
+        return ResidualVectorQuantizer(cfg.stages, *args)
+    return VectorQuantizer(*args)
+
+
 class VQVAE(nn.Module):
-    """Encoder -> 1x1 conv -> vector quantizer -> decoder.
+    """Encoder -> 1x1 conv -> quantizer -> decoder.
 
     `encode` and `decode` are the two halves used by code files: decode(encode(x)) is exactly
-    the reconstruction that `forward` produces in eval mode.
+    the reconstruction that `forward` produces in eval mode. A model of one stage has codes
+    (B, h, w); one of S residual stages has codes (B, S, h, w), and decodes any prefix of them.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -101,14 +123,7 @@ class VQVAE(nn.Module):
         self.config = cfg
         self.encoder = Encoder(cfg)
         self.pre_vq = nn.Conv2d(cfg.num_hiddens, cfg.embedding_dim, 1)
-        self.quantizer = VectorQuantizer(
-            cfg.num_embeddings,
-            cfg.embedding_dim,
-            cfg.commitment_cost,
-            cfg.decay,
-            cfg.codebook_init,
-            cfg.dead_code_steps,
-        )
+        self.quantizer = build_quantizer(cfg)
         self.decoder = Decoder(cfg)
         if cfg.kaiming_init:
             draw_kaiming(self)
@@ -119,22 +134,45 @@ class VQVAE(nn.Module):
         """Pre-quantization latents: (B, 3, H, W) -> (B, D, H/4, W/4)."""
         return self.pre_vq(self.encoder(x))
 
-    def forward(self, x: Tensor) -> VQVAEOutput:
-        q = self.quantizer(self.latents(x))
+    @property
+    def stages(self) -> int:
+        """Residual stages: 1 for codes (B, h, w), S > 1 for codes (B, S, h, w)."""
+        return self.config.stages
+
+    def forward(self, x: Tensor, stages: int | None = None) -> VQVAEOutput:
+        """`stages`: the first n residual stages only (training's quantizer dropout)."""
+        q = self.quantizer(self.latents(x), stages)
         return VQVAEOutput(self.decoder(q.quantized), q.loss, q.perplexity, q.indices, q.restarted)
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
-        """Images in [-0.5, 0.5] to code indices: (B, 3, H, W) -> (B, H/4, W/4) int64."""
+        """Images in [-0.5, 0.5] to code indices: (B, 3, H, W) -> (B, H/4, W/4) int64, or
+        (B, S, H/4, W/4) with S residual stages."""
         # channels_last: oneDNN's faster convolution layout on the CPU, and
         # the layout training feeds the encoder on the CPU and on CUDA.
         x = x.contiguous(memory_format=torch.channels_last)
         return self.quantizer.quantize(self.latents(x))
 
     @torch.no_grad()
-    def decode(self, indices: Tensor) -> Tensor:
-        """Code indices to images in [-0.5, 0.5] (unclamped): (B, h, w) -> (B, 3, 4h, 4w)."""
-        return self.decoder(self.quantizer.lookup(indices))
+    def decode(self, indices: Tensor, stages: int | None = None) -> Tensor:
+        """Code indices to images in [-0.5, 0.5] (unclamped): (B, h, w) -> (B, 3, 4h, 4w).
+
+        With residual stages the indices are (B, n, h, w), n <= S, and `stages` (default n)
+        decodes the first of them only.
+        """
+        return self.decoder(self.quantizer.lookup(self.stage_prefix(indices, stages)))
+
+    def stage_prefix(self, indices: Tensor, stages: int | None) -> Tensor:
+        """The first `stages` stages of codes (B, n, h, w); a model of one stage takes
+        (B, h, w) and stages 1 or None. ValueError for a count the codes do not hold."""
+        held = 1 if self.stages == 1 else indices.shape[1]
+        if indices.dim() != (3 if self.stages == 1 else 4) or held > self.stages:
+            raise ValueError(f"codes {tuple(indices.shape)} do not fit {self.stages} stage(s)")
+        if stages is None:
+            return indices
+        if not 1 <= stages <= held:
+            raise ValueError(f"cannot decode {stages} stage(s) from codes of {held}")
+        return indices if self.stages == 1 else indices[:, :stages]
 
     @property
     def device(self) -> torch.device:
@@ -151,24 +189,26 @@ class VQVAE(nn.Module):
         return self.encode(self.to_input(images, self.device))
 
     @torch.no_grad()
-    def codes_to_unit(self, indices: Tensor) -> Tensor:
+    def codes_to_unit(self, indices: Tensor, stages: int | None = None) -> Tensor:
         """Code indices (B, h, w) -> images in [0, 1] (B, 3, 4h, 4w): the decoded pixels that
-        evaluation measures and code files decode to."""
-        return self.decode(indices).float().add_(0.5).clamp_(0.0, 1.0)
+        evaluation measures and code files decode to (`stages`: as in `decode`)."""
+        return self.decode(indices, stages).float().add_(0.5).clamp_(0.0, 1.0)
 
     @torch.no_grad()
-    def codes_to_images(self, indices: Tensor) -> Tensor:
+    def codes_to_images(self, indices: Tensor, stages: int | None = None) -> Tensor:
         """Code indices (B, h, w) -> uint8 images (B, 3, 4h, 4w): codes_to_unit rounded."""
-        return self.codes_to_unit(indices).mul_(255.0).round_().to(torch.uint8)
+        return self.codes_to_unit(indices, stages).mul_(255.0).round_().to(torch.uint8)
 
     @torch.no_grad()
-    def reconstruct(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """uint8 (B, 3, H, W) -> (codes (B, h, w), reconstruction in [0, 1] (B, 3, H, W)).
+    def reconstruct(self, images: Tensor, stages: int | None = None) -> tuple[Tensor, Tensor]:
+        """uint8 (B, 3, H, W) -> (codes (B, h, w), reconstruction in [0, 1] (B, 3, H, W));
+        with residual stages codes (B, S, h, w), and the reconstruction from the first
+        `stages` of them (default all).
 
         No straight-through term: exactly what decoding the codes gives.
         """
         indices = self.images_to_codes(images)
-        return indices, self.codes_to_unit(indices)
+        return indices, self.codes_to_unit(indices, stages)
 
     def folded(self) -> VQVAE:
         """An eval-mode copy with weight norm folded into plain weights (self if it has none).

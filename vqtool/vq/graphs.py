@@ -9,8 +9,10 @@ replay (see `set_learning_rate`).
 
 The first steps run eagerly on a side stream (cuDNN picks its kernels, the optimizer creates
 its state); the next is recorded and every later one replays the recording with the batch
-copied into the recorded input. Anything that replaces the optimizer's tensors (the collapse
-guard loading a saved state) calls `reset`, and the step is recorded again.
+copied into the recorded input. A step's shape of work depends on a small key besides the
+batch (the number of residual stages it trains): each key has its eager steps and its own
+recording. Anything that replaces the optimizer's tensors (the collapse guard loading a saved
+state) calls `reset`, and every key is recorded again.
 """
 
 from __future__ import annotations
@@ -46,58 +48,72 @@ def learning_rates_as_floats(state: dict[str, Any]) -> dict[str, Any]:
 
 
 class GraphedStep:
-    """Runs `body(x) -> Tensor` eagerly for a few steps, then as a recorded CUDA graph."""
+    """Runs `body(x, key) -> Tensor` eagerly for a few steps of each key, then as that key's
+    recorded CUDA graph."""
 
-    def __init__(self, body: Callable[[Tensor], Tensor], optimizer: torch.optim.Optimizer) -> None:
+    def __init__(
+        self, body: Callable[[Tensor, int], Tensor], optimizer: torch.optim.Optimizer
+    ) -> None:
         self.body = body
         self.optimizer = optimizer
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.warm_steps = 0
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.warm_steps: dict[int, int] = {}
         self.side_stream = torch.cuda.Stream()
+        # One input buffer that every recording reads; one output per recording.
         self.static_input = torch.empty(0)
-        self.static_output = torch.empty(0)
+        self.static_outputs: dict[int, Tensor] = {}
         # Why recording failed, once it has: the steps then stay eager.
         self.failure: str | None = None
 
-    def __call__(self, x: Tensor) -> Tensor:
+    @property
+    def graph(self) -> torch.cuda.CUDAGraph | None:
+        """A recording, once there is one (any key)."""
+        return next(iter(self.graphs.values()), None)
+
+    def __call__(self, x: Tensor, key: int = 1) -> Tensor:
         if self.failure is not None:
-            return self.body(x)
-        if self.graph is not None:
+            return self.body(x, key)
+        graph = self.graphs.get(key)
+        if graph is not None:
             self.static_input.copy_(x)
-            self.graph.replay()
-            return self.static_output
-        if self.warm_steps < WARMUP_STEPS:
-            self.warm_steps += 1
-            return self._eager(x)
-        return self._record(x)
+            graph.replay()
+            return self.static_outputs[key]
+        if self.warm_steps.get(key, 0) < WARMUP_STEPS:
+            self.warm_steps[key] = self.warm_steps.get(key, 0) + 1
+            return self._eager(x, key)
+        return self._record(x, key)
 
     def reset(self) -> None:
-        """Forget the recording (the optimizer's tensors were replaced): record again after
-        one eager step."""
-        self.graph = None
-        self.warm_steps = WARMUP_STEPS - 1
+        """Forget the recordings (the optimizer's tensors were replaced): record each key
+        again after one eager step."""
+        self.graphs.clear()
+        self.static_outputs.clear()
+        self.warm_steps = {key: WARMUP_STEPS - 1 for key in self.warm_steps}
 
-    def _eager(self, x: Tensor) -> Tensor:
+    def _eager(self, x: Tensor, key: int) -> Tensor:
         self.side_stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.side_stream), warnings.catch_warnings():
             # The optimizer is capturable once recorded; its warning about eager steps is moot.
             warnings.filterwarnings("ignore", message=".*capturable=True.*")
-            out = self.body(x)
+            out = self.body(x, key)
         torch.cuda.current_stream().wait_stream(self.side_stream)
         return out
 
-    def _record(self, x: Tensor) -> Tensor:
+    def _record(self, x: Tensor, key: int) -> Tensor:
         for group in self.optimizer.param_groups:
             group["capturable"] = True
             if not isinstance(group["lr"], Tensor):
                 group["lr"] = torch.tensor(float(group["lr"]), device=x.device)
-        self.static_input = x.clone()
+        if self.static_input.shape != x.shape:
+            self.static_input = x.clone()
+        else:
+            self.static_input.copy_(x)
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)
         stream = torch.cuda.current_stream()
         try:
             with torch.cuda.graph(graph):
-                self.static_output = self.body(self.static_input)
+                output = self.body(self.static_input, key)
         except Exception as exc:
             # Recording runs nothing, so this step has not happened yet: run it eagerly, and
             # every later one too. A failed capture can leave its stream current: put ours
@@ -105,11 +121,13 @@ class GraphedStep:
             torch.cuda.set_stream(stream)
             cause = exc.__context__ or exc
             self.failure = first_line(cause)
+            self.graphs.clear()
             for group in self.optimizer.param_groups:
                 group["capturable"] = False
             self.optimizer.zero_grad(set_to_none=True)
-            return self.body(x)
-        self.graph = graph
+            return self.body(x, key)
+        self.graphs[key] = graph
+        self.static_outputs[key] = output
         # Recording runs nothing: this step's work is the first replay.
         graph.replay()
-        return self.static_output
+        return output

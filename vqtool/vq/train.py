@@ -41,7 +41,7 @@ from vqtool.profiles import (
 )
 from vqtool.resume import RunKind, begin_run, resolve_profile, saved_payload
 from vqtool.runs import RunDir
-from vqtool.schedule import DataOrder, StepClock, scheduled_rate
+from vqtool.schedule import DataOrder, StepClock, drawn_stages, scheduled_rate
 from vqtool.threads import saved_threads, training_threads
 from vqtool.vq.evaluate import evaluate_images
 from vqtool.vq.graphs import GraphedStep, learning_rates_as_floats, set_learning_rate
@@ -214,20 +214,29 @@ class Trainer:
 
         For codebook_init encoder or kmeans; a no-op once the codebook is initialised.
         """
-        if bool(self.model.quantizer.initialized):
+        if not self.model.quantizer.needs_init():
             return
         z = self.model.latents(x).float()
         self.model.quantizer.init_from_data(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
 
+    def stages_of_step(self, step: int) -> int:
+        """How many residual stages step `step` trains: all, or a draw (vqtool.schedule)."""
+        cfg = self.profile.model
+        if cfg.stages > 1 and cfg.stage_dropout:
+            return drawn_stages(self.profile.train.seed, step, cfg.stages)
+        return cfg.stages
+
     def train_step(self, x: Tensor) -> Tensor:
         """One optimizer step; returns (nmse, vq_loss, perplexity, restarted) as a device tensor."""
         set_learning_rate(self.optimizer, learning_rate(self.profile, self.step, self.lr_scale))
+        stages = self.stages_of_step(self.step)
         if self.graphed is not None:
-            return self.graphed(x)
-        return self.optimizer_step(x)
+            return self.graphed(x, stages)
+        return self.optimizer_step(x, stages)
 
-    def optimizer_step(self, x: Tensor) -> Tensor:
-        """Forward, backward and update: the part of a step that a CUDA graph records."""
+    def optimizer_step(self, x: Tensor, stages: int) -> Tensor:
+        """Forward, backward and update with the first `stages` stages: the part of a step
+        that a CUDA graph records (one recording per stage count)."""
         dtype = self.placement.autocast_dtype
         device_type = self.placement.device.type
         # No autocast weight cache on CUDA: a graph cannot record it, and each weight is cast
@@ -236,7 +245,7 @@ class Trainer:
             device_type, dtype=dtype, enabled=dtype is not None, cache_enabled=device_type != "cuda"
         )
         with autocast:
-            out = self.forward_model(x)
+            out = self.forward_model(x, stages)
         # NMSE as in Sonnet and zalando: MSE over the variance of the training pixels.
         nmse = F.mse_loss(out.reconstruction.float(), x) / self.variance
         loss = nmse + out.vq_loss
@@ -300,6 +309,11 @@ class Trainer:
                 "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
             )
             no_buffer_sync: dict[str, Any] = {no_sync: False}
+            # Stages left out of a step leave their codebooks without a gradient; only codebooks
+            # learnt by their loss (no EMA) are parameters.
+            cfg = self.profile.model
+            unused = cfg.quantizer == "vq" and cfg.decay == 0 and cfg.stages > 1
+            no_buffer_sync["find_unused_parameters"] = unused and cfg.stage_dropout
             # channels_last input gives 1x1 convolutions channels_last weight gradients, which
             # DDP copies into its buckets (a few KB a step) and warns about on every rank.
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
