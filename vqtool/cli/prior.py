@@ -117,8 +117,9 @@ def sample(
             on_progress=bar.update,
         )
     write_codes(output, code_file)
-    h, w = code_file.codes.shape[1:]
+    h, w = code_file.codes.shape[-2:]
+    staged = f"{code_file.stages} stages of " if code_file.stages > 1 else ""
     progress.info(
-        f"wrote {output}: {n:,} sampled grids of {h}x{w} codes (HxW) for the VQ checkpoint "
+        f"wrote {output}: {n:,} sampled grids of {staged}{h}x{w} codes (HxW) for the VQ checkpoint "
         f"{loaded.vq.fingerprint[:12]}... ({loaded.vq.checkpoint})"
     )

@@ -70,7 +70,7 @@ NAMED_SKIPS = 5  # skipped files named one by one; the rest are counted
 
 def model_stages(model: VQVAE) -> int:
     """The residual stages a model quantizes with (1 for the 2017 quantizer)."""
-    return int(getattr(model.config, "stages", 1))
+    return model.stages
 
 
 def _check_images(images: Tensor) -> None:
