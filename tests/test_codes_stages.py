@@ -135,3 +135,49 @@ def test_a_wrong_stage_checksum_list_is_damage(tmp_path: Path) -> None:
             archive.writestr(name, data)
     with pytest.raises(WorkError, match="one digest per stage"):
         read_codes(path)
+
+
+def _rewrite(path: Path, change: dict[str, object], codes: np.ndarray | None = None) -> None:
+    """Rewrite a code file's header keys (and codes), keeping its other members."""
+    with zipfile.ZipFile(path) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    raw = np.load(io.BytesIO(members["header.npy"]), allow_pickle=False)
+    utf8 = raw.dtype == np.uint8
+    header = json.loads(raw.tobytes().decode() if utf8 else str(raw[()])) | change
+    text = json.dumps(header)
+    buffer = io.BytesIO()
+    np.save(buffer, np.frombuffer(text.encode(), np.uint8) if utf8 else np.array(text))
+    members["header.npy"] = buffer.getvalue()
+    if codes is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, codes)
+        members["codes.npy"] = buffer.getvalue()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def test_a_version_1_file_with_a_stage_axis_is_damage(tmp_path: Path) -> None:
+    path = tmp_path / "s.vqc"
+    code_file = staged_file()
+    write_codes(path, code_file)
+    del_stages = {"version": 1}
+    _rewrite(path, del_stages)  # version 1 keys do not include "stages": refused by its keys
+    with pytest.raises(WorkError):
+        read_codes(path)
+    flat = CodeFile(**{**code_file.__dict__, "codes": code_file.codes[:, 0]})
+    write_codes(path, flat)
+    _rewrite(path, {}, codes=code_file.codes)  # a version 1 header over (N, S, h, w) codes
+    with pytest.raises(WorkError, match="shape"):
+        read_codes(path)
+
+
+def test_every_prefix_checksum_is_checked_on_a_full_decode(tmp_path: Path) -> None:
+    path = tmp_path / "s.vqc"
+    write_codes(path, staged_file(), compress=True)
+    with zipfile.ZipFile(path) as archive:
+        raw = np.load(io.BytesIO(archive.read("header.npy")), allow_pickle=False)
+    digests = json.loads(raw.tobytes().decode())["codes_sha256"]
+    _rewrite(path, {"codes_sha256": [digests[1], digests[0], digests[2]]})
+    with pytest.raises(WorkError, match="checksum"):
+        read_codes(path)

@@ -374,8 +374,8 @@ def test_levels_must_be_integers_of_at_least_two(override: str) -> None:
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("model.stages=0", "model.stages must be an integer >= 1, got 0"),
-        ("model.stages=1.5", "model.stages must be an integer >= 1, got 1.5"),
+        ("model.stages=0", "model.stages must be an integer >= 1 and <= 64 (what a code file holds), got 0"),
+        ("model.stages=1.5", "model.stages must be an integer >= 1 and <= 64 (what a code file holds), got 1.5"),
         ("model.quantizer=rvq", 'model.quantizer must be one of vq, fsq, got "rvq"'),
         ("model.stage_dropout=1", "model.stage_dropout must be a boolean"),
     ],

@@ -174,7 +174,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: len(v) > 0 and all(n >= 2 for n in v) and math.prod(v) <= 65536,
         "each >= 2, whose product is at most 65536",
     ),
-    "model.stages": _at_least(1),
+    "model.stages": ((lambda v: 1 <= v <= 64), ">= 1 and <= 64 (what a code file holds)"),
     "train.steps": _at_least(1),
     "train.learning_rate": ((lambda v: v > 0), "> 0"),
     "train.seed": _at_least(0),

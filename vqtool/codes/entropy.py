@@ -253,16 +253,27 @@ def _chunk_steps(
     """Run the prior over one chunk position by position, handing each position's tables for
     the `real` rows to `step`, which codes or decodes them and returns their codes; padding
     rows are fed DUMMY_CODE. The only place prior probabilities are computed, for encoder
-    and decoder alike. Raises _Cancelled at the next position once `cancelled` is set."""
+    and decoder alike. Raises _Cancelled at the next position once `cancelled` is set.
+
+    With stages, a position's table covers its own stage's K codes only (the prior gives the
+    other stages' tokens no probability), and `step` sees and returns codes of that stage;
+    the prior is fed the tokens s * K + code."""
+    per_position = model.length // model.stages
+    per_stage = model.num_embeddings // model.stages
     with torch.inference_mode():  # per thread: inference mode does not cross threads
         steps = PriorSteps(model, rows)
         previous: Tensor | None = None
         for t in range(model.length if positions is None else positions):
             if cancelled.is_set():
                 raise _Cancelled
-            tables = frequencies_from_logits(steps.next(previous))
+            logits = steps.next(previous)
+            offset = t // per_position * per_stage
+            if model.stages > 1:
+                logits = logits[:, offset : offset + per_stage]
+            tables = frequencies_from_logits(logits)
             fed = np.full(rows, DUMMY_CODE, np.int64)
             fed[:real] = step(t, tables[:real])
+            fed[:real] += offset if model.stages > 1 else 0
             previous = torch.from_numpy(fed)
 
 
@@ -318,7 +329,7 @@ def encode_with_prior(
     for it; each chunk of CHUNK grids is a stream of its own (`Encoded.chunk_words`), coding
     stage after stage, so that a decode of the first stages stops early."""
     n = codes.shape[0]
-    flat = stage_tokens(codes, model.num_embeddings // model.stages)
+    flat = codes.reshape(n, -1).astype(np.int32)  # stage after stage: codes of each stage
 
     def chunk(
         start: int, stop: int, rows: int, cancelled: threading.Event
@@ -377,7 +388,7 @@ def decode_with_prior(
     total = shape[1] if len(shape) == 4 else 1
     wanted = total if stages is None else stages
     positions = model.length // model.stages * wanted
-    tokens = np.empty((n, positions), np.int64)
+    decoded = np.empty((n, positions), np.uint16)
 
     def chunk(start: int, stop: int, rows: int, cancelled: threading.Event) -> None:
         begin, end = spans[start // CHUNK]
@@ -387,7 +398,7 @@ def decode_with_prior(
         def step(t: int, tables: np.ndarray) -> np.ndarray:
             with _constriction_errors():
                 symbols = decoder.decode(family, tables)
-            tokens[start:stop, t] = symbols
+            decoded[start:stop, t] = symbols
             return symbols
 
         _chunk_steps(model, stop - start, rows, step, cancelled, positions)
@@ -395,12 +406,7 @@ def decode_with_prior(
             _check_exhausted(decoder)
 
     _each_chunk(model, n, chunk, threads, on_progress)
-    if len(shape) == 3:
-        return tokens.astype(np.uint16).reshape(shape)
-    per_stage = model.num_embeddings // model.stages
-    by_stage = tokens.reshape(n, wanted, *shape[2:])
-    offsets = (np.arange(wanted) * per_stage).reshape(1, wanted, 1, 1)
-    return (by_stage - offsets).astype(np.uint16)
+    return decoded.reshape(shape if len(shape) == 3 else (n, wanted, *shape[2:]))
 
 
 @contextlib.contextmanager

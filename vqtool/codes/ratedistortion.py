@@ -384,12 +384,18 @@ def _bounded(bound: str, value: float | None) -> str | float | None:
     return f"{bound}{value:.4g}" if bound and value is not None else value
 
 
+def _point_label(point: dict[str, Any]) -> str:
+    """'vqtool prior', or with the stage count of a multi-stage run 'vqtool prior, 2 stages'."""
+    stages = point.get("stages", 1)
+    return f"vqtool {point['label']}" + (f", {stages} stage(s)" if "stages" in point else "")
+
+
 def rate_distortion_rows(rd: dict[str, Any]) -> list[list[Any]]:
     """Table rows: vqtool's files, then what each codec needs at vqtool's PSNR, as a multiple
     of vqtool's smallest file and of its smallest payload (an rd file written before the
     payload ratio was kept shows none)."""
     rows: list[list[Any]] = [
-        [f"vqtool {p['label']}", p["bpp_file"], p["bpp_payload"], p["psnr"], None, None]
+        [_point_label(p), p["bpp_file"], p["bpp_payload"], p["psnr"], None, None]
         for p in rd["vqtool"]
     ]
     at = rd["at_vqtool_psnr"]

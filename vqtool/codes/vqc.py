@@ -636,7 +636,8 @@ def _from_arrays(arrays: dict[str, np.ndarray], path: Path) -> CodeFile:
         downsample=header["downsample"],
         version=header["version"],
     )
-    _validate(code_file, path, names.dtype, names.ndim, header.get("stages"))
+    # a version 1 header (no "stages") means codes without a stage axis: 0 stages to check
+    _validate(code_file, path, names.dtype, names.ndim, header.get("stages", 0))
     return code_file
 
 
@@ -699,10 +700,11 @@ def _from_compressed(
             )
     except StreamError as exc:
         raise _undecodable(coding, str(exc), path) from exc
-    checksum = header["codes_sha256"]
-    if stored is not None:
-        checksum = checksum[codes.shape[1] - 1]
-    if codes_sha256(codes) != checksum:
+    # every prefix decoded is checked: a full decode vouches for the digests a later
+    # decode of fewer stages relies on
+    digests = [header["codes_sha256"]] if stored is None else header["codes_sha256"]
+    decoded = [codes] if stored is None else [codes[:, :m] for m in range(1, codes.shape[1] + 1)]
+    if any(codes_sha256(c) != d for c, d in zip(decoded, digests, strict=False)):
         raise _undecodable(coding, "the decoded codes do not match the file's checksum", path)
     code_file = CodeFile(
         codes=codes,
@@ -874,14 +876,18 @@ def _validate(
     names_ndim: int = 1,
     stages: int | None = None,
 ) -> None:
-    """Arrays against the header: dtypes, shapes (`stages`: the header's, when it has one),
-    every index < K, sizes, names."""
+    """Arrays against the header: dtypes, shapes (`stages`: the header's; 0 for a header
+    without a stage axis; None for a CodeFile made in memory, either kind), every index < K,
+    sizes, names."""
     codes, sizes = code_file.codes, code_file.sizes
     n = codes.shape[0] if codes.ndim else 0
     h, w = code_file.image_size[0] // DOWNSAMPLE, code_file.image_size[1] // DOWNSAMPLE
     if codes.dtype.kind != "u" or codes.dtype.itemsize != 2:
         raise _damaged(f"codes must be uint16, got {codes.dtype}", path)
-    if stages is not None:
+    if stages == 0:
+        if codes.ndim != 3 or codes.shape[1:] != (h, w):
+            raise _damaged(f"codes have shape {codes.shape}, expected (N, {h}, {w})", path)
+    elif stages is not None:
         if codes.shape[1:] != (stages, h, w):
             raise _damaged(
                 f"codes have shape {codes.shape}, expected (N, {stages}, {h}, {w})", path

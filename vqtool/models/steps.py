@@ -100,7 +100,7 @@ class PriorSteps:
         self.position = t + 1
         x = F.layer_norm(x, (self.width,), *self.final_norm)
         logits = F.linear(x, *self.head)
-        return logits if model.stage_mask is None else logits + model.stage_mask[t]
+        return model.stage_masked(logits, t)
 
     def _block(self, weights: _Layer, x: Tensor, layer: int, t: int) -> Tensor:
         """One pre-norm block at position t: (B, C) -> (B, C)."""

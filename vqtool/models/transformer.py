@@ -120,7 +120,8 @@ class CodePrior(nn.Module):
     its stage's K_s tokens (a buffer, not a weight: a one-stage prior is unchanged).
     """
 
-    stage_mask: Tensor | None  # (T, K): 0 on each position's stage's tokens, -inf elsewhere
+    position_stage: Tensor | None  # (T,) the stage of each position (None: one stage)
+    token_stage: Tensor | None  # (K,) the stage of each token
 
     def __init__(
         self, cfg: PriorConfig, num_embeddings: int, grid: tuple[int, int], stages: int = 1
@@ -141,16 +142,15 @@ class CodePrior(nn.Module):
         self.head = nn.Linear(cfg.width, num_embeddings)
         self.stages = stages
         if stages == 1:
-            self.stage_mask = None
+            self.position_stage = self.token_stage = None
         else:
             if num_embeddings % stages or grid[0] % stages:
                 raise ValueError(f"{num_embeddings} tokens, grid {grid}: not {stages} stages")
-            per_stage, positions = num_embeddings // stages, self.length // stages
-            mask = torch.full((self.length, num_embeddings), -math.inf)
-            for s in range(stages):
-                rows = slice(s * positions, (s + 1) * positions)
-                mask[rows, s * per_stage : (s + 1) * per_stage] = 0.0
-            self.register_buffer("stage_mask", mask, persistent=False)  # (T, K)
+            # Buffers, not weights: a one-stage prior's state is unchanged.
+            positions = torch.arange(self.length) // (self.length // stages)
+            tokens = torch.arange(num_embeddings) // (num_embeddings // stages)
+            self.register_buffer("position_stage", positions, persistent=False)
+            self.register_buffer("token_stage", tokens, persistent=False)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -210,7 +210,14 @@ class CodePrior(nn.Module):
             raise ValueError(f"codes of shape {tuple(codes.shape)}, expected (B, {self.grid})")
         flat = codes.reshape(codes.shape[0], self.length)  # (B, T)
         logits = self.head(self.hidden(flat[:, :-1], labels))
-        return logits if self.stage_mask is None else logits + self.stage_mask
+        return self.stage_masked(logits, slice(None))
+
+    def stage_masked(self, logits: Tensor, positions: int | slice) -> Tensor:
+        """Logits (..., K) of `positions` with every token of another stage at -inf."""
+        if self.position_stage is None or self.token_stage is None:
+            return logits
+        other = self.position_stage[positions].unsqueeze(-1) != self.token_stage  # (T, K) / (K,)
+        return logits.masked_fill(other, -math.inf)
 
     @torch.no_grad()
     def new_cache(self, batch: int, labels: Tensor | None = None) -> KVCache:
@@ -243,7 +250,7 @@ class CodePrior(nn.Module):
             x = block.step(x, cache.keys[layer], cache.values[layer], position)
         cache.length = position + 1
         logits = self.head(self.norm(x[:, 0]))
-        return logits if self.stage_mask is None else logits + self.stage_mask[position]
+        return self.stage_masked(logits, position)
 
 
 def nll_bits(model: CodePrior, codes: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -310,8 +317,7 @@ def sample(
             logits = model.step_logits(cache, previous)
         else:
             logits = model.head(model.hidden(codes[:, :t], labels)[:, -1])  # (n, K)
-            if model.stage_mask is not None:
-                logits = logits + model.stage_mask[t]
+            logits = model.stage_masked(logits, t)
         previous = draw(logits, temperature, top_k, generator)
         codes[:, t] = previous
     return codes.view(n, *model.grid)

@@ -13,6 +13,7 @@ from vqtool.checkpoint import (
     PRIOR_FORMAT,
     load_checkpoint,
 )
+from vqtool.codes.vqc import MAX_STAGES
 from vqtool.errors import UsageError, VqtoolError, WorkError
 from vqtool.models.config import DOWNSAMPLE
 from vqtool.models.transformer import CodePrior
@@ -71,7 +72,7 @@ class VQFacts:
             (int(raw["image_size"][0]), int(raw["image_size"][1])),
             tuple(str(n) for n in raw["class_names"]),
             str(raw["checkpoint"]),
-            int(raw.get("stages", 1)),
+            _stages(raw.get("stages", 1)),
         )
 
 
@@ -96,6 +97,8 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> LoadedPr
         raw = payload["profile"]
         profile = prior_profile_from_dict(raw, raw.get("name", "prior"), str(files.checkpoint))
         vq = VQFacts.from_dict(payload["vq"])
+        if tuple(payload["model"]["head.weight"].shape[:1]) != (vq.tokens,):
+            raise ValueError(f"its weights do not predict {vq.tokens} tokens")
         model = CodePrior(profile.prior, vq.tokens, vq.token_grid, vq.stages)
         model.load_state_dict(payload["model"])
         step = int(payload["step"])
@@ -138,3 +141,11 @@ def find_prior(vq_run: str | Path, fingerprint: str) -> Path | None:
         if payload.get("fingerprint") == fingerprint:
             return candidate
     return None
+
+
+def _stages(value: object) -> int:
+    """A checkpoint's stage count, refused (ValueError: a damaged checkpoint) outside what a
+    code file holds, before a model of that size is built."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_STAGES:
+        raise ValueError(f"stages {str(value)[:20]} is not an integer in 1..{MAX_STAGES}")
+    return value
