@@ -143,9 +143,19 @@ def evaluate(
         ),
     ] = None,
     prior: PriorOption = None,
+    stages: Annotated[
+        int | None,
+        typer.Option(
+            help="A run of residual stages: measure decoding its first N stages only "
+            "(default: every count from 1 to all, a row each).",
+            metavar="N",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Metrics over a whole split from the decoded codes; writes eval-<split>.json in the run.
 
+    A run of residual stages is measured for each number of stages decoded (--stages N: one).
     --rate-distortion also compares the run's code files with JPEG, WebP and AVIF.
 
     Example: [bold]vqtool evaluate runs/demo --split test[/bold]
@@ -161,6 +171,8 @@ def evaluate(
         raise UsageError(f"unknown split {split!r}", "--split", "use test or train")
     if json_out not in (None, "-"):
         check_output_file(Path(json_out), "the --json file", "--json metrics.json")
+    if stages is not None and RunDir.with_checkpoint(run).kind() == "prior":
+        raise UsageError("--stages belongs to VQ runs", "--stages", "leave it out for a prior")
     if (prior is not None or rd_images is not None) and not rate_distortion:
         raise UsageError(
             "--prior and --rd-images belong to --rate-distortion", "vqtool evaluate",
@@ -182,6 +194,7 @@ def evaluate(
                 resolve_device(device),
                 bar.update,
                 bar.counter("decoding images"),
+                stages,
             )
     # The run's own copy first (a reader that closes stdout early must not cost it), but a
     # run folder that cannot be written (shared, read-only) still gives the results.
@@ -196,14 +209,28 @@ def evaluate(
     if json_out is not None:
         progress.emit_json(metrics, json_out)
     if json_out != "-":
-        progress.print_result(progress.metrics_table(f"{split} split", metrics))
+        rows = metrics.get("by_stages", [])
+        shown = {key: value for key, value in metrics.items() if key != "by_stages"}
+        progress.print_result(progress.metrics_table(f"{split} split", shown))
+        if rows:
+            title = f"{split} split, decoding the first n stages"
+            table = progress.rows_table(
+                title, STAGE_COLUMNS, [[r[c] for c in STAGE_COLUMNS] for r in rows]
+            )
+            progress.print_result(table)
     if measure_rd is not None:
         measure_rd(split, data_dir_of(data_dir), rd_images)
+
+
+# The columns of evaluate's table of stage counts (each a key of its eval-<split>.json rows).
+STAGE_COLUMNS = ["stages", "nmse", "psnr", "bits_per_image", "entropy_bits_per_image",
+                 "perplexity", "codebook_usage"]  # fmt: skip
 
 
 def _rate_distortion_job(run: Path, prior: Path | None, device: str) -> Callable[..., None]:
     """Load what --rate-distortion needs now (a bad --prior fails before any work); the
     returned function measures, writes rd-<split>.json and shows the table."""
+    from vqtool.codes.pipeline import refuse_stages
     from vqtool.codes.ratedistortion import (
         RD_COLUMNS,
         rate_distortion_rows,
@@ -214,6 +241,7 @@ def _rate_distortion_job(run: Path, prior: Path | None, device: str) -> Callable
     from vqtool.vq.load import load_model
 
     loaded = load_model(run, resolve_device(device))
+    refuse_stages(loaded.model, "--rate-distortion")
     coding_prior = load_coding_prior_for(prior, loaded)
 
     def measure(split: str, data_dir: Path, images: int | None) -> None:

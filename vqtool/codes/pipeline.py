@@ -75,6 +75,16 @@ def _check_images(images: Tensor) -> None:
         )
 
 
+def refuse_stages(model: VQVAE, what: str) -> None:
+    """UsageError for a model of residual stages: a code file holds one grid per image."""
+    if model.stages > 1:
+        raise UsageError(
+            f"code files hold one stage of codes; this run has {model.stages} residual stages",
+            what,
+            "use a run of one stage for code files (vqtool evaluate measures each stage count)",
+        )
+
+
 def encode_images(model: VQVAE, images: Tensor) -> Tensor:
     """uint8 (B, 3, H, W) -> int64 code indices (B, ceil(H/4), ceil(W/4)) on the CPU.
 
@@ -139,6 +149,7 @@ def encode_inputs(
     images, and damaged images in folders, are skipped with a note (`on_note`) unless
     `strict`, which makes them errors; a damaged file named on its own is always an error.
     """
+    refuse_stages(loaded.model, "vqtool encode")
     note = on_note if on_note is not None else (lambda message: None)
     found = find_images(inputs, data_dir, size, strict)
     items = found.items
@@ -331,6 +342,7 @@ def decode_file(
     way no PNG is ever seen half-written. `grid`, when given, also gets the first images side
     by side.
     """
+    refuse_stages(loaded.model, "vqtool decode")
     config = loaded.model.config
     if prior is not None:  # checked before a long decode
         check_prior(prior, loaded.fingerprint, config.num_embeddings)

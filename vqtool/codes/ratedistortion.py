@@ -48,6 +48,7 @@ from vqtool.codes.pipeline import (
     batch_ranges,
     decode_indices,
     encode_images,
+    refuse_stages,
 )
 from vqtool.codes.vqc import CodeFile, read_codes, write_codes
 from vqtool.data.datasets import load_images
@@ -214,6 +215,7 @@ def vqtool_points(
     """vqtool's points over uint8 images (N, 3, H, W): label, bpp_file, bpp_payload,
     bits_per_image, bytes, psnr; and each image's PSNR. The files are really written,
     read back (the prior's stream decoded) and checked against the codes."""
+    refuse_stages(loaded.model, "vqtool evaluate --rate-distortion")
     n, _, h, w = images.shape
     model = loaded.model.folded()
     codes = np.empty((n, h // DOWNSAMPLE, w // DOWNSAMPLE), np.uint16)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vqtool.codes.pipeline import batch_ranges, encode_images
+from vqtool.codes.pipeline import batch_ranges, encode_images, refuse_stages
 from vqtool.codes.vqc import CodeFile, check_codes_for_model, read_codes, write_codes
 from vqtool.data.datasets import dataset_classes, load_split
 from vqtool.events import Progress
@@ -32,6 +32,7 @@ def encode_split(
     vq: LoadedModel, data_dir: Path, split: str, on_progress: Progress | None = None
 ) -> CodeFile:
     """R's codes of one split of its dataset, as a CodeFile named by class and index."""
+    refuse_stages(vq.model, "vqtool prior")
     images, labels, class_names = load_split(vq.profile.data, data_dir, split)
     n, _, height, width = images.shape
     model = vq.model.folded()
