@@ -22,7 +22,7 @@ from vqtool.profiles import (
     with_overrides,
 )
 
-SHIPPED = ["ema", "ema-kaiming", "fast", "folder", "original", "smoke"]
+SHIPPED = ["ema", "ema-kaiming", "fast", "folder", "fsq", "original", "rvq", "smoke"]
 PRIOR_SHIPPED = ["prior", "prior-coding", "prior-cpu", "prior-small"]
 
 
@@ -168,7 +168,7 @@ def test_unknown_profile_lists_shipped_names_and_suggests() -> None:
         load_profile("emma")
     line = usage_line(excinfo)
     assert "unknown profile 'emma'" in line
-    assert "ema, ema-kaiming, fast, folder, original, smoke" in line
+    assert "ema, ema-kaiming, fast, folder, fsq, original, rvq, smoke" in line
     assert "did you mean 'ema'" in line
 
 
@@ -374,15 +374,26 @@ def test_levels_must_be_integers_of_at_least_two(override: str) -> None:
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("model.stages=0", "model.stages must be an integer >= 1 and <= 64 (what a code file holds), got 0"),
-        ("model.stages=1.5", "model.stages must be an integer >= 1 and <= 64 (what a code file holds), got 1.5"),
+        (
+            "model.stages=0",
+            "model.stages must be an integer >= 1 and <= 64 (what a code file holds), got 0",
+        ),
+        (
+            "model.stages=1.5",
+            "model.stages must be an integer >= 1 and <= 64 (what a code file holds), got 1.5",
+        ),
         ("model.quantizer=rvq", 'model.quantizer must be one of vq, fsq, got "rvq"'),
         ("model.stage_dropout=1", "model.stage_dropout must be a boolean"),
+        ("model.gradient=ste", "model.gradient must be one of straight-through, rotation"),
+        (
+            "model.quantizer=fsq",  # over rvq's rotation
+            'model.gradient = "rotation" is for quantizer = "vq"; FSQ rounds each channel',
+        ),
     ],
 )
 def test_quantizer_keys_are_checked(override: str, expected: str) -> None:
     with pytest.raises(UsageError) as excinfo:
-        load_profile("ema", [override])
+        load_profile("rvq", [override])
     assert expected in usage_line(excinfo)
 
 
@@ -395,3 +406,18 @@ def test_fsq_derives_num_embeddings_from_the_levels(tmp_path: Path) -> None:
     again = load_profile(write(tmp_path / "p.toml", profile_to_toml(profile)))
     assert again == profile
     assert load_profile("ema", ["model.num_embeddings=7"]).model.num_embeddings == 7  # vq: free
+
+
+def test_the_rate_profiles_differ_from_ema_as_documented() -> None:
+    ema, fsq, rvq = (load_profile(n) for n in ["ema", "fsq", "rvq"])
+    assert (fsq.model.quantizer, fsq.model.levels, fsq.model.num_embeddings) == (
+        "fsq",
+        (8, 8, 8),
+        512,
+    )
+    assert fsq.model.stages == 1 and fsq.train == ema.train
+    assert (rvq.model.quantizer, rvq.model.stages, rvq.model.stage_dropout) == ("vq", 4, True)
+    assert (rvq.model.gradient, rvq.train.learning_rate) == ("rotation", 1e-3)
+    assert rvq.model.num_embeddings == ema.model.num_embeddings == 512
+    seeds = [load_profile(n).model for n in ["original", "ema", "ema-kaiming", "smoke", "fast"]]
+    assert all((m.quantizer, m.stages, m.gradient) == ("vq", 1, "straight-through") for m in seeds)

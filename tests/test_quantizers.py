@@ -16,7 +16,7 @@ from vqtool.models.fsq import (
     quantize_scalars,
     round_straight_through,
 )
-from vqtool.models.quantizer import VectorQuantizer
+from vqtool.models.quantizer import VectorQuantizer, rotate_to
 from vqtool.models.residual import ResidualVectorQuantizer
 from vqtool.models.vqvae import build_model
 from vqtool.profiles import ModelConfig
@@ -168,3 +168,37 @@ def test_stage_draws_depend_on_seed_and_step_only() -> None:
     state = torch.get_rng_state()
     drawn_stages(0, 7, 4)
     assert torch.equal(torch.get_rng_state(), state)  # the global generator is left alone
+
+
+def test_rotation_trick_gives_the_codes_and_a_rotated_gradient() -> None:
+    torch.manual_seed(0)
+    src = torch.randn(64, 8, requires_grad=True)
+    tgt = torch.randn(64, 8)
+    out = rotate_to(src, tgt)
+    assert torch.allclose(out, tgt, atol=1e-5)  # the codes in value
+    grad = torch.randn(64, 8)
+    out.backward(grad)
+    assert src.grad is not None
+    # A rotation keeps lengths: the gradient's length scaled by |tgt| / |src|.
+    scale = tgt.norm(dim=1) / src.detach().norm(dim=1)
+    assert torch.allclose(src.grad.norm(dim=1), grad.norm(dim=1) * scale, rtol=1e-4)
+    # Along the same direction there is nothing to rotate: the gradient is only scaled.
+    same = (3 * tgt).requires_grad_(True)
+    rotate_to(same, tgt).backward(grad)
+    assert same.grad is not None and torch.allclose(same.grad, grad / 3, atol=1e-5)
+
+
+@pytest.mark.parametrize("stages", [1, 3])
+def test_rotation_gradient_keeps_the_forward_values(stages: int) -> None:
+    cfg = replace(SMALL, stages=stages)
+    x = (torch.rand(4, 3, 16, 16) - 0.5).contiguous(memory_format=torch.channels_last)
+    outs = []
+    for gradient in ("straight-through", "rotation"):
+        torch.manual_seed(0)
+        model = build_model(replace(cfg, gradient=gradient)).eval()
+        out = model(x)
+        outs.append(out.reconstruction)
+        model.train()
+        model(x).reconstruction.sum().backward()
+        assert model.encoder.conv1.bias.grad is not None
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)

@@ -175,6 +175,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "each >= 2, whose product is at most 65536",
     ),
     "model.stages": ((lambda v: 1 <= v <= 64), ">= 1 and <= 64 (what a code file holds)"),
+    "model.gradient": _one_of("straight-through", "rotation"),
     "train.steps": _at_least(1),
     "train.learning_rate": ((lambda v: v > 0), "> 0"),
     "train.seed": _at_least(0),
@@ -476,7 +477,19 @@ def _build(
 
 
 def _check_consistency(sections: Mapping[str, Any], source: str) -> None:
-    """Rules that tie two keys of a prior together."""
+    """Rules that tie two keys of a section together."""
+    model = sections.get("model")
+    if (
+        isinstance(model, ModelConfig)
+        and model.quantizer == "fsq"
+        and model.gradient != ("straight-through")
+    ):
+        raise UsageError(
+            f'model.gradient = "{model.gradient}" is for quantizer = "vq"; FSQ rounds each '
+            "channel, straight through",
+            source,
+            'leave model.gradient at "straight-through" with quantizer = "fsq"',
+        )
     prior = sections.get("prior")
     if isinstance(prior, PriorConfig) and prior.width % prior.heads:
         raise UsageError(

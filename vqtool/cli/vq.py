@@ -144,10 +144,21 @@ def evaluate(
         ),
     ] = None,
     prior: PriorOption = None,
+    stages: Annotated[
+        int | None,
+        typer.Option(
+            help="A run of residual stages: measure decoding its first N stages only "
+            "(default: every count from 1 to all, a row each).",
+            metavar="N",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Metrics over a whole split from the decoded codes; writes eval-<split>.json in the run.
 
-    --rate-distortion shows instead the run's code files beside JPEG, WebP and AVIF.
+    A run of residual stages is measured for each number of stages decoded (--stages N: one).
+    --rate-distortion shows instead the run's code files beside JPEG, WebP and AVIF (for a run
+    of stages, every stage count, with the Bjøntegaard delta rates).
 
     Example: [bold]vqtool evaluate runs/demo --split test[/bold]
     """
@@ -162,6 +173,8 @@ def evaluate(
         raise UsageError(f"unknown split {split!r}", "--split", "use test or train")
     if json_out not in (None, "-"):
         check_output_file(Path(json_out), "the --json file", "--json metrics.json")
+    if stages is not None and RunDir.with_checkpoint(run).kind() == "prior":
+        raise UsageError("--stages belongs to VQ runs", "--stages", "leave it out for a prior")
     if (prior is not None or rd_images is not None) and not rate_distortion:
         raise UsageError(
             "--prior and --rd-images belong to --rate-distortion", "vqtool evaluate",
@@ -183,6 +196,7 @@ def evaluate(
                 resolve_device(device),
                 bar.update,
                 bar.counter("decoding images"),
+                stages,
             )
     # The run's own copy first (a reader that closes stdout early must not cost it), but a
     # run folder that cannot be written (shared, read-only) still gives the results.
@@ -198,9 +212,22 @@ def evaluate(
         progress.emit_json(metrics, json_out)
     # --rate-distortion asks for its own table: the metrics are in eval-<split>.json.
     if json_out != "-" and measure_rd is None:
-        progress.print_result(progress.metrics_table(f"{split} split", metrics))
+        rows = metrics.get("by_stages", [])
+        shown = {key: value for key, value in metrics.items() if key != "by_stages"}
+        progress.print_result(progress.metrics_table(f"{split} split", shown))
+        if rows:
+            title = f"{split} split, decoding the first n stages"
+            table = progress.rows_table(
+                title, STAGE_COLUMNS, [[r[c] for c in STAGE_COLUMNS] for r in rows]
+            )
+            progress.print_result(table)
     if measure_rd is not None:
         measure_rd(split, data_dir_of(data_dir), rd_images, json_out != "-")
+
+
+# The columns of evaluate's table of stage counts (each a key of its eval-<split>.json rows).
+STAGE_COLUMNS = ["stages", "nmse", "psnr", "bits_per_image", "entropy_bits_per_image",
+                 "perplexity", "codebook_usage"]  # fmt: skip
 
 
 def _rate_distortion_job(run: Path, prior: Path | None, device: str) -> Callable[..., None]:

@@ -46,6 +46,9 @@ class ModelConfig:
     # stages > 1: each training step uses the first n stages, n drawn uniformly from 1..stages,
     # so that every prefix of the stages decodes well (quantizer dropout).
     stage_dropout: bool = True
+    # vq: how the decoder's gradient passes the quantizer to the encoder: "straight-through"
+    # (van den Oord et al.) or "rotation" (the rotation trick, Fifty et al. 2024).
+    gradient: str = "straight-through"
 
     def __post_init__(self) -> None:
         if self.quantizer == "fsq":

@@ -55,6 +55,25 @@ def nearest_codes(z: Tensor, codebook: Tensor) -> Tensor:
     return torch.addmm(codebook.pow(2).sum(1), z, codebook.t(), alpha=-2.0).min(1).indices
 
 
+def rotate_to(src: Tensor, tgt: Tensor) -> Tensor:
+    """The rotation trick (Fifty et al. 2024, section 4.2): the rows of `tgt` (N, D) in value,
+    with a gradient to `src` (N, D) that is the output's gradient rotated by the rotation
+    taking src's direction to tgt's, and scaled by |tgt| / |src| (both treated as constants).
+
+    A straight-through gradient gives every row of a code's cell the same push; this one
+    depends on where the row lies in the cell. R = I - 2 w w^T + 2 q u^T with u, q the unit
+    directions of src and tgt and w that of u + q maps u to q without forming a D x D matrix.
+    """
+    src_norm = src.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    tgt_norm = tgt.norm(dim=1, keepdim=True)
+    u = (src / src_norm).detach()
+    q = tgt / tgt_norm.clamp_min(1e-12)
+    w = u + q
+    w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    rotated = src - 2 * (src * w).sum(1, keepdim=True) * w + 2 * (src * u).sum(1, keepdim=True) * q
+    return rotated * (tgt_norm / src_norm).detach()
+
+
 def code_counts(indices: Tensor, num_embeddings: int) -> Tensor:
     """Histogram of code indices: (...) -> (K,) float32."""
     flat = indices.reshape(-1)
@@ -155,8 +174,10 @@ class VectorQuantizer(nn.Module):
         decay: float,
         codebook_init: str = "encoder",
         dead_code_steps: int = 0,
+        gradient: str = "straight-through",
     ) -> None:
         super().__init__()
+        self.gradient = gradient  # how the decoder's gradient reaches z: see `pass_gradient`
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.commitment_cost = commitment_cost
@@ -259,10 +280,21 @@ class VectorQuantizer(nn.Module):
             loss = self.commitment_cost * commitment
         else:
             loss = F.mse_loss(quantized, z.detach()) + self.commitment_cost * commitment
-        straight_through = z + (quantized - z).detach()
+        if self.gradient == "rotation":
+            passed = self.pass_gradient(flat, quantized_flat.detach())
+            quantized = passed.view(b, h, w, d).permute(0, 3, 1, 2)
+        else:
+            quantized = z + (quantized - z).detach()
         return QuantizerOutput(
-            straight_through, loss, perplexity_from_counts(counts), indices.view(b, h, w), restarted
+            quantized, loss, perplexity_from_counts(counts), indices.view(b, h, w), restarted
         )
+
+    def pass_gradient(self, z: Tensor, codes: Tensor) -> Tensor:
+        """The codes (N, D) in value, with the decoder's gradient passed on to z (N, D):
+        straight through, or rotated (`rotate_to`)."""
+        if self.gradient == "rotation":
+            return rotate_to(z, codes)
+        return z + (codes - z).detach()
 
     @torch.no_grad()
     def _ema_step(self, flat: Tensor, indices: Tensor, counts: Tensor) -> None:

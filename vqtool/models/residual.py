@@ -5,9 +5,11 @@ codebook of its own, and the decoder sees the sum of the first n stages' codes. 
 a `VectorQuantizer` (EMA or codebook loss, dead-code restarts, codebook init from data), so a
 stage behaves as the single-stage quantizer does, on the rows it is given.
 
-Gradients: the decoder's gradient reaches the encoder once, straight through the sum of the
-codes; each stage adds a commitment term pulling the latents towards the reconstruction of the
-stages up to it, and without EMA a codebook term pulling its codes towards its residuals.
+Gradients: straight through, the decoder's gradient reaches the encoder once, through the sum
+of the codes; rotated (`gradient = "rotation"`), each stage passes it on to its own residual
+by the rotation trick, so the encoder gets the sum of the stages' rotated gradients. Each stage
+adds a commitment term pulling the latents towards the reconstruction of the stages up to it,
+and without EMA a codebook term pulling its codes towards its residuals.
 """
 
 from __future__ import annotations
@@ -36,10 +38,12 @@ class ResidualVectorQuantizer(nn.Module):
         decay: float,
         codebook_init: str = "encoder",
         dead_code_steps: int = 0,
+        gradient: str = "straight-through",
     ) -> None:
         super().__init__()
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
+        self.gradient = gradient
         self.layers = nn.ModuleList(
             VectorQuantizer(
                 num_embeddings,
@@ -48,7 +52,8 @@ class ResidualVectorQuantizer(nn.Module):
                 decay,
                 codebook_init,
                 dead_code_steps,
-            )  # fmt: skip
+                gradient,
+            )
             for _ in range(stages)
         )
 
@@ -90,6 +95,7 @@ class ResidualVectorQuantizer(nn.Module):
         prefix = torch.zeros_like(residual)  # the sum of the codes so far
         loss = flat.new_zeros(())
         restarted = flat.new_zeros(())
+        rotated = torch.zeros_like(residual)  # the sum of the stages' rotated codes
         indices = []
         first_counts = None
         for s in range(stages):
@@ -98,6 +104,9 @@ class ResidualVectorQuantizer(nn.Module):
             if not layer.uses_ema:
                 loss = loss + F.mse_loss(codes, residual)  # the codebook term, eq. 3
             codes = codes.detach()
+            if self.gradient == "rotation":
+                # This stage's residual, carrying the gradient to z.
+                rotated = rotated + layer.pass_gradient(flat - prefix, codes)
             prefix = prefix + codes
             loss = loss + layer.commitment_cost * F.mse_loss(flat, prefix)
             residual = residual - codes
@@ -105,7 +114,8 @@ class ResidualVectorQuantizer(nn.Module):
             indices.append(chosen.view(b, h, w))
             first_counts = counts if first_counts is None else first_counts
         assert first_counts is not None
-        quantized = (flat + (prefix - flat).detach()).view(b, h, w, d).permute(0, 3, 1, 2)
+        passed = rotated if self.gradient == "rotation" else flat + (prefix - flat).detach()
+        quantized = passed.view(b, h, w, d).permute(0, 3, 1, 2)
         return QuantizerOutput(
             quantized, loss, perplexity_from_counts(first_counts), torch.stack(indices, 1),
             restarted,

@@ -104,6 +104,7 @@ def build_quantizer(cfg: ModelConfig) -> Quantizer:
         cfg.decay,
         cfg.codebook_init,
         cfg.dead_code_steps,
+        cfg.gradient,
     )
     if cfg.stages > 1:
         return ResidualVectorQuantizer(cfg.stages, *args)

@@ -26,7 +26,7 @@ class RunArrays(NamedTuple):
     originals: np.ndarray  # uint8 (N, 3, H, W), the first N test images
     reconstructions: np.ndarray  # float32 (N, 3, H, W) in [0, 1], decoded from the codes
     counts: np.ndarray  # int64 (K,), how often each code was chosen over `images` test images
-    codebook: np.ndarray  # float32 (K, D), the code vectors
+    codebook: np.ndarray  # float32 (K, D), the code vectors (of the first of several stages)
     images: int  # test images behind `counts`
     step: int  # the checkpoint's training step
 
@@ -60,6 +60,8 @@ def run_arrays(
     for begin in range(0, n, EVAL_BATCH):
         # Encoding alone is enough to count codes; decoding would double the time.
         indices = model.images_to_codes(images[begin : begin + EVAL_BATCH])
+        if indices.dim() == 4:  # residual stages: the first stage's codes, as `codebook` is
+            indices = indices[:, 0]
         counts += code_counts(indices, k).double().cpu()
         if on_progress is not None:
             on_progress(min(begin + EVAL_BATCH, n), n)
