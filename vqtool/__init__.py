@@ -11,6 +11,8 @@ The library behind the CLI, for notebooks::
     recon = loaded.model.decode(indices)       # -> (B, 3, H, W)
     codes = loaded.model.images_to_codes(uint8_images)   # the model's pixel convention
     pixels = loaded.model.codes_to_images(codes)         # uint8, as vqtool decode writes
+    # A run of S residual stages (model.stages = S) has codes (B, S, H/4, W/4) and decodes
+    # any first n of them: loaded.model.decode(indices, stages=n).
 
 Names are imported lazily so that `vqtool --help` does not wait for torch.
 """

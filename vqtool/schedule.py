@@ -43,7 +43,7 @@ def epoch_order(n: int, epoch: int, seed: int, shuffle: bool) -> Tensor:
 def drawn_stages(seed: int, step: int, stages: int) -> int:
     """How many residual stages step `step` trains, uniform over 1..stages (quantizer
     dropout): drawn from (seed, step) alone, so every process and a resumed run draw alike."""
-    # An odd offset keeps these generators apart from epoch_order's (seed, epoch) ones.
+    # Offset by 2^40 + 1: never the seed of an epoch_order generator of the same run seed.
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step + 2**40 + 1)
     return int(torch.randint(1, stages + 1, (1,), generator=generator))
 

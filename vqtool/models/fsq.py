@@ -131,10 +131,11 @@ class FiniteScalarQuantizer(nn.Module):
         indices = []
         for s in range(stages):
             scale = per_channel(self.scales[s], residual)
-            codes = quantize_scalars(residual / scale, self.levels) * scale
-            indices.append(codes_to_indices(codes.detach() / scale, self.levels))
-            # The residual's gradient reaches z through every stage, as each stage's
-            # straight-through estimate adds to the total.
+            unit = quantize_scalars(residual / scale, self.levels)  # on the grid, in [-1, 1]
+            indices.append(codes_to_indices(unit.detach(), self.levels))
+            codes = unit * scale
+            # Every stage's residual still carries z's gradient: each stage's rounding passes
+            # the decoder's gradient back through its own bound.
             residual = residual - codes.detach()
             total = total + codes
         counts = code_counts(indices[0], self.num_embeddings)
