@@ -134,10 +134,10 @@ class FiniteScalarQuantizer(nn.Module):
             unit = quantize_scalars(residual / scale, self.levels)  # on the grid, in [-1, 1]
             indices.append(codes_to_indices(unit.detach(), self.levels))
             codes = unit * scale
-            # Every stage's residual still carries z's gradient: each stage's rounding passes
-            # the decoder's gradient back through its own bound.
             residual = residual - codes.detach()
-            total = total + codes
+            # The decoder's gradient reaches z through the first stage's bound alone: the
+            # later stages' bounds would each add their own push on the same latents.
+            total = total + (codes if s == 0 else codes.detach())
         counts = code_counts(indices[0], self.num_embeddings)
         stacked = indices[0] if self.stages == 1 else torch.stack(indices, 1)
         zero = z.new_zeros(())
