@@ -36,7 +36,7 @@ def overrides_of(name: str) -> list[str]:
         shown = str(value).lower() if isinstance(value, bool) else value
         if isinstance(value, str):
             shown = f'"{value}"'
-        if isinstance(value, list):
+        if isinstance(value, (list, tuple)):
             shown = "[" + ",".join(str(v) for v in value) + "]"
         sets.append(f"model.{key}={shown}")
     return sets

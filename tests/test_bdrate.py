@@ -109,3 +109,12 @@ def test_the_figure_draws_curves_and_the_bd_rates(stages: int, tmp_path: Path) -
     assert any("vs WEBP" in t for t in texts) == (stages > 1)
     save_png(fig, tmp_path / "rd.png")
     assert (tmp_path / "rd.png").stat().st_size > 10_000
+
+
+def test_the_bd_rate_table_has_a_row_per_codec_for_a_curve_only() -> None:
+    from vqtool.codes.ratedistortion import bd_rate_rows
+
+    rows = bd_rate_rows(fake_rd(4))
+    assert [row[0] for row in rows] == ["jpeg", "webp", "avif"]
+    assert all(row[1] < 0 and row[3].startswith("23.00 to") for row in rows)
+    assert bd_rate_rows(fake_rd(1)) == []

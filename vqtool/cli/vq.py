@@ -234,7 +234,9 @@ def _rate_distortion_job(run: Path, prior: Path | None, device: str) -> Callable
     """Load what --rate-distortion needs now (a bad --prior fails before any work); the
     returned function measures, writes rd-<split>.json and shows the table."""
     from vqtool.codes.ratedistortion import (
+        BD_COLUMNS,
         RD_COLUMNS,
+        bd_rate_rows,
         rate_distortion_rows,
         rate_distortion_split,
         write_rate_distortion,
@@ -253,6 +255,10 @@ def _rate_distortion_job(run: Path, prior: Path | None, device: str) -> Callable
             title = f"rate-distortion, {rd['images']:,} {split} images"
             rows = rate_distortion_rows(rd)
             progress.print_result(progress.rows_table(title, RD_COLUMNS, rows))
+            bd = bd_rate_rows(rd)
+            if bd:
+                title = f"BD-rate of vqtool's {rd['bd_rate']['vqtool']} curve (shared PSNR range)"
+                progress.print_result(progress.rows_table(title, BD_COLUMNS, bd))
 
     return measure
 

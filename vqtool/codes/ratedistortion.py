@@ -384,6 +384,28 @@ def _bounded(bound: str, value: float | None) -> str | float | None:
     return f"{bound}{value:.4g}" if bound and value is not None else value
 
 
+BD_COLUMNS = ("against", "whole files (%)", "payloads (%)", "PSNR range (dB)")
+
+
+def bd_rate_rows(rd: dict[str, Any]) -> list[list[Any]]:
+    """One row per codec: the BD-rates of vqtool's best curve (negative: fewer bits than the
+    codec); none for a run of one stage, whose files are one point per coding."""
+    bd = rd.get("bd_rate") or {}
+    rows = []
+    for codec, found in bd.items():
+        if codec == "vqtool" or not any(found.values()):
+            continue
+        file, payload = found.get("file"), found.get("payload")
+        span = file or payload
+        rows.append([
+            codec,
+            None if file is None else round(file["percent"], 1),
+            None if payload is None else round(payload["percent"], 1),
+            f"{span['psnr_low']:.2f} to {span['psnr_high']:.2f}",
+        ])  # fmt: skip
+    return rows
+
+
 def _point_label(point: dict[str, Any]) -> str:
     """'vqtool prior', or with the stage count of a multi-stage run 'vqtool prior, 2 stages'."""
     stages = point.get("stages", 1)
