@@ -93,7 +93,7 @@ def test_grey_and_saturated_colours_pass_the_pipeline_exactly(tmp_path: Path) ->
     values = torch.arange(256, dtype=torch.uint8).view(1, 1, 1, 256).expand(1, 3, 4, 256)
     outputs = torch.cat([VQVAE.to_input(values, "cpu"), torch.full((1, 3, 4, 4), 0.7)], dim=-1)
     outputs[..., :2] = -0.9
-    model.decode = lambda indices: outputs  # type: ignore[method-assign]
+    model.decode = lambda indices, stages=None: outputs  # type: ignore[method-assign]
     images = model.codes_to_images(torch.zeros(1, 1, 65, dtype=torch.long))
     assert torch.equal(images[..., 2:256], values[..., 2:])
     assert (images[..., :2] == 0).all() and (images[..., 256:] == 255).all()
