@@ -18,6 +18,7 @@ from vqtool.codes.vqc import CodeFile, read_codes, write_codes
 from vqtool.errors import UsageError, WorkError
 from vqtool.models.config import PriorConfig
 from vqtool.models.transformer import CodePrior
+from vqtool.prior.data import stage_tokens
 
 K, STAGES, N = 8, 3, 150
 
@@ -94,7 +95,7 @@ def test_a_prior_of_more_stages_codes_the_first_ones(tmp_path: Path) -> None:
     assert np.array_equal(read_codes(tmp_path / "two.vqc", prior).codes, whole.codes[:, :2])
     two = entropy.encode_with_prior(first_two.codes, prior.model)
     three = entropy.encode_with_prior(whole.codes, prior.model)
-    tokens = entropy.stage_tokens(whole.codes, K)
+    tokens = stage_tokens(whole.codes, K)
     assert tokens.shape == (N, 12) and two.bits.sum() < three.bits.sum()
 
 

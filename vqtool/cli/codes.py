@@ -32,19 +32,23 @@ if TYPE_CHECKING:
     from vqtool.codes.vqc import CodeSummary
 
 
+# What encode and roundtrip read.
+Inputs = Annotated[
+    list[str],
+    typer.Argument(
+        help="Image files, folders (recursive, sorted), or cifar10:test, cifar10:train, "
+        "cifar10:test:N (the first N).",
+        metavar="INPUT",
+        show_default=False,
+    ),
+]
+
+
 @app.command(cls=Command, short_help="Encode images into a code file (.vqc).")
 @reports_errors
 def encode(
     run: RunOrCheckpoint,
-    inputs: Annotated[
-        list[str],
-        typer.Argument(
-            help="Image files, folders (recursive, sorted), or cifar10:test, cifar10:train, "
-            "cifar10:test:N (the first N).",
-            metavar="INPUT",
-            show_default=False,
-        ),
-    ],
+    inputs: Inputs,
     output: Annotated[
         Path,
         typer.Option(
@@ -340,14 +344,7 @@ def _summary_rows(summary: CodeSummary) -> list[tuple[str, Any]]:
 @reports_errors
 def roundtrip(
     run: RunOrCheckpoint,
-    inputs: Annotated[
-        list[str],
-        typer.Argument(
-            help="What encode takes: image files, folders, cifar10:test, cifar10:test:N, ...",
-            metavar="INPUT",
-            show_default=False,
-        ),
-    ],
+    inputs: Inputs,
     output: Annotated[
         Path,
         typer.Option(

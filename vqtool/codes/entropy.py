@@ -122,17 +122,6 @@ def check_prior(
         )
 
 
-def stage_tokens(codes: np.ndarray, num_embeddings: int) -> np.ndarray:
-    """Codes (N, h, w) or (N, S, h, w) -> the prior's tokens (N, S * h * w), int32: stage after
-    stage, stage s's code c as s * K + c (vqtool.models.transformer.CodePrior)."""
-    n = codes.shape[0]
-    if codes.ndim == 3:
-        return codes.reshape(n, -1).astype(np.int32)
-    stages, per_stage = codes.shape[1], codes.shape[2] * codes.shape[3]
-    offsets = np.repeat(np.arange(stages, dtype=np.int32) * num_embeddings, per_stage)
-    return codes.reshape(n, -1).astype(np.int32) + offsets
-
-
 def _grid(grid: tuple[int, int] | None) -> str:
     return "" if grid is None else f"{grid[0]}x{grid[1]} "
 

@@ -25,7 +25,7 @@ from torch import Tensor
 from vqtool.codes.entropy import CodingPrior, check_prior
 from vqtool.codes.inputs import ImageItem, find_images, load_item
 from vqtool.codes.names import name_problem, unique_names
-from vqtool.codes.vqc import CodeFile, check_codes_for_model, read_codes
+from vqtool.codes.vqc import CodeFile, check_codes_for_model, check_stages, read_codes
 from vqtool.errors import UsageError, WorkError, os_reason
 from vqtool.events import Progress
 from vqtool.files import (
@@ -66,11 +66,6 @@ PIXEL_BUDGET = 1 << 20
 PNG_WRITERS = max(1, min(4, (os.cpu_count() or 2) // 2))
 PNG_TASK = 64  # images per PNG-writing task
 NAMED_SKIPS = 5  # skipped files named one by one; the rest are counted
-
-
-def model_stages(model: VQVAE) -> int:
-    """The residual stages a model quantizes with (1 for the 2017 quantizer)."""
-    return model.stages
 
 
 def _check_images(images: Tensor) -> None:
@@ -225,13 +220,8 @@ def encode_inputs(
     `strict`, which makes them errors; a damaged file named on its own is always an error.
     A run of S residual stages gives codes (N, S, h, w), or its first `stages` of them.
     """
-    trained = model_stages(loaded.model)
-    if stages is not None and not 1 <= stages <= trained:
-        raise UsageError(
-            f"--stages {stages}, but the run has {trained} stage(s)",
-            "--stages",
-            f"give --stages from 1 to {trained}",
-        )
+    trained = loaded.model.stages
+    check_stages(stages, trained, "--stages", "the run has")
     kept_stages = trained if stages is None else stages
     encoding = Encoding(inputs, data_dir, size, strict, resize_mode)
     n = len(encoding.items)
@@ -410,9 +400,9 @@ def decode_file(
     check_codes_for_model(
         code_file, loaded.fingerprint, config.num_embeddings, config.embedding_dim, codes_path
     )
-    if code_file.stages > model_stages(loaded.model):
+    if code_file.stages > loaded.model.stages:
         raise UsageError(
-            f"the file holds {code_file.stages} stages, the run has {model_stages(loaded.model)}",
+            f"the file holds {code_file.stages} stages, the run has {loaded.model.stages}",
             codes_path,
             "decode it with the run that encoded it",
         )

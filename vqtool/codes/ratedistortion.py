@@ -49,7 +49,6 @@ from vqtool.codes.pipeline import (
     batch_ranges,
     decode_indices,
     encode_images,
-    model_stages,
 )
 from vqtool.codes.vqc import CodeFile, read_codes, write_codes
 from vqtool.data.datasets import load_images
@@ -219,7 +218,7 @@ def vqtool_points(
     are really written, read back (the prior's stream decoded) and checked against the codes."""
     n, _, h, w = images.shape
     model = loaded.model.folded()
-    stages = model_stages(model)
+    stages = model.stages
     grid = (h // DOWNSAMPLE, w // DOWNSAMPLE)
     codes = np.empty((n, stages, *grid), np.uint16)
     psnr = np.empty((stages, n))

@@ -313,11 +313,13 @@ def read_codes(
     return _first_stages(_from_arrays(arrays, path), stages, path)
 
 
-def check_stages(stages: int | None, stored: int, where: object) -> None:
+def check_stages(
+    stages: int | None, stored: int, where: object, holder: str = "the codes hold"
+) -> None:
     """Refuse a stage count that is not 1..stored (UsageError, exit 2)."""
     if stages is not None and not 1 <= stages <= stored:
         raise UsageError(
-            f"--stages {stages}, but the codes hold {stored} stage(s)",
+            f"--stages {stages}, but {holder} {stored} stage(s)",
             where,
             f"give --stages from 1 to {stored}",
         )
