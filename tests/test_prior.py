@@ -53,6 +53,9 @@ extends = "tiny-prior.toml"
 steps = 120
 checkpoint_every = 20
 log_every = 20
+# Pinned: "auto" may pick another count for the uninterrupted run than for the killed one when
+# other processes load the cores, and float sums then differ.
+threads = 1
 """
 
 

@@ -75,6 +75,9 @@ def test_evaluate_reports_every_stage_count(stages_run: tuple[Path, Path]) -> No
     assert one["stages"] == 2 and "by_stages" not in one
     assert one["nmse"] == pytest.approx(rows[1]["nmse"], rel=1e-9)
     assert one["bits_per_image"] == 640.0
+    # One count has a file of its own; the every-count file is kept.
+    assert json.loads((run / "eval-test-stages2.json").read_text()) == one
+    assert json.loads((run / "eval-test.json").read_text())["by_stages"] == rows
 
     table = runner.invoke(app, ["evaluate", str(run), "--data-dir", str(data)])
     assert table.exit_code == 0 and "decoding the first n stages" in table.output

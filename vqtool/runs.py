@@ -103,8 +103,11 @@ class RunDir:
     def profile(self) -> Path:
         return self.path / PROFILE_NAME
 
-    def eval_file(self, split: str) -> Path:
-        return self.path / f"{EVAL_PREFIX}{split}.json"
+    def eval_file(self, split: str, stages: int | None = None) -> Path:
+        """`eval-<split>.json`; `eval-<split>-stages<N>.json` for the first N stages alone
+        (`vqtool evaluate --stages N`), so that it never replaces the every-count file."""
+        suffix = "" if stages is None else f"-stages{stages}"
+        return self.path / f"{EVAL_PREFIX}{split}{suffix}.json"
 
     def rd_file(self, split: str) -> Path:
         """Rate-distortion points of a split (`vqtool evaluate --rate-distortion`)."""
@@ -174,9 +177,15 @@ class RunDir:
     def write_profile(self, toml_text: str) -> None:
         write_text(self.profile, toml_text)
 
+    def eval_file_of(self, metrics: dict[str, Any]) -> Path:
+        """Where `vqtool evaluate`'s metrics go: `eval-<split>.json`, or for one stage count of
+        a run of several stages (metrics without `by_stages`) `eval-<split>-stages<N>.json`."""
+        one_count = "stages" in metrics and "by_stages" not in metrics
+        return self.eval_file(metrics["split"], metrics["stages"] if one_count else None)
+
     def write_eval(self, metrics: dict[str, Any]) -> Path:
-        """Write `eval-<split>.json` atomically; returns its path."""
-        out = self.eval_file(metrics["split"])
+        """Write the metrics' eval file (`eval_file_of`) atomically; returns its path."""
+        out = self.eval_file_of(metrics)
         write_text(out, json.dumps(metrics, indent=2) + "\n")
         return out
 

@@ -289,7 +289,8 @@ class TrainProgress(_Bar):
                 info(f"step {event.step}/{event.total_steps}  {stats}")
             self.first_log = False
             if record.get("restarted_codes"):
-                info(f"step {event.step}: re-seeded {record['restarted_codes']} dead codes")
+                restarted = counted(record["restarted_codes"], "dead code")
+                info(f"step {event.step}: re-seeded {restarted}")
         elif event.kind == "eval":
             info(f"step {event.step}: {self.eval_line(record)}")
         elif event.kind == "note":
@@ -439,6 +440,30 @@ PRIOR_METRICS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "images": ("code grids", format_value),
     "images_per_s": ("code grids per second", format_value),
 }
+
+
+# A row of evaluate's table of stage counts: (key of a by_stages row, its column's label); the
+# codebook columns are stage n's own, the bits those of all n stages.
+STAGE_COLUMNS = [
+    ("stages", "stages decoded"),
+    ("nmse", "nmse"),
+    ("psnr", "psnr"),
+    ("bits_per_image", "bits per image (uniform)"),
+    ("entropy_bits_per_image", "bits per image (entropy)"),
+    ("perplexity", "stage n's perplexity"),
+    ("codebook_usage", "stage n's codes used"),
+]
+
+
+def stages_table(title: str, rows: Iterable[Mapping[str, Any]]) -> Table:
+    """evaluate's rows of a run of stages (one per stage count), read as the metrics table's."""
+    table = Table(title=title)
+    for _, label in STAGE_COLUMNS:
+        table.add_column(label, justify="right")
+    for row in rows:
+        table.add_row(*(VQ_METRICS.get(key, (key, format_value))[1](row[key])
+                        for key, _ in STAGE_COLUMNS))  # fmt: skip
+    return table
 
 
 def metrics_table(title: str, metrics: Mapping[str, Any]) -> Table:

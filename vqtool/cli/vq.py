@@ -156,7 +156,8 @@ def evaluate(
 ) -> None:
     """Metrics over a whole split from the decoded codes; writes eval-<split>.json in the run.
 
-    A run of residual stages is measured for each number of stages decoded (--stages N: one).
+    A run of residual stages is measured for each number of stages decoded (--stages N: one,
+    written to eval-<split>-stages<N>.json).
     --rate-distortion shows instead the run's code files beside JPEG, WebP and AVIF (for a run
     of stages, every stage count, with the Bjøntegaard delta rates).
 
@@ -204,8 +205,8 @@ def evaluate(
         progress.info(f"wrote {write_eval(run, metrics)}")
     except OSError as exc:
         progress.warn(
-            f"could not save {RunDir.with_checkpoint(run).eval_file(split).name} in the run folder "
-            f"({os_reason(exc)}); "
+            f"could not save {RunDir.with_checkpoint(run).eval_file_of(metrics).name} in the "
+            f"run folder ({os_reason(exc)}); "
             "the metrics below are complete"
         )
     if json_out is not None:
@@ -217,17 +218,9 @@ def evaluate(
         progress.print_result(progress.metrics_table(f"{split} split", shown))
         if rows:
             title = f"{split} split, decoding the first n stages"
-            table = progress.rows_table(
-                title, STAGE_COLUMNS, [[r[c] for c in STAGE_COLUMNS] for r in rows]
-            )
-            progress.print_result(table)
+            progress.print_result(progress.stages_table(title, rows))
     if measure_rd is not None:
         measure_rd(split, data_dir_of(data_dir), rd_images, json_out != "-")
-
-
-# The columns of evaluate's table of stage counts (each a key of its eval-<split>.json rows).
-STAGE_COLUMNS = ["stages", "nmse", "psnr", "bits_per_image", "entropy_bits_per_image",
-                 "perplexity", "codebook_usage"]  # fmt: skip
 
 
 def _rate_distortion_job(run: Path, prior: Path | None, device: str) -> Callable[..., None]:
