@@ -251,6 +251,7 @@ def test_wrong_type_names_the_key_and_type(override: str, expected: str) -> None
         ("data.dataset=mnist", "data.dataset must be one of cifar10"),
         ("data.batch_size=0", "data.batch_size must be an integer >= 1, got 0"),
         ("train.eval_every=-1", "train.eval_every must be an integer >= 0"),
+        ("train.lr_hold_steps=-5", "train.lr_hold_steps must be an integer >= 0"),
         ("model.commitment_cost=-0.1", "model.commitment_cost must be a number >= 0"),
     ],
 )

@@ -57,6 +57,7 @@ class TrainConfig:
     compile: bool = False
     cuda_graphs: bool = True  # one CUDA process: each step replayed as one recorded CUDA graph
     lr_schedule: str = "constant"
+    lr_hold_steps: int = 0  # cosine: steps at learning_rate before the decay starts
     warmup_steps: int = 0  # linear warm-up from 0 to learning_rate
     collapse_guard: bool = False
 
@@ -92,6 +93,7 @@ class PriorTrainConfig:
     device: str = "auto"
     threads: int = 0  # CPU threads; 0 = the cores no other process keeps busy
     lr_schedule: str = "cosine"
+    lr_hold_steps: int = 0  # cosine: steps at learning_rate before the decay starts
     warmup_steps: int = 100
 
 
@@ -187,6 +189,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.device": (lambda v: bool(DEVICE_NAMES.fullmatch(v)), f"one of {DEVICE_CHOICES}"),
     "train.lr_schedule": _one_of("constant", "cosine"),
     "train.warmup_steps": _at_least(0),
+    "train.lr_hold_steps": _at_least(0),
     "train.batch_size": _at_least(1),
     "train.weight_decay": ((lambda v: v >= 0), ">= 0"),
     "prior.layers": _at_least(1),

@@ -30,6 +30,8 @@ class Schedule(Protocol):
     def lr_schedule(self) -> str: ...
     @property
     def steps(self) -> int: ...
+    @property
+    def lr_hold_steps(self) -> int: ...
 
 
 def epoch_order(n: int, epoch: int, seed: int, shuffle: bool) -> Tensor:
@@ -49,12 +51,15 @@ def drawn_stages(seed: int, step: int, stages: int) -> int:
 
 
 def scheduled_rate(cfg: Schedule, step: int) -> float:
-    """Base rate x linear warm-up x optional cosine decay to zero at the last step."""
+    """Base rate x linear warm-up x optional cosine decay to zero at the last step, starting
+    after `lr_hold_steps` steps at the base rate (warm-up, stable, decay): a run no longer than
+    the hold, as a shortened trial of a profile, trains at the full rate throughout."""
     lr = cfg.learning_rate
     if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
         lr *= (step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "cosine":
-        progress = min(1.0, step / max(1, cfg.steps))
+        hold = cfg.lr_hold_steps
+        progress = min(1.0, max(0.0, (step - hold) / max(1, cfg.steps - hold)))
         lr *= 0.5 * (1.0 + math.cos(math.pi * progress))
     return lr
 
