@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer.main
 from helpers import REPO, closed_port, one_error_line, source_env
 from typer.testing import CliRunner
 
@@ -456,3 +457,16 @@ def test_the_readme_says_what_its_first_training_costs() -> None:
     steps = load_profile("ema").train.steps
     assert f"{steps:,} steps" in beside and "minutes on a 2-core CPU" in beside
     assert "--profile smoke" in beside and "ema" in beside
+
+
+def test_help_paragraphs_flow_at_any_width() -> None:
+    # typer keeps a docstring's line breaks after its first paragraph: "(--stages N: one," then
+    # "written to ..." on a line of its own in an 80-column terminal.
+    result = runner.invoke(app, ["evaluate", "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "(--stages N: one, written to eval-<split>-stages<N>.json)." in result.output
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert len(commands) >= 12
+    for name, command in commands.items():
+        for paragraph in (command.help or "").split("\n\n"):
+            assert "\n" not in paragraph, (name, paragraph)

@@ -6,6 +6,7 @@ Heavy imports (torch, matplotlib) happen inside the commands so that `--help` is
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +36,14 @@ def _no_type(ctx: Any) -> None:
     return None
 
 
+def flowed(docstring: str) -> str:
+    """A command's docstring with each paragraph on one line: typer's rich help keeps the
+    docstring's line breaks after the first paragraph, which then break mid-sentence in a
+    terminal of another width."""
+    paragraphs = inspect.cleandoc(docstring).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
 class PlainHelp:
     """Help that shows placeholders (FILE, KEY=VALUE), never Python type names.
 
@@ -42,6 +51,13 @@ class PlainHelp:
     `--resume true` were accepted (it is not), and `<path>` beside an argument whose name
     column already shows its placeholder.
     """
+
+    help: str | None  # click.Command's
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.help:
+            self.help = flowed(self.help)
 
     def get_params(self, ctx: Any) -> list[Any]:
         params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
