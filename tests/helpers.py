@@ -271,10 +271,35 @@ def write_slow_profile(folder: Path) -> Path:
 
 
 def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (a download from it is refused at once)."""
+    """A port on 127.0.0.1 that nothing listens on (a download from it is refused at once, a
+    rendezvous of processes can take it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def join_as_rank(rank: int, world: int, port: int) -> None:
+    """The environment torchrun gives process `rank` of `world`, one thread each."""
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+
+
+def train_as_rank(rank: int, world: int, port: int, profile: Path, data: Path, out: Path) -> None:
+    """A `mp.start_processes` worker: train `profile` as rank `rank` of `world` into out/run and
+    save this rank's model state as out/rank<rank>.pt."""
+    from vqtool.checkpoint import model_state
+    from vqtool.profiles import load_profile
+    from vqtool.vq.train import run_training
+
+    join_as_rank(rank, world, port)
+    result = run_training(load_profile(profile), out / "run", data)
+    torch.save(model_state(result.model), out / f"rank{rank}.pt")
 
 
 def source_env() -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +13,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from helpers import (
+    closed_port,
+    join_as_rank,
     make_image_folder,
     source_env,
+    train_as_rank,
     wait_for,
     write_folder_profile,
     write_slow_profile,
@@ -28,30 +30,6 @@ from vqtool.profiles import load_prior_profile, load_profile
 from vqtool.vq.train import run_training
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _join(rank: int, world: int, port: int) -> None:
-    """The environment torchrun gives process `rank` of `world`, one thread each."""
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
-
-
-def _worker(rank: int, world: int, port: int, profile: Path, data: Path, out: Path) -> None:
-    _join(rank, world, port)
-    result = run_training(load_profile(profile), out / "run", data)
-    torch.save(model_state(result.model), out / f"rank{rank}.pt")
-
-
 def test_two_processes_agree_and_match_one(data_dir: Path, tmp_path: Path) -> None:
     profile = write_tiny_profile(tmp_path / "tiny.toml", "")
     short = tmp_path / "short.toml"
@@ -60,8 +38,8 @@ def test_two_processes_agree_and_match_one(data_dir: Path, tmp_path: Path) -> No
         "[train]\nsteps = 6\nlog_every = 3\ncheckpoint_every = 3\n"
     )
     mp.start_processes(
-        _worker,
-        args=(2, free_port(), short, data_dir, tmp_path / "two"),
+        train_as_rank,
+        args=(2, closed_port(), short, data_dir, tmp_path / "two"),
         nprocs=2,
         start_method="spawn",
     )
@@ -183,7 +161,7 @@ def test_one_rank_killed_then_resume_on_one_process(data_dir: Path, tmp_path: Pa
 def _prior_worker(
     rank: int, world: int, port: int, vq_run: Path, profile: Path, data: Path, out: Path
 ) -> None:
-    _join(rank, world, port)
+    join_as_rank(rank, world, port)
     result = train_prior(vq_run, load_prior_profile(profile), out / "prior", data)
     torch.save(model_state(result.model), out / f"rank{rank}.pt")
 
@@ -196,7 +174,7 @@ def test_a_prior_on_two_processes_agrees_and_matches_one(
         'extends = "prior-small"\n[prior]\nlayers = 1\nwidth = 32\nheads = 2\ndropout = 0.0\n'
         "[train]\nsteps = 6\nbatch_size = 16\nlog_every = 3\ncheckpoint_every = 3\n"
     )
-    args = (2, free_port(), trained_run, profile, trained_data_dir, tmp_path / "two")
+    args = (2, closed_port(), trained_run, profile, trained_data_dir, tmp_path / "two")
     mp.start_processes(_prior_worker, args=args, nprocs=2, start_method="spawn")
     rank0 = torch.load(tmp_path / "two" / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "two" / "rank1.pt", weights_only=True)

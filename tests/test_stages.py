@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-from helpers import make_cifar_folder, one_error_line, write_tiny_profile
+from helpers import (
+    closed_port,
+    make_cifar_folder,
+    one_error_line,
+    train_as_rank,
+    write_tiny_profile,
+)
 from typer.testing import CliRunner
 
 from vqtool.checkpoint import load_checkpoint, model_state
@@ -133,27 +138,6 @@ def test_an_fsq_run_trains_and_uses_its_grid(data_dir: Path, tmp_path: Path) -> 
     assert metrics["dead_codes"] + round(metrics["codebook_usage"] * 16) == 16
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _worker(rank: int, world: int, port: int, profile: Path, data: Path, out: Path) -> None:
-    import os
-
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
-    result = run_training(load_profile(profile), out / "run", data)
-    torch.save(model_state(result.model), out / f"rank{rank}.pt")
-
-
 @pytest.mark.parametrize("decay", ["0.99", "0.0"])
 def test_two_processes_of_stages_agree_and_match_one(
     data_dir: Path, tmp_path: Path, decay: str
@@ -162,8 +146,8 @@ def test_two_processes_of_stages_agree_and_match_one(
     short = stages_profile(
         tmp_path, f"decay = {decay}\n[train]\nsteps = 6\nlog_every = 3\ncheckpoint_every = 3\n"
     )
-    args = (2, free_port(), short, data_dir, tmp_path / "two")
-    mp.start_processes(_worker, args=args, nprocs=2, start_method="spawn")
+    args = (2, closed_port(), short, data_dir, tmp_path / "two")
+    mp.start_processes(train_as_rank, args=args, nprocs=2, start_method="spawn")
     rank0 = torch.load(tmp_path / "two" / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "two" / "rank1.pt", weights_only=True)
     for key in rank0:  # every stage's codebook, EMA statistics and the weights

@@ -56,7 +56,7 @@ def nearest_codes(z: Tensor, codebook: Tensor) -> Tensor:
 
 
 def rotate_to(src: Tensor, tgt: Tensor) -> Tensor:
-    """The rotation trick (Fifty et al. 2024, section 4.2): the rows of `tgt` (N, D) in value,
+    """The rotation trick (Fifty et al. 2024): the rows of `tgt` (N, D) in value,
     with a gradient to `src` (N, D) that is the output's gradient rotated by the rotation
     taking src's direction to tgt's, and scaled by |tgt| / |src| (both treated as constants).
 
