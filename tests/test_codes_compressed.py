@@ -22,6 +22,7 @@ from test_entropy import Prior, random_prior
 from typer.testing import CliRunner
 
 from vqtool.cli import app
+from vqtool.codes import entropy
 from vqtool.codes.vqc import (
     CodeFile,
     codes_sha256,
@@ -95,12 +96,40 @@ def test_a_prior_file_names_its_prior_and_needs_it(tmp_path: Path) -> None:
     assert list(arrays) == ["header", "stream", "names", "sizes", "chunks"]
     assert arrays["chunks"].tolist() == [len(arrays["stream"])]  # one chunk of 4 images
     header = header_of(arrays)
-    assert header["coding"] == "prior" and header["prior"] == prior.fingerprint
+    assert header["coding"] == "exact" and header["prior"] == prior.fingerprint
+    assert header["coding_model"] == prior.exact_fingerprint and header["chunk"] == 256
     assert_same(read_codes(path, prior), golden_code_file())
     with pytest.raises(UsageError, match="compressed with a prior"):
         read_codes(path)
     with pytest.raises(UsageError, match="another prior"):
         read_codes(path, golden_prior(seed=1))
+    # the same prior checkpoint with another coding model (derived on another machine)
+    other = golden_prior(seed=1)
+    rederived = prior._replace(exact=other.exact, exact_fingerprint=other.exact_fingerprint)
+    with pytest.raises(UsageError, match="exact coding model"):
+        read_codes(path, rederived)
+
+
+def float_coded(path: Path, prior: Prior) -> None:
+    """Rewrite the exact-coded file at `path` as an earlier vqtool's float prior coding
+    (coding "prior"): the same codes, coded with the float prior's tables."""
+    arrays = members(path)
+    codes = read_codes(path, prior).codes
+    encoded = entropy.encode_with_prior(codes, prior.model)
+    header = header_of(arrays) | {"coding": "prior", "words": len(encoded.words)}
+    for key in ("coding_model", "chunk"):
+        header.pop(key)
+    arrays |= {"stream": encoded.words, "chunks": encoded.chunk_words}
+    save_members(path, {**arrays, "header": np.frombuffer(json.dumps(header).encode(), np.uint8)})
+
+
+def test_an_earlier_float_coded_file_still_decodes_where_it_was_written(tmp_path: Path) -> None:
+    prior = golden_prior()
+    path = tmp_path / "p.vqc"
+    write_codes(path, golden_code_file(), prior=prior)
+    float_coded(path, prior)
+    assert header_of(members(path))["coding"] == "prior"
+    assert_same(read_codes(path, prior), golden_code_file())
 
 
 def test_names_and_sizes_are_stored_compactly() -> None:
@@ -244,6 +273,14 @@ def _unreadable(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()[:-200]
 
 
+def _earlier_unchunked(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The first prior coding's layout: one stream, no chunks, no exact keys."""
+    header = {k: v for k, v in header_of(arrays).items() if k not in ("coding_model", "chunk")}
+    header["coding"] = "prior"
+    kept = {k: v for k, v in arrays.items() if k != "chunks"}
+    return {**kept, "header": np.frombuffer(json.dumps(header).encode(), np.uint8)}
+
+
 # A damaged stream is caught by the decoder (words left over, or none that fit) or, when it
 # decodes to something, by the checksum of the codes.
 DAMAGED_STREAM = "checksum|stream holds more words|cannot be decoded|chunk lengths"
@@ -269,7 +306,13 @@ BAD: list[Case] = [
     ("prior", lambda a: {**a, "names": np.frombuffer(b"\xff\xfe", np.uint8)}, 1, "names"),
     ("prior", lambda a: with_header(a, images=10**9), 1, "images"),
     ("prior", lambda a: with_header(a, prior="f" * 64), 2, "another prior"),
-    ("prior", lambda a: {k: v for k, v in a.items() if k != "chunks"}, 1, "earlier vqtool"),
+    ("prior", lambda a: with_header(a, coding_model="f" * 64), 2, "exact coding model"),
+    ("prior", lambda a: with_header(a, coding_model="f"), 1, "coding_model is not"),
+    ("prior", lambda a: with_header(a, chunk=0), 1, "chunk is not"),
+    ("prior", lambda a: with_header(a, chunk=16), 1, "chunks must be"),
+    ("prior", lambda a: with_header(a, coding="prior"), 1, "header's keys"),
+    ("prior", lambda a: {k: v for k, v in a.items() if k != "chunks"}, 1, "with members"),
+    ("prior", _earlier_unchunked, 1, "earlier vqtool"),
     ("prior", lambda a: {**a, "chunks": a["chunks"].astype(np.int64)}, 1, "chunks must be"),
     ("prior", lambda a: {**a, "chunks": np.append(a["chunks"], 0)}, 1, "chunks must be"),
     ("prior", lambda a: {**a, "chunks": a["chunks"] - 1}, 1, "chunk lengths"),
@@ -324,8 +367,10 @@ def test_a_prior_file_without_the_prior_or_with_another(
 def test_a_prior_that_computes_otherwise_is_caught_by_the_checksum(
     trained_run: Path, trained_data_dir: Path, tmp_path: Path, prior_at_p: Prior
 ) -> None:
-    """Another machine's arithmetic, played by the same fingerprint on other weights."""
+    """Another machine's float arithmetic, played by the same fingerprint on other weights,
+    decoding an earlier vqtool's float-coded file."""
     encode_five_with_the_prior(trained_run, trained_data_dir)
+    float_coded(tmp_path / "p.vqc", prior_at_p)
     impostor = random_prior(prior_at_p.model.num_embeddings, (8, 8), seed=9,
                             vq_fingerprint=prior_at_p.vq_fingerprint)  # fmt: skip
     with pytest.raises(WorkError, match="computes the prior's probabilities differently"):

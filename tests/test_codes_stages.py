@@ -7,26 +7,21 @@ import io
 import json
 import zipfile
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
+from test_entropy import Prior
 
 from vqtool.codes import entropy
 from vqtool.codes.vqc import CodeFile, read_codes, write_codes
 from vqtool.errors import UsageError, WorkError
 from vqtool.models.config import PriorConfig
 from vqtool.models.transformer import CodePrior
+from vqtool.prior.coding_model import derive_coding_model
 from vqtool.prior.data import stage_tokens
 
 K, STAGES, N = 8, 3, 150
-
-
-class Prior(NamedTuple):
-    model: CodePrior
-    fingerprint: str
-    vq_fingerprint: str
 
 
 def staged_file(stages: int = STAGES, seed: int = 0) -> CodeFile:
@@ -50,7 +45,9 @@ def staged_prior(stages: int = STAGES) -> Prior:
     torch.manual_seed(0)
     cfg = PriorConfig(layers=1, width=32, heads=2)
     model = CodePrior(cfg, stages * K, (stages * 2, 2), stages=stages).eval()
-    return Prior(model, "b" * 64, "a" * 64)
+    calibration = torch.from_numpy(stage_tokens(staged_file(stages).codes, K).astype(np.int64))
+    coding = derive_coding_model(model, calibration, "b" * 64, "a" * 64)
+    return Prior(model, "b" * 64, "a" * 64, coding.model, coding.fingerprint)
 
 
 @pytest.mark.parametrize("coding", ["raw", "unigram", "prior"])

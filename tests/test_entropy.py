@@ -14,7 +14,9 @@ from vqtool.checkpoint import fingerprint
 from vqtool.codes import entropy
 from vqtool.errors import UsageError
 from vqtool.models.config import PriorConfig
+from vqtool.models.exact_prior import ExactPrior
 from vqtool.models.transformer import CodePrior
+from vqtool.prior.coding_model import derive_coding_model
 
 K = 16
 GRID = (3, 4)
@@ -22,11 +24,14 @@ TINY = PriorConfig(layers=2, width=32, heads=4)
 
 
 class Prior(NamedTuple):
-    """What vqtool.prior.load.load_prior gives, for tests: a model and its fingerprints."""
+    """What vqtool.prior.load.load_coding_prior gives, for tests: a model, its exact coding
+    model (None for a conditional prior) and their fingerprints."""
 
     model: CodePrior
     fingerprint: str
     vq_fingerprint: str
+    exact: ExactPrior | None = None
+    exact_fingerprint: str | None = None
 
 
 def random_prior(
@@ -41,7 +46,12 @@ def random_prior(
     model = CodePrior(cfg, k, grid).eval()
     with torch.no_grad():
         model.head.weight.mul_(40.0)
-    return Prior(model, fingerprint(model.state_dict()), vq_fingerprint)
+    prior = Prior(model, fingerprint(model.state_dict()), vq_fingerprint)
+    if cfg.conditional:
+        return prior
+    calibration = torch.from_numpy(random_codes(64, k, grid, seed).astype(np.int64))
+    coding = derive_coding_model(model, calibration.view(64, -1), prior.fingerprint, vq_fingerprint)
+    return prior._replace(exact=coding.model, exact_fingerprint=coding.fingerprint)
 
 
 def random_codes(n: int, k: int = K, grid: tuple[int, int] = GRID, seed: int = 1) -> np.ndarray:
@@ -66,55 +76,67 @@ def test_unigram_round_trip_and_size() -> None:
     assert ideal < codes.size * np.log2(K) * 0.9
 
 
-def test_prior_round_trip_and_size() -> None:
+def coder(prior: Prior, kind: str) -> CodePrior | ExactPrior:
+    """The float prior, or its exact coding model."""
+    if kind == "float":
+        return prior.model
+    assert prior.exact is not None
+    return prior.exact
+
+
+KINDS = pytest.mark.parametrize("kind", ["float", "exact"])
+
+
+@KINDS
+def test_prior_round_trip_and_size(kind: str) -> None:
     prior = random_prior()
+    model = coder(prior, kind)
     codes = random_codes(300)
-    encoded = entropy.encode_with_prior(codes, prior.model)
+    encoded = entropy.encode_with_prior(codes, model)
     # The bits are the information under PRECISION-bit tables; constriction codes with its own
     # 24-bit requantization of them, a little cheaper or dearer per symbol.
     assert abs(32 * len(encoded.words) - encoded.bits.sum()) <= 0.002 * encoded.bits.sum() + 96
-    decoded = entropy.decode_with_prior(
-        encoded.words, encoded.chunk_words, prior.model, codes.shape
-    )
+    decoded = entropy.decode_with_prior(encoded.words, encoded.chunk_words, model, codes.shape)
     assert np.array_equal(decoded, codes)
-    # One stream per chunk: 300 grids are three chunks of 128, 128 and 44.
-    assert encoded.chunk_words is not None and len(encoded.chunk_words) == 3
+    # One stream per chunk: 300 grids are chunks of 128, 128 and 44 (exact: 256 and 44).
+    assert encoded.chunk_words is not None
+    assert len(encoded.chunk_words) == -(-300 // entropy.default_chunk(model))
     assert int(encoded.chunk_words.sum()) == len(encoded.words)
 
 
-def test_each_image_costs_the_same_bits_in_any_file_and_position() -> None:
+@KINDS
+def test_each_image_costs_the_same_bits_in_any_file_and_position(kind: str) -> None:
     """The same grids alone, in files of 1, 7 and 300 (two chunks and a padded tail), and in
     reverse order: identical bits per grid, and every file decodes exactly."""
-    prior = random_prior()
+    model = coder(random_prior(), kind)
     codes = random_codes(300)
-    reference = entropy.encode_with_prior(codes, prior.model).bits
+    reference = entropy.encode_with_prior(codes, model).bits
     for subset in (np.arange(1), np.arange(7), np.arange(300)[::-1], np.arange(5, 300, 37)):
         part = codes[subset]
-        encoded = entropy.encode_with_prior(part, prior.model)
+        encoded = entropy.encode_with_prior(part, model)
         assert np.array_equal(encoded.bits, reference[subset]), subset
-        decoded = entropy.decode_with_prior(
-            encoded.words, encoded.chunk_words, prior.model, part.shape
-        )
+        decoded = entropy.decode_with_prior(encoded.words, encoded.chunk_words, model, part.shape)
         assert np.array_equal(decoded, part)
 
 
-def test_the_callers_threads_and_the_coding_threads_do_not_matter() -> None:
+@KINDS
+def test_the_callers_threads_and_the_coding_threads_do_not_matter(kind: str) -> None:
     """Chunks coded on 1, 2 or 3 threads, whatever torch's own setting: the same words, and
     each decodes on any number of threads; torch's setting is restored."""
-    prior = random_prior()
-    codes = random_codes(300)  # three chunks
+    model = coder(random_prior(), kind)
+    codes = random_codes(600)  # three chunks or more
     before = torch.get_num_threads()
     words = []
     try:
         for torch_threads, coding_threads in ((1, None), (2, None), (2, 1), (1, 3)):
             torch.set_num_threads(torch_threads)
-            encoded = entropy.encode_with_prior(codes, prior.model, threads=coding_threads)
+            encoded = entropy.encode_with_prior(codes, model, threads=coding_threads)
             words.append(encoded.words)
             assert torch.get_num_threads() == torch_threads  # restored
         torch.set_num_threads(2)
         for threads in (1, 2, 3):
             decoded = entropy.decode_with_prior(
-                words[0], encoded.chunk_words, prior.model, codes.shape, threads=threads
+                words[0], encoded.chunk_words, model, codes.shape, threads=threads
             )
             assert np.array_equal(decoded, codes)
     finally:
@@ -155,12 +177,14 @@ def test_chunks_run_with_torch_on_one_thread_and_an_error_stops_them() -> None:
 
     try:
         n = 5 * entropy.CHUNK
-        assert entropy._each_chunk(prior.model, n, work, 2, None) == [
-            i * entropy.CHUNK for i in range(5)
-        ]
+        assert entropy._each_chunk(
+            entropy.FloatPredictor(prior.model), n, work, 2, None, entropy.CHUNK
+        ) == [i * entropy.CHUNK for i in range(5)]
         assert seen == [1] * 5 and torch.get_num_threads() == 2
         with pytest.raises(entropy.StreamError, match="chunk 2"):
-            entropy._each_chunk(prior.model, n, failing, 2, None)
+            entropy._each_chunk(
+                entropy.FloatPredictor(prior.model), n, failing, 2, None, entropy.CHUNK
+            )
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
@@ -177,7 +201,7 @@ def test_a_set_cancel_flag_stops_a_chunk_at_its_next_position() -> None:
         return np.zeros(len(tables), np.int64)
 
     with pytest.raises(entropy._Cancelled):
-        entropy._chunk_steps(prior.model, 3, 4, step, cancelled)
+        entropy._chunk_steps(entropy.FloatPredictor(prior.model), 3, 4, step, cancelled)
     assert calls == [0]
 
 

@@ -85,11 +85,13 @@ def test_compressed_files_name_their_coding_and_prior(tmp_path: Path) -> None:
 
     result = inspect("p.vqc")
     assert result.exit_code == 0, result.output
-    assert "prior (range-coded with the prior's predictions)" in result.stdout
+    assert "exact (range-coded with the prior's exact coding model" in result.stdout
     assert f"{prior.fingerprint[:12]}..." in result.stdout
+    assert f"{str(prior.exact_fingerprint)[:12]}..." in result.stdout
     assert "not decoded" in result.stderr and "--prior P" in result.stderr
     facts = json.loads(inspect("p.vqc", "--json", "-").stdout)
-    assert facts["coding"] == "prior" and facts["prior"] == prior.fingerprint
+    assert facts["coding"] == "exact" and facts["prior"] == prior.fingerprint
+    assert facts["coding_model"] == prior.exact_fingerprint
     assert facts["stream_checked"] is False
     assert facts["payload_bytes"] < facts["file_bytes"]
     assert prior_fingerprint(tmp_path / "p.vqc") == prior.fingerprint

@@ -8,7 +8,8 @@ A run folder holds what one training wrote and what later commands add to it:
 - `eval-<split>.json`: the metrics of `vqtool evaluate` over a split;
 - `rd-<split>.json`: rate-distortion points beside JPEG, WebP and AVIF (`--rate-distortion`);
 - `.lock`: held by the training process, so that a second one on the folder refuses;
-- for a prior run, `codes-<split>.vqc`: the VQ run's codes it trains on.
+- for a prior run, `codes-<split>.vqc`: the VQ run's codes it trains on, and
+  `coding-model.npz`: its exact coding model (vqtool.prior.coding_model).
 
 `RunDir.of` turns a user's path (a run folder, or a checkpoint file) into a run; the readers
 below are forgiving where a run can legitimately be caught mid-write (a torn last line of
@@ -35,6 +36,7 @@ from vqtool.tomlio import TOMLDecodeError, loads_toml
 METRICS_NAME = "metrics.jsonl"
 PROFILE_NAME = "profile.toml"
 CHECKPOINT_NAME = "checkpoint.pt"
+CODING_MODEL_NAME = "coding-model.npz"
 LOCK_NAME = ".lock"
 EVAL_PREFIX = "eval-"
 
@@ -116,6 +118,11 @@ class RunDir:
     def codes_file(self, split: str) -> Path:
         """The code file of a split that a prior run keeps beside its checkpoint."""
         return self.path / f"codes-{split}.vqc"
+
+    def coding_model(self) -> Path:
+        """A prior run's exact coding model (`coding-model.npz`), derived from its checkpoint
+        for compressed files that decode on any machine."""
+        return self.path / CODING_MODEL_NAME
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint.is_file()

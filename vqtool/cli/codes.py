@@ -313,7 +313,9 @@ def _summary_rows(summary: CodeSummary) -> list[tuple[str, Any]]:
     coding = {
         "raw": "raw (uint16 codes, not compressed)",
         "unigram": "unigram (range-coded with the file's own code frequencies)",
-        "prior": "prior (range-coded with the prior's predictions)",
+        "exact": "exact (range-coded with the prior's exact coding model: decodes anywhere)",
+        "prior": "prior (range-coded with the prior's float predictions: decodes only on a "
+        "machine like the one that wrote it)",
     }[summary.coding]
     sizes = [f"{size_text((h, w))} ({counted(n, 'image')})" for h, w, n in summary.size_counts]
     more = len(sizes) - SHOWN_SIZES
@@ -325,6 +327,11 @@ def _summary_rows(summary: CodeSummary) -> list[tuple[str, Any]]:
         ("made by the checkpoint", progress.short_fingerprint(summary.checkpoint)),
         ("coding", coding),
         ("prior", progress.short_fingerprint(summary.prior) if summary.prior else "none"),
+        *(
+            [("exact coding model", progress.short_fingerprint(summary.coding_model))]
+            if summary.coding_model
+            else []
+        ),
         ("format version", summary.version),
         ("images", summary.images),
         ("residual stages", summary.stages),

@@ -18,9 +18,13 @@ decoder compute bit for bit alike; constriction's range coder turns the tables i
 Unigram symbols are coded grid after grid into one stream of uint32 words. Prior coding gives
 each chunk a stream of its own (position by position, row by row within the chunk), the
 streams concatenated and their lengths kept, so that chunks are encoded and decoded on as many
-threads as torch uses, each chunk's arithmetic the same on any of them. A decoder on
-another CPU or torch build may compute other probabilities: codes.py stores a checksum of the
-codes so that such a decode is refused, never silently wrong.
+threads as torch uses, each chunk's arithmetic the same on any of them.
+
+The float prior's arithmetic rounds differently on another CPU, thread count or torch build: a
+file coded with it (coding "prior") decodes only where it was written, and vqc.py stores a
+checksum of the codes so that such a decode is refused, never silently wrong. Files written
+today use the prior's exact coding model instead (coding "exact", `ExactPredictor`,
+vqtool.models.exact_prior): the same integer tables on every machine.
 """
 
 from __future__ import annotations
@@ -39,12 +43,14 @@ from torch import Tensor
 
 from vqtool.errors import UsageError, first_line
 from vqtool.events import Progress
+from vqtool.models.exact_prior import ExactPrior, ExactSteps
 from vqtool.models.steps import PriorSteps
 from vqtool.models.transformer import CodePrior
 from vqtool.threads import torch_threads
 
 PRECISION = 20  # prior frequencies sum to about 2**PRECISION; constriction codes with 24 bits
-CHUNK = 128  # grids per chunk: a stream of its own, coded on a thread of its own
+CHUNK = 128  # grids per chunk of the float prior's coding: a stream of its own, on a thread
+EXACT_CHUNK = 256  # grids per chunk of the exact coding (stored in the file's header)
 MIN_ROWS = 4  # the smallest batch the prior is ever run on (a partial chunk is padded to it)
 DUMMY_CODE = 0  # what padding sequences are fed
 
@@ -54,7 +60,8 @@ _CODING = threading.Lock()
 
 
 class CodingPrior(Protocol):
-    """What entropy coding needs of a prior run: its model and whom it belongs to."""
+    """What entropy coding needs of a prior run: its model, its exact coding model (None when
+    it has none), and whom they belong to."""
 
     @property
     def model(self) -> CodePrior: ...
@@ -64,6 +71,104 @@ class CodingPrior(Protocol):
 
     @property
     def vq_fingerprint(self) -> str: ...  # the VQ checkpoint whose codes it was trained on
+
+    @property
+    def exact(self) -> ExactPrior | None: ...
+
+    @property
+    def exact_fingerprint(self) -> str | None: ...  # the exact coding model's
+
+
+class Tables(Protocol):
+    """One chunk's predictions, position by position."""
+
+    def next(self, previous: Tensor | None) -> np.ndarray:
+        """Integer frequency tables (rows, K_s) float64 of the next position over its stage's
+        K_s codes, fed the tokens (rows,) of the position before (None at the first)."""
+        ...
+
+
+class Predictor(Protocol):
+    """A model that gives the range coder its tables: the float prior or its exact model."""
+
+    length: int  # positions of a token sequence: stages after each other
+    stages: int
+    per_stage: int  # codes of each stage, K_s
+
+    def steps(self, rows: int) -> Tables: ...
+
+    def prepared(self) -> contextlib.AbstractContextManager[None]: ...
+
+
+class FloatPredictor:
+    """The CodePrior's own predictions in float32 on the CPU: `PriorSteps`, then
+    `frequencies_from_logits` over the position's stage. Its tables are the same only on the
+    same CPU and torch build (the coding "prior", still decoded)."""
+
+    def __init__(self, model: CodePrior) -> None:
+        self.model = model
+        self.length = model.length
+        self.stages = model.stages
+        self.per_stage = model.num_embeddings // model.stages
+
+    def steps(self, rows: int) -> Tables:
+        return _FloatTables(self, PriorSteps(self.model, rows))
+
+    @contextlib.contextmanager
+    def prepared(self) -> Iterator[None]:
+        """Eval mode (no dropout); the model is left as it was."""
+        parameter = next(self.model.parameters())
+        if parameter.dtype != torch.float32 or parameter.device.type != "cpu":
+            raise ValueError(
+                f"entropy coding runs the prior in float32 on the CPU, not {parameter.dtype} on "
+                f"{parameter.device}"
+            )
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+
+
+class _FloatTables:
+    def __init__(self, predictor: FloatPredictor, steps: PriorSteps) -> None:
+        self.predictor = predictor
+        self.steps = steps
+
+    def next(self, previous: Tensor | None) -> np.ndarray:
+        t = self.steps.position
+        logits = self.steps.next(previous)
+        if self.predictor.stages > 1:
+            offset = t // (self.predictor.length // self.predictor.stages)
+            offset *= self.predictor.per_stage
+            logits = logits[:, offset : offset + self.predictor.per_stage]
+        return frequencies_from_logits(logits)
+
+
+class ExactPredictor:
+    """The prior's exact coding model: integer tables, the same on every machine."""
+
+    def __init__(self, model: ExactPrior) -> None:
+        self.model = model
+        self.length = model.length
+        self.stages = model.stages
+        self.per_stage = model.per_stage
+
+    def steps(self, rows: int) -> Tables:
+        return _ExactTables(ExactSteps(self.model, rows, PRECISION))
+
+    @contextlib.contextmanager
+    def prepared(self) -> Iterator[None]:
+        yield
+
+
+class _ExactTables:
+    def __init__(self, steps: ExactSteps) -> None:
+        self.steps = steps
+
+    def next(self, previous: Tensor | None) -> np.ndarray:
+        return self.steps.next(previous).numpy()
 
 
 class StreamError(ValueError):
@@ -194,11 +299,12 @@ def frequencies_from_logits(logits: Tensor) -> np.ndarray:
     return torch.floor(scaled).clamp_min_(1.0).double().numpy()
 
 
-def chunks(n: int) -> Iterator[tuple[int, int, int]]:
-    """(start, stop, rows run) of each chunk: CHUNK sequences, the last one padded to a power
-    of two of at least MIN_ROWS. A function of n alone: encoder and decoder run the same."""
-    for start in range(0, n, CHUNK):
-        stop = min(start + CHUNK, n)
+def chunks(n: int, size: int = CHUNK) -> Iterator[tuple[int, int, int]]:
+    """(start, stop, rows run) of each chunk: `size` sequences, the last one padded to a power
+    of two of at least MIN_ROWS. A function of n and size alone: encoder and decoder run the
+    same."""
+    for start in range(0, n, size):
+        stop = min(start + size, n)
         yield start, stop, max(MIN_ROWS, 1 << (stop - start - 1).bit_length())
 
 
@@ -208,23 +314,12 @@ def coding_threads() -> int:
 
 
 @contextlib.contextmanager
-def _coding_mode(model: CodePrior) -> Iterator[None]:
-    """Eval mode (no dropout) and one torch thread per chunk; the model is left as it was."""
-    parameter = next(model.parameters())
-    if parameter.dtype != torch.float32 or parameter.device.type != "cpu":
-        raise ValueError(
-            f"entropy coding runs the prior in float32 on the CPU, not {parameter.dtype} on "
-            f"{parameter.device}"
-        )
-    was_training = model.training
-    model.eval()
-    try:
-        # One torch thread per chunk: how many threads split a matrix product changes its
-        # rounding, so parallel work is whole chunks on threads of their own.
-        with torch_threads(1):
-            yield
-    finally:
-        model.train(was_training)
+def _coding_mode(predictor: Predictor) -> Iterator[None]:
+    """The predictor made ready, and one torch thread per chunk."""
+    # One torch thread per chunk: how many threads split a float matrix product changes its
+    # rounding, and whole chunks on threads of their own use the cores best anyway.
+    with predictor.prepared(), torch_threads(1):
+        yield
 
 
 # One position of one chunk: (t, tables (real rows, K)) -> the real rows' codes at t.
@@ -232,37 +327,33 @@ Step = Callable[[int, np.ndarray], np.ndarray]
 
 
 def _chunk_steps(
-    model: CodePrior,
+    predictor: Predictor,
     real: int,
     rows: int,
     step: Step,
     cancelled: threading.Event,
     positions: int | None = None,
 ) -> None:
-    """Run the prior over one chunk position by position, handing each position's tables for
-    the `real` rows to `step`, which codes or decodes them and returns their codes; padding
-    rows are fed DUMMY_CODE. The only place prior probabilities are computed, for encoder
+    """Run the predictor over one chunk position by position, handing each position's tables
+    for the `real` rows to `step`, which codes or decodes them and returns their codes;
+    padding rows are fed DUMMY_CODE. The only place probabilities are computed, for encoder
     and decoder alike. Raises _Cancelled at the next position once `cancelled` is set.
 
     With stages, a position's table covers its own stage's K codes only (the prior gives the
     other stages' tokens no probability), and `step` sees and returns codes of that stage;
     the prior is fed the tokens s * K + code."""
-    per_position = model.length // model.stages
-    per_stage = model.num_embeddings // model.stages
+    per_position = predictor.length // predictor.stages
     with torch.inference_mode():  # per thread: inference mode does not cross threads
-        steps = PriorSteps(model, rows)
+        steps = predictor.steps(rows)
         previous: Tensor | None = None
-        for t in range(model.length if positions is None else positions):
+        for t in range(predictor.length if positions is None else positions):
             if cancelled.is_set():
                 raise _Cancelled
-            logits = steps.next(previous)
-            offset = t // per_position * per_stage
-            if model.stages > 1:
-                logits = logits[:, offset : offset + per_stage]
-            tables = frequencies_from_logits(logits)
+            tables = steps.next(previous)
+            offset = t // per_position * predictor.per_stage
             fed = np.full(rows, DUMMY_CODE, np.int64)
             fed[:real] = step(t, tables[:real])
-            fed[:real] += offset if model.stages > 1 else 0
+            fed[:real] += offset
             previous = torch.from_numpy(fed)
 
 
@@ -271,21 +362,22 @@ ChunkWork = Callable[[int, int, int, threading.Event], Result]
 
 
 def _each_chunk(
-    model: CodePrior,
+    predictor: Predictor,
     n: int,
     work: ChunkWork[Result],
     threads: int | None,
     on_progress: Progress | None,
+    size: int,
 ) -> list[Result]:
-    """work(start, stop, rows, cancelled) for every chunk of n grids, `threads` chunks at a
-    time (default coding_threads()), results in chunk order. Chunks are independent, so the
-    order in which they run changes nothing. The first error (or an interrupt) cancels the
-    other chunks at their next position and is raised."""
+    """work(start, stop, rows, cancelled) for every chunk of `size` of n grids, `threads`
+    chunks at a time (default coding_threads()), results in chunk order. Chunks are
+    independent, so the order in which they run changes nothing. The first error (or an
+    interrupt) cancels the other chunks at their next position and is raised."""
     threads = coding_threads() if threads is None else threads
-    schedule = list(chunks(n))
+    schedule = list(chunks(n, size))
     cancelled = threading.Event()
     done = 0
-    with _CODING, _coding_mode(model):
+    with _CODING, _coding_mode(predictor):
         if threads <= 1 or len(schedule) == 1:
             results = []
             for start, stop, rows in schedule:
@@ -308,15 +400,25 @@ def _each_chunk(
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def predictor_for(model: CodePrior | ExactPrior) -> Predictor:
+    """The float prior's predictor, or its exact coding model's."""
+    return ExactPredictor(model) if isinstance(model, ExactPrior) else FloatPredictor(model)
+
+
 def encode_with_prior(
     codes: np.ndarray,
-    model: CodePrior,
+    model: CodePrior | ExactPrior,
     on_progress: Progress | None = None,
     threads: int | None = None,
+    chunk_size: int | None = None,
 ) -> Encoded:
-    """Codes (N, h, w) or (N, S, h, w) -> words, each symbol coded with the prior's prediction
-    for it; each chunk of CHUNK grids is a stream of its own (`Encoded.chunk_words`), coding
-    stage after stage, so that a decode of the first stages stops early."""
+    """Codes (N, h, w) or (N, S, h, w) -> words, each symbol coded with the model's prediction
+    for it (an ExactPrior: the same on any machine); each chunk of `chunk_size` grids (CHUNK
+    for the float prior, EXACT_CHUNK for the exact model) is a stream of its own
+    (`Encoded.chunk_words`), coding stage after stage, so that a decode of the first stages
+    stops early."""
+    predictor = predictor_for(model)
+    size = default_chunk(model) if chunk_size is None else chunk_size
     n = codes.shape[0]
     flat = codes.reshape(n, -1).astype(np.int32)  # stage after stage: codes of each stage
 
@@ -333,10 +435,10 @@ def encode_with_prior(
             bits[:] += _bits(tables, symbols)
             return symbols
 
-        _chunk_steps(model, stop - start, rows, step, cancelled, flat.shape[1])
+        _chunk_steps(predictor, stop - start, rows, step, cancelled, flat.shape[1])
         return encoder.get_compressed(), bits
 
-    parts = _each_chunk(model, n, chunk, threads, on_progress)
+    parts = _each_chunk(predictor, n, chunk, threads, on_progress, size)
     words = [part[0] for part in parts]
     return Encoded(
         np.concatenate(words).astype(np.uint32),
@@ -345,10 +447,18 @@ def encode_with_prior(
     )
 
 
-def chunk_spans(chunk_words: np.ndarray, n: int, words: int) -> list[tuple[int, int]]:
-    """Each chunk's (first word, end) in a stream of `words` words for n grids, from the chunk
-    lengths; raises StreamError when they cannot be the chunks of such a stream."""
-    expected = len(range(0, n, CHUNK))
+def default_chunk(model: CodePrior | ExactPrior) -> int:
+    """Grids per chunk: EXACT_CHUNK for the exact model, CHUNK for the float prior."""
+    return EXACT_CHUNK if isinstance(model, ExactPrior) else CHUNK
+
+
+def chunk_spans(
+    chunk_words: np.ndarray, n: int, words: int, size: int = CHUNK
+) -> list[tuple[int, int]]:
+    """Each chunk's (first word, end) in a stream of `words` words for n grids in chunks of
+    `size`, from the chunk lengths; raises StreamError when they cannot be the chunks of such
+    a stream."""
+    expected = len(range(0, n, size))
     total = int(chunk_words.sum(dtype=np.uint64))
     if len(chunk_words) != expected or total != words:
         raise StreamError(
@@ -364,23 +474,26 @@ def chunk_spans(chunk_words: np.ndarray, n: int, words: int) -> list[tuple[int, 
 def decode_with_prior(
     words: np.ndarray,
     chunk_words: np.ndarray,
-    model: CodePrior,
+    model: CodePrior | ExactPrior,
     shape: tuple[int, ...],
     on_progress: Progress | None = None,
     threads: int | None = None,
     stages: int | None = None,
+    chunk_size: int | None = None,
 ) -> np.ndarray:
     """Words -> codes uint16 `shape` ((N, h, w) or (N, S, h, w)), or only their first `stages`
     stages (each chunk's decoder stops there); raises StreamError when the words do not fit."""
+    predictor = predictor_for(model)
+    size = default_chunk(model) if chunk_size is None else chunk_size
     n = shape[0]
-    spans = chunk_spans(chunk_words, n, len(words))
+    spans = chunk_spans(chunk_words, n, len(words), size)
     total = shape[1] if len(shape) == 4 else 1
     wanted = total if stages is None else stages
-    positions = model.length // model.stages * wanted
+    positions = predictor.length // predictor.stages * wanted
     decoded = np.empty((n, positions), np.uint16)
 
     def chunk(start: int, stop: int, rows: int, cancelled: threading.Event) -> None:
-        begin, end = spans[start // CHUNK]
+        begin, end = spans[start // size]
         decoder = constriction.stream.queue.RangeDecoder(words[begin:end])
         family = constriction.stream.model.Categorical(perfect=False)
 
@@ -390,11 +503,11 @@ def decode_with_prior(
             decoded[start:stop, t] = symbols
             return symbols
 
-        _chunk_steps(model, stop - start, rows, step, cancelled, positions)
+        _chunk_steps(predictor, stop - start, rows, step, cancelled, positions)
         if wanted == total:  # a prefix leaves the later stages' words unread
             _check_exhausted(decoder)
 
-    _each_chunk(model, n, chunk, threads, on_progress)
+    _each_chunk(predictor, n, chunk, threads, on_progress, size)
     return decoded.reshape(shape if len(shape) == 3 else (n, wanted, *shape[2:]))
 
 

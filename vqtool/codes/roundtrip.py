@@ -109,7 +109,8 @@ def round_trip(
     kept = encoding.kept
     prior_bits = None
     if prior is not None:
-        prior_bits = encode_with_prior(codes[kept], prior.model, on_prior).bits
+        coder = prior.model if prior.exact is None else prior.exact
+        prior_bits = encode_with_prior(codes[kept], coder, on_prior).bits
     return RoundTrip(
         names=tuple(item.name for item, keep in zip(encoding.items, kept, strict=True) if keep),
         sizes=np.array([encoding.size_of(int(i)) for i in np.flatnonzero(kept)], np.int32),

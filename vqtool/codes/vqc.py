@@ -12,14 +12,19 @@ A compressed file (`vqtool encode --compress`) is version 2: the codes range-cod
 entropy.py) in a `stream` member, names and sizes stored compactly:
 
 - `header`: uint8, the UTF-8 bytes of the JSON (a quarter of the unicode array's size), with
-  "version": 2 and, beside the keys above, "coding" ("unigram" | "prior"),
+  "version": 2 and, beside the keys above, "coding" ("unigram" | "exact" | "prior"),
   "prior" (the prior checkpoint's fingerprint, null for unigram), "images" (N), "words"
   (uint32 words in the stream) and "codes_sha256" (of the codes as uint16 little-endian
   (N, h, w)), which a decode must reproduce: a damaged stream, or a prior that computes other
-  probabilities on another machine, is refused instead of decoded wrong;
+  probabilities on another machine, is refused instead of decoded wrong; an "exact" file also
+  has "coding_model" (the fingerprint of the prior's exact coding model, whose integer tables
+  are the same on every machine: vqtool.models.exact_prior) and "chunk" (images per chunk);
+  "prior" (the float prior's tables) is what vqtool wrote before: decoded where it was
+  written;
 - `stream`: uint32 (W,), constriction's range coder words;
-- `chunks` (prior only): uint32 (C,), the words of each chunk's stream, in order: prior
-  coding codes every entropy.CHUNK images as a stream of their own, C = ceil(N / CHUNK);
+- `chunks` (prior and exact only): uint32 (C,), the words of each chunk's stream, in order:
+  prior coding codes every entropy.CHUNK images as a stream of their own (exact coding every
+  "chunk" images, a header key), C = ceil(N / chunk);
 - `names`: uint8, UTF-8 text, one line per name; a line `PREFIX<US>FIRST<US>COUNT` (US the
   control character 0x1f, never in a name) stands for COUNT names PREFIX + FIRST, FIRST + 1,
   ... written with at least as many digits as FIRST has (cifar10-test-00000 to -09999);
@@ -77,9 +82,12 @@ STAGED_COMPRESSED_VERSION = 4  # compressed, codes of S stages
 RAW_VERSIONS = (VERSION, STAGED_VERSION)
 COMPRESSED_VERSIONS = (COMPRESSED_VERSION, STAGED_COMPRESSED_VERSION)
 MAX_STAGES = 64
-CODINGS = ("unigram", "prior")
+CODINGS = ("unigram", "exact", "prior")
+EXACT_KEYS = ("coding_model", "chunk")  # the exact coding's own header keys
+PREDICTED = ("exact", "prior")  # codings whose stream is coded in chunks by a prior's tables
 MAX_HEADER_BYTES = 1 << 16
 MAX_COMPRESSED_CODES = 1 << 28  # what a compressed file may expand to (512 MiB of uint16)
+MAX_CHUNK = 1 << 16  # images per chunk of a prior-coded stream, at most
 RUN_MARK = "\x1f"  # a control character: never part of a stored name
 MAX_DEFLATE_RATIO = 64
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the zip epoch: timestamps would make equal files differ
@@ -213,16 +221,20 @@ def _compressed_arrays(
         entropy.check_prior(
             prior, code_file.checkpoint, code_file.num_embeddings, grid, code_file.stages
         )
-        encoded = entropy.encode_with_prior(codes, prior.model, on_progress)
+        if prior.exact is None:
+            raise ValueError("the prior has no exact coding model to code with")
+        encoded = entropy.encode_with_prior(codes, prior.exact, on_progress)
     staged = codes.ndim == 4
     header = code_file.header() | {
         "version": STAGED_COMPRESSED_VERSION if staged else COMPRESSED_VERSION,
-        "coding": "unigram" if prior is None else "prior",
+        "coding": "unigram" if prior is None else "exact",
         "prior": None if prior is None else prior.fingerprint,
         "images": len(code_file.names),
         "words": len(encoded.words),
         "codes_sha256": _checksums(codes),
     }
+    if prior is not None:
+        header |= {"coding_model": prior.exact_fingerprint, "chunk": entropy.EXACT_CHUNK}
     arrays = {
         "header": np.frombuffer(json.dumps(header).encode(), np.uint8),
         "stream": np.ascontiguousarray(encoded.words, dtype="<u4"),
@@ -338,7 +350,7 @@ class CodeSummary:
     `read_codes` does, but a prior-coded stream is not decoded (that needs the prior)."""
 
     version: int
-    coding: str  # "raw" (version 1), "unigram" or "prior" (version 2)
+    coding: str  # "raw" (versions 1 and 3), "unigram", "exact" or "prior" (versions 2 and 4)
     checkpoint: str  # fingerprint of the VQ checkpoint whose model made the codes
     prior: str | None  # fingerprint of the prior that coded the stream ("prior" coding only)
     images: int  # N
@@ -352,6 +364,7 @@ class CodeSummary:
     last_name: str
     stream_checked: bool  # False for a prior-coded stream: decoding it with its prior checks it
     stages: int = 1  # residual stages stored (versions 3 and 4)
+    coding_model: str | None = None  # fingerprint of the exact coding model ("exact" only)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -380,6 +393,7 @@ class CodeSummary:
             "coding": self.coding,
             "checkpoint": self.checkpoint,
             "prior": self.prior,
+            "coding_model": self.coding_model,
             "images": self.images,
             "stages": self.stages,
             "sizes": [
@@ -441,6 +455,7 @@ def describe_codes(path: Path) -> CodeSummary:
         last_name=names[-1],
         stream_checked=checked,
         stages=int(header.get("stages", 1)),
+        coding_model=header.get("coding_model"),
     )
 
 
@@ -456,7 +471,7 @@ def prior_fingerprint(path: Path) -> str | None:
     except Exception:  # whatever is wrong, read_codes finds and reports it
         return None
     fingerprint = header.get("prior")
-    if header.get("coding") != "prior" or not isinstance(fingerprint, str):
+    if header.get("coding") not in PREDICTED or not isinstance(fingerprint, str):
         return None
     return fingerprint if _FINGERPRINT.fullmatch(fingerprint) else None
 
@@ -610,6 +625,16 @@ def _header(array: np.ndarray, path: Path) -> dict[str, Any]:
     keys = HEADER_KEYS if version in RAW_VERSIONS else COMPRESSED_KEYS
     if version in (STAGED_VERSION, STAGED_COMPRESSED_VERSION):
         keys = (*keys, "stages")
+    coding = header.get("coding")
+    if version in COMPRESSED_VERSIONS and isinstance(coding, str) and coding not in CODINGS:
+        raise WorkError(
+            f"unknown coding {str(header.get('coding'))[:20]!r} (this vqtool reads "
+            f"{', '.join(CODINGS)})",
+            path,
+            "decode it with the vqtool version that wrote it",
+        )
+    if version in COMPRESSED_VERSIONS and header.get("coding") == "exact":
+        keys = (*keys, *EXACT_KEYS)
     if sorted(header) != sorted(keys):
         raise _damaged(f"the header's keys are {sorted(header)[:10]}", path)
     if "stages" in header and not _int(header["stages"], 1, MAX_STAGES):
@@ -698,7 +723,13 @@ def _from_compressed(
         else:
             model = _prior_for(header, prior, path)
             codes = entropy.decode_with_prior(
-                arrays["stream"], arrays["chunks"], model, shape, on_progress, stages=stages
+                arrays["stream"],
+                arrays["chunks"],
+                model,
+                shape,
+                on_progress,
+                stages=stages,
+                chunk_size=header.get("chunk", entropy.CHUNK),
             )
     except StreamError as exc:
         raise _undecodable(coding, str(exc), path) from exc
@@ -738,14 +769,20 @@ def _check_compressed_header(
             "decode it with the vqtool that wrote it, or encode the images again",
         )
     if ("frequencies" in arrays) != (coding == "unigram") or ("chunks" in arrays) != (
-        coding == "prior"
+        coding in PREDICTED
     ):
         raise _damaged(f"coding {coding} with members {sorted(arrays)}", path)
     fingerprint = header["prior"]
-    if coding == "prior" and not (
+    if coding in PREDICTED and not (
         isinstance(fingerprint, str) and _FINGERPRINT.fullmatch(fingerprint)
     ):
         raise _damaged("the header's prior is not a sha256 fingerprint", path)
+    if coding == "exact":
+        model = header["coding_model"]
+        if not (isinstance(model, str) and _FINGERPRINT.fullmatch(model)):
+            raise _damaged("the header's coding_model is not a sha256 fingerprint", path)
+        if not _int(header["chunk"], 1, MAX_CHUNK):
+            raise _damaged(f"the header's chunk is not an integer in 1..{MAX_CHUNK}", path)
     if coding == "unigram" and fingerprint is not None:
         raise _damaged("a unigram file names a prior", path)
     stored = header.get("stages")
@@ -767,14 +804,17 @@ def _check_compressed_header(
             f"the header says {str(header['words'])[:20]} words, the stream holds {len(stream)}",
             path,
         )
-    if coding == "prior":
-        _check_chunks(arrays["chunks"], n, len(stream), path)
+    if coding in PREDICTED:
+        chunk = header.get("chunk", entropy.CHUNK)
+        _check_chunks(arrays["chunks"], n, len(stream), path, chunk)
 
 
-def _check_chunks(chunk_words: np.ndarray, n: int, words: int, path: Path) -> None:
-    """The chunk lengths of a prior-coded stream: uint32, one per entropy.CHUNK images,
-    summing to the stream's words (entropy.chunk_spans), before any decoding."""
-    expected = -(-n // entropy.CHUNK)
+def _check_chunks(
+    chunk_words: np.ndarray, n: int, words: int, path: Path, chunk: int = entropy.CHUNK
+) -> None:
+    """The chunk lengths of a prior-coded stream: uint32, one per `chunk` images, summing to
+    the stream's words (entropy.chunk_spans), before any decoding."""
+    expected = -(-n // chunk)
     if chunk_words.dtype != np.uint32 or chunk_words.shape != (expected,):
         raise _damaged(
             f"chunks must be uint32 ({expected},) for {n} images, got {chunk_words.dtype} "
@@ -782,7 +822,7 @@ def _check_chunks(chunk_words: np.ndarray, n: int, words: int, path: Path) -> No
             path,
         )
     try:
-        entropy.chunk_spans(chunk_words, n, words)
+        entropy.chunk_spans(chunk_words, n, words, chunk)
     except StreamError as exc:
         raise _damaged(str(exc), path) from exc
 
@@ -790,7 +830,7 @@ def _check_chunks(chunk_words: np.ndarray, n: int, words: int, path: Path) -> No
 def _undecodable(coding: str, what: str, path: Path) -> WorkError:
     """A stream that does not give back the file's codes: damaged, or (with a prior) decoded
     where the prior's arithmetic differs from the encoder's."""
-    if coding == "unigram":
+    if coding != "prior":  # unigram and exact tables are the same on every machine
         return _damaged(what, path)
     return WorkError(
         f"{what}: the stream is damaged, or this machine computes the prior's probabilities "
@@ -868,7 +908,18 @@ def _prior_for(header: dict[str, Any], prior: CodingPrior | None, path: Path) ->
     grid = (header["image_size"][0] // DOWNSAMPLE, header["image_size"][1] // DOWNSAMPLE)
     stages = header.get("stages") or 1
     entropy.check_prior(prior, header["checkpoint"], header["num_embeddings"], grid, stages)
-    return prior.model
+    if header["coding"] == "prior":
+        return prior.model
+    wanted = header["coding_model"]
+    if prior.exact is None or prior.exact_fingerprint != wanted:
+        have = "none" if prior.exact_fingerprint is None else f"{prior.exact_fingerprint[:12]}..."
+        raise UsageError(
+            f"the code file was coded with the prior's exact coding model {wanted[:12]}..., "
+            f"this prior run has {have}",
+            path,
+            "pass the prior run folder it was compressed with, with its coding-model.npz",
+        )
+    return prior.exact
 
 
 def _validate(

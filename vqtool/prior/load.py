@@ -16,7 +16,9 @@ from vqtool.checkpoint import (
 from vqtool.codes.vqc import MAX_STAGES
 from vqtool.errors import UsageError, VqtoolError, WorkError
 from vqtool.models.config import DOWNSAMPLE
+from vqtool.models.exact_prior import ExactPrior
 from vqtool.models.transformer import CodePrior
+from vqtool.prior.coding_model import CodingModel, coding_model_for
 from vqtool.profiles import (
     PriorProfile,
     prior_profile_from_dict,
@@ -83,10 +85,19 @@ class LoadedPrior(NamedTuple):
     fingerprint: str  # the prior checkpoint's
     vq: VQFacts
     path: Path  # the checkpoint file
+    coding: CodingModel | None = None  # its exact coding model (load_coding_prior)
 
     @property
     def vq_fingerprint(self) -> str:
         return self.vq.fingerprint
+
+    @property
+    def exact(self) -> ExactPrior | None:
+        return None if self.coding is None else self.coding.model
+
+    @property
+    def exact_fingerprint(self) -> str | None:
+        return None if self.coding is None else self.coding.fingerprint
 
 
 def load_prior(path: str | Path, device: str | torch.device = "cpu") -> LoadedPrior:
@@ -115,8 +126,14 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> LoadedPr
 
 
 def load_coding_prior(path: str | Path) -> LoadedPrior:
-    """The prior run (or checkpoint) at `path`, on the CPU, where entropy coding runs."""
-    return load_prior(path, "cpu")
+    """The prior run (or checkpoint) at `path`, on the CPU, where entropy coding runs, with its
+    exact coding model (derived and stored in the run folder the first time)."""
+    prior = load_prior(path, "cpu")
+    if prior.model.config.conditional:
+        return prior  # coding refuses it by name (entropy.check_prior)
+    files = RunDir.at(prior.path.parent)
+    coding = coding_model_for(files, prior.model, prior.fingerprint, prior.vq.fingerprint)
+    return prior._replace(coding=coding)
 
 
 def find_prior(vq_run: str | Path, fingerprint: str) -> Path | None:

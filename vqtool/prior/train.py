@@ -38,7 +38,7 @@ from vqtool.events import TrainCallback, TrainEvent
 from vqtool.models.transformer import CodePrior
 from vqtool.prior.data import PriorData, prepare_codes
 from vqtool.prior.evaluate import evaluate_codes
-from vqtool.prior.load import PRIOR_DIR, VQFacts
+from vqtool.prior.load import PRIOR_DIR, VQFacts, load_coding_prior
 from vqtool.process import StopSignals
 from vqtool.profiles import (
     PriorProfile,
@@ -313,6 +313,8 @@ def train_prior(
             notify(TrainEvent("start", trainer.step, cfg.steps, start))
             result = trainer.run(stop)
         notify(TrainEvent("end", result.step, cfg.steps, result.last_record))
+        if writer:  # files coded with it decode on any machine: derive it once, here
+            load_coding_prior(files.path)
         return result
 
 

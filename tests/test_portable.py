@@ -1,0 +1,183 @@
+"""Prior-coded files decode on any machine: the exact coding model's tables, computed in
+processes that emulate other machines, are the same as this process's.
+
+The variables act only when set before torch is imported, so each other machine is a
+subprocess: ATEN_CPU_CAPABILITY=default (no vector kernels) or avx2 (a CPU without AVX-512),
+ONEDNN_MAX_CPU_ISA=AVX2 (oneDNN on such a CPU), MKL_ENABLE_INSTRUCTIONS=SSE4_2 (older BLAS
+kernels), and one thread. A float prior's file fails under some of them; an exact one never.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_codes_stages import staged_file, staged_prior
+from test_entropy import random_codes, random_prior
+from test_found_prior import CODING
+from typer.testing import CliRunner
+
+from vqtool.cli import app
+from vqtool.codes import entropy
+from vqtool.codes.vqc import read_codes
+from vqtool.prior.coding_model import (
+    CodingModel,
+    derive_coding_model,
+    load_coding_model,
+    save_coding_model,
+)
+from vqtool.prior.train import train_prior
+from vqtool.profiles import load_prior_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+MACHINES = {
+    "no vector kernels": {"ATEN_CPU_CAPABILITY": "default"},
+    "AVX2 CPU": {"ATEN_CPU_CAPABILITY": "avx2"},
+    "oneDNN on AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "SSE4.2 BLAS": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+    "one thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+}
+# Another machine: decode the words this process wrote, and encode the same codes again.
+OTHER_MACHINE = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from pathlib import Path
+    from vqtool.codes import entropy
+    from vqtool.prior.coding_model import load_coding_model
+
+    folder = Path(sys.argv[1])
+    model = load_coding_model(folder / "coding-model.npz").model
+    data = np.load(folder / "coded.npz")
+    codes = data["codes"]
+    decoded = entropy.decode_with_prior(data["words"], data["chunks"], model, codes.shape)
+    assert np.array_equal(decoded, codes), "decoded other codes"
+    again = entropy.encode_with_prior(codes, model)
+    np.savez(folder / "again.npz", words=again.words, chunks=again.chunk_words)
+    """
+)
+
+
+def elsewhere(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """A Python process started with `env` set before torch is imported."""
+    full = os.environ | env | {"PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, *args], env=full, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize("stages", [1, 3])
+def test_exact_tables_are_the_same_on_every_emulated_machine(stages: int, tmp_path: Path) -> None:
+    """Codes coded here decode in every other process to the same codes, and coded there
+    give the same words as here (the reverse direction)."""
+    if stages == 1:
+        prior, codes = random_prior(k=64, grid=(4, 4)), random_codes(300, 64, (4, 4))
+    else:
+        prior, codes = staged_prior(stages), staged_file(stages).codes
+    assert prior.exact is not None and prior.exact_fingerprint is not None
+    coding = CodingModel(prior.exact, prior.exact_fingerprint, prior.fingerprint, "a" * 64)
+    save_coding_model(tmp_path / "coding-model.npz", coding)
+    model = load_coding_model(tmp_path / "coding-model.npz").model
+    encoded = entropy.encode_with_prior(codes, model)
+    assert encoded.chunk_words is not None
+    np.savez(tmp_path / "coded.npz", codes=codes, words=encoded.words, chunks=encoded.chunk_words)
+    for name, env in MACHINES.items():
+        done = elsewhere(env, "-c", OTHER_MACHINE, str(tmp_path))
+        assert done.returncode == 0, f"{name}: {done.stderr[-2000:]}"
+        again = np.load(tmp_path / "again.npz")
+        assert np.array_equal(again["words"], encoded.words), name
+        assert np.array_equal(again["chunks"], encoded.chunk_words), name
+
+
+def test_the_stored_model_is_the_derived_one(tmp_path: Path) -> None:
+    prior = random_prior()
+    assert prior.exact is not None
+    codes = torch.from_numpy(random_codes(64).astype(np.int64)).view(64, -1)
+    coding = derive_coding_model(prior.model, codes, prior.fingerprint, prior.vq_fingerprint)
+    save_coding_model(tmp_path / "m.npz", coding)
+    loaded = load_coding_model(tmp_path / "m.npz")
+    assert loaded.fingerprint == coding.fingerprint and loaded.prior == prior.fingerprint
+    sample = random_codes(40)
+    assert np.array_equal(
+        entropy.encode_with_prior(sample, loaded.model).words,
+        entropy.encode_with_prior(sample, coding.model).words,
+    )
+
+
+def test_the_exact_model_costs_what_the_float_prior_costs() -> None:
+    """Bits under the exact tables within 1% of the float prior's on the same codes."""
+    prior = random_prior()
+    assert prior.exact is not None
+    codes = random_codes(300)
+    exact = entropy.encode_with_prior(codes, prior.exact).bits.sum()
+    float_bits = entropy.encode_with_prior(codes, prior.model).bits.sum()
+    assert exact <= 1.01 * float_bits
+
+
+def test_a_damaged_coding_model_is_one_line(tmp_path: Path) -> None:
+    prior = random_prior()
+    codes = torch.from_numpy(random_codes(16).astype(np.int64)).view(16, -1)
+    coding = derive_coding_model(prior.model, codes, prior.fingerprint, prior.vq_fingerprint)
+    path = tmp_path / "m.npz"
+    save_coding_model(path, coding)
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    arrays["head.weight"] = arrays["head.weight"] + 1
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    from vqtool.errors import WorkError
+
+    with pytest.raises(WorkError, match="do not match its fingerprint"):
+        load_coding_model(path)
+    path.write_bytes(b"not a zip")
+    with pytest.raises(WorkError, match="not a readable exact coding model"):
+        load_coding_model(path)
+
+
+def pngs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def coding_prior(
+    trained_run: Path, trained_data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """An unconditional prior over the session's VQ run, trained for 4 steps."""
+    folder = tmp_path_factory.mktemp("portable") / "prior"
+    train_prior(trained_run, load_prior_profile("prior-coding", CODING), folder, trained_data_dir)
+    return folder
+
+
+def test_a_file_encoded_here_decodes_elsewhere_and_back(
+    trained_run: Path, trained_data_dir: Path, coding_prior: Path, tmp_path: Path
+) -> None:
+    """Through the command line: `encode --prior P` here, decode on an emulated AVX2 machine
+    to the raw file's PNGs; encode on a machine without vector kernels, decode here."""
+    prior_run = coding_prior
+    runner = CliRunner()
+    common = ["encode", str(trained_run), "cifar10:test", "--data-dir", str(trained_data_dir)]
+    assert runner.invoke(app, [*common, "-o", "raw.vqc"]).exit_code == 0
+    assert runner.invoke(app, ["decode", str(trained_run), "raw.vqc", "-o", "raw"]).exit_code == 0
+    result = runner.invoke(app, [*common, "-o", "here.vqc", "--prior", str(prior_run)])
+    assert result.exit_code == 0, result.output
+    assert (prior_run / "coding-model.npz").is_file()
+    decode = ["-m", "vqtool", "decode", str(trained_run)]
+    done = elsewhere(MACHINES["AVX2 CPU"], *decode, "here.vqc", "-o", "there",
+                     "--prior", str(prior_run))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert pngs(tmp_path / "there") == pngs(tmp_path / "raw")
+    encode = ["-m", "vqtool", *common, "-o", "there.vqc", "--prior", str(prior_run)]
+    done = elsewhere(MACHINES["no vector kernels"], *encode)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "there.vqc").read_bytes() == (tmp_path / "here.vqc").read_bytes()
+    back = ["decode", str(trained_run), "there.vqc", "-o", "back", "--prior", str(prior_run)]
+    result = runner.invoke(app, back)
+    assert result.exit_code == 0, result.output
+    assert pngs(tmp_path / "back") == pngs(tmp_path / "raw")
+    assert read_codes(tmp_path / "raw.vqc").codes.shape[0] == len(pngs(tmp_path / "raw"))

@@ -1,0 +1,158 @@
+"""A prior run's exact coding model: derived once from its checkpoint, stored beside it as
+`coding-model.npz`, named by its own fingerprint in every file it codes.
+
+Derivation runs the float prior over the first CALIBRATION grids of the run's training codes
+(`codes-train.vqc`) to set the clamps (vqtool.models.exact_prior.derive). Its float arithmetic
+may differ between machines, so the model is derived once and stored: a file coded with it
+decodes wherever the same `coding-model.npz` is, whatever the CPU, thread count, torch
+version or device. Loading never runs code: numpy arrays (`allow_pickle=False`) and a JSON
+header, the arrays' fingerprint checked and the sums' bounds checked again.
+
+The file: an NPZ of `header` (uint8, UTF-8 JSON {"format": "vqtool-coding-model", "version":
+1, "prior": the prior checkpoint's fingerprint, "checkpoint": the VQ checkpoint's,
+"fingerprint": sha256 over the arrays (name, dtype, shape, little-endian bytes, in name
+order), "sizes": {width, heads, layers, length, num_embeddings, stages}, "fractions": {...}})
+and one array per tensor of `exact_prior.tensors`: weights int32, biases int64, scales
+float64, tables int64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from vqtool.errors import WorkError
+from vqtool.files import save_or_fail
+from vqtool.models import exact_prior
+from vqtool.models.exact_prior import ExactPrior
+from vqtool.models.transformer import CodePrior
+from vqtool.prior.data import prior_tokens
+from vqtool.runs import RunDir
+
+FORMAT = "vqtool-coding-model"
+VERSION = 1
+CALIBRATION = 512  # training grids the clamps are calibrated on
+MAX_FILE_BYTES = 1 << 31
+
+
+class CodingModel(NamedTuple):
+    model: ExactPrior
+    fingerprint: str  # of its arrays
+    prior: str  # the prior checkpoint's fingerprint
+    checkpoint: str  # the VQ checkpoint's
+
+
+def _arrays(model: ExactPrior) -> dict[str, np.ndarray]:
+    """The model's tensors as the file stores them: whole numbers as integers."""
+    out = {}
+    for name, tensor in exact_prior.tensors(model).items():
+        kind = "<f8" if name.endswith(".scale") else "<i4" if name.endswith(".weight") else "<i8"
+        out[name] = np.ascontiguousarray(tensor.numpy().astype(kind))
+    return out
+
+
+def arrays_fingerprint(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over the arrays in name order: name, dtype, shape, little-endian bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = arrays[name]
+        digest.update(name.encode())
+        digest.update(array.dtype.str.encode())
+        digest.update(str(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def derive_coding_model(
+    model: CodePrior, calibration: torch.Tensor, prior: str, vq: str
+) -> CodingModel:
+    """The exact model of `model`, calibrated on token grids (B, T), with its fingerprint."""
+    exact = exact_prior.derive(model, calibration)
+    return CodingModel(exact, arrays_fingerprint(_arrays(exact)), prior, vq)
+
+
+def calibration_tokens(run: RunDir) -> torch.Tensor:
+    """The first CALIBRATION grids of a prior run's training codes, as token sequences (B, T)."""
+    from vqtool.codes.vqc import read_codes  # the code file's owner
+
+    path = run.codes_file("train")
+    if not path.is_file():
+        raise WorkError(
+            "cannot derive the prior's exact coding model: its training codes are missing",
+            path,
+            "run vqtool prior R --resume --run-dir P once to write them again",
+        )
+    tokens = prior_tokens(read_codes(path))
+    return tokens[:CALIBRATION].reshape(min(CALIBRATION, tokens.shape[0]), -1)
+
+
+def save_coding_model(path: Path, coding: CodingModel) -> None:
+    """Write the model's file (atomically); WorkError when it cannot be written."""
+    model = coding.model
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "prior": coding.prior,
+        "checkpoint": coding.checkpoint,
+        "fingerprint": coding.fingerprint,
+        "sizes": {
+            "width": model.width,
+            "heads": model.heads,
+            "layers": len(model.layers),
+            "length": model.length,
+            "num_embeddings": model.num_embeddings,
+            "stages": model.stages,
+        },
+        "fractions": asdict(model.fractions),
+    }
+    arrays = _arrays(model) | {"header": np.frombuffer(json.dumps(header).encode(), np.uint8)}
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **arrays)
+    save_or_fail(path, lambda f: f.write(buffer.getvalue()), "the exact coding model")
+
+
+def load_coding_model(path: Path) -> CodingModel:
+    """Read and check a coding model file; WorkError when it is damaged or not one."""
+    fix = "delete it: vqtool derives it again from the prior's checkpoint"
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ValueError("larger than any coding model")
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        header = json.loads(arrays.pop("header").tobytes().decode())
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise ValueError("not a vqtool coding model")
+        if header.get("version") != VERSION:
+            raise ValueError(f"unsupported version {str(header.get('version'))[:20]}")
+        fingerprint = arrays_fingerprint(arrays)
+        if fingerprint != header["fingerprint"]:
+            raise ValueError("its arrays do not match its fingerprint")
+        named = {name: torch.from_numpy(array.astype(np.float64)) for name, array in arrays.items()}
+        model = exact_prior.from_tensors(header["sizes"], header["fractions"], named)
+        return CodingModel(model, fingerprint, str(header["prior"]), str(header["checkpoint"]))
+    except OSError as exc:
+        raise WorkError(f"cannot read the exact coding model: {exc.strerror}", path, fix) from exc
+    except (ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile, EOFError) as exc:
+        what = str(exc)[:120]
+        raise WorkError(f"not a readable exact coding model: {what}", path, fix) from exc
+
+
+def coding_model_for(run: RunDir, model: CodePrior, prior: str, vq: str) -> CodingModel:
+    """The prior run's exact coding model: its stored file when that belongs to this prior
+    checkpoint, else derived now and stored (WorkError when it cannot be written)."""
+    path = run.coding_model()
+    if path.is_file():
+        stored = load_coding_model(path)
+        if stored.prior == prior and stored.checkpoint == vq:
+            return stored
+    coding = derive_coding_model(model, calibration_tokens(run), prior, vq)
+    save_coding_model(path, coding)
+    return coding
