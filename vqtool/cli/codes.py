@@ -149,7 +149,7 @@ def _encoded(codes: Any) -> str:
         images = f"{counted(n, 'image')} of {shape}"
     else:
         images = f"{counted(n, 'image')} of mixed sizes, padded to {padded},"
-    staged = f"{codes.stages} stage(s) of " if codes.codes.ndim == 4 else ""
+    staged = f"{counted(codes.stages, 'stage')} of " if codes.codes.ndim == 4 else ""
     return f"{images} as {staged}{h}x{w} codes of {codes.num_embeddings}"
 
 
@@ -177,7 +177,8 @@ def decode(
         Path | None,
         typer.Option(
             help="Also write the first images side by side to this PNG, each at its own size "
-            "(as many as fit 1024x1024 pixels): pixels only, in the code file's order, row by "
+            "(small ones enlarged by a whole factor, each pixel a square; as many as fit "
+            "1024x1024 pixels): pixels only, in the code file's order, row by "
             "row. vqtool roundtrip shows originals, names and PSNR.",
             metavar="FILE",
             show_default=False,

@@ -26,7 +26,7 @@ from vqtool.codes.entropy import CodingPrior, check_prior
 from vqtool.codes.inputs import ImageItem, find_images, load_item
 from vqtool.codes.names import name_problem, unique_names
 from vqtool.codes.vqc import CodeFile, check_codes_for_model, check_stages, read_codes
-from vqtool.errors import UsageError, WorkError, os_reason
+from vqtool.errors import UsageError, WorkError, counted, os_reason
 from vqtool.events import Progress
 from vqtool.files import (
     DISK_FIX,
@@ -270,7 +270,7 @@ def _note_skips(
         shown = ", ".join(str(p) for p in not_images[:NAMED_SKIPS])
         more = len(not_images) - NAMED_SKIPS
         note(
-            f"skipped {len(not_images)} file(s) that are not images: {shown}"
+            f"skipped {counted(len(not_images), 'non-image file')}: {shown}"
             + (f" and {more} more" if more > 0 else "")
         )
     for problem in damaged[:NAMED_SKIPS]:
@@ -278,7 +278,7 @@ def _note_skips(
     if damaged:
         unnamed = len(damaged) - NAMED_SKIPS
         rest = f", {unnamed} not named" if unnamed > 0 else ""
-        note(f"skipped {len(damaged)} damaged image(s){rest}; --strict refuses them")
+        note(f"skipped {counted(len(damaged), 'damaged image')}{rest}; --strict refuses them")
 
 
 class DecodeResult(NamedTuple):

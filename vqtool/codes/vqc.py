@@ -60,7 +60,7 @@ import numpy as np
 from vqtool.codes import entropy
 from vqtool.codes.entropy import CodingPrior, StreamError
 from vqtool.codes.names import name_problem
-from vqtool.errors import UsageError, VqtoolError, WorkError, first_line, os_reason
+from vqtool.errors import UsageError, VqtoolError, WorkError, counted, first_line, os_reason
 from vqtool.events import Progress
 from vqtool.files import check_output_file, save_or_fail
 from vqtool.images.pixels import padded_size
@@ -331,9 +331,9 @@ def check_stages(
     """Refuse a stage count that is not 1..stored (UsageError, exit 2)."""
     if stages is not None and not 1 <= stages <= stored:
         raise UsageError(
-            f"--stages {stages}, but {holder} {stored} stage(s)",
+            f"--stages {stages}, but {holder} {counted(stored, 'stage')}",
             where,
-            f"give --stages from 1 to {stored}",
+            f"give --stages from 1 to {stored}" if stored > 1 else "leave --stages out",
         )
 
 
