@@ -466,8 +466,14 @@ def write_run_plots(run: Run, out_dir: Path, arrays: RunArrays | None) -> list[P
             f"the first {counted(len(arrays.originals), 'test image')}",
             arrays.stages,
         )
+        # a run of stages: RunArrays holds the first stage's codebook and usage alone
+        first = (
+            f": stage 1's codebook (of {arrays.stages} residual stages)"
+            if arrays.stages > 1
+            else ""
+        )
         figures[CODEBOOK_PNG] = codebook_figure(
-            arrays.counts, arrays.codebook, title, arrays.images
+            arrays.counts, arrays.codebook, title + first, arrays.images
         )
     return [save_png(fig, out_dir / name) for name, fig in figures.items()]
 
