@@ -1,7 +1,8 @@
 """Every command on every kind of run: a VQ codebook (ema), finite scalar quantization (fsq),
 residual stages (rvq), each with a prior inside (R/prior), and those priors themselves.
 
-The runs are tiny and made once for the module; a test that writes into a run works on a copy.
+The runs are tiny and made once per session (conftest's `kind_runs`); a test that writes into a
+run works on a copy.
 A new kind of run goes into VQ_KINDS and meets every command; a new command that takes a run
 fails `test_every_command_that_takes_a_run_is_in_the_matrix` until it has a test here.
 """
@@ -11,14 +12,14 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import typer.main
-from helpers import make_cifar_folder, write_tiny_profile
+from helpers import KIND_STAGES as STAGES
+from helpers import VQ_KINDS, KindRuns
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -29,55 +30,14 @@ from vqtool.prior.load import load_coding_prior
 
 runner = CliRunner()
 
-# kind -> the --set keys over the tiny profile (32 codes, 8x8 grids of 32x32 images)
-VQ_KINDS = {
-    "ema": [],
-    "fsq": ["model.quantizer=fsq", "model.levels=[4,4,2]"],
-    "rvq": ["model.stages=3", "model.stage_dropout=true", "model.gradient=rotation"],
-}
-STAGES = {"ema": 1, "fsq": 1, "rvq": 3}
 PRIOR_KINDS = [f"{kind}/prior" for kind in VQ_KINDS]
 ALL_KINDS = [*VQ_KINDS, *PRIOR_KINDS]
 K, GRID_CODES = 32, 64  # codes per stage, codes per image and stage
-PRIOR_SETTINGS = ["train.steps=4", "train.eval_every=0", "prior.layers=1", "prior.width=32"]
 # The commands this module runs on every kind they take; `download` and `profiles` take none.
 COVERED = {
     "train", "evaluate", "plot", "compare", "encode", "decode", "inspect", "roundtrip",
     "prior", "sample",
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Runs:
-    root: Path  # holds one folder per VQ kind, each with its prior inside
-    data: Path
-
-    def __getitem__(self, kind: str) -> Path:
-        return self.root / kind
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
-    """Every kind trained once (30 steps; a prior of 4 steps inside each), then evaluated, as a
-    user would leave them."""
-    from vqtool.prior.evaluate import evaluate_prior
-    from vqtool.prior.train import train_prior
-    from vqtool.profiles import load_prior_profile, load_profile
-    from vqtool.runs import RunDir
-    from vqtool.vq.evaluate import evaluate_checkpoint, write_eval
-    from vqtool.vq.train import run_training
-
-    root = tmp_path_factory.mktemp("kinds")
-    data = make_cifar_folder(root / "data")
-    tiny = write_tiny_profile(root / "tiny.toml")
-    prior_profile = load_prior_profile("prior-small", PRIOR_SETTINGS)
-    for kind, settings in VQ_KINDS.items():
-        run = root / "runs" / kind
-        run_training(load_profile(tiny, settings), run, data)
-        write_eval(run, evaluate_checkpoint(run, "test", data))
-        train_prior(run, prior_profile, run / "prior", data)
-        RunDir.at(run / "prior").write_eval(evaluate_prior(run / "prior"))
-    return Runs(root / "runs", data)
 
 
 def invoke(*args: str | Path | int) -> Any:  # click's Result
@@ -95,10 +55,10 @@ def vq_of(kind: str) -> str:
     return kind.split("/")[0]
 
 
-def copy_of(runs: Runs, kind: str, tmp_path: Path) -> Path:
+def copy_of(kind_runs: KindRuns, kind: str, tmp_path: Path) -> Path:
     """A copy of `kind`'s VQ run (its prior inside), for a command that writes into it; the
     path of `kind` in the copy."""
-    shutil.copytree(runs[vq_of(kind)], tmp_path / "copy" / vq_of(kind))
+    shutil.copytree(kind_runs[vq_of(kind)], tmp_path / "copy" / vq_of(kind))
     return tmp_path / "copy" / kind
 
 
@@ -108,22 +68,22 @@ def test_every_command_that_takes_a_run_is_in_the_matrix() -> None:
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
-def test_resume(runs: Runs, kind: str, tmp_path: Path) -> None:
-    run = copy_of(runs, kind, tmp_path)
+def test_resume(kind_runs: KindRuns, kind: str, tmp_path: Path) -> None:
+    run = copy_of(kind_runs, kind, tmp_path)
     if kind in VQ_KINDS:
         args = ["train", "--resume", "--run-dir", run, "--set", "train.steps=40"]
     else:
         args = ["prior", run.parent, "--resume", "--run-dir", run, "--set", "train.steps=6"]
-    result = ok(*args, "--data-dir", runs.data)
+    result = ok(*args, "--data-dir", kind_runs.data)
     assert result.stdout.strip().endswith(run.name)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == (40 if kind in VQ_KINDS else 6)
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
-def test_evaluate(runs: Runs, kind: str, tmp_path: Path) -> None:
-    run = copy_of(runs, kind, tmp_path)
-    metrics = json.loads(ok("evaluate", run, "--data-dir", runs.data, "--json", "-").stdout)
+def test_evaluate(kind_runs: KindRuns, kind: str, tmp_path: Path) -> None:
+    run = copy_of(kind_runs, kind, tmp_path)
+    metrics = json.loads(ok("evaluate", run, "--data-dir", kind_runs.data, "--json", "-").stdout)
     assert metrics["images"] == 40 and metrics["step"] >= 4
     assert 0 < metrics["bits_per_image"] < math.inf
     if kind in PRIOR_KINDS:
@@ -139,8 +99,8 @@ def test_evaluate(runs: Runs, kind: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
-def test_plot(runs: Runs, kind: str, tmp_path: Path) -> None:
-    ok("plot", runs[kind], "-o", "figures", "--data-dir", runs.data)
+def test_plot(kind_runs: KindRuns, kind: str, tmp_path: Path) -> None:
+    ok("plot", kind_runs[kind], "-o", "figures", "--data-dir", kind_runs.data)
     names = {"loss.png", "samples.png"} if kind in PRIOR_KINDS else {
         "loss.png", "reconstructions.png", "codebook.png"
     }  # fmt: skip
@@ -151,28 +111,29 @@ def test_plot(runs: Runs, kind: str, tmp_path: Path) -> None:
             assert min(figure.size) > 200
 
 
-def test_plot_says_how_many_stages_its_reconstructions_decode(runs: Runs) -> None:
+def test_plot_says_how_many_stages_its_reconstructions_decode(kind_runs: KindRuns) -> None:
     from vqtool.reports.arrays import run_arrays
     from vqtool.reports.plots import reconstructions_figure
 
-    arrays = run_arrays(runs["rvq"], runs.data, samples=4)
+    arrays = run_arrays(kind_runs["rvq"], kind_runs.data, samples=4)
     assert arrays.stages == 3
     figure = reconstructions_figure(arrays.originals, arrays.reconstructions, "", "", 3)
     assert "all 3 residual stages" in figure.axes[0].get_title()
 
 
-def test_compare_every_kind_at_once(runs: Runs) -> None:
-    rows = json.loads(ok("compare", *(runs[k] for k in ALL_KINDS), "--json", "-").stdout)
+def test_compare_every_kind_at_once(kind_runs: KindRuns) -> None:
+    rows = json.loads(ok("compare", *(kind_runs[k] for k in ALL_KINDS), "--json", "-").stdout)
     assert len(rows) == len(ALL_KINDS)
 
 
 @pytest.mark.parametrize("kind", [*VQ_KINDS, "prior"])
-def test_encode_inspect_decode(runs: Runs, kind: str, tmp_path: Path) -> None:
+def test_encode_inspect_decode(kind_runs: KindRuns, kind: str, tmp_path: Path) -> None:
     # "prior": each VQ kind's codes compressed with its prior, decoded without naming it
     for vq in VQ_KINDS if kind == "prior" else [kind]:
-        run, stages = runs[vq], STAGES[vq]
+        run, stages = kind_runs[vq], STAGES[vq]
         coding = ["--prior", run / "prior"] if kind == "prior" else []
-        ok("encode", run, "cifar10:test:8", "-o", f"{vq}.vqc", "--data-dir", runs.data, *coding)
+        data = kind_runs.data
+        ok("encode", run, "cifar10:test:8", "-o", f"{vq}.vqc", "--data-dir", data, *coding)
         facts = json.loads(ok("inspect", f"{vq}.vqc", "--json", "-").stdout)
         assert (facts["images"], facts["stages"]) == (8, stages)
         assert facts["coding"] == ("exact" if kind == "prior" else "raw")
@@ -185,9 +146,9 @@ def test_encode_inspect_decode(runs: Runs, kind: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", VQ_KINDS)
 def test_roundtrip_is_encode_then_decode_at_every_stage_count(
-    runs: Runs, kind: str, tmp_path: Path
+    kind_runs: KindRuns, kind: str, tmp_path: Path
 ) -> None:
-    run, data = runs[kind], runs.data
+    run, data = kind_runs[kind], kind_runs.data
     originals = load_cifar10(data, "test")[:6].permute(0, 2, 3, 1).numpy().astype(np.float64)
     for n in range(1, STAGES[kind] + 1):
         stages = ["--stages", n] if STAGES[kind] > 1 else []
@@ -206,32 +167,32 @@ def test_roundtrip_is_encode_then_decode_at_every_stage_count(
 
 @pytest.mark.parametrize("kind", VQ_KINDS)
 def test_roundtrip_with_a_prior_at_every_stage_count_and_resize(
-    runs: Runs, kind: str, tmp_path: Path
+    kind_runs: KindRuns, kind: str, tmp_path: Path
 ) -> None:
-    run = runs[kind]
+    run = kind_runs[kind]
     for n in range(1, STAGES[kind] + 1):
         stages = ["--stages", n] if STAGES[kind] > 1 else []
         result = ok("roundtrip", run, "cifar10:test:6", "-o", f"rt{n}.png", "--json", "-",
                     "--prior", run / "prior", "--size", "32x32", "--resize", "centre-crop",
-                    "--data-dir", runs.data, *stages)  # fmt: skip
+                    "--data-dir", kind_runs.data, *stages)  # fmt: skip
         facts = json.loads(result.stdout)
         assert facts["stages"] == n and facts["prior"] is not None
         # a few steps of training leave the prior near the uniform bound
         assert 0.5 * facts["raw_bits_per_image"] < facts["prior_bits_per_image"]
         assert facts["prior_bits_per_image"] < 1.5 * facts["raw_bits_per_image"]
     result = invoke("roundtrip", run, "cifar10:test:2", "-o", "x.png", "--stages",
-                    STAGES[kind] + 1, "--data-dir", runs.data)  # fmt: skip
+                    STAGES[kind] + 1, "--data-dir", kind_runs.data)  # fmt: skip
     assert result.exit_code == 2 and "--stages" in result.output
     assert not (tmp_path / "x.png").exists()
 
 
 @pytest.mark.parametrize("kind", PRIOR_KINDS)
-def test_sample_and_decode(runs: Runs, kind: str, tmp_path: Path) -> None:
-    ok("sample", runs[kind], "-n", 3, "-o", "s.vqc", "--seed", 1)
+def test_sample_and_decode(kind_runs: KindRuns, kind: str, tmp_path: Path) -> None:
+    ok("sample", kind_runs[kind], "-n", 3, "-o", "s.vqc", "--seed", 1)
     stages = STAGES[vq_of(kind)]
     codes = read_codes(tmp_path / "s.vqc").codes
     assert codes.shape == ((3, 8, 8) if stages == 1 else (3, stages, 8, 8))
-    ok("decode", runs[vq_of(kind)], "s.vqc", "-o", "samples")
+    ok("decode", kind_runs[vq_of(kind)], "s.vqc", "-o", "samples")
     assert len(list((tmp_path / "samples").glob("*.png"))) == 3
 
 
