@@ -9,6 +9,8 @@
 - `tiny_profile`: path of a TOML profile for a very small, quick model (extends smoke).
 - `trained_run` (session): a run folder trained with the tiny profile on the tiny data
   (do not modify it; copy it first).
+- `kind_runs` (session): a tiny run of every kind (ema, fsq, rvq; helpers.VQ_KINDS), each with
+  a tiny prior inside, all evaluated (do not modify them; copy them first).
 - `http_server`: a local HTTP server; put files in `.root`, fetch them from `.url(name)`.
 
 Building archives by hand:
@@ -24,7 +26,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import make_cifar_archive, make_cifar_folder, write_tiny_profile
+from helpers import (
+    KindRuns,
+    make_cifar_archive,
+    make_cifar_folder,
+    make_kind_runs,
+    write_tiny_profile,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -105,3 +113,9 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_data_dir(trained_run: Path) -> Path:
     """The data folder that `trained_run` was trained on."""
     return trained_run.parent / "data"
+
+
+@pytest.fixture(scope="session")
+def kind_runs(tmp_path_factory: pytest.TempPathFactory) -> KindRuns:
+    """Every kind of VQ run (helpers.VQ_KINDS), trained and evaluated, a prior inside each."""
+    return make_kind_runs(tmp_path_factory.mktemp("kinds"))

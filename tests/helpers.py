@@ -16,6 +16,7 @@ import subprocess
 import tarfile
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -354,3 +355,48 @@ def one_error_line(output: str) -> str:
     assert lines[0].startswith("error: "), output
     assert "Traceback" not in output
     return lines[0]
+
+
+# Every kind of VQ run, as --set keys over the tiny profile (32 codes per stage, 8x8 grids of
+# 32x32 images): a codebook (ema), finite scalar quantization, residual stages.
+VQ_KINDS = {
+    "ema": [],
+    "fsq": ["model.quantizer=fsq", "model.levels=[4,4,2]"],
+    "rvq": ["model.stages=3", "model.stage_dropout=true", "model.gradient=rotation"],
+}
+KIND_STAGES = {"ema": 1, "fsq": 1, "rvq": 3}
+TINY_PRIOR = ["train.steps=4", "train.eval_every=0", "prior.layers=1", "prior.width=32"]
+
+
+@dataclass(frozen=True)
+class KindRuns:
+    """A run folder per kind of VQ run (`runs["rvq"]`), each with a tiny prior inside
+    (`runs["rvq/prior"]`), and the data they were trained on."""
+
+    root: Path
+    data: Path
+
+    def __getitem__(self, kind: str) -> Path:
+        return self.root / kind
+
+
+def make_kind_runs(root: Path) -> KindRuns:
+    """Train every kind of VQ_KINDS (30 steps) with a prior of 4 steps inside, and evaluate
+    both, as a user would leave them."""
+    from vqtool.prior.evaluate import evaluate_prior
+    from vqtool.prior.train import train_prior
+    from vqtool.profiles import load_prior_profile, load_profile
+    from vqtool.runs import RunDir
+    from vqtool.vq.evaluate import evaluate_checkpoint, write_eval
+    from vqtool.vq.train import run_training
+
+    data = make_cifar_folder(root / "data")
+    tiny = write_tiny_profile(root / "tiny.toml")
+    prior_profile = load_prior_profile("prior-small", TINY_PRIOR)
+    for kind, settings in VQ_KINDS.items():
+        run = root / "runs" / kind
+        run_training(load_profile(tiny, settings), run, data)
+        write_eval(run, evaluate_checkpoint(run, "test", data))
+        train_prior(run, prior_profile, run / "prior", data)
+        RunDir.at(run / "prior").write_eval(evaluate_prior(run / "prior"))
+    return KindRuns(root / "runs", data)

@@ -162,7 +162,8 @@ def test_cli_round_trip_is_exact(
     with np.load(tmp_path / "c.vqc", allow_pickle=False) as npz:
         assert npz["codes"].dtype == np.uint16 and npz["sizes"].tolist() == [[32, 32]] * 40
     with Image.open(tmp_path / "grid.png") as grid:
-        assert grid.size == (7 * 34 + 2, 6 * 34 + 2)  # 40 cells of 32 + 2, 7 columns
+        # 40 cells of 32 + 2, 7 columns, each image enlarged 3x to pass 512 pixels
+        assert grid.size == (7 * 98 + 2, 6 * 98 + 2)
     # Encoding the same images again gives the same codes, to the byte.
     code, output = invoke(
         "encode", trained_run, "cifar10:test:40", "-o", "d.vqc", "--data-dir", trained_data_dir,
@@ -239,7 +240,7 @@ def test_folders_mirror_the_tree_and_mixed_sizes_need_size(
     assert not (tmp_path / "c.vqc").exists()
     code, output = invoke("encode", trained_run, "photos", "-o", "c.vqc", "--size", "64x64")
     assert code == 0, output
-    assert "note: skipped 1 file(s) that are not images" in output and "notes.txt" in output
+    assert "note: skipped 1 non-image file: " in output and "notes.txt" in output
     code_file = read_codes(tmp_path / "c.vqc")
     assert code_file.names == ("cat/0001", "dog/0002", "dog/0003")
     assert code_file.codes.shape == (3, 16, 16)
@@ -669,7 +670,7 @@ def test_damaged_images_in_a_folder_are_skipped_and_counted(
     assert code == 0, output
     assert f"note: skipped {folder / 'b.png'}: cannot read the image" in output
     assert f"note: skipped {folder / 'd.png'}: cannot read the image" in output
-    assert "note: skipped 2 damaged image(s)" in output and "notes.txt" in output
+    assert "note: skipped 2 damaged images" in output and "notes.txt" in output
     assert read_codes(tmp_path / "c.vqc").names == ("a", "c", "e")
     # --strict: any skip is an error, and nothing is written.
     (tmp_path / "c.vqc").unlink()

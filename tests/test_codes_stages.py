@@ -14,12 +14,12 @@ import torch
 from test_entropy import Prior
 
 from vqtool.codes import entropy
+from vqtool.codes.tokens import codes_to_tokens, tokens_to_codes
 from vqtool.codes.vqc import CodeFile, read_codes, write_codes
 from vqtool.errors import UsageError, WorkError
 from vqtool.models.config import PriorConfig
 from vqtool.models.transformer import CodePrior
 from vqtool.prior.coding_model import derive_coding_model
-from vqtool.prior.data import stage_tokens
 
 K, STAGES, N = 8, 3, 150
 
@@ -45,7 +45,7 @@ def staged_prior(stages: int = STAGES) -> Prior:
     torch.manual_seed(0)
     cfg = PriorConfig(layers=1, width=32, heads=2)
     model = CodePrior(cfg, stages * K, (stages * 2, 2), stages=stages).eval()
-    calibration = torch.from_numpy(stage_tokens(staged_file(stages).codes, K).astype(np.int64))
+    calibration = torch.from_numpy(codes_to_tokens(staged_file(stages).codes, K).reshape(N, -1))
     coding = derive_coding_model(model, calibration, "b" * 64, "a" * 64)
     return Prior(model, "b" * 64, "a" * 64, coding.model, coding.fingerprint)
 
@@ -92,8 +92,22 @@ def test_a_prior_of_more_stages_codes_the_first_ones(tmp_path: Path) -> None:
     assert np.array_equal(read_codes(tmp_path / "two.vqc", prior).codes, whole.codes[:, :2])
     two = entropy.encode_with_prior(first_two.codes, prior.model)
     three = entropy.encode_with_prior(whole.codes, prior.model)
-    tokens = stage_tokens(whole.codes, K)
-    assert tokens.shape == (N, 12) and two.bits.sum() < three.bits.sum()
+    assert two.bits.sum() < three.bits.sum()
+
+
+def test_the_prior_reads_the_stages_one_after_another_with_their_own_tokens() -> None:
+    codes = staged_file().codes  # (N, 3, 2, 2) of K codes each
+    tokens = codes_to_tokens(codes, K)
+    assert tokens.shape == (N, STAGES * 2, 2) and tokens.dtype == np.int64
+    sequence = tokens.reshape(N, -1)  # what the prior reads, position by position
+    for s in range(STAGES):
+        assert np.array_equal(sequence[:, 4 * s : 4 * s + 4], codes[:, s].reshape(N, 4) + s * K)
+    assert np.array_equal(tokens_to_codes(tokens, K, STAGES), codes)
+    flat = codes[:, 0]  # one stage: the codes are their own tokens
+    assert np.array_equal(codes_to_tokens(flat, K), flat)
+    assert np.array_equal(tokens_to_codes(codes_to_tokens(flat, K), K), flat)
+    with pytest.raises(ValueError, match="stage"):
+        tokens_to_codes(tokens[:, ::-1], K, STAGES)  # stage 2's tokens where stage 0's go
 
 
 def test_unigram_tables_per_stage_cost_less_than_one_table(tmp_path: Path) -> None:

@@ -256,7 +256,7 @@ def test_bad_files_are_skipped_counted_and_named(tmp_path: Path) -> None:
     assert "bad/a-empty.jpg (cannot read the image: empty file)" in skipped
     assert "bad/b-truncated.png" in skipped and "bad/c-text.png" in skipped
     assert "and 1 more" in skipped  # the huge one, refused from its header
-    assert any("1 files that are not images are left out: notes.txt" in n for n in notes)
+    assert any("1 non-image file left out: notes.txt" in n for n in notes)
     assert load_images(data, tmp_path / "data", "train").shape[0] == 5
     # The bad files are part of the manifest: the cache is reused, the note repeated.
     cache = ensure_cache(data, tmp_path / "data")
@@ -323,7 +323,7 @@ def test_link_loops_and_unreadable_subfolders_neither_hang_nor_crash(
     data = folder_data(root, test_fraction=0.0)
     notes = ensure_dataset(data, tmp_path / "data")
     assert load_images(data, tmp_path / "data", "train").shape[0] == 4
-    assert any("1 subfolder(s) could not be listed" in n and "locked" in n for n in notes)
+    assert any("1 subfolder could not be listed" in n and "locked" in n for n in notes)
     assert any("2 of 6 image files could not be read" in n for n in notes)
 
 
@@ -514,7 +514,7 @@ def test_a_lone_image_held_out_by_the_hash_is_explained_before_decoding(tmp_path
     assert "decoded 1 image of " in result.output
     result = train_folder("run", 2, "data.test_fraction=0", "data.batch_size=1")
     assert result.exit_code == 0, result.output
-    assert "1 process(es), 1 image, " in result.output
+    assert "1 process, 1 image, " in result.output
 
 
 def test_a_split_without_images_says_how_the_folder_was_split(tmp_path: Path) -> None:

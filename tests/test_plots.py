@@ -92,7 +92,7 @@ def test_read_metrics_reports_unreadable_lines_in_the_middle(tmp_path: Path) -> 
     log = read_metrics(path)
     assert [r["step"] for r in log.train] == [1, 2]
     assert [r["nmse"] for r in log.evals] == [0.9]
-    assert log.warnings == [f"skipped 2 unreadable line(s) of {path}: line 2, 3"]
+    assert log.warnings == [f"skipped 2 unreadable lines of {path}: line 2, 3"]
 
 
 @pytest.mark.parametrize("text", ["", "\n", '{"kind": "eval", "step": 5, "nmse": 1}\n'])

@@ -218,7 +218,7 @@ def test_figure_scales_small_images_by_whole_pixels() -> None:
 # decode --grid: cells at the images' own size, the grid within a screen.
 
 
-def test_decode_grid_keeps_64_pixel_images_at_their_size(
+def test_decode_grid_enlarges_small_images_by_a_whole_factor(
     trained_run: Path, trained_data_dir: Path, tmp_path: Path
 ) -> None:
     result = invoke("encode", trained_run, "cifar10:test:20", "-o", "c.vqc", "--size", "64x64",
@@ -227,24 +227,26 @@ def test_decode_grid_keeps_64_pixel_images_at_their_size(
     result = invoke("decode", trained_run, "c.vqc", "-o", "out", "--grid", "grid.png")
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "grid.png") as grid:
-        assert grid.size == (5 * 66 + 2, 4 * 66 + 2)  # 20 cells of 64 + 2, 5 columns
-        first = np.asarray(grid)[2:66, 2:66]
-    assert np.array_equal(
-        first, np.asarray(Image.open(tmp_path / "out" / "cifar10-test-00000.png"))
-    )
+        # 20 cells of 64 + 2, 5 columns: 332 pixels wide, so each pixel is drawn 2x2
+        assert grid.size == (5 * 130 + 2, 4 * 130 + 2)
+        first = np.asarray(grid)[2:130, 2:130]
+    decoded = np.asarray(Image.open(tmp_path / "out" / "cifar10-test-00000.png"))
+    assert np.array_equal(first, decoded.repeat(2, axis=0).repeat(2, axis=1))
 
 
-def test_decode_grid_holds_as_many_first_images_as_fit_a_screen(
-    trained_run: Path, trained_data_dir: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("count", "cell", "scale", "width"),
+    [
+        (16, (32, 32), 4, 4 * (4 * 32 + 2) + 2),  # 16 CIFAR images: 522 pixels, not 138
+        (1, (32, 32), 8, 8 * 32 + 4),  # one image: enlarged 8x at most
+        (225, (64, 64), 1, 15 * 66 + 2),  # wide enough already
+    ],
+)
+def test_a_small_grid_is_enlarged_by_a_whole_factor_to_about_512_pixels(
+    count: int, cell: tuple[int, int], scale: int, width: int
 ) -> None:
-    result = invoke("encode", trained_run, "cifar10:train", "cifar10:test", "-o", "c.vqc",
-                    "--size", "64x64", "--data-dir", trained_data_dir)  # fmt: skip
-    assert result.exit_code == 0, result.output
-    result = invoke("decode", trained_run, "c.vqc", "-o", "out", "--grid", "grid.png")
-    assert result.exit_code == 0, result.output
-    assert "wrote grid.png (the first 225)" in result.stderr
-    with Image.open(tmp_path / "grid.png") as grid:
-        assert grid.size == (15 * 66 + 2, 15 * 66 + 2)
+    grid = Grid(count, cell)
+    assert (grid.scale, grid.canvas.shape[1]) == (scale, width)
 
 
 @pytest.mark.parametrize(

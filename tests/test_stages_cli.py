@@ -66,7 +66,7 @@ def test_encode_stores_the_first_stages(staged: tuple[Path, Path, Path], tmp_pat
     run, data, _ = staged
     code, output = invoke("encode", run, "cifar10:test:5", "-o", "two.vqc", "--data-dir", data,
                           "--stages", 2)  # fmt: skip
-    assert code == 0 and "2 stage(s)" in output
+    assert code == 0 and "2 stages of 8x8 codes" in output
     whole = invoke("encode", run, "cifar10:test:5", "-o", "all.vqc", "--data-dir", data)
     assert whole[0] == 0
     assert np.array_equal(
@@ -96,7 +96,7 @@ def test_decoding_more_stages_than_stored_is_a_usage_error(
     run, data, _ = staged
     invoke("encode", run, "cifar10:test:5", "-o", "two.vqc", "--data-dir", data, "--stages", 2)
     code, output = invoke("decode", run, "two.vqc", "-o", "out", "--stages", 3)
-    assert code == 2 and "2 stage(s)" in one_error_line(output)
+    assert code == 2 and "hold 2 stages" in one_error_line(output)
     assert not (tmp_path / "out").exists()
 
 

@@ -13,6 +13,8 @@ The library behind the CLI, for notebooks::
     pixels = loaded.model.codes_to_images(codes)         # uint8, as vqtool decode writes
     # A run of S residual stages (model.stages = S) has codes (B, S, H/4, W/4) and decodes
     # any first n of them: loaded.model.decode(indices, stages=n).
+    # The sequence a prior reads of them, stage after stage (stage s's code c as s * K + c):
+    tokens = codes_to_tokens(read_codes(path).codes, loaded.model.config.num_embeddings)
 
 Names are imported lazily so that `vqtool --help` does not wait for torch.
 """
@@ -52,6 +54,8 @@ _API = {
     "decode_indices": "vqtool.codes.pipeline",
     "encode_inputs": "vqtool.codes.pipeline",
     "decode_file": "vqtool.codes.pipeline",
+    "codes_to_tokens": "vqtool.codes.tokens",
+    "tokens_to_codes": "vqtool.codes.tokens",
     "RunDir": "vqtool.runs",
     "load_prior_profile": "vqtool.profiles",
     "train_prior": "vqtool.prior.train",

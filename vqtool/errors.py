@@ -60,9 +60,10 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return (lines[0] if lines else type(exc).__name__)[:limit]
 
 
-def counted(n: int, noun: str) -> str:
-    """'1 image', '2 images', '10,000 images' (nouns that take an s)."""
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 image', '2 images', '10,000 images'; `plural` for a noun that takes more than an s
+    ('1 process', '2 processes')."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
 def os_reason(exc: OSError) -> str:

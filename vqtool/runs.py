@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from vqtool.errors import UsageError, WorkError, os_reason
+from vqtool.errors import UsageError, WorkError, counted, os_reason
 from vqtool.files import write_text
 from vqtool.tomlio import TOMLDecodeError, loads_toml
 
@@ -282,7 +282,7 @@ def read_metrics(path: Path) -> MetricsLog:
         )
     if bad:
         shown = ", ".join(str(n) for n in bad[:5]) + (", ..." if len(bad) > 5 else "")
-        warnings.append(f"skipped {len(bad)} unreadable line(s) of {path}: line {shown}")
+        warnings.append(f"skipped {counted(len(bad), 'unreadable line')} of {path}: line {shown}")
     if not train:
         raise WorkError(
             "no training records in the metrics",

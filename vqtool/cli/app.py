@@ -231,6 +231,47 @@ Stages = Annotated[
     ),
 ]
 BatchSize = Annotated[int, typer.Option(min=1, help="Images per batch.", metavar="N")]
+# How encode and roundtrip fit images to one size.
+Size = Annotated[
+    str | None,
+    optional_option(
+        "Resize every image to HEIGHTxWIDTH first (height first: 64x96 is 64 high, 96 wide; "
+        "needed for images of mixed sizes), as --resize says.",
+        "HxW",
+    ),
+]
+Resize = Annotated[
+    str | None,
+    optional_option(
+        "How --size fits an image of another shape: centre-crop (scale it to cover HxW and "
+        "keep the centre), stretch (to HxW, losing its aspect ratio) or random-crop (the "
+        "centre HxW of it scaled to cover 9/8 of HxW: the window evaluate takes of a "
+        "random-crop run's images). Default: the run's data.resize, so that encoding sees "
+        "images as training did.",
+        "MODE",
+    ),
+]
+
+
+def check_resize(resize: str | None, size: tuple[int, int] | None) -> None:
+    """Refuse a --resize that names no mode, or comes without --size (UsageError)."""
+    from vqtool.errors import UsageError
+    from vqtool.profiles import RESIZE_MODES
+
+    if resize is None:
+        return
+    if resize not in RESIZE_MODES:
+        raise UsageError(
+            f"unknown resize mode {resize!r}", "--resize", f"use {', '.join(RESIZE_MODES)}"
+        )
+    if size is None:
+        raise UsageError(
+            "--resize needs --size",
+            "--resize",
+            "add --size HxW (e.g. --size 64x64); without it, images keep their own size",
+        )
+
+
 ProfileChoice = Annotated[
     str | None,
     typer.Option(

@@ -15,9 +15,12 @@ from vqtool.cli.app import (
     Device,
     JsonOut,
     PriorOption,
+    Resize,
     RunOrCheckpoint,
+    Size,
     Stages,
     app,
+    check_resize,
     data_dir_of,
     load_coding_prior_for,
     optional_option,
@@ -59,25 +62,8 @@ def encode(
             show_default=False,
         ),
     ],
-    size: Annotated[
-        str | None,
-        optional_option(
-            "Resize every image to HEIGHTxWIDTH first (height first: 64x96 is 64 high, 96 "
-            "wide; needed for images of mixed sizes), as --resize says.",
-            "HxW",
-        ),
-    ] = None,
-    resize: Annotated[
-        str | None,
-        optional_option(
-            "How --size fits an image of another shape: centre-crop (scale it to cover HxW and "
-            "keep the centre), stretch (to HxW, losing its aspect ratio) or random-crop (the "
-            "centre HxW of it scaled to cover 9/8 of HxW: the window evaluate takes of a "
-            "random-crop run's images). Default: the run's data.resize, so that encoding sees "
-            "images as training did.",
-            "MODE",
-        ),
-    ] = None,
+    size: Size = None,
+    resize: Resize = None,
     batch_size: BatchSize = 256,
     data_dir: DataDir = None,
     device: Device = "auto",
@@ -122,7 +108,7 @@ def encode(
     from vqtool.vq.load import load_model
 
     shape = parse_size(size) if size is not None else None
-    _check_resize(resize, shape)
+    check_resize(resize, shape)
     check_output(output)
     loaded = load_model(run, resolve_device(device))
     mode = resize if resize is not None else loaded.profile.data.resize
@@ -150,24 +136,6 @@ def encode(
     progress.info(f"wrote {output}: {_encoded(codes)}{coded}{fitted}; sizes are HxW")
 
 
-def _check_resize(resize: str | None, size: tuple[int, int] | None) -> None:
-    from vqtool.errors import UsageError
-    from vqtool.profiles import RESIZE_MODES
-
-    if resize is None:
-        return
-    if resize not in RESIZE_MODES:
-        raise UsageError(
-            f"unknown resize mode {resize!r}", "--resize", f"use {', '.join(RESIZE_MODES)}"
-        )
-    if size is None:
-        raise UsageError(
-            "--resize needs --size",
-            "--resize",
-            "add --size HxW (e.g. --size 64x64); without it, images keep their own size",
-        )
-
-
 def _encoded(codes: Any) -> str:
     """'1 image of 300x451 (padded to 300x452) as 75x113 codes of 512': the sizes as given
     (after --size), height first, and the padded size they share when it differs."""
@@ -181,7 +149,7 @@ def _encoded(codes: Any) -> str:
         images = f"{counted(n, 'image')} of {shape}"
     else:
         images = f"{counted(n, 'image')} of mixed sizes, padded to {padded},"
-    staged = f"{codes.stages} stage(s) of " if codes.codes.ndim == 4 else ""
+    staged = f"{counted(codes.stages, 'stage')} of " if codes.codes.ndim == 4 else ""
     return f"{images} as {staged}{h}x{w} codes of {codes.num_embeddings}"
 
 
@@ -209,7 +177,8 @@ def decode(
         Path | None,
         typer.Option(
             help="Also write the first images side by side to this PNG, each at its own size "
-            "(as many as fit 1024x1024 pixels): pixels only, in the code file's order, row by "
+            "(small ones enlarged by a whole factor, each pixel a square; as many as fit "
+            "1024x1024 pixels): pixels only, in the code file's order, row by "
             "row. vqtool roundtrip shows originals, names and PSNR.",
             metavar="FILE",
             show_default=False,
@@ -370,10 +339,9 @@ def roundtrip(
             "PRIOR",
         ),
     ] = None,
-    size: Annotated[
-        str | None,
-        optional_option("Resize every image to HEIGHTxWIDTH first, as encode --size does.", "HxW"),
-    ] = None,
+    size: Size = None,
+    resize: Resize = None,
+    stages: Stages = None,
     show: Annotated[
         int, typer.Option(min=1, help="Images in the figure and the table.", metavar="N")
     ] = 32,
@@ -388,7 +356,12 @@ def roundtrip(
     """Put your images through the codes and back: a figure of each original above its
     reconstruction with its PSNR, and a table of each image's PSNR and bits.
 
-    Bits per image: raw, h*w*log2 K for h x w codes of K; with --prior, the prior coding's.
+    Bits per image: raw, h*w*log2 K for h x w codes of K (times the stages decoded, for a run
+    of residual stages: all of them, or the first N with --stages N); with --prior, the prior
+    coding's.
+
+    --size fits each image as the run's training did (its data.resize) unless --resize says
+    otherwise, as encode does.
 
     The table lists the images the figure shows and the mean of all; --json gives every image.
 
@@ -404,16 +377,18 @@ def roundtrip(
     from vqtool.vq.load import load_model
 
     shape = parse_size(size) if size is not None else None
+    check_resize(resize, shape)
     check_output_file(output, "the figure", "-o roundtrip.png")
     if json_out not in (None, "-"):
         check_output_file(Path(json_out), "the --json file", "--json roundtrip.json")
     loaded = load_model(run, resolve_device(device))
     coding_prior = load_coding_prior_for(prior, loaded)
+    mode = resize if resize is not None else loaded.profile.data.resize
     with progress.CountProgress("encoding and decoding") as bar:
         result = round_trip(
             loaded, inputs, data_dir_of(data_dir), shape, coding_prior, show, batch_size,
             bar.update, lambda note: progress.info(f"note: {note}"), strict,
-            bar.stage("prior coding"),
+            bar.stage("prior coding"), stages, mode,
         )  # fmt: skip
     progress.info(f"wrote {save_png(roundtrip_figure(result, loaded.run_dir.path.name), output)}")
     if json_out is not None:

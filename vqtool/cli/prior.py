@@ -42,7 +42,7 @@ def prior(
     """Train a prior over a VQ run's codes; prints the prior's run folder when done.
 
     Profiles: prior-small (demos), prior-coding (compressed code files: decodes fast on a CPU),
-    prior-cpu, prior (one GPU); keys under [prior] and [train].
+    prior-cpu, prior (one GPU); keys under \\[prior] and \\[train].
     The VQ run's dataset is encoded once into code files kept in the prior's folder. Ctrl-C or
     SIGTERM saves a checkpoint; --resume continues it. Then: vqtool evaluate P, vqtool sample P.
 

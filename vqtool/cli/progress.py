@@ -11,6 +11,7 @@ and so is everything after it on that stream, while the work goes on to its end.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -266,8 +267,9 @@ class TrainProgress(_Bar):
             self.setup = self.describe_setup(record)
             self.first_log = True
             data = counted(record["train_images"], self.what)
+            processes = counted(record["world_size"], "process", "processes")
             info(
-                f"{self.activity} on {self.setup}, {record['world_size']} process(es), {data}, "
+                f"{self.activity} on {self.setup}, {processes}, {data}, "
                 f"{record['parameters']:,} parameters -> {record['run_dir']}"
             )
             if self.live:
@@ -369,10 +371,14 @@ def rows_table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]
 
 
 def format_value(value: Any) -> str:
+    """Every table's numbers: integers and floats from 1,000 up with thousands separators
+    and no decimals (67,650, never 6.765e+04), smaller floats to 4 significant digits."""
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+        if math.isfinite(value) and abs(value) >= 999.5:  # .4g would print 999.97 as 1000
+            return f"{value:,.0f}"
+        return f"{value:.4g}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vqtool.errors import UsageError, first_line
+from vqtool.errors import UsageError, counted, first_line
 from vqtool.events import Progress
 from vqtool.models.exact_prior import ExactPrior, ExactSteps
 from vqtool.models.steps import PriorSteps
@@ -212,9 +212,10 @@ def check_prior(
         )
     if model.stages < stages:
         raise UsageError(
-            f"the prior was trained on {model.stages} stage(s) of codes, these have {stages}",
+            f"the prior was trained on {counted(model.stages, 'stage')} of codes, these have "
+            f"{stages}",
             "--prior",
-            f"encode with --stages {model.stages}, or train a prior on {stages} stage(s)",
+            f"encode with --stages {model.stages}, or train a prior on {counted(stages, 'stage')}",
         )
     per_stage = model.num_embeddings // model.stages
     prior_grid = (model.grid[0] // model.stages, model.grid[1])

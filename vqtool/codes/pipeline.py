@@ -26,7 +26,7 @@ from vqtool.codes.entropy import CodingPrior, check_prior
 from vqtool.codes.inputs import ImageItem, find_images, load_item
 from vqtool.codes.names import name_problem, unique_names
 from vqtool.codes.vqc import CodeFile, check_codes_for_model, check_stages, read_codes
-from vqtool.errors import UsageError, WorkError, os_reason
+from vqtool.errors import UsageError, WorkError, counted, os_reason
 from vqtool.events import Progress
 from vqtool.files import (
     DISK_FIX,
@@ -123,10 +123,22 @@ def common_size(items: Sequence[ImageItem], size: tuple[int, int] | None) -> tup
     return shared
 
 
+def stages_to_keep(model: VQVAE, stages: int | None) -> int:
+    """How many of a run's residual stages its codes keep: all of them, or the first `stages`
+    (--stages; UsageError outside 1..S)."""
+    check_stages(stages, model.stages, "--stages", "the run has")
+    return model.stages if stages is None else stages
+
+
+def codes_shape(model: VQVAE, n: int, stages: int, grid: tuple[int, int]) -> tuple[int, ...]:
+    """The codes of n images: (n, h, w) for a run of one stage, else (n, stages, h, w)."""
+    return (n, *grid) if model.stages == 1 else (n, stages, *grid)
+
+
 class EncodedBatch(NamedTuple):
     indices: list[int]  # the images' positions in Encoding.items
     images: Tensor  # uint8 (B, 3, H, W): the images as encoded, padded to Encoding.shape
-    codes: Tensor  # int64 (B, H / 4, W / 4)
+    codes: Tensor  # int64 (B, H / 4, W / 4), or (B, S, H / 4, W / 4) of the stages kept
 
 
 class Encoding:
@@ -164,8 +176,14 @@ class Encoding:
         return self.size if self.size is not None else self.items[index].size
 
     def batches(
-        self, model: VQVAE, batch_size: int = DEFAULT_BATCH, on_progress: Progress | None = None
+        self,
+        model: VQVAE,
+        batch_size: int = DEFAULT_BATCH,
+        on_progress: Progress | None = None,
+        stages: int | None = None,
     ) -> Iterator[EncodedBatch]:
+        """The images read, padded and encoded a batch at a time; a run of residual stages
+        gives the codes of all its stages, or of the first `stages`."""
         n = len(self.items)
         for start, stop in batch_ranges(n, batch_size, self.shape[0] * self.shape[1]):
             batch, indices = [], []
@@ -182,7 +200,10 @@ class Encoding:
                     self.damaged.append(problem)
             if batch:
                 images = torch.stack(batch)
-                yield EncodedBatch(indices, images, encode_images(model, images))
+                codes = encode_images(model, images)
+                if codes.ndim == 4 and stages is not None:
+                    codes = codes[:, :stages]
+                yield EncodedBatch(indices, images, codes)
             if on_progress is not None:
                 on_progress(stop, n)
 
@@ -220,16 +241,13 @@ def encode_inputs(
     `strict`, which makes them errors; a damaged file named on its own is always an error.
     A run of S residual stages gives codes (N, S, h, w), or its first `stages` of them.
     """
-    trained = loaded.model.stages
-    check_stages(stages, trained, "--stages", "the run has")
-    kept_stages = trained if stages is None else stages
+    kept_stages = stages_to_keep(loaded.model, stages)
     encoding = Encoding(inputs, data_dir, size, strict, resize_mode)
-    n = len(encoding.items)
-    stage_axis = (kept_stages,) if trained > 1 else ()
-    codes = np.empty((n, *stage_axis, *encoding.grid), np.uint16)
-    for batch in encoding.batches(loaded.model.folded(), batch_size, on_progress):
-        encoded = batch.codes.numpy()
-        codes[batch.indices] = encoded[:, :kept_stages] if trained > 1 else encoded
+    shape = codes_shape(loaded.model, len(encoding.items), kept_stages, encoding.grid)
+    codes = np.empty(shape, np.uint16)
+    model = loaded.model.folded()
+    for batch in encoding.batches(model, batch_size, on_progress, kept_stages):
+        codes[batch.indices] = batch.codes.numpy()
     encoding.finish(on_note)
     kept = encoding.kept
     config = loaded.model.config
@@ -252,7 +270,7 @@ def _note_skips(
         shown = ", ".join(str(p) for p in not_images[:NAMED_SKIPS])
         more = len(not_images) - NAMED_SKIPS
         note(
-            f"skipped {len(not_images)} file(s) that are not images: {shown}"
+            f"skipped {counted(len(not_images), 'non-image file')}: {shown}"
             + (f" and {more} more" if more > 0 else "")
         )
     for problem in damaged[:NAMED_SKIPS]:
@@ -260,7 +278,7 @@ def _note_skips(
     if damaged:
         unnamed = len(damaged) - NAMED_SKIPS
         rest = f", {unnamed} not named" if unnamed > 0 else ""
-        note(f"skipped {len(damaged)} damaged image(s){rest}; --strict refuses them")
+        note(f"skipped {counted(len(damaged), 'damaged image')}{rest}; --strict refuses them")
 
 
 class DecodeResult(NamedTuple):

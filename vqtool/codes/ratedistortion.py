@@ -52,7 +52,7 @@ from vqtool.codes.pipeline import (
 )
 from vqtool.codes.vqc import CodeFile, read_codes, write_codes
 from vqtool.data.datasets import load_images
-from vqtool.errors import WorkError
+from vqtool.errors import WorkError, counted
 from vqtool.files import write_text
 from vqtool.models.config import DOWNSAMPLE
 from vqtool.profiles import Profile
@@ -407,8 +407,8 @@ def bd_rate_rows(rd: dict[str, Any]) -> list[list[Any]]:
 
 def _point_label(point: dict[str, Any]) -> str:
     """'vqtool prior', or with the stage count of a multi-stage run 'vqtool prior, 2 stages'."""
-    stages = point.get("stages", 1)
-    return f"vqtool {point['label']}" + (f", {stages} stage(s)" if "stages" in point else "")
+    stages = f", {counted(point['stages'], 'stage')}" if "stages" in point else ""
+    return f"vqtool {point['label']}{stages}"
 
 
 def rate_distortion_rows(rd: dict[str, Any]) -> list[list[Any]]:

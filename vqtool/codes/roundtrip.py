@@ -8,7 +8,8 @@ decode would give. Bits per image: raw, h * w * log2 K (every code one of K, the
 bound); with a prior, what the prior's range coding spends on each image: the image's
 information content under the coder's integer tables, as entropy.encode_with_prior counts it
 (the range coder's stream comes within a fraction of a percent of it; a code file adds its
-names, sizes and header).
+names, sizes and header). A run of residual stages is measured decoding all its stages, or
+the first n (`stages`): bits then count n grids of codes per image.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from vqtool.codes.entropy import CodingPrior, check_prior, encode_with_prior
-from vqtool.codes.pipeline import DEFAULT_BATCH, CodingModel, Encoding, decode_indices
+from vqtool.codes.pipeline import (
+    DEFAULT_BATCH,
+    CodingModel,
+    Encoding,
+    codes_shape,
+    decode_indices,
+    stages_to_keep,
+)
 from vqtool.codes.ratedistortion import psnr_per_image
 from vqtool.events import Progress
 
@@ -32,14 +40,16 @@ class RoundTrip(NamedTuple):
     names: tuple[str, ...]  # N
     sizes: np.ndarray  # int32 (N, 2): each image's (height, width) as encoded, before padding
     psnr: np.ndarray  # float64 (N,): dB, each image at its own size, pixels in [0, 1]
-    raw_bits: float  # per image: h * w * log2 K
+    raw_bits: float  # per image: stages * h * w * log2 K
     prior_bits: np.ndarray | None  # float64 (N,): the prior coding's bits per image
     originals: list[np.ndarray]  # uint8 (height, width, 3) of the first images, as encoded
     reconstructions: list[np.ndarray]  # uint8 (height, width, 3): what decode writes for them
-    grid: tuple[int, int]  # codes per image (h, w)
+    grid: tuple[int, int]  # codes per image (h, w), of each stage
     num_embeddings: int  # K
     checkpoint: str  # the VQ checkpoint's fingerprint
     prior: str | None  # the prior checkpoint's fingerprint
+    stages: int = 1  # residual stages decoded (1 for a run without stages)
+    run_stages: int = 1  # residual stages the run has
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON data: the whole set's figures, then one record per image."""
@@ -51,6 +61,7 @@ class RoundTrip(NamedTuple):
             "images": n,
             "codes_per_image": {"height": self.grid[0], "width": self.grid[1]},
             "num_embeddings": self.num_embeddings,
+            "stages": self.stages,
             "mean_psnr": float(self.psnr.mean()),
             "raw_bits_per_image": self.raw_bits,
             "prior_bits_per_image": None if prior is None else float(prior.mean()),
@@ -80,21 +91,26 @@ def round_trip(
     on_note: Callable[[str], None] | None = None,
     strict: bool = False,
     on_prior: Progress | None = None,
+    stages: int | None = None,
+    resize_mode: str = "stretch",
 ) -> RoundTrip:
-    """Encode and decode the inputs (as `encode_inputs` reads them), measuring each image;
-    keep the pixels of the first `shown`. A prior that cannot code these images' grids is
-    refused (UsageError) before any image is read; `on_prior` follows its coding."""
-    encoding = Encoding(inputs, data_dir, size, strict)
+    """Encode and decode the inputs (as `encode_inputs` reads them, `size` fitted by
+    `resize_mode`), measuring each image; keep the pixels of the first `shown`. A run of
+    residual stages decodes all of them, or the first `stages`. A stage count outside the
+    run's, or a prior that cannot code these images' codes, is refused (UsageError) before
+    any image is read; `on_prior` follows the prior's coding."""
+    kept_stages = stages_to_keep(loaded.model, stages)
+    encoding = Encoding(inputs, data_dir, size, strict, resize_mode)
     config = loaded.model.config
     if prior is not None:
-        check_prior(prior, loaded.fingerprint, config.num_embeddings, encoding.grid)
+        check_prior(prior, loaded.fingerprint, config.num_embeddings, encoding.grid, kept_stages)
     n = len(encoding.items)
-    codes = np.empty((n, *encoding.grid), np.uint16)
+    codes = np.empty(codes_shape(loaded.model, n, kept_stages, encoding.grid), np.uint16)
     psnr = np.empty(n)
     originals: list[np.ndarray] = []
     reconstructions: list[np.ndarray] = []
     model = loaded.model.folded()
-    for batch in encoding.batches(model, batch_size, on_progress):
+    for batch in encoding.batches(model, batch_size, on_progress, kept_stages):
         codes[batch.indices] = batch.codes.numpy()
         decoded = decode_indices(model, batch.codes).permute(0, 2, 3, 1).numpy()
         images = batch.images.permute(0, 2, 3, 1).numpy()
@@ -115,12 +131,17 @@ def round_trip(
         names=tuple(item.name for item, keep in zip(encoding.items, kept, strict=True) if keep),
         sizes=np.array([encoding.size_of(int(i)) for i in np.flatnonzero(kept)], np.int32),
         psnr=psnr[kept],
-        raw_bits=encoding.grid[0] * encoding.grid[1] * math.log2(config.num_embeddings),
+        raw_bits=kept_stages
+        * encoding.grid[0]
+        * encoding.grid[1]
+        * math.log2(config.num_embeddings),
         prior_bits=prior_bits,
         originals=originals,
         reconstructions=reconstructions,
         grid=encoding.grid,
         num_embeddings=config.num_embeddings,
+        stages=kept_stages,
+        run_stages=loaded.model.stages,
         checkpoint=loaded.fingerprint,
         prior=None if prior is None else prior.fingerprint,
     )

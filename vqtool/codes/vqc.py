@@ -31,6 +31,12 @@ entropy.py) in a `stream` member, names and sizes stored compactly:
 - `sizes`: int32 (R, 3), runs of (count, height, width) in image order;
 - `frequencies` (unigram only): uint32 (K,), each code's count in the file plus one.
 
+Codes of S residual stages make versions 3 (raw: `codes` uint16 (N, S, h, w)) and 4
+(compressed: the header adds "stages", `codes_sha256` is a list of S digests, one per prefix of
+stages, unigram `frequencies` are (S, K), and every coding codes stage after stage, so that the
+first stages decode alone). docs/formats.md lists every member and header key by version and
+coding; tests/test_formats_doc.py holds it to what this module writes and reads.
+
 Raw files store members, not deflated: reading then never allocates more than the file's size,
 and deflate saves little on codes (near-uniform indices over K). Compressed files deflate
 `names`, `frequencies` and `chunks` where that saves bytes and stays within the reader's
@@ -60,7 +66,7 @@ import numpy as np
 from vqtool.codes import entropy
 from vqtool.codes.entropy import CodingPrior, StreamError
 from vqtool.codes.names import name_problem
-from vqtool.errors import UsageError, VqtoolError, WorkError, first_line, os_reason
+from vqtool.errors import UsageError, VqtoolError, WorkError, counted, first_line, os_reason
 from vqtool.events import Progress
 from vqtool.files import check_output_file, save_or_fail
 from vqtool.images.pixels import padded_size
@@ -331,9 +337,9 @@ def check_stages(
     """Refuse a stage count that is not 1..stored (UsageError, exit 2)."""
     if stages is not None and not 1 <= stages <= stored:
         raise UsageError(
-            f"--stages {stages}, but {holder} {stored} stage(s)",
+            f"--stages {stages}, but {holder} {counted(stored, 'stage')}",
             where,
-            f"give --stages from 1 to {stored}",
+            f"give --stages from 1 to {stored}" if stored > 1 else "leave --stages out",
         )
 
 

@@ -333,13 +333,13 @@ def _notes(
     if scan.unlisted:
         rel, reason = scan.unlisted[0]
         notes.append(
-            f"{len(scan.unlisted):,} subfolder(s) could not be listed and are left out: "
+            f"{counted(len(scan.unlisted), 'subfolder')} could not be listed and are left out: "
             f"{rel} ({reason})" + (", ..." if len(scan.unlisted) > 1 else "")
         )
     if scan.not_images:
         named = ", ".join(scan.not_images[:NAMED_SKIPS])
         notes.append(
-            f"{len(scan.not_images):,} files that are not images are left out: {named}"
+            f"{counted(len(scan.not_images), 'non-image file')} left out: {named}"
             + (", ..." if len(scan.not_images) > NAMED_SKIPS else "")
         )
     return notes

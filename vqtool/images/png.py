@@ -48,14 +48,19 @@ def png_bytes(image: np.ndarray) -> bytes:
 # The largest side of a grid, in pixels: it is seen at its own size (a pixel of the image a
 # pixel of the screen) on a laptop's screen, so that no viewer shrinks its cells to fit.
 GRID_SIDE = 1024
+# A grid of small images narrower than this is enlarged by a whole factor (each pixel a square
+# of pixels, no smoothing), so that 16 CIFAR images are not a thumbnail of 140 pixels.
+GRID_MIN_WIDTH = 512
+GRID_MAX_SCALE = 8
 
 
 class Grid:
     """A grid of images of one cell size, filled as images arrive (the first `capacity`).
 
     Cells are `cell` (H, W) plus a 2-pixel black border, like torchvision's make_grid; images
-    keep their own size (never shrunk). The grid is about square and at most GRID_SIDE
-    pixels a side, so it holds as many of the first images as fit (at least one).
+    are never shrunk. The grid is about square and at most GRID_SIDE pixels a side, so it
+    holds as many of the first images as fit (at least one); a grid narrower than
+    GRID_MIN_WIDTH has its images enlarged `scale` times, as far as GRID_SIDE allows.
     """
 
     PAD = 2
@@ -70,9 +75,10 @@ class Grid:
         if rows > most_rows:  # cells much taller than wide
             rows = most_rows
             self.columns = math.ceil(self.capacity / rows)
-        self.pitch = pitch
+        self.scale = _grid_scale(cell, rows, self.columns, self.PAD)
+        self.pitch = (cell[0] * self.scale + self.PAD, cell[1] * self.scale + self.PAD)
         self.canvas = np.zeros(
-            (rows * pitch[0] + self.PAD, self.columns * pitch[1] + self.PAD, 3), np.uint8
+            (rows * self.pitch[0] + self.PAD, self.columns * self.pitch[1] + self.PAD, 3), np.uint8
         )
 
     def add(self, index: int, image: np.ndarray) -> None:
@@ -81,7 +87,27 @@ class Grid:
             return
         row, col = divmod(index, self.columns)
         top, left = row * self.pitch[0] + self.PAD, col * self.pitch[1] + self.PAD
+        if self.scale > 1:
+            image = np.repeat(np.repeat(image, self.scale, axis=0), self.scale, axis=1)
         self.canvas[top : top + image.shape[0], left : left + image.shape[1]] = image
 
     def png(self) -> bytes:
         return png_bytes(self.canvas)
+
+
+def _grid_scale(cell: tuple[int, int], rows: int, columns: int, pad: int) -> int:
+    """The smallest whole factor that makes the grid GRID_MIN_WIDTH wide, within GRID_SIDE a
+    side and GRID_MAX_SCALE (1 when the grid is wide enough already)."""
+
+    def side(cells: int, size: int, scale: int) -> int:
+        return cells * (size * scale + pad) + pad
+
+    scale = 1
+    while (
+        side(columns, cell[1], scale) < GRID_MIN_WIDTH
+        and scale < GRID_MAX_SCALE
+        and side(columns, cell[1], scale + 1) <= GRID_SIDE
+        and side(rows, cell[0], scale + 1) <= GRID_SIDE
+    ):
+        scale += 1
+    return scale

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
+from vqtool.errors import counted
 from vqtool.models.config import DOWNSAMPLE, ModelConfig
 from vqtool.models.fsq import FiniteScalarQuantizer
 from vqtool.models.quantizer import VectorQuantizer
@@ -168,11 +169,13 @@ class VQVAE(nn.Module):
         (B, h, w) and stages 1 or None. ValueError for a count the codes do not hold."""
         held = 1 if self.stages == 1 else indices.shape[1]
         if indices.dim() != (3 if self.stages == 1 else 4) or held > self.stages:
-            raise ValueError(f"codes {tuple(indices.shape)} do not fit {self.stages} stage(s)")
+            raise ValueError(
+                f"codes {tuple(indices.shape)} do not fit {counted(self.stages, 'stage')}"
+            )
         if stages is None:
             return indices
         if not 1 <= stages <= held:
-            raise ValueError(f"cannot decode {stages} stage(s) from codes of {held}")
+            raise ValueError(f"cannot decode {counted(stages, 'stage')} from codes of {held}")
         return indices if self.stages == 1 else indices[:, :stages]
 
     @property

@@ -29,12 +29,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from vqtool.codes.tokens import codes_to_tokens
 from vqtool.errors import WorkError
 from vqtool.files import save_or_fail
 from vqtool.models import exact_prior
 from vqtool.models.exact_prior import ExactPrior
 from vqtool.models.transformer import CodePrior
-from vqtool.prior.data import prior_tokens
 from vqtool.runs import RunDir
 
 FORMAT = "vqtool-coding-model"
@@ -90,8 +90,9 @@ def calibration_tokens(run: RunDir) -> torch.Tensor:
             path,
             "run vqtool prior R --resume --run-dir P once to write them again",
         )
-    tokens = prior_tokens(read_codes(path))
-    return tokens[:CALIBRATION].reshape(min(CALIBRATION, tokens.shape[0]), -1)
+    code_file = read_codes(path)
+    tokens = codes_to_tokens(code_file.codes[:CALIBRATION], code_file.num_embeddings)
+    return torch.from_numpy(tokens.reshape(tokens.shape[0], -1))
 
 
 def save_coding_model(path: Path, coding: CodingModel) -> None:

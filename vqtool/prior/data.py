@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from vqtool.codes.pipeline import batch_ranges, encode_images
+from vqtool.codes.tokens import codes_to_tokens
 from vqtool.codes.vqc import CodeFile, check_codes_for_model, read_codes, write_codes
 from vqtool.data.datasets import dataset_classes, load_split
 from vqtool.events import Progress
@@ -27,26 +28,9 @@ class PriorData(NamedTuple):
     labels: Tensor | None  # int64 (N,)
 
 
-def stage_tokens(codes: np.ndarray, num_embeddings: int) -> np.ndarray:
-    """Codes (N, h, w) or (N, S, h, w) -> the prior's tokens (N, S * h * w), int32: stage after
-    stage, stage s's code c as s * K + c (vqtool.models.transformer.CodePrior)."""
-    n = codes.shape[0]
-    if codes.ndim == 3:
-        return codes.reshape(n, -1).astype(np.int32)
-    stages, per_stage = codes.shape[1], codes.shape[2] * codes.shape[3]
-    offsets = np.repeat(np.arange(stages, dtype=np.int32) * num_embeddings, per_stage)
-    return codes.reshape(n, -1).astype(np.int32) + offsets
-
-
 def prior_tokens(code_file: CodeFile) -> Tensor:
-    """A code file's codes as the prior's tokens: int64 (N, h, w), or for S stages
-    (N, S * h, w) with stage s's codes offset by s * K (vqtool.models.transformer.CodePrior)."""
-    codes = code_file.codes
-    if codes.ndim == 3:
-        return torch.from_numpy(codes.astype(np.int64))
-    n, stages, h, w = codes.shape
-    tokens = stage_tokens(codes, code_file.num_embeddings)
-    return torch.from_numpy(tokens.astype(np.int64)).view(n, stages * h, w)
+    """A code file's codes as the prior's tokens, int64 (N, S * h, w) (vqtool.codes.tokens)."""
+    return torch.from_numpy(codes_to_tokens(code_file.codes, code_file.num_embeddings))
 
 
 def encode_split(

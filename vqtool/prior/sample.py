@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vqtool.codes.tokens import tokens_to_codes
 from vqtool.codes.vqc import CodeFile
 from vqtool.errors import UsageError
 from vqtool.events import Progress
@@ -60,13 +61,8 @@ def sample_codes(
         tokens[start:stop] = drawn.cpu().numpy()
         if on_progress is not None:
             on_progress(stop, n)
-    codes = tokens.astype(np.uint16)  # (n, h, w) for one stage
-    if vq.stages > 1:  # tokens (n, S * h, w) -> codes (n, S, h, w) of each stage's codebook
-        by_stage = tokens.reshape(n, vq.stages, *vq.grid)
-        offsets = (np.arange(vq.stages) * k).reshape(1, -1, 1, 1)
-        codes = (by_stage - offsets).astype(np.uint16)
     return CodeFile(
-        codes=codes,
+        codes=tokens_to_codes(tokens, k, vq.stages),
         names=tuple(f"sample-{i + 1:05d}" for i in range(n)),
         sizes=np.tile(np.array([vq.image_size], np.int32), (n, 1)),
         checkpoint=vq.fingerprint,

@@ -29,6 +29,7 @@ class RunArrays(NamedTuple):
     codebook: np.ndarray  # float32 (K, D), the code vectors (of the first of several stages)
     images: int  # test images behind `counts`
     step: int  # the checkpoint's training step
+    stages: int = 1  # residual stages the reconstructions decode (all the model has)
 
 
 @torch.no_grad()
@@ -72,6 +73,7 @@ def run_arrays(
         model.quantizer.codebook().float().cpu().numpy(),
         n,
         loaded.step,
+        model.stages,
     )
 
 

@@ -200,12 +200,14 @@ def reconstructions_figure(
     reconstructions: np.ndarray,
     title: str = "",
     which: str = "",
+    stages: int = 1,
 ) -> Figure:
     """Originals (uint8 or [0, 1] floats, (N, 3, H, W)) above their reconstructions ([0, 1]),
     8 pairs a row, each reconstruction's PSNR under it, and the PSNR of all N together.
 
     `which` says which images these are ("the first 32 test images"), so that their PSNR is
-    not read as a whole split's.
+    not read as a whole split's; `stages`, how many residual stages the reconstructions
+    decode (said when more than one).
     """
     top = _unit_range(originals)
     bottom = _unit_range(reconstructions)
@@ -239,9 +241,11 @@ def reconstructions_figure(
         )
     ax.imshow(canvas, interpolation="nearest")
     ax.set_axis_off()
+    staged = f"(the codes of all {stages} residual stages)\n" if stages > 1 else ""
     ax.set_title(
         f"{which or counted(n, 'image')}, each above its reconstruction decoded from the codes\n"
-        f"PSNR (dB) under each; of these {n} together {psnr_db(float(errors.mean())):.2f} dB\n"
+        f"{staged}PSNR (dB) under each; of these {n} together "
+        f"{psnr_db(float(errors.mean())):.2f} dB\n"
         "(vqtool evaluate's PSNR covers the whole split)",
         fontsize=9,
     )
@@ -460,9 +464,16 @@ def write_run_plots(run: Run, out_dir: Path, arrays: RunArrays | None) -> list[P
             arrays.reconstructions,
             title,
             f"the first {counted(len(arrays.originals), 'test image')}",
+            arrays.stages,
+        )
+        # a run of stages: RunArrays holds the first stage's codebook and usage alone
+        first = (
+            f": stage 1's codebook (of {arrays.stages} residual stages)"
+            if arrays.stages > 1
+            else ""
         )
         figures[CODEBOOK_PNG] = codebook_figure(
-            arrays.counts, arrays.codebook, title, arrays.images
+            arrays.counts, arrays.codebook, title + first, arrays.images
         )
     return [save_png(fig, out_dir / name) for name, fig in figures.items()]
 

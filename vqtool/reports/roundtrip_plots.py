@@ -100,8 +100,13 @@ def _heading(result: RoundTrip, title: str, scale: int, width: int) -> list[tupl
     n, shown = len(result.names), len(result.originals)
     which = f"the first {shown} of {counted(n, 'image')}" if shown < n else counted(n, "image")
     enlarged = f", enlarged {scale}x" if scale > 1 else ""
-    first = f"{title}: {which}, each original above its reconstruction from the codes{enlarged}"
+    first = (
+        f"{title}: {which}, each original above its reconstruction from the codes"
+        f"{_of_stages(result)}{enlarged}"
+    )
     grid = f"{result.grid[0]}x{result.grid[1]}"
+    if result.run_stages > 1:
+        grid = f"{counted(result.stages, 'stage')} of {grid}"
     second = (
         f"PSNR under each (mean of all {n:,}: {result.psnr.mean():.2f} dB); raw "
         f"{result.raw_bits:,.0f} bits per image ({grid} codes (HxW) of {result.num_embeddings})"
@@ -113,6 +118,16 @@ def _heading(result: RoundTrip, title: str, scale: int, width: int) -> list[tupl
         chars = max(20, int((width - 20) / (size * CHAR_WIDTH)))
         lines += [(line, size, colour) for line in textwrap.wrap(words, chars)]
     return lines
+
+
+def _of_stages(result: RoundTrip) -> str:
+    """Which of a run's residual stages the reconstructions decode ('' without stages)."""
+    if result.run_stages == 1:
+        return ""
+    if result.stages == result.run_stages:
+        return f" of all {result.run_stages} stages"
+    first = "stage" if result.stages == 1 else f"{result.stages} stages"
+    return f" of the first {first} of {result.run_stages}"
 
 
 def _place(

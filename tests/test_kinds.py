@@ -1,0 +1,200 @@
+"""Every command on every kind of run: a VQ codebook (ema), finite scalar quantization (fsq),
+residual stages (rvq), each with a prior inside (R/prior), and those priors themselves.
+
+The runs are tiny and made once per session (conftest's `kind_runs`); a test that writes into a
+run works on a copy.
+A new kind of run goes into VQ_KINDS and meets every command; a new command that takes a run
+fails `test_every_command_that_takes_a_run_is_in_the_matrix` until it has a test here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import typer.main
+from helpers import KIND_STAGES as STAGES
+from helpers import VQ_KINDS, KindRuns
+from PIL import Image
+from typer.testing import CliRunner
+
+from vqtool.cli import app
+from vqtool.codes.vqc import read_codes
+from vqtool.data.cifar10 import load_cifar10
+from vqtool.prior.load import load_coding_prior
+
+runner = CliRunner()
+
+PRIOR_KINDS = [f"{kind}/prior" for kind in VQ_KINDS]
+ALL_KINDS = [*VQ_KINDS, *PRIOR_KINDS]
+K, GRID_CODES = 32, 64  # codes per stage, codes per image and stage
+# The commands this module runs on every kind they take; `download` and `profiles` take none.
+COVERED = {
+    "train", "evaluate", "plot", "compare", "encode", "decode", "inspect", "roundtrip",
+    "prior", "sample",
+}  # fmt: skip
+
+
+def invoke(*args: str | Path | int) -> Any:  # click's Result
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def ok(*args: str | Path | int) -> Any:
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "error" not in result.stderr, result.stderr
+    return result
+
+
+def vq_of(kind: str) -> str:
+    return kind.split("/")[0]
+
+
+def copy_of(kind_runs: KindRuns, kind: str, tmp_path: Path) -> Path:
+    """A copy of `kind`'s VQ run (its prior inside), for a command that writes into it; the
+    path of `kind` in the copy."""
+    shutil.copytree(kind_runs[vq_of(kind)], tmp_path / "copy" / vq_of(kind))
+    return tmp_path / "copy" / kind
+
+
+def test_every_command_that_takes_a_run_is_in_the_matrix() -> None:
+    commands = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    assert commands - {"download", "profiles"} == COVERED
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_resume(kind_runs: KindRuns, kind: str, tmp_path: Path) -> None:
+    run = copy_of(kind_runs, kind, tmp_path)
+    if kind in VQ_KINDS:
+        args = ["train", "--resume", "--run-dir", run, "--set", "train.steps=40"]
+    else:
+        args = ["prior", run.parent, "--resume", "--run-dir", run, "--set", "train.steps=6"]
+    result = ok(*args, "--data-dir", kind_runs.data)
+    assert result.stdout.strip().endswith(run.name)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == (40 if kind in VQ_KINDS else 6)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_evaluate(kind_runs: KindRuns, kind: str, tmp_path: Path) -> None:
+    run = copy_of(kind_runs, kind, tmp_path)
+    metrics = json.loads(ok("evaluate", run, "--data-dir", kind_runs.data, "--json", "-").stdout)
+    assert metrics["images"] == 40 and metrics["step"] >= 4
+    assert 0 < metrics["bits_per_image"] < math.inf
+    if kind in PRIOR_KINDS:
+        assert metrics["bits_per_image"] < STAGES[vq_of(kind)] * GRID_CODES * 6  # < 6 bits a code
+        return
+    assert 0 < metrics["psnr"] < 60 and metrics["split"] == "test"
+    assert metrics["bits_per_image"] == STAGES[kind] * GRID_CODES * math.log2(K)
+    if STAGES[kind] == 1:
+        assert "stages" not in metrics and "by_stages" not in metrics
+    else:
+        assert metrics["stages"] == STAGES[kind]
+        assert [row["stages"] for row in metrics["by_stages"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_plot(kind_runs: KindRuns, kind: str, tmp_path: Path) -> None:
+    ok("plot", kind_runs[kind], "-o", "figures", "--data-dir", kind_runs.data)
+    names = {"loss.png", "samples.png"} if kind in PRIOR_KINDS else {
+        "loss.png", "reconstructions.png", "codebook.png"
+    }  # fmt: skip
+    written = {p.name for p in (tmp_path / "figures").iterdir() if p.is_file()}
+    assert names <= written
+    for name in names:
+        with Image.open(tmp_path / "figures" / name) as figure:
+            assert min(figure.size) > 200
+
+
+def test_plot_says_how_many_stages_its_reconstructions_decode(kind_runs: KindRuns) -> None:
+    from vqtool.reports.arrays import run_arrays
+    from vqtool.reports.plots import reconstructions_figure
+
+    arrays = run_arrays(kind_runs["rvq"], kind_runs.data, samples=4)
+    assert arrays.stages == 3
+    figure = reconstructions_figure(arrays.originals, arrays.reconstructions, "", "", 3)
+    assert "all 3 residual stages" in figure.axes[0].get_title()
+
+
+def test_compare_every_kind_at_once(kind_runs: KindRuns) -> None:
+    rows = json.loads(ok("compare", *(kind_runs[k] for k in ALL_KINDS), "--json", "-").stdout)
+    assert len(rows) == len(ALL_KINDS)
+
+
+@pytest.mark.parametrize("kind", [*VQ_KINDS, "prior"])
+def test_encode_inspect_decode(kind_runs: KindRuns, kind: str, tmp_path: Path) -> None:
+    # "prior": each VQ kind's codes compressed with its prior, decoded without naming it
+    for vq in VQ_KINDS if kind == "prior" else [kind]:
+        run, stages = kind_runs[vq], STAGES[vq]
+        coding = ["--prior", run / "prior"] if kind == "prior" else []
+        data = kind_runs.data
+        ok("encode", run, "cifar10:test:8", "-o", f"{vq}.vqc", "--data-dir", data, *coding)
+        facts = json.loads(ok("inspect", f"{vq}.vqc", "--json", "-").stdout)
+        assert (facts["images"], facts["stages"]) == (8, stages)
+        assert facts["coding"] == ("exact" if kind == "prior" else "raw")
+        ok("decode", run, f"{vq}.vqc", "-o", f"{vq}-out", "--grid", f"{vq}-grid.png")
+        assert len(list((tmp_path / f"{vq}-out").glob("*.png"))) == 8
+        prior = load_coding_prior(run / "prior") if kind == "prior" else None
+        codes = read_codes(tmp_path / f"{vq}.vqc", prior).codes
+        assert codes.shape == ((8, 8, 8) if stages == 1 else (8, stages, 8, 8))
+
+
+@pytest.mark.parametrize("kind", VQ_KINDS)
+def test_roundtrip_is_encode_then_decode_at_every_stage_count(
+    kind_runs: KindRuns, kind: str, tmp_path: Path
+) -> None:
+    run, data = kind_runs[kind], kind_runs.data
+    originals = load_cifar10(data, "test")[:6].permute(0, 2, 3, 1).numpy().astype(np.float64)
+    for n in range(1, STAGES[kind] + 1):
+        stages = ["--stages", n] if STAGES[kind] > 1 else []
+        facts = json.loads(ok("roundtrip", run, "cifar10:test:6", "-o", f"rt{n}.png",
+                              "--json", "-", "--data-dir", data, *stages).stdout)  # fmt: skip
+        assert facts["stages"] == n and facts["raw_bits_per_image"] == n * GRID_CODES * math.log2(K)
+        ok("encode", run, "cifar10:test:6", "-o", f"c{n}.vqc", "--data-dir", data, *stages)
+        ok("decode", run, f"c{n}.vqc", "-o", f"out{n}")
+        for i, record in enumerate(facts["per_image"]):
+            decoded = np.asarray(Image.open(tmp_path / f"out{n}" / f"{record['name']}.png"))
+            mse = (((originals[i] - decoded) / 255.0) ** 2).mean()
+            assert record["psnr"] == pytest.approx(10 * math.log10(1 / mse), abs=1e-9)
+        with Image.open(tmp_path / f"rt{n}.png") as figure:
+            assert figure.size[0] > 600
+
+
+@pytest.mark.parametrize("kind", VQ_KINDS)
+def test_roundtrip_with_a_prior_at_every_stage_count_and_resize(
+    kind_runs: KindRuns, kind: str, tmp_path: Path
+) -> None:
+    run = kind_runs[kind]
+    for n in range(1, STAGES[kind] + 1):
+        stages = ["--stages", n] if STAGES[kind] > 1 else []
+        result = ok("roundtrip", run, "cifar10:test:6", "-o", f"rt{n}.png", "--json", "-",
+                    "--prior", run / "prior", "--size", "32x32", "--resize", "centre-crop",
+                    "--data-dir", kind_runs.data, *stages)  # fmt: skip
+        facts = json.loads(result.stdout)
+        assert facts["stages"] == n and facts["prior"] is not None
+        # a few steps of training leave the prior near the uniform bound
+        assert 0.5 * facts["raw_bits_per_image"] < facts["prior_bits_per_image"]
+        assert facts["prior_bits_per_image"] < 1.5 * facts["raw_bits_per_image"]
+    result = invoke("roundtrip", run, "cifar10:test:2", "-o", "x.png", "--stages",
+                    STAGES[kind] + 1, "--data-dir", kind_runs.data)  # fmt: skip
+    assert result.exit_code == 2 and "--stages" in result.output
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("kind", PRIOR_KINDS)
+def test_sample_and_decode(kind_runs: KindRuns, kind: str, tmp_path: Path) -> None:
+    ok("sample", kind_runs[kind], "-n", 3, "-o", "s.vqc", "--seed", 1)
+    stages = STAGES[vq_of(kind)]
+    codes = read_codes(tmp_path / "s.vqc").codes
+    assert codes.shape == ((3, 8, 8) if stages == 1 else (3, stages, 8, 8))
+    ok("decode", kind_runs[vq_of(kind)], "s.vqc", "-o", "samples")
+    assert len(list((tmp_path / "samples").glob("*.png"))) == 3
+
+
+def test_the_prior_command_names_its_profile_sections_in_its_help() -> None:
+    assert "keys under [prior] and [train]" in " ".join(ok("prior", "--help").stdout.split())
