@@ -37,13 +37,16 @@ from common import add_codec_arguments, machine_facts, write_json  # this folder
 from vqtool.checkpoint import fingerprint
 from vqtool.codes import entropy
 from vqtool.codes.pipeline import decode_file, encode_inputs
+from vqtool.codes.tokens import codes_to_tokens
 from vqtool.codes.vqc import write_codes
 from vqtool.models.config import PriorConfig
+from vqtool.models.exact_prior import ExactPrior
 from vqtool.models.transformer import CodePrior
+from vqtool.prior.coding_model import derive_coding_model
 from vqtool.prior.load import load_coding_prior
 from vqtool.vq.load import load_model
 
-DECODE_TARGET = 1 / 3  # of the raw route's images/s
+TARGET = 0.5  # prior-coded encode and decode, each, against the raw route's decode images/s
 T = TypeVar("T")
 
 
@@ -51,6 +54,8 @@ class RandomPrior(NamedTuple):
     model: CodePrior
     fingerprint: str
     vq_fingerprint: str
+    exact: ExactPrior
+    exact_fingerprint: str
 
 
 def timed(work: Callable[[], T]) -> tuple[float, T]:
@@ -89,7 +94,11 @@ def run(
     else:
         torch.manual_seed(0)
         model = CodePrior(PriorConfig(), config.num_embeddings, grid).eval()
-        prior = RandomPrior(model, fingerprint(model.state_dict()), loaded.fingerprint)
+        prior_fp = fingerprint(model.state_dict())
+        tokens = codes_to_tokens(code_file.codes[:512], config.num_embeddings)
+        calibration = torch.from_numpy(tokens.reshape(len(tokens), -1))
+        coding = derive_coding_model(model, calibration, prior_fp, loaded.fingerprint)
+        prior = RandomPrior(model, prior_fp, loaded.fingerprint, coding.model, coding.fingerprint)
         prior_kind = f"random weights, {PriorConfig()}"
     figures: dict[str, Any] = {
         "images": n,
@@ -138,7 +147,7 @@ def run(
         )
         figures["unigram"]["range_decode_s"] = seconds
         assert np.array_equal(decoded, codes)
-        seconds, coded = timed(lambda: entropy.encode_with_prior(codes, prior.model))
+        seconds, coded = timed(lambda: entropy.encode_with_prior(codes, prior.exact))
         figures["prior"]["range_encode_s"] = seconds
         figures["prior"]["ideal_bits_per_image"] = float(coded.bits.mean())
         figures["prior"]["stream_bits_per_image"] = len(coded.words) * 32 / n
@@ -147,7 +156,10 @@ def run(
     raw_decode = figures["raw"]["decode_images_per_s"]
     for label in ("unigram", "prior"):
         figures[label]["decode_vs_raw"] = figures[label]["decode_images_per_s"] / raw_decode
-        figures[label]["meets_decode_target"] = figures[label]["decode_vs_raw"] >= DECODE_TARGET
+        figures[label]["encode_vs_raw"] = figures[label]["encode_images_per_s"] / raw_decode
+        figures[label]["meets_target"] = (
+            min(figures[label]["decode_vs_raw"], figures[label]["encode_vs_raw"]) >= TARGET
+        )
     figures.update(machine_facts())
     return figures
 
@@ -179,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             " images/s"
         )
         if label != "raw":
-            line += f" ({f['decode_vs_raw']:.2f}x raw; goal {DECODE_TARGET:.2f}x)"
+            line += (
+                f" (encode {f['encode_vs_raw']:.2f}x, decode {f['decode_vs_raw']:.2f}x the raw"
+                f" decode; goal {TARGET:.2f}x)"
+            )
         print(line)
     for label in ("unigram", "prior"):
         f = figures[label]
