@@ -10,9 +10,12 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import resource
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import tarfile
 import time
 import zlib
@@ -354,3 +357,31 @@ def one_error_line(output: str) -> str:
     assert lines[0].startswith("error: "), output
     assert "Traceback" not in output
     return lines[0]
+
+
+def vqtool_limited(max_file_bytes: int, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run `vqtool ARGS` in a process that cannot make a file longer than `max_file_bytes`: a
+    full disk, for anyone (root included), as a write that fails with EFBIG."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer
+        hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, hard))
+
+    return subprocess.run(
+        [sys.executable, "-m", "vqtool", *map(str, args)],
+        env=source_env(),
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=300,
+    )
+
+
+def last_error_line(stderr: str) -> str:
+    """The `error: ...` line that ends a failed command's progress lines; it must be the only
+    error line, the last line, and come without a traceback."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert [line for line in lines if line.startswith("error")] == lines[-1:], stderr
+    assert "Traceback" not in stderr
+    return lines[-1]
