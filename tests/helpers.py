@@ -385,3 +385,12 @@ def last_error_line(stderr: str) -> str:
     assert [line for line in lines if line.startswith("error")] == lines[-1:], stderr
     assert "Traceback" not in stderr
     return lines[-1]
+
+
+def cifar_names(data_dir: Path, split: str, n: int | None = None) -> list[str]:
+    """What encode and a prior call the first `n` images of a CIFAR-10 split in `data_dir`:
+    class, then split and index ('cat/test-00042')."""
+    from vqtool.data.cifar10 import load_cifar10_labels
+
+    labels = load_cifar10_labels(data_dir, split).tolist()[:n]
+    return [f"{CLASSES[y]}/{split}-{i:05d}" for i, y in enumerate(labels)]

@@ -198,7 +198,8 @@ def invoke(*args: str | Path) -> tuple[int, str]:
 
 
 def pngs(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    """Every PNG below `folder` (CIFAR-10's in a folder per class), by its path there."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
 
 
 def test_compressed_decodes_to_the_raw_files_pngs(

@@ -141,7 +141,8 @@ def test_a_damaged_coding_model_is_one_line(tmp_path: Path) -> None:
 
 
 def pngs(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    """Every PNG below `folder` (CIFAR-10's in a folder per class), by its path there."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
 
 
 @pytest.fixture(scope="module")

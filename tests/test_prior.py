@@ -365,3 +365,17 @@ def test_a_prior_checkpoint_the_disk_cannot_take_ends_training_with_one_line(
     assert line.startswith("error: could not write the checkpoint: File too large"), line
     assert (copy / "checkpoint.pt").read_bytes() == before
     assert sorted(p.name for p in copy.iterdir() if p.name.startswith(".")) == [".lock"]
+
+
+def test_encode_names_cifar_images_as_the_priors_code_files_do(
+    prior_run: Path, trained_run: Path, trained_data_dir: Path, tmp_path: Path
+) -> None:
+    """One naming wherever CIFAR-10 is encoded: class, split, index ('cat/test-00000')."""
+    result = invoke("encode", trained_run, "cifar10:test", "-o", "c.vqc",
+                    "--data-dir", trained_data_dir)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    names = read_codes(tmp_path / "c.vqc").names
+    assert names == read_codes(prior_run / "codes-test.vqc").names
+    assert names[0].split("/")[0] in CLASS_NAMES and names[0].endswith("/test-00000")
+    assert invoke("decode", trained_run, "c.vqc", "-o", "out").exit_code == 0
+    assert (tmp_path / "out" / f"{names[0]}.png").is_file()  # a folder per class

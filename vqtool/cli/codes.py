@@ -37,7 +37,7 @@ Inputs = Annotated[
     list[str],
     typer.Argument(
         help="Image files, folders (recursive, sorted), or cifar10:test, cifar10:train, "
-        "cifar10:test:N (the first N).",
+        "cifar10:test:N (the first N; named by class, split and index: cat/test-00042).",
         metavar="INPUT",
         show_default=False,
     ),

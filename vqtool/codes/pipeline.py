@@ -11,6 +11,7 @@ are kept.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import shutil
 import tempfile
@@ -441,15 +442,47 @@ def _decode_into(
 ) -> None:
     """Decode every image of `code_file` to its PNG in `targets` (in a staging folder: written
     in place; otherwise each through a temp name)."""
-    n = len(targets)
     folders = sorted({t.parent for t in targets})
+    made = _new_folders(folders)
     try:
         for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise WorkError(
-            f"could not make the folder: {os_reason(exc)}", folders[0], DISK_FIX
-        ) from exc
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                what = f"could not make the folder: {os_reason(exc)}"
+                raise WorkError(what, folder, DISK_FIX) from exc
+        _write_decoded(loaded, code_file, targets, batch_size, sheet, staging, on_progress)
+    except BaseException:
+        # Folders made for the PNGs (a class each) that got none: not left behind, empty.
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    for folder in folders:
+        fsync_dir(folder)
+
+
+def _new_folders(folders: Sequence[Path]) -> list[Path]:
+    """The folders among `folders` and above them that do not exist yet, deepest first."""
+    new: set[Path] = set()
+    for folder in folders:
+        for path in (folder, *folder.parents):
+            if os.path.lexists(path):
+                break
+            new.add(path)
+    return sorted(new, key=lambda path: len(path.parts), reverse=True)
+
+
+def _write_decoded(
+    loaded: CodingModel,
+    code_file: CodeFile,
+    targets: list[Path],
+    batch_size: int,
+    sheet: Grid | None,
+    staging: Path | None,
+    on_progress: Progress | None,
+) -> None:
+    n = len(targets)
     mode = file_mode()
     writer: Writer = _write_new_file if staging is not None else write_file
     model = loaded.model.folded()
@@ -482,5 +515,3 @@ def _decode_into(
             future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    for folder in folders:
-        fsync_dir(folder)

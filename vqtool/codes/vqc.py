@@ -27,7 +27,7 @@ entropy.py) in a `stream` member, names and sizes stored compactly:
   "chunk" images, a header key), C = ceil(N / chunk);
 - `names`: uint8, UTF-8 text, one line per name; a line `PREFIX<US>FIRST<US>COUNT` (US the
   control character 0x1f, never in a name) stands for COUNT names PREFIX + FIRST, FIRST + 1,
-  ... written with at least as many digits as FIRST has (cifar10-test-00000 to -09999);
+  ... written with at least as many digits as FIRST has (sample-00001 to -00064);
 - `sizes`: int32 (R, 3), runs of (count, height, width) in image order;
 - `frequencies` (unigram only): uint32 (K,), each code's count in the file plus one.
 
