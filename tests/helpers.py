@@ -394,3 +394,8 @@ def cifar_names(data_dir: Path, split: str, n: int | None = None) -> list[str]:
 
     labels = load_cifar10_labels(data_dir, split).tolist()[:n]
     return [f"{CLASSES[y]}/{split}-{i:05d}" for i, y in enumerate(labels)]
+
+
+def decoded_pngs(folder: Path) -> dict[str, bytes]:
+    """Every PNG below `folder` by its path there (CIFAR-10's lie in a folder per class)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}

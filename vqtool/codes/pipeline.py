@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -26,7 +26,14 @@ from torch import Tensor
 from vqtool.codes.entropy import CodingPrior, check_prior
 from vqtool.codes.inputs import ImageItem, find_images, load_item
 from vqtool.codes.names import name_problem, unique_names
-from vqtool.codes.vqc import CodeFile, check_codes_for_model, check_stages, read_codes
+from vqtool.codes.vqc import (
+    CodeFile,
+    Source,
+    check_codes_for_model,
+    check_stages,
+    pick_images,
+    read_codes,
+)
 from vqtool.errors import UsageError, WorkError, os_reason
 from vqtool.events import Progress
 from vqtool.files import (
@@ -269,6 +276,19 @@ class DecodeResult(NamedTuple):
     out_dir: Path
     grid: Path | None
     grid_images: int  # images shown in the grid (the first ones; a grid is capped in size)
+    stages: int  # residual stages decoded
+    file_images: int  # images the code file holds (more than `images` when some were picked)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON data (decode --json)."""
+        return {
+            "output": str(self.out_dir),
+            "images": self.images,
+            "file_images": self.file_images,
+            "stages": self.stages,
+            "grid": None if self.grid is None else str(self.grid),
+            "grid_images": self.grid_images,
+        }
 
 
 def plan_outputs(names: Sequence[str], out_dir: Path) -> list[Path]:
@@ -371,9 +391,20 @@ def _publish(staging: Path, out_dir: Path) -> None:
     fsync_dir(out_dir.parent)
 
 
+class Pick(NamedTuple):
+    """Which images of a code file to decode: those whose names match `names` (a glob), then
+    the `first` of them; None: all."""
+
+    first: int | None = None
+    names: str | None = None
+
+
+ALL_IMAGES = Pick()
+
+
 def decode_file(
     loaded: CodingModel,
-    codes_path: Path,
+    codes_path: Source,
     out_dir: Path,
     grid: Path | None = None,
     batch_size: int = DEFAULT_BATCH,
@@ -381,8 +412,10 @@ def decode_file(
     prior: CodingPrior | None = None,
     on_stream: Progress | None = None,
     stages: int | None = None,
+    pick: Pick = ALL_IMAGES,
 ) -> DecodeResult:
-    """Decode a .vqc into one PNG per image at its stored size, named after the stored names.
+    """Decode a .vqc (a file, or CodeBytes in memory) into one PNG per image at its stored
+    size, named after the stored names; `pick` keeps some of them (vqc.pick_images).
 
     A file compressed with a prior needs that prior (`prior`); `on_stream(done, n)` follows
     its range decoding, `on_progress` the PNGs. `stages` decodes the file's first stages
@@ -407,6 +440,8 @@ def decode_file(
             codes_path,
             "decode it with the run that encoded it",
         )
+    file_images = len(code_file.names)
+    code_file = pick_images(code_file, pick.first, pick.names)
     targets = plan_outputs(code_file.names, out_dir)
     if grid is not None:
         check_output_file(Path(grid), "the grid", "--grid grid.png")
@@ -428,7 +463,8 @@ def decode_file(
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    return DecodeResult(n, out_dir, grid, sheet.capacity if sheet is not None else 0)
+    shown = sheet.capacity if sheet is not None else 0
+    return DecodeResult(n, out_dir, grid, shown, code_file.stages, file_images)
 
 
 def _decode_into(
