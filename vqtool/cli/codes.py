@@ -240,7 +240,7 @@ def decode(
     names: Annotated[
         str | None,
         optional_option(
-            "Decode only the images whose names match GLOB (* ? [abc]; * also matches /, so "
+            "Decode only the images whose names match GLOB (* ? \\[abc]; * also matches /, so "
             "'cat/*' is a CIFAR-10 class). Quote it from the shell.",
             "GLOB",
         ),
