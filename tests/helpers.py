@@ -10,9 +10,12 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import resource
+import signal
 import socket
 import struct
 import subprocess
+import sys
 import tarfile
 import time
 import zlib
@@ -400,3 +403,45 @@ def make_kind_runs(root: Path) -> KindRuns:
         train_prior(run, prior_profile, run / "prior", data)
         RunDir.at(run / "prior").write_eval(evaluate_prior(run / "prior"))
     return KindRuns(root / "runs", data)
+
+
+def vqtool_limited(max_file_bytes: int, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run `vqtool ARGS` in a process that cannot make a file longer than `max_file_bytes`: a
+    full disk, for anyone (root included), as a write that fails with EFBIG."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer
+        hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, hard))
+
+    return subprocess.run(
+        [sys.executable, "-m", "vqtool", *map(str, args)],
+        env=source_env(),
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+        timeout=300,
+    )
+
+
+def last_error_line(stderr: str) -> str:
+    """The `error: ...` line that ends a failed command's progress lines; it must be the only
+    error line, the last line, and come without a traceback."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert [line for line in lines if line.startswith("error")] == lines[-1:], stderr
+    assert "Traceback" not in stderr
+    return lines[-1]
+
+
+def cifar_names(data_dir: Path, split: str, n: int | None = None) -> list[str]:
+    """What encode and a prior call the first `n` images of a CIFAR-10 split in `data_dir`:
+    class, then split and index ('cat/test-00042')."""
+    from vqtool.data.cifar10 import load_cifar10_labels
+
+    labels = load_cifar10_labels(data_dir, split).tolist()[:n]
+    return [f"{CLASSES[y]}/{split}-{i:05d}" for i, y in enumerate(labels)]
+
+
+def decoded_pngs(folder: Path) -> dict[str, bytes]:
+    """Every PNG below `folder` by its path there (CIFAR-10's lie in a folder per class)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}

@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_cifar_folder, one_error_line, png_declaring, source_env, wait_for
+from helpers import (
+    cifar_names,
+    make_cifar_folder,
+    one_error_line,
+    png_declaring,
+    source_env,
+    wait_for,
+)
 from PIL import Image
 from torch.nn.utils import parametrize
 from typer.testing import CliRunner
@@ -151,13 +158,10 @@ def test_cli_round_trip_is_exact(
     originals = load_cifar10(trained_data_dir, "test")[:40]
     ref_indices, ref_images = reference(loaded, originals)
     code_file = read_codes(tmp_path / "c.vqc")
-    assert (
-        code_file.names[0] == "cifar10-test-00000" and code_file.names[-1] == "cifar10-test-00039"
-    )
+    names = cifar_names(trained_data_dir, "test", 40)
+    assert list(code_file.names) == names  # the class, then split and index: 'cat/test-00000'
     assert np.array_equal(code_file.codes, ref_indices.numpy().astype(np.uint16))
-    decoded = torch.stack(
-        [read_png(tmp_path / "out" / f"cifar10-test-{i:05d}.png") for i in range(40)]
-    )
+    decoded = torch.stack([read_png(tmp_path / "out" / f"{name}.png") for name in names])
     assert torch.equal(decoded, ref_images)
     with np.load(tmp_path / "c.vqc", allow_pickle=False) as npz:
         assert npz["codes"].dtype == np.uint16 and npz["sizes"].tolist() == [[32, 32]] * 40
@@ -184,7 +188,7 @@ def test_thousand_images_decode_to_evaluates_mse(
     code, output = invoke("decode", trained_run, "c.vqc", "-o", "out")
     assert code == 0, output
     decoded = torch.stack(
-        [read_png(tmp_path / "out" / f"cifar10-test-{i:05d}.png") for i in range(1000)]
+        [read_png(tmp_path / "out" / f"{name}.png") for name in cifar_names(data, "test")]
     )
     mse = float((decoded.double() / 255 - originals.double() / 255).pow(2).mean())
     print(f"1,000 images: decoded PNGs' MSE {mse:.6f}, evaluate's {expected:.6f}")  # pytest -s
@@ -368,10 +372,11 @@ def test_decode_errors(trained_run: Path, trained_data_dir: Path, tmp_path: Path
     (tmp_path / "file").write_text("in the way")
     code, output = invoke("decode", trained_run, "c.vqc", "-o", "file")
     assert code == 2 and "not a folder" in one_error_line(output)
-    (tmp_path / "out" / "cifar10-test-00001.png").mkdir(parents=True)
+    first, second = cifar_names(trained_data_dir, "test", 2)
+    (tmp_path / "out" / f"{second}.png").mkdir(parents=True)
     code, output = invoke("decode", trained_run, "c.vqc", "-o", "out")
     assert code == 2 and "a folder is in the way" in one_error_line(output)
-    assert not (tmp_path / "out" / "cifar10-test-00000.png").exists()
+    assert not (tmp_path / "out" / f"{first}.png").exists()
     code, output = invoke("decode", trained_run, "c.vqc", "-o", "ok", "--grid", "out")
     assert code == 2 and "the grid is a folder" in one_error_line(output)
     code, output = invoke("decode", trained_run, "c.vqc", "-o", "ok", "--batch-size", "-1")
@@ -390,17 +395,19 @@ def test_decode_into_a_new_folder_appears_whole(
     encode_test_images(trained_run, trained_data_dir, 12)
     code, output = invoke("decode", trained_run, "c.vqc", "-o", "new/sub")
     assert code == 0, output
-    assert len(list((tmp_path / "new" / "sub").glob("*.png"))) == 12
+    assert len(list((tmp_path / "new" / "sub").rglob("*.png"))) == 12
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["sub"]  # no staging left
     umask = files.current_umask()
     assert (tmp_path / "new" / "sub").stat().st_mode & 0o777 == 0o777 & ~umask
-    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in (tmp_path / "new/sub").iterdir())
+    pngs = list((tmp_path / "new/sub").rglob("*.png"))
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in pngs)
     # Into the folder that now exists: each PNG replaced through a temp name of its own.
     code, output = invoke("decode", trained_run, "c.vqc", "-o", "new/sub")
     assert code == 0, output
-    assert sorted(p.name for p in (tmp_path / "new" / "sub").iterdir()) == sorted(
-        f"cifar10-test-{i:05d}.png" for i in range(12)
-    )
+    found = (tmp_path / "new" / "sub").rglob("*")
+    assert sorted(
+        p.relative_to(tmp_path / "new" / "sub").as_posix() for p in found if p.is_file()
+    ) == sorted(f"{name}.png" for name in cifar_names(trained_data_dir, "test", 12))
 
 
 @pytest.mark.parametrize("exists", [False, True])
@@ -430,8 +437,10 @@ def test_a_failed_decode_leaves_no_png_and_no_temp_file(
     code, output = invoke("decode", trained_run, "c.vqc", "-o", "out")
     assert code == 1 and "No space left" in one_error_line(output)
     if exists:  # the PNGs written before the failure are whole; no temp file is left
-        names = [p.name for p in (tmp_path / "out").iterdir()]
+        left = list((tmp_path / "out").rglob("*"))
+        names = [p.name for p in left if p.is_file()]
         assert all(n.endswith(".png") and not n.startswith(".") for n in names) and len(names) <= 5
+        assert all(any(p.iterdir()) for p in left if p.is_dir())  # no class folder left empty
     else:  # the new folder never appeared, and its staging folder is gone
         assert sorted(p.name for p in tmp_path.iterdir()) == ["c.vqc"]
 

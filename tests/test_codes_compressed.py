@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import one_error_line
+from helpers import decoded_pngs, one_error_line
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_codes import MUTATIONS, _mutate, assert_same, golden_code_file
@@ -197,10 +197,6 @@ def invoke(*args: str | Path) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def pngs(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-
-
 def test_compressed_decodes_to_the_raw_files_pngs(
     trained_run: Path, trained_data_dir: Path, tmp_path: Path, prior_at_p: Prior
 ) -> None:
@@ -225,7 +221,7 @@ def test_compressed_decodes_to_the_raw_files_pngs(
             decode_extra = extra[1:] and ["--prior", "P"]
             code, output = invoke("decode", trained_run, f"{kind}-7.vqc", "-o", kind, *decode_extra)
             assert code == 0, output
-            assert pngs(tmp_path / kind) == pngs(tmp_path / "raw"), kind
+            assert decoded_pngs(tmp_path / kind) == decoded_pngs(tmp_path / "raw"), kind
     finally:
         torch.set_num_threads(before)
     raw_bytes = (tmp_path / "raw.vqc").stat().st_size

@@ -70,8 +70,9 @@ def test_decode_uses_the_prior_in_the_run_and_says_so(
                       run_with_priors / "prior-coding")  # fmt: skip
     assert explicit.exit_code == 0, explicit.output
     assert "note: decoding with the prior" not in explicit.stderr
-    found = sorted(p.name for p in (tmp_path / "found").iterdir())
-    assert len(found) == 6 and found == sorted(p.name for p in (tmp_path / "given").iterdir())
+    found = sorted(p.relative_to(tmp_path / "found") for p in (tmp_path / "found").rglob("*.png"))
+    given = sorted(p.relative_to(tmp_path / "given") for p in (tmp_path / "given").rglob("*.png"))
+    assert len(found) == 6 and found == given
     for name in found:
         assert (tmp_path / "found" / name).read_bytes() == (tmp_path / "given" / name).read_bytes()
 

@@ -138,7 +138,7 @@ def test_encode_inspect_decode(kind_runs: KindRuns, kind: str, tmp_path: Path) -
         assert (facts["images"], facts["stages"]) == (8, stages)
         assert facts["coding"] == ("exact" if kind == "prior" else "raw")
         ok("decode", run, f"{vq}.vqc", "-o", f"{vq}-out", "--grid", f"{vq}-grid.png")
-        assert len(list((tmp_path / f"{vq}-out").glob("*.png"))) == 8
+        assert len(list((tmp_path / f"{vq}-out").rglob("*.png"))) == 8  # a folder per class
         prior = load_coding_prior(run / "prior") if kind == "prior" else None
         codes = read_codes(tmp_path / f"{vq}.vqc", prior).codes
         assert codes.shape == ((8, 8, 8) if stages == 1 else (8, stages, 8, 8))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import decoded_pngs
 from test_codes_stages import staged_file, staged_prior
 from test_entropy import random_codes, random_prior
 from test_found_prior import CODING
@@ -140,10 +141,6 @@ def test_a_damaged_coding_model_is_one_line(tmp_path: Path) -> None:
         load_coding_model(path)
 
 
-def pngs(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-
-
 @pytest.fixture(scope="module")
 def coding_prior(
     trained_run: Path, trained_data_dir: Path, tmp_path_factory: pytest.TempPathFactory
@@ -171,7 +168,7 @@ def test_a_file_encoded_here_decodes_elsewhere_and_back(
     done = elsewhere(MACHINES["AVX2 CPU"], *decode, "here.vqc", "-o", "there",
                      "--prior", str(prior_run))  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert pngs(tmp_path / "there") == pngs(tmp_path / "raw")
+    assert decoded_pngs(tmp_path / "there") == decoded_pngs(tmp_path / "raw")
     encode = ["-m", "vqtool", *common, "-o", "there.vqc", "--prior", str(prior_run)]
     done = elsewhere(MACHINES["no vector kernels"], *encode)
     assert done.returncode == 0, done.stderr
@@ -179,5 +176,5 @@ def test_a_file_encoded_here_decodes_elsewhere_and_back(
     back = ["decode", str(trained_run), "there.vqc", "-o", "back", "--prior", str(prior_run)]
     result = runner.invoke(app, back)
     assert result.exit_code == 0, result.output
-    assert pngs(tmp_path / "back") == pngs(tmp_path / "raw")
-    assert read_codes(tmp_path / "raw.vqc").codes.shape[0] == len(pngs(tmp_path / "raw"))
+    assert decoded_pngs(tmp_path / "back") == decoded_pngs(tmp_path / "raw")
+    assert read_codes(tmp_path / "raw.vqc").codes.shape[0] == len(decoded_pngs(tmp_path / "raw"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import one_error_line, source_env, wait_for
+from helpers import last_error_line, one_error_line, source_env, vqtool_limited, wait_for
 from typer.testing import CliRunner
 
 from vqtool.checkpoint import load_checkpoint
@@ -347,3 +347,35 @@ def test_a_prior_codes_compressed_code_files_that_decode_like_raw_ones(
     without = invoke("decode", trained_run, tmp_path / "p.vqc", "-o", tmp_path / "none")
     assert without.exit_code == 2 and "prior" in one_error_line(without.output)
     assert not (tmp_path / "none").exists()
+
+
+def test_a_prior_checkpoint_the_disk_cannot_take_ends_training_with_one_line(
+    prior_run: Path, trained_run: Path, trained_data_dir: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "prior"
+    shutil.copytree(prior_run, copy)
+    before = (copy / "checkpoint.pt").read_bytes()
+    assert max(p.stat().st_size for p in copy.glob("*.vqc")) < len(before) // 2
+    result = vqtool_limited(
+        len(before) // 2, "prior", trained_run, "--run-dir", copy, "--resume",
+        "--set", "train.steps=16", "--data-dir", trained_data_dir,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    line = last_error_line(result.stderr)
+    assert line.startswith("error: could not write the checkpoint: File too large"), line
+    assert (copy / "checkpoint.pt").read_bytes() == before
+    assert sorted(p.name for p in copy.iterdir() if p.name.startswith(".")) == [".lock"]
+
+
+def test_encode_names_cifar_images_as_the_priors_code_files_do(
+    prior_run: Path, trained_run: Path, trained_data_dir: Path, tmp_path: Path
+) -> None:
+    """One naming wherever CIFAR-10 is encoded: class, split, index ('cat/test-00000')."""
+    result = invoke("encode", trained_run, "cifar10:test", "-o", "c.vqc",
+                    "--data-dir", trained_data_dir)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    names = read_codes(tmp_path / "c.vqc").names
+    assert names == read_codes(prior_run / "codes-test.vqc").names
+    assert names[0].split("/")[0] in CLASS_NAMES and names[0].endswith("/test-00000")
+    assert invoke("decode", trained_run, "c.vqc", "-o", "out").exit_code == 0
+    assert (tmp_path / "out" / f"{names[0]}.png").is_file()  # a folder per class

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_image_folder, one_error_line
+from helpers import cifar_names, make_image_folder, one_error_line
 from PIL import Image
 from test_entropy import Prior, random_prior
 from typer.testing import CliRunner
@@ -65,7 +65,8 @@ def test_roundtrip_is_what_encode_and_decode_give(
     assert facts["codes_per_image"] == {"height": 8, "width": 8}
     assert facts["raw_bits_per_image"] == 64 * 5  # 8x8 codes, log2(32) bits each
     records = facts["per_image"]
-    assert [r["name"] for r in records] == [f"cifar10-test-{i:05d}" for i in range(10)]
+    names = cifar_names(trained_data_dir, "test", 10)
+    assert [r["name"] for r in records] == names
     assert all((r["height"], r["width"], r["raw_bits"]) == (32, 32, 320) for r in records)
     # Each PSNR is that of the PNG decode writes, against the original.
     assert invoke("encode", trained_run, "cifar10:test:10", "-o", "c.vqc",
@@ -81,7 +82,7 @@ def test_roundtrip_is_what_encode_and_decode_give(
     assert width >= 8 * 32 * scale_for(32, 32) and height > 2 * 32 * scale_for(32, 32)
     # The table: one row per image, then the mean.
     assert "size (HxW)" in result.stdout and "PSNR (dB)" in result.stdout
-    assert "cifar10-test-00009" in result.stdout and "mean of all 10" in result.stdout
+    assert names[9] in result.stdout and "mean of all 10" in result.stdout
 
 
 def test_the_library_keeps_the_first_images_pixels(
@@ -103,7 +104,8 @@ def test_show_limits_the_figure_and_table_and_json_to_stdout_is_alone(
     result = invoke("roundtrip", trained_run, "cifar10:test:10", "-o", "rt.png", "--show", "3",
                     "--data-dir", trained_data_dir)  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "cifar10-test-00002" in result.stdout and "cifar10-test-00003" not in result.stdout
+    names = cifar_names(trained_data_dir, "test", 4)
+    assert names[2] in result.stdout and names[3] not in result.stdout
     assert "showed the first 3 of 10 images; --json has all" in result.stderr
     result = invoke("roundtrip", trained_run, "cifar10:test:4", "-o", "rt.png", "--json", "-",
                     "--data-dir", trained_data_dir)  # fmt: skip
@@ -230,7 +232,8 @@ def test_decode_grid_enlarges_small_images_by_a_whole_factor(
         # 20 cells of 64 + 2, 5 columns: 332 pixels wide, so each pixel is drawn 2x2
         assert grid.size == (5 * 130 + 2, 4 * 130 + 2)
         first = np.asarray(grid)[2:130, 2:130]
-    decoded = np.asarray(Image.open(tmp_path / "out" / "cifar10-test-00000.png"))
+    name = cifar_names(trained_data_dir, "test", 1)[0]
+    decoded = np.asarray(Image.open(tmp_path / "out" / f"{name}.png"))
     assert np.array_equal(first, decoded.repeat(2, axis=0).repeat(2, axis=1))
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_cifar_folder, one_error_line, write_tiny_profile
+from helpers import decoded_pngs, make_cifar_folder, one_error_line, write_tiny_profile
 from typer.testing import CliRunner
 
 from vqtool.cli import app
@@ -39,10 +39,6 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     return root / "run", data, root / "run" / "prior"
 
 
-def pngs(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-
-
 def test_every_prefix_of_a_prior_coded_file_decodes_as_the_raw_file(
     staged: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
@@ -57,9 +53,9 @@ def test_every_prefix_of_a_prior_coded_file_decodes_as_the_raw_file(
         code, output = invoke("decode", run, "p.vqc", "-o", f"p{n}", "--stages", n,
                               "--prior", prior)  # fmt: skip
         assert code == 0, output
-        assert pngs(tmp_path / f"r{n}") == pngs(tmp_path / f"p{n}")
+        assert decoded_pngs(tmp_path / f"r{n}") == decoded_pngs(tmp_path / f"p{n}")
     # more stages, finer pictures: the first stage alone differs from all of them
-    assert pngs(tmp_path / "r1") != pngs(tmp_path / f"r{STAGES}")
+    assert decoded_pngs(tmp_path / "r1") != decoded_pngs(tmp_path / f"r{STAGES}")
 
 
 def test_encode_stores_the_first_stages(staged: tuple[Path, Path, Path], tmp_path: Path) -> None:
@@ -106,4 +102,4 @@ def test_sampled_grids_hold_every_stage(staged: tuple[Path, Path, Path], tmp_pat
     assert read_codes(tmp_path / "s.vqc").codes.shape == (3, STAGES, 8, 8)
     code, output = invoke("decode", run, "s.vqc", "-o", "s")
     assert code == 0, output
-    assert len(list((tmp_path / "s").iterdir())) == 3
+    assert len(decoded_pngs(tmp_path / "s")) == 3

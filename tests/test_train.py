@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import source_env, wait_for, write_slow_profile, write_tiny_profile
+from helpers import (
+    last_error_line,
+    source_env,
+    vqtool_limited,
+    wait_for,
+    write_slow_profile,
+    write_tiny_profile,
+)
 
 from vqtool.checkpoint import load_checkpoint
 from vqtool.errors import UsageError, WorkError
@@ -262,3 +271,56 @@ def test_the_library_refuses_to_replace_a_run_unless_resume(
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     # resume=True continues it.
     assert run_training(profile, run, trained_data_dir, resume=True).step == 40
+
+
+def test_a_checkpoint_the_disk_cannot_take_ends_training_with_one_line(
+    trained_run: Path, trained_data_dir: Path, tmp_path: Path
+) -> None:
+    """The disk fills at the next checkpoint: one line naming the cause, exit 1, the previous
+    checkpoint as it was, no temp file left."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = (run / "checkpoint.pt").read_bytes()
+    result = vqtool_limited(
+        len(before) // 2, "train", "--run-dir", run, "--resume",
+        "--set", "train.steps=40", "--data-dir", trained_data_dir,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    line = last_error_line(result.stderr)
+    assert line.startswith("error: could not write the checkpoint: File too large"), line
+    assert f"({run / 'checkpoint.pt'})" in line and "previous checkpoint is intact" in line
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".lock"]
+
+
+def test_a_run_folder_removed_under_training_ends_it_with_one_line(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    profile = write_slow_profile(tmp_path)
+    run = tmp_path / "run"
+    proc = vqtool_process(
+        "train", "--profile", str(profile), "--data-dir", str(data_dir), "--run-dir", str(run),
+        "--set", "train.steps=2000",
+    )  # fmt: skip
+    wait_for(run / "checkpoint.pt", proc)
+    shutil.rmtree(run)
+    assert proc.wait(timeout=120) == 1
+    line = last_error_line(proc.stderr.read().decode())  # type: ignore[union-attr]
+    assert "its folder is gone" in line, line
+    assert not run.exists()  # not made again without its other files
+
+
+def test_a_metrics_line_the_disk_cannot_take_is_taken_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = RunDir.at(tmp_path)
+    files.append_metric({"step": 10})
+
+    def half_then_full(fd: int, data: bytes) -> None:
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("vqtool.runs.write_all", half_then_full)
+    with pytest.raises(WorkError, match="could not write the metrics: No space left"):
+        files.append_metric({"step": 20})
+    assert files.metrics.read_text() == '{"step": 10}\n'

@@ -8,12 +8,13 @@ file whose weights were changed behind its back is refused.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor
@@ -97,15 +98,28 @@ def restore_training(
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any], fmt: str = FORMAT) -> None:
-    """Atomically save a checkpoint dict; adds format, version and the model fingerprint."""
+    """Atomically save a checkpoint dict; adds format, version and the model fingerprint.
+
+    A write that fails (disk full, read-only or removed folder) raises WorkError naming the
+    cause, leaves the previous checkpoint as it was and no temp file behind.
+    """
     payload = {**payload, "format": fmt, "version": VERSION}
     payload["fingerprint"] = fingerprint(payload["model"])
-    save_or_fail(
-        path,
-        lambda f: torch.save(payload, f),
-        "the checkpoint",
-        "free disk space or choose another --run-dir; the previous checkpoint is intact",
-    )
+    room = "make room or make the folder writable"
+    if path.exists():
+        fix = f"the previous checkpoint is intact; {room}, then continue with --resume"
+    else:
+        fix = f"{room}, then train again"
+
+    def write(f: BinaryIO) -> None:
+        # Serialized in memory first: torch's zip writer reports a failed file write as a
+        # RuntimeError about stream positions; a plain write gives the system's reason.
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        f.write(buffer.getbuffer())
+
+    # The run folder exists from the start (its lock); one that vanished is not made again.
+    save_or_fail(path, write, "the checkpoint", fix, make_folder=False)
 
 
 def load_checkpoint(

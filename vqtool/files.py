@@ -13,14 +13,19 @@ from typing import BinaryIO
 from vqtool.errors import UsageError, WorkError, os_reason
 
 DISK_FIX = "check that the folder is writable and the disk has room"
+FOLDER_GONE = "its folder is gone (removed while vqtool was writing to it?)"
+GONE_FIX = "what the folder held is gone with it; start again in a folder that stays"
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], object], make_folder: bool = True) -> None:
     """Write through `write(file)` to a temp file beside `path`, fsync, rename over it.
 
+    The folder is made when missing, unless `make_folder` is False (a run folder removed under
+    a running training must stay an error, not be made again without its other files).
     An OSError names `path`, the file asked for, rather than the hidden temp file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_folder:
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -74,12 +79,18 @@ def fsync_dir(folder: Path) -> None:
 
 
 def save_or_fail(
-    path: Path, write: Callable[[BinaryIO], object], what: str, fix: str = DISK_FIX
+    path: Path,
+    write: Callable[[BinaryIO], object],
+    what: str,
+    fix: str = DISK_FIX,
+    make_folder: bool = True,
 ) -> None:
     """`atomic_write`, with a failure (disk full, no permission) as one WorkError line."""
     try:
-        atomic_write(path, write)
+        atomic_write(path, write, make_folder)
     except OSError as exc:
+        if not make_folder and not path.parent.is_dir():
+            raise WorkError(f"could not write {what}: {FOLDER_GONE}", path, GONE_FIX) from exc
         raise WorkError(f"could not write {what}: {os_reason(exc)}", path, fix) from exc
 
 

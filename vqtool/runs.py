@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from vqtool.errors import UsageError, WorkError, counted, os_reason
-from vqtool.files import write_text
+from vqtool.files import FOLDER_GONE, GONE_FIX, write_all, write_text
 from vqtool.tomlio import TOMLDecodeError, loads_toml
 
 METRICS_NAME = "metrics.jsonl"
@@ -160,8 +160,32 @@ class RunDir:
             os.close(fd)
 
     def append_metric(self, record: dict[str, Any]) -> None:
-        with open(self.metrics, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        """Add one line to metrics.jsonl; a write that fails (disk full, folder gone) raises
+        WorkError and takes back what it wrote of the line, so no torn line is left."""
+        line = (json.dumps(record) + "\n").encode()
+        try:
+            fd = os.open(self.metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise self._metrics_error(exc) from exc
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                write_all(fd, line)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise self._metrics_error(exc) from exc
+        finally:
+            os.close(fd)
+
+    def _metrics_error(self, exc: OSError) -> WorkError:
+        if not self.path.is_dir():
+            return WorkError(f"could not write the metrics: {FOLDER_GONE}", self.metrics, GONE_FIX)
+        return WorkError(
+            f"could not write the metrics: {os_reason(exc)}",
+            self.metrics,
+            "make room or make the folder writable, then continue with --resume",
+        )
 
     def reset_metrics(self) -> None:
         """A fresh run starts with no records."""

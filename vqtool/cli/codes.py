@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from vqtool.cli import progress
+from vqtool.cli import progress, streams
 from vqtool.cli.app import (
     BatchSize,
     Command,
@@ -32,7 +32,7 @@ from vqtool.errors import (
 from vqtool.process import import_torch
 
 if TYPE_CHECKING:
-    from vqtool.codes.vqc import CodeSummary
+    from vqtool.codes.vqc import CodeSummary, Source
 
 
 # What encode and roundtrip read.
@@ -40,7 +40,7 @@ Inputs = Annotated[
     list[str],
     typer.Argument(
         help="Image files, folders (recursive, sorted), or cifar10:test, cifar10:train, "
-        "cifar10:test:N (the first N).",
+        "cifar10:test:N (the first N; named by class, split and index: cat/test-00042).",
         metavar="INPUT",
         show_default=False,
     ),
@@ -57,8 +57,8 @@ def encode(
         typer.Option(
             "-o",
             "--output",
-            help="The code file to write (.vqc).",
-            metavar="FILE",
+            help="The code file to write (.vqc), or - for standard output.",
+            metavar="FILE|-",
             show_default=False,
         ),
     ],
@@ -84,10 +84,14 @@ def encode(
     ] = False,
     prior: PriorOption = None,
     stages: Stages = None,
+    json_out: JsonOut = None,
 ) -> None:
     """Encode images into a code file (.vqc): code indices, names, sizes and the checkpoint's
     fingerprint. A run of several residual stages stores all of them, or the first N with
     --stages N.
+
+    -o - writes the code file to standard output (nothing else goes there); --json gives what
+    vqtool inspect --json says of the file written.
 
     In folders, files that are not images and damaged images are skipped with a note.
 
@@ -102,14 +106,13 @@ def encode(
     """
     import_torch()
     from vqtool.codes.pipeline import encode_inputs
-    from vqtool.codes.vqc import check_output, write_codes
     from vqtool.device import resolve_device
     from vqtool.images.pixels import parse_size
     from vqtool.vq.load import load_model
 
     shape = parse_size(size) if size is not None else None
     check_resize(resize, shape)
-    check_output(output)
+    streams.check_outputs(output, json_out)
     loaded = load_model(run, resolve_device(device))
     mode = resize if resize is not None else loaded.profile.data.resize
     coding_prior = load_coding_prior_for(prior, loaded)
@@ -126,14 +129,17 @@ def encode(
             stages,
             mode,
         )
-        write_codes(output, codes, compress, coding_prior, bar.stage("compressing"))
+        on_coding = bar.stage("compressing")
+        written = streams.write_code_file(output, codes, compress, coding_prior, on_coding)
     coded = ""
     if compress or coding_prior is not None:
-        coded = f", {output.stat().st_size * 8 / codes.codes.shape[0]:,.1f} bits per image"
+        coded = f", {written.bytes * 8 / codes.codes.shape[0]:,.1f} bits per image"
     fitted = ""
     if shape is not None:
         fitted = f", resized by {mode}" + (" (the run's data.resize)" if resize is None else "")
-    progress.info(f"wrote {output}: {_encoded(codes)}{coded}{fitted}; sizes are HxW")
+    progress.info(f"wrote {written.name}: {_encoded(codes)}{coded}{fitted}; sizes are HxW")
+    if json_out is not None:
+        progress.emit_json({"file": str(output), **written.summary().as_dict()}, json_out)
 
 
 def _encoded(codes: Any) -> str:
@@ -160,7 +166,9 @@ def decode(
     codes: Annotated[
         Path,
         typer.Argument(
-            help="A code file written by vqtool encode.", metavar="CODES", show_default=False
+            help="A code file written by vqtool encode, or - for standard input.",
+            metavar="CODES",
+            show_default=False,
         ),
     ],
     output: Annotated[
@@ -188,10 +196,30 @@ def decode(
     device: Device = "auto",
     prior: PriorOption = None,
     stages: Stages = None,
+    first: Annotated[
+        int | None,
+        typer.Option(
+            "--first",
+            min=1,
+            help="Decode only the first N images (of those --names picks).",
+            metavar="N",
+            show_default=False,
+        ),
+    ] = None,
+    names: Annotated[
+        str | None,
+        optional_option(
+            "Decode only the images whose names match GLOB (* ? \\[abc]; * also matches /, so "
+            "'cat/*' is a CIFAR-10 class). Quote it from the shell.",
+            "GLOB",
+        ),
+    ] = None,
+    json_out: JsonOut = None,
 ) -> None:
     """Decode a code file into one PNG per image, at the size it was encoded at, named after
     the stored names (DIR/cat/0001.png). --stages N decodes a multi-stage file's first N
-    stages only (a compressed file's later stages are not even read).
+    stages only (a compressed file's later stages are not even read). CODES - reads the code
+    file from standard input.
 
     A file compressed with a prior needs that prior, given as --prior P.
 
@@ -200,26 +228,35 @@ def decode(
     Example: [bold]vqtool decode runs/demo codes.vqc -o decoded --grid grid.png[/bold]
     """
     import_torch()
-    from vqtool.codes.pipeline import decode_file
+    from vqtool.codes.pipeline import Pick, decode_file
+    from vqtool.codes.vqc import describe_codes
     from vqtool.device import resolve_device
+    from vqtool.files import check_output_file
     from vqtool.vq.load import load_model
 
+    if json_out not in (None, "-"):
+        check_output_file(Path(json_out), "the --json file", "--json decoded.json")
     loaded = load_model(run, resolve_device(device))
+    source = streams.code_source(codes)
     if prior is None:
-        prior = _prior_in_run(loaded.path, codes)
+        prior = _prior_in_run(loaded.path, source)
     coding_prior = load_coding_prior_for(prior, loaded)
     with progress.CountProgress("decoding") as bar:
-        stream = bar.stage("range decoding")
         result = decode_file(
-            loaded, codes, output, grid, batch_size, bar.update, coding_prior, stream, stages
-        )
-    progress.info(f"wrote {counted(result.images, 'PNG')} to {result.out_dir}")
+            loaded, source, output, grid, batch_size, bar.update, coding_prior,
+            bar.stage("range decoding"), stages, Pick(first, names),
+        )  # fmt: skip
+    picked = f" (of {result.file_images:,})" if result.images < result.file_images else ""
+    progress.info(f"wrote {counted(result.images, 'PNG')}{picked} to {result.out_dir}")
     if result.grid is not None:
         shown = f" (the first {result.grid_images:,})" if result.grid_images < result.images else ""
         progress.info(f"wrote {result.grid}{shown}")
+    if json_out is not None:
+        facts = {"file": str(codes), **result.as_dict()}
+        progress.emit_json(facts | {"code_file": describe_codes(source).as_dict()}, json_out)
 
 
-def _prior_in_run(run: Path, codes: Path) -> Path | None:
+def _prior_in_run(run: Path, codes: Source) -> Path | None:
     """For a file compressed with a prior and decoded without --prior: the prior run inside
     R that compressed it, said on stderr; None when there is none (decode then asks for
     --prior). Using it is safe: its fingerprint is the file's, checked as it loads, and the
@@ -242,7 +279,9 @@ def _prior_in_run(run: Path, codes: Path) -> Path | None:
 def inspect_file(
     codes: Annotated[
         Path,
-        typer.Argument(help="A code file (.vqc).", metavar="CODES", show_default=False),
+        typer.Argument(
+            help="A code file (.vqc), or - for standard input.", metavar="CODES", show_default=False
+        ),
     ],
     json_out: JsonOut = None,
 ) -> None:
@@ -260,11 +299,12 @@ def inspect_file(
 
     if json_out not in (None, "-"):
         check_output_file(Path(json_out), "the --json file", "--json facts.json")
-    summary = describe_codes(codes)
+    source = streams.code_source(codes)
+    summary = describe_codes(source)
     if json_out is not None:
         progress.emit_json({"file": str(codes), **summary.as_dict()}, json_out)
     if json_out != "-":
-        progress.print_result(progress.facts_table(f"code file {codes}", _summary_rows(summary)))
+        progress.print_result(progress.facts_table(f"code file {source}", _summary_rows(summary)))
     if not summary.stream_checked:
         progress.info(
             "note: the prior-coded stream was not decoded; vqtool decode R FILE --prior P "

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TextIO, TypeVar, cast
@@ -187,8 +188,36 @@ class ByteProgress(_Bar):
         self.progress.update(self.task, completed=done, total=total)
 
 
+# Seconds between plain progress lines (stderr not a terminal): a log shows that a long encode
+# or decode is alive and how far it got, and a short one prints none.
+PLAIN_EVERY_S = 10.0
+
+
+class PlainLines:
+    """Progress as a plain line every PLAIN_EVERY_S seconds ('encoding: 12,800/50,000 (26%),
+    30 s'), and a last one at the end once any was printed."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.start = time.monotonic()
+        self.last = self.start
+        self.printed = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total:
+            if not self.printed:
+                return
+        elif now - self.last < PLAIN_EVERY_S:
+            return
+        self.last, self.printed = now, True
+        share = f" ({done / total:.0%})" if total else ""
+        info(f"{self.description}: {done:,}/{total:,}{share}, {now - self.start:,.0f} s")
+
+
 class CountProgress(_Bar):
-    """Items done out of a total (images, batches): pass `.update` as the on_progress callback."""
+    """Items done out of a total (images, batches): pass `.update` as the on_progress callback.
+    A live bar on a terminal; otherwise plain lines now and then (PlainLines)."""
 
     def __init__(self, description: str) -> None:
         super().__init__(
@@ -199,14 +228,20 @@ class CountProgress(_Bar):
             TimeElapsedColumn(),
             TimeRemainingColumn(),
         )
+        self.plain = PlainLines(description)
 
     def update(self, done: int, total: int) -> None:
+        if not self.live:
+            self.plain(done, total)
+            return
         if self.task is None:
             self.task = self.progress.add_task(self.description, total=total)
         self.progress.update(self.task, completed=done, total=total)
 
     def stage(self, description: str) -> Callable[[int, int], None]:
         """An on_progress callback for another stage of the work: a line of its own."""
+        if not self.live:
+            return PlainLines(description)
         tasks: list[TaskID] = []
 
         def update(done: int, total: int) -> None:

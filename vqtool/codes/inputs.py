@@ -77,13 +77,14 @@ def _looks_like_image(path: Path) -> bool:
 
 
 def _cifar10_items(spec: str, data_dir: Path) -> list[ImageItem]:
-    from vqtool.data.cifar10 import load_cifar10
+    from vqtool.data.cifar10 import CLASS_NAMES, load_cifar10_labelled
+    from vqtool.data.datasets import image_names
 
     match = CIFAR10_INPUT.fullmatch(spec)
     if match is None:
         raise UsageError(f"unknown dataset input {spec!r}", spec, f"use {CIFAR10_FORMS}")
     split, count = match[1], match[2]
-    images = load_cifar10(data_dir, split)
+    images, labels = load_cifar10_labelled(data_dir, split)
     if count is not None:
         n = int(count)
         if not 1 <= n <= len(images):
@@ -92,11 +93,10 @@ def _cifar10_items(spec: str, data_dir: Path) -> list[ImageItem]:
                 spec,
                 f"use N from 1 to {len(images):,}",
             )
-        images = images[:n]
+        images, labels = images[:n], labels[:n]
     size = (images.shape[2], images.shape[3])
-    return [
-        ImageItem(f"cifar10-{split}-{i:05d}", size, None, image) for i, image in enumerate(images)
-    ]
+    names = image_names(split, len(images), labels, CLASS_NAMES)
+    return [ImageItem(name, size, None, image) for name, image in zip(names, images, strict=True)]
 
 
 def find_images(
@@ -110,7 +110,8 @@ def find_images(
 
     An input is an image file (named by its stem), a folder (its images, recursive and sorted,
     named by their path below it without the extension: 'cat/0001'), or a CIFAR-10 split
-    ('cifar10:test', 'cifar10:train', 'cifar10:test:N' for the first N). Repeated names get
+    ('cifar10:test', 'cifar10:train', 'cifar10:test:N' for the first N; named by class, split
+    and index, 'cat/test-00042', as datasets.image_names says). Repeated names get
     -2, -3. Files in folders that are not images are skipped and listed in `skipped`, images
     in folders whose header is damaged in `damaged`; `strict` makes either an error. A file
     named on its own must be a readable image. `size` is the size images will be shrunk to

@@ -11,12 +11,13 @@ are kept.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -25,7 +26,14 @@ from torch import Tensor
 from vqtool.codes.entropy import CodingPrior, check_prior
 from vqtool.codes.inputs import ImageItem, find_images, load_item
 from vqtool.codes.names import name_problem, unique_names
-from vqtool.codes.vqc import CodeFile, check_codes_for_model, check_stages, read_codes
+from vqtool.codes.vqc import (
+    CodeFile,
+    Source,
+    check_codes_for_model,
+    check_stages,
+    pick_images,
+    read_codes,
+)
 from vqtool.errors import UsageError, WorkError, counted, os_reason
 from vqtool.events import Progress
 from vqtool.files import (
@@ -286,6 +294,19 @@ class DecodeResult(NamedTuple):
     out_dir: Path
     grid: Path | None
     grid_images: int  # images shown in the grid (the first ones; a grid is capped in size)
+    stages: int  # residual stages decoded
+    file_images: int  # images the code file holds (more than `images` when some were picked)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON data (decode --json)."""
+        return {
+            "output": str(self.out_dir),
+            "images": self.images,
+            "file_images": self.file_images,
+            "stages": self.stages,
+            "grid": None if self.grid is None else str(self.grid),
+            "grid_images": self.grid_images,
+        }
 
 
 def plan_outputs(names: Sequence[str], out_dir: Path) -> list[Path]:
@@ -388,9 +409,20 @@ def _publish(staging: Path, out_dir: Path) -> None:
     fsync_dir(out_dir.parent)
 
 
+class Pick(NamedTuple):
+    """Which images of a code file to decode: those whose names match `names` (a glob), then
+    the `first` of them; None: all."""
+
+    first: int | None = None
+    names: str | None = None
+
+
+ALL_IMAGES = Pick()
+
+
 def decode_file(
     loaded: CodingModel,
-    codes_path: Path,
+    codes_path: Source,
     out_dir: Path,
     grid: Path | None = None,
     batch_size: int = DEFAULT_BATCH,
@@ -398,8 +430,10 @@ def decode_file(
     prior: CodingPrior | None = None,
     on_stream: Progress | None = None,
     stages: int | None = None,
+    pick: Pick = ALL_IMAGES,
 ) -> DecodeResult:
-    """Decode a .vqc into one PNG per image at its stored size, named after the stored names.
+    """Decode a .vqc (a file, or CodeBytes in memory) into one PNG per image at its stored
+    size, named after the stored names; `pick` keeps some of them (vqc.pick_images).
 
     A file compressed with a prior needs that prior (`prior`); `on_stream(done, n)` follows
     its range decoding, `on_progress` the PNGs. `stages` decodes the file's first stages
@@ -424,6 +458,8 @@ def decode_file(
             codes_path,
             "decode it with the run that encoded it",
         )
+    file_images = len(code_file.names)
+    code_file = pick_images(code_file, pick.first, pick.names)
     targets = plan_outputs(code_file.names, out_dir)
     if grid is not None:
         check_output_file(Path(grid), "the grid", "--grid grid.png")
@@ -445,7 +481,8 @@ def decode_file(
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    return DecodeResult(n, out_dir, grid, sheet.capacity if sheet is not None else 0)
+    shown = sheet.capacity if sheet is not None else 0
+    return DecodeResult(n, out_dir, grid, shown, code_file.stages, file_images)
 
 
 def _decode_into(
@@ -459,15 +496,47 @@ def _decode_into(
 ) -> None:
     """Decode every image of `code_file` to its PNG in `targets` (in a staging folder: written
     in place; otherwise each through a temp name)."""
-    n = len(targets)
     folders = sorted({t.parent for t in targets})
+    made = _new_folders(folders)
     try:
         for folder in folders:
-            folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise WorkError(
-            f"could not make the folder: {os_reason(exc)}", folders[0], DISK_FIX
-        ) from exc
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                what = f"could not make the folder: {os_reason(exc)}"
+                raise WorkError(what, folder, DISK_FIX) from exc
+        _write_decoded(loaded, code_file, targets, batch_size, sheet, staging, on_progress)
+    except BaseException:
+        # Folders made for the PNGs (a class each) that got none: not left behind, empty.
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    for folder in folders:
+        fsync_dir(folder)
+
+
+def _new_folders(folders: Sequence[Path]) -> list[Path]:
+    """The folders among `folders` and above them that do not exist yet, deepest first."""
+    new: set[Path] = set()
+    for folder in folders:
+        for path in (folder, *folder.parents):
+            if os.path.lexists(path):
+                break
+            new.add(path)
+    return sorted(new, key=lambda path: len(path.parts), reverse=True)
+
+
+def _write_decoded(
+    loaded: CodingModel,
+    code_file: CodeFile,
+    targets: list[Path],
+    batch_size: int,
+    sheet: Grid | None,
+    staging: Path | None,
+    on_progress: Progress | None,
+) -> None:
+    n = len(targets)
     mode = file_mode()
     writer: Writer = _write_new_file if staging is not None else write_file
     model = loaded.model.folded()
@@ -500,5 +569,3 @@ def _decode_into(
             future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    for folder in folders:
-        fsync_dir(folder)

@@ -27,7 +27,7 @@ entropy.py) in a `stream` member, names and sizes stored compactly:
   "chunk" images, a header key), C = ceil(N / chunk);
 - `names`: uint8, UTF-8 text, one line per name; a line `PREFIX<US>FIRST<US>COUNT` (US the
   control character 0x1f, never in a name) stands for COUNT names PREFIX + FIRST, FIRST + 1,
-  ... written with at least as many digits as FIRST has (cifar10-test-00000 to -09999);
+  ... written with at least as many digits as FIRST has (sample-00001 to -00064);
 - `sizes`: int32 (R, 3), runs of (count, height, width) in image order;
 - `frequencies` (unigram only): uint32 (K,), each code's count in the file plus one.
 
@@ -49,6 +49,7 @@ never anything else.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import io
 import json
@@ -56,10 +57,10 @@ import math
 import re
 import zipfile
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -140,6 +141,40 @@ class CodeFile:
         return header
 
 
+@dataclass(frozen=True)
+class CodeBytes:
+    """A code file held in memory, such as one read whole from standard input (`-`); `name`
+    is what messages call it."""
+
+    data: bytes
+    name: str = "standard input"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+Source = Path | CodeBytes  # where a code file is read from
+
+
+def _file_size(source: Source) -> int:
+    return len(source.data) if isinstance(source, CodeBytes) else source.stat().st_size
+
+
+def _zip(source: Source) -> zipfile.ZipFile:
+    return zipfile.ZipFile(io.BytesIO(source.data) if isinstance(source, CodeBytes) else source)
+
+
+def _source(path: Source | str) -> Source:
+    return path if isinstance(path, CodeBytes) else Path(path)
+
+
+def _first_bytes(source: Source, n: int) -> bytes:
+    if isinstance(source, CodeBytes):
+        return source.data[:n]
+    with open(source, "rb") as f:
+        return f.read(n)
+
+
 def write_codes(
     path: Path,
     code_file: CodeFile,
@@ -153,11 +188,34 @@ def write_codes(
     predictions when one is given (which implies compress; UsageError when it cannot code
     them); `on_progress(done, n)` follows the prior's images.
     """
+    check_output(path)
+    save_or_fail(path, _archive_writer(code_file, compress, prior, on_progress), "the code file")
+
+
+def code_file_bytes(
+    code_file: CodeFile,
+    compress: bool = False,
+    prior: CodingPrior | None = None,
+    on_progress: Progress | None = None,
+) -> bytes:
+    """The bytes `write_codes` writes to a file, the same to the byte, for a stream such as
+    standard output."""
+    buffer = io.BytesIO()
+    _archive_writer(code_file, compress, prior, on_progress)(buffer)
+    return buffer.getvalue()
+
+
+def _archive_writer(
+    code_file: CodeFile,
+    compress: bool,
+    prior: CodingPrior | None,
+    on_progress: Progress | None,
+) -> Callable[[BinaryIO], None]:
+    """Validate `code_file`, code it, and return what writes its archive to a seekable file."""
     try:
-        _validate(code_file, path)
+        _validate(code_file, Path("-"))
     except WorkError as exc:
         raise ValueError(f"invalid CodeFile: {exc.what}") from None
-    check_output(path)
     if compress or prior is not None:
         arrays = _compressed_arrays(code_file, prior, on_progress)
     else:
@@ -172,7 +230,7 @@ def write_codes(
     members = {key: _npy_bytes(array) for key, array in arrays.items()}
     compressed = "stream" in arrays
 
-    def write(f: Any) -> None:
+    def write(f: BinaryIO) -> None:
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
             for key, data in members.items():
                 info = zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_DATE)
@@ -186,7 +244,7 @@ def write_codes(
                     info.compress_type = zipfile.ZIP_DEFLATED
                 archive.writestr(info, data)
 
-    save_or_fail(path, write, "the code file")
+    return write
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -314,7 +372,7 @@ def check_output(path: Path) -> None:
 
 
 def read_codes(
-    path: Path,
+    path: Source,
     prior: CodingPrior | None = None,
     on_progress: Progress | None = None,
     stages: int | None = None,
@@ -324,7 +382,7 @@ def read_codes(
     compressed with a prior other than `prior`; more `stages` than it stores), never anything
     else. `on_progress(done, n)` follows the prior's images. `stages` keeps (and decodes) only
     the first stages of a file with a stage axis."""
-    path = Path(path)
+    path = _source(path)
     arrays = _members(path)
     if "stream" in arrays:
         return _from_compressed(arrays, path, prior, on_progress, stages)
@@ -343,11 +401,50 @@ def check_stages(
         )
 
 
-def _first_stages(code_file: CodeFile, stages: int | None, path: Path) -> CodeFile:
+def _first_stages(code_file: CodeFile, stages: int | None, path: Source) -> CodeFile:
     check_stages(stages, code_file.stages, path)
     if stages is None or code_file.codes.ndim == 3 or stages == code_file.stages:
         return code_file
     return dataclasses.replace(code_file, codes=np.ascontiguousarray(code_file.codes[:, :stages]))
+
+
+def pick_images(
+    code_file: CodeFile, first: int | None = None, pattern: str | None = None
+) -> CodeFile:
+    """The images whose names match the glob `pattern` (fnmatch, case-sensitive: `*` crosses
+    '/', so 'cat/*' is a class), then the first `first` of those; UsageError (exit 2) for a
+    pattern that matches nothing or a count that is not 1..what is there."""
+    n = len(code_file.names)
+    kept = np.arange(n)
+    if pattern is not None:
+        kept = np.array(
+            [i for i, name in enumerate(code_file.names) if fnmatch.fnmatchcase(name, pattern)],
+            dtype=np.int64,
+        )
+        if kept.size == 0:
+            shown = code_file.names[0] + (f" ... {code_file.names[-1]}" if n > 1 else "")
+            raise UsageError(
+                f"no image name matches {pattern!r} (the names: {shown[:120]})",
+                "--names",
+                "give a glob such as 'cat/*' or '*-0000?' (quote it from the shell)",
+            )
+    if first is not None:
+        if not 1 <= first <= kept.size:
+            of = f"{pattern!r} matches" if pattern is not None else "the file holds"
+            raise UsageError(
+                f"--first {first}, but {of} {counted(int(kept.size), 'image')}",
+                "--first",
+                f"give --first from 1 to {kept.size:,}",
+            )
+        kept = kept[:first]
+    if kept.size == n:
+        return code_file
+    return dataclasses.replace(
+        code_file,
+        codes=np.ascontiguousarray(code_file.codes[kept]),
+        names=tuple(code_file.names[i] for i in kept.tolist()),
+        sizes=np.ascontiguousarray(code_file.sizes[kept]),
+    )
 
 
 @dataclass(frozen=True)
@@ -420,11 +517,11 @@ class CodeSummary:
         }
 
 
-def describe_codes(path: Path) -> CodeSummary:
+def describe_codes(path: Source) -> CodeSummary:
     """A code file's summary, with the errors of `read_codes` for a damaged file: everything
     is checked, raw and unigram codes decoded, but a prior-coded stream is not (without its
     prior it cannot be; `read_codes` with the prior checks it against the codes' checksum)."""
-    path = Path(path)
+    path = _source(path)
     arrays = _members(path)
     stream = arrays.get("stream")
     if stream is None or "frequencies" in arrays:  # raw or unigram: read as decode reads it
@@ -455,7 +552,7 @@ def describe_codes(path: Path) -> CodeSummary:
         image_size=(header["image_size"][0], header["image_size"][1]),
         num_embeddings=header["num_embeddings"],
         embedding_dim=header["embedding_dim"],
-        file_bytes=path.stat().st_size,
+        file_bytes=_file_size(path),
         payload_bytes=int((stream if stream is not None else arrays["codes"]).nbytes),
         first_name=names[0],
         last_name=names[-1],
@@ -465,15 +562,16 @@ def describe_codes(path: Path) -> CodeSummary:
     )
 
 
-def prior_fingerprint(path: Path) -> str | None:
+def prior_fingerprint(path: Source) -> str | None:
     """The fingerprint of the prior a code file was compressed with, from its header alone;
     None for a raw or unigram file, and for one whose header cannot be read (`read_codes`
     then says why)."""
+    path = _source(path)
     try:
-        with zipfile.ZipFile(path) as archive:
+        with _zip(path) as archive:
             info = archive.getinfo("header.npy")
-            _check_member(info, Path(path).stat().st_size, Path(path))
-            header = _header(_parse_npy(archive.read(info), "header", Path(path)), Path(path))
+            _check_member(info, _file_size(path), path)
+            header = _header(_parse_npy(archive.read(info), "header", path), path)
     except Exception:  # whatever is wrong, read_codes finds and reports it
         return None
     fingerprint = header.get("prior")
@@ -482,10 +580,10 @@ def prior_fingerprint(path: Path) -> str | None:
     return fingerprint if _FINGERPRINT.fullmatch(fingerprint) else None
 
 
-def _members(path: Path) -> dict[str, np.ndarray]:
+def _members(path: Source) -> dict[str, np.ndarray]:
     """The file's arrays, each member checked before it is read; UsageError for a missing
     file, WorkError for one that cannot be read as a code file."""
-    if not path.is_file():
+    if isinstance(path, Path) and not path.is_file():
         raise UsageError("no such code file", path, "give a .vqc file written by vqtool encode")
     try:
         return _read_members(path)
@@ -499,12 +597,11 @@ def _members(path: Path) -> dict[str, np.ndarray]:
         raise _unreadable(path, exc) from exc
 
 
-def _unreadable(path: Path, exc: Exception) -> WorkError:
+def _unreadable(path: Source, exc: Exception) -> WorkError:
     """Why a file is not a readable code file, in a user's words: the zip and .npy readers'
     own messages ("File is not a zip file", "Bad magic number") speak of their internals."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(len(ZIP_MAGIC))
+        head = _first_bytes(path, len(ZIP_MAGIC))
     except OSError:
         head = ZIP_MAGIC
     if not head:
@@ -540,13 +637,13 @@ def check_codes_for_model(
         )
 
 
-def _damaged(what: str, path: Path) -> WorkError:
+def _damaged(what: str, path: Source) -> WorkError:
     return WorkError(what, path, _DAMAGED)
 
 
-def _read_members(path: Path) -> dict[str, np.ndarray]:
-    file_size = path.stat().st_size
-    with zipfile.ZipFile(path) as archive:
+def _read_members(path: Source) -> dict[str, np.ndarray]:
+    file_size = _file_size(path)
+    with _zip(path) as archive:
         infos = archive.infolist()
         names = sorted(info.filename for info in infos)
         layouts = (
@@ -565,7 +662,7 @@ def _read_members(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _check_member(info: zipfile.ZipInfo, file_size: int, path: Path) -> None:
+def _check_member(info: zipfile.ZipInfo, file_size: int, path: Source) -> None:
     # Bound what reading may allocate before anything is read.
     if info.compress_size > file_size:
         raise _damaged(f"member {info.filename} is larger than the file", path)
@@ -581,7 +678,7 @@ def _check_member(info: zipfile.ZipInfo, file_size: int, path: Path) -> None:
         raise _damaged(f"member {info.filename} declares {info.file_size:,} bytes", path)
 
 
-def _parse_npy(data: bytes, key: str, path: Path) -> np.ndarray:
+def _parse_npy(data: bytes, key: str, path: Source) -> np.ndarray:
     """One .npy member -> array, refusing object dtypes (pickles) and size mismatches."""
     buffer = io.BytesIO(data)
     version = np.lib.format.read_magic(buffer)
@@ -605,7 +702,7 @@ def _parse_npy(data: bytes, key: str, path: Path) -> np.ndarray:
     return array.astype(dtype.newbyteorder("="), order="C", copy=True)
 
 
-def _header(array: np.ndarray, path: Path) -> dict[str, Any]:
+def _header(array: np.ndarray, path: Source) -> dict[str, Any]:
     utf8 = array.dtype == np.uint8 and array.ndim == 1  # a compressed file's
     if not utf8 and (array.dtype.kind != "U" or array.shape != ()):
         raise _damaged(f"header must be a 0-d unicode array, got {array.dtype} {array.shape}", path)
@@ -654,7 +751,7 @@ def _int(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def _from_arrays(arrays: dict[str, np.ndarray], path: Path) -> CodeFile:
+def _from_arrays(arrays: dict[str, np.ndarray], path: Source) -> CodeFile:
     header = _checked_header(arrays, path)
     image_size = header["image_size"]
     codes, names, sizes = arrays["codes"], arrays["names"], arrays["sizes"]
@@ -674,7 +771,7 @@ def _from_arrays(arrays: dict[str, np.ndarray], path: Path) -> CodeFile:
     return code_file
 
 
-def _checked_header(arrays: dict[str, np.ndarray], path: Path) -> dict[str, Any]:
+def _checked_header(arrays: dict[str, np.ndarray], path: Source) -> dict[str, Any]:
     """The header, its fields common to both versions checked, its version matching the
     members (a stream or codes)."""
     header = _header(arrays["header"], path)
@@ -702,7 +799,7 @@ def _checked_header(arrays: dict[str, np.ndarray], path: Path) -> dict[str, Any]
 
 def _from_compressed(
     arrays: dict[str, np.ndarray],
-    path: Path,
+    path: Source,
     prior: CodingPrior | None,
     on_progress: Progress | None,
     stages: int | None = None,
@@ -760,7 +857,7 @@ def _from_compressed(
 
 
 def _check_compressed_header(
-    header: dict[str, Any], arrays: dict[str, np.ndarray], path: Path
+    header: dict[str, Any], arrays: dict[str, np.ndarray], path: Source
 ) -> None:
     """The keys only a version 2 header has, against the members."""
     coding, n = header["coding"], header["images"]
@@ -816,7 +913,7 @@ def _check_compressed_header(
 
 
 def _check_chunks(
-    chunk_words: np.ndarray, n: int, words: int, path: Path, chunk: int = entropy.CHUNK
+    chunk_words: np.ndarray, n: int, words: int, path: Source, chunk: int = entropy.CHUNK
 ) -> None:
     """The chunk lengths of a prior-coded stream: uint32, one per `chunk` images, summing to
     the stream's words (entropy.chunk_spans), before any decoding."""
@@ -833,7 +930,7 @@ def _check_chunks(
         raise _damaged(str(exc), path) from exc
 
 
-def _undecodable(coding: str, what: str, path: Path) -> WorkError:
+def _undecodable(coding: str, what: str, path: Source) -> WorkError:
     """A stream that does not give back the file's codes: damaged, or (with a prior) decoded
     where the prior's arithmetic differs from the encoder's."""
     if coding != "prior":  # unigram and exact tables are the same on every machine
@@ -846,7 +943,7 @@ def _undecodable(coding: str, what: str, path: Path) -> WorkError:
     )
 
 
-def _unpacked_names(array: np.ndarray, n: int, path: Path) -> list[str]:
+def _unpacked_names(array: np.ndarray, n: int, path: Source) -> list[str]:
     if array.dtype != np.uint8 or array.ndim != 1:
         raise _damaged(f"names must be 1-d uint8 (UTF-8), got {array.dtype} {array.shape}", path)
     try:
@@ -863,7 +960,7 @@ def _unpacked_names(array: np.ndarray, n: int, path: Path) -> list[str]:
 
 
 def _unpacked_sizes(
-    runs: np.ndarray, n: int, image_size: tuple[int, int], path: Path
+    runs: np.ndarray, n: int, image_size: tuple[int, int], path: Source
 ) -> np.ndarray:
     if runs.dtype != np.int32 or runs.ndim != 2 or runs.shape[1] != 3 or len(runs) > n:
         raise _damaged(f"sizes must be int32 runs (R, 3), got {runs.dtype} {runs.shape}", path)
@@ -879,7 +976,7 @@ def _unpacked_sizes(
 
 
 def _checked_frequencies(
-    frequencies: np.ndarray, k: int, codes: int, path: Path, stages: int | None = None
+    frequencies: np.ndarray, k: int, codes: int, path: Source, stages: int | None = None
 ) -> np.ndarray:
     """The unigram tables: (K,), or one per stage (S, K) for a file with a stage axis."""
     shape = (k,) if stages is None else (stages, k)
@@ -894,7 +991,7 @@ def _checked_frequencies(
     return frequencies
 
 
-def _prior_for(header: dict[str, Any], prior: CodingPrior | None, path: Path) -> Any:
+def _prior_for(header: dict[str, Any], prior: CodingPrior | None, path: Source) -> Any:
     """The model of `prior`, when it is the one the file was compressed with (else
     UsageError: exit 2)."""
     wanted = header["prior"]
@@ -930,7 +1027,7 @@ def _prior_for(header: dict[str, Any], prior: CodingPrior | None, path: Path) ->
 
 def _validate(
     code_file: CodeFile,
-    path: Path,
+    path: Source,
     names_dtype: np.dtype | None = None,
     names_ndim: int = 1,
     stages: int | None = None,

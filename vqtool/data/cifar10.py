@@ -221,6 +221,14 @@ def load_cifar10(data_dir: Path, split: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(data.reshape(-1, *IMAGE_SHAPE)))
 
 
+def load_cifar10_labelled(data_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of one split at once (each of the two loaders above reads the batches
+    on its own): uint8 (N, 3, 32, 32) and int64 (N,)."""
+    data, labels = _load_split(data_dir, split)
+    images = torch.from_numpy(np.ascontiguousarray(data.reshape(-1, *IMAGE_SHAPE)))
+    return images, torch.from_numpy(labels)
+
+
 def load_cifar10_labels(data_dir: Path, split: str) -> torch.Tensor:
     """Class labels (0..9) of one split as an int64 tensor (N,), in the order of load_cifar10."""
     _, labels = _load_split(data_dir, split)

@@ -21,7 +21,7 @@ from vqtool.data.cifar10 import (
     default_data_dir,
     download_cifar10,
     load_cifar10,
-    load_cifar10_labels,
+    load_cifar10_labelled,
 )
 from vqtool.data.folders import ensure_cache
 from vqtool.errors import WorkError
@@ -98,7 +98,19 @@ def load_split(data: DataConfig, data_dir: Path, split: str) -> Split:
     """Images and labels of one split (an image folder has no labels)."""
     if data.dataset == "folder":
         return Split(load_images(data, data_dir, split), None, ())
-    return Split(load_cifar10(data_dir, split), load_cifar10_labels(data_dir, split), CLASS_NAMES)
+    return Split(*load_cifar10_labelled(data_dir, split), CLASS_NAMES)
+
+
+def image_names(
+    split: str, count: int, labels: Tensor | None, class_names: Sequence[str]
+) -> list[str]:
+    """What a dataset's `count` images are called wherever they are encoded (encode's code
+    files and a prior's): 'dog/train-00042', class then split and index, so that the name
+    carries the label (and decode writes each class to a folder of its own); 'train-00042'
+    without labels."""
+    if labels is not None and class_names:
+        return [f"{class_names[y]}/{split}-{i:05d}" for i, y in enumerate(labels.tolist())]
+    return [f"{split}-{i:05d}" for i in range(count)]
 
 
 def centre_crop(images: Tensor, size: tuple[int, int]) -> Tensor:

@@ -16,7 +16,7 @@ from torch import Tensor
 from vqtool.codes.pipeline import batch_ranges, encode_images
 from vqtool.codes.tokens import codes_to_tokens
 from vqtool.codes.vqc import CodeFile, check_codes_for_model, read_codes, write_codes
-from vqtool.data.datasets import dataset_classes, load_split
+from vqtool.data.datasets import dataset_classes, image_names, load_split
 from vqtool.events import Progress
 from vqtool.runs import RunDir
 from vqtool.schedule import EVAL_BATCH
@@ -48,10 +48,7 @@ def encode_split(
         codes[start:stop] = batch
         if on_progress is not None:
             on_progress(stop, n)
-    if labels is not None and class_names:
-        names = [f"{class_names[int(y)]}/{split}-{i:05d}" for i, y in enumerate(labels)]
-    else:
-        names = [f"{split}-{i:05d}" for i in range(n)]
+    names = image_names(split, n, labels, class_names)
     config = vq.model.config
     assert codes is not None  # a split holds at least one image
     return CodeFile(
