@@ -407,13 +407,13 @@ def rows_table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]
 
 def format_value(value: Any) -> str:
     """Every table's numbers: integers and floats from 1,000 up with thousands separators
-    and no decimals (67,650, never 6.765e+04), smaller floats to 4 significant digits."""
+    and no decimals (67,650, never 6.765e+04), smaller floats to 4 significant digits, trailing zeros kept (31.00, 24.60)."""
     if value is None:
         return "-"
     if isinstance(value, float):
         if math.isfinite(value) and abs(value) >= 999.5:  # .4g would print 999.97 as 1000
             return f"{value:,.0f}"
-        return f"{value:.4g}"
+        return f"{value:#.4g}"  # "#": 31.00 beside 28.14, never 31
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)
