@@ -7,6 +7,7 @@ import io
 import json
 import re
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,11 @@ def test_names_and_sizes_are_stored_compactly() -> None:
             st.builds(
                 lambda p, i: f"{p}{i}", st.sampled_from(["a", "b/0", ""]), st.integers(0, 12)
             ),
+            st.builds(
+                lambda h, i: f"{h}test-{i:02d}",
+                st.sampled_from(["cat/", "dog/", "a/b/", "", "x/test/", "é/"]),
+                st.integers(0, 12),
+            ),
         ),
         min_size=1,
         max_size=30,
@@ -160,6 +166,53 @@ def test_names_and_sizes_are_stored_compactly() -> None:
 )
 def test_names_round_trip(names: list[str]) -> None:
     assert unpack_names(pack_names(names), len(names)) == names
+
+
+def test_class_prefixed_names_pack_into_one_run() -> None:
+    rng = np.random.default_rng(0)
+    classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse")
+    names = [f"{classes[c]}/test-{i:05d}" for i, c in enumerate(rng.integers(0, 8, 1000))]
+    packed = pack_names(names)
+    assert "\n" not in packed  # one 5-field line
+    assert unpack_names(packed, len(names)) == names
+    # The picks hold 3 bits a name (375 bytes); one line a name deflates to 2,814 bytes.
+    assert len(zlib.compress(packed.encode(), 9)) < 700
+
+
+def test_a_head_varying_run_decodes_exactly() -> None:
+    line = "test-\x1f0098\x1f4\x1fcat/\x1edog/\x1e\x1f0112"
+    assert unpack_names(line, 4) == ["cat/test-0098", "dog/test-0099", "dog/test-0100", "test-0101"]
+    assert pack_names(unpack_names(line, 4)) == line
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("t\x1f0\x1f2\x1fa/\x1eb/", "fields"),
+        ("t\x1f0\x1f2\x1fa/\x1eb/\x1f01\x1fx", "fields"),
+        ("t\x1fx\x1f2\x1fa/\x1eb/\x1f01", "bad run"),
+        ("t\x1f0\x1f2\x1fa/\x1eb/\x1f02", "picks a head"),
+        ("t\x1f0\x1f2\x1fa/\x1eb/\x1f0!", "picks a head"),
+        ("t\x1f0\x1f2\x1fa/\x1eb/\x1f011", "3 picks"),
+        ("t\x1f0\x1f9\x1fa/\x1eb/\x1f010101010", "more names"),
+        ("t\x1f0\x1f2\x1fa\n/\x1eb/\x1f01", "fields"),
+        ("t\x1f0\x1f2\x1fa\x07/\x1eb/\x1f01", "control character"),
+        ("t\x1f0\x1f2\x1f" + "\x1e" * 62 + "\x1f01", "63 heads"),
+    ],
+)
+def test_doctored_head_varying_runs_are_refused(line: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        unpack_names(line, 8)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.text(st.sampled_from("ab/0129\x1f\x1e\n\x00é"), max_size=40), st.integers(0, 20))
+def test_unpack_names_refuses_any_text_with_a_value_error(text: str, limit: int) -> None:
+    try:
+        names = unpack_names(text, limit)
+    except ValueError:
+        return
+    assert len(names) <= limit
 
 
 def test_a_raw_file_is_unchanged_by_all_this(tmp_path: Path) -> None:
@@ -280,6 +333,7 @@ def _earlier_unchunked(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 # A damaged stream is caught by the decoder (words left over, or none that fit) or, when it
 # decodes to something, by the checksum of the codes.
 DAMAGED_STREAM = "checksum|stream holds more words|cannot be decoded|chunk lengths"
+HEADS_PICKED_BADLY = b"x\x1f0\x1f40\x1fa/\x1eb/\x1f" + b"0" * 39 + b"2"
 Case = tuple[str, Callable[[dict[str, np.ndarray]], Any], int, str]
 BAD: list[Case] = [
     ("unigram", _flip_word, 1, DAMAGED_STREAM),
@@ -300,6 +354,7 @@ BAD: list[Case] = [
     ("prior", lambda a: {**a, "stream": a["stream"].astype(np.int64)}, 1, "uint32"),
     ("prior", lambda a: {**a, "names": np.frombuffer(b"a\x1fx\x1f40", np.uint8)}, 1, "names"),
     ("prior", lambda a: {**a, "names": np.frombuffer(b"\xff\xfe", np.uint8)}, 1, "names"),
+    ("prior", lambda a: {**a, "names": np.frombuffer(HEADS_PICKED_BADLY, np.uint8)}, 1, "names"),
     ("prior", lambda a: with_header(a, images=10**9), 1, "images"),
     ("prior", lambda a: with_header(a, prior="f" * 64), 2, "another prior"),
     ("prior", lambda a: with_header(a, coding_model="f" * 64), 2, "exact coding model"),

@@ -27,7 +27,10 @@ entropy.py) in a `stream` member, names and sizes stored compactly:
   "chunk" images, a header key), C = ceil(N / chunk);
 - `names`: uint8, UTF-8 text, one line per name; a line `PREFIX<US>FIRST<US>COUNT` (US the
   control character 0x1f, never in a name) stands for COUNT names PREFIX + FIRST, FIRST + 1,
-  ... written with at least as many digits as FIRST has (sample-00001 to -00064);
+  ... written with at least as many digits as FIRST has (sample-00001 to -00064); a line
+  `MIDDLE<US>FIRST<US>COUNT<US>HEADS<US>PICKS` stands for COUNT names whose heads (up to and
+  including the last '/') vary, HEADS[PICKS[k]] + MIDDLE + (FIRST + k), HEADS the run's
+  distinct heads joined by RS (0x1e), PICKS one character of PICKS a name (cat/test-00042);
 - `sizes`: int32 (R, 3), runs of (count, height, width) in image order;
 - `frequencies` (unigram only): uint32 (K,), each code's count in the file plus one.
 
@@ -55,6 +58,7 @@ import io
 import json
 import math
 import re
+import string
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -313,6 +317,12 @@ def _compressed_arrays(
 
 
 _NUMBERED = re.compile(r"(.*?)([0-9]+)", re.DOTALL)
+# A name as head (up to and including its last '/'), middle and trailing digits.
+_HEADED = re.compile(r"(.*/)?([^/]*?)([0-9]+)", re.DOTALL)
+HEAD_MARK = "\x1e"  # joins a run's heads: a control character, never part of a stored name
+# A head-varying run's picks: one character a name, its head's index in the run's heads.
+PICKS = string.digits + string.ascii_lowercase + string.ascii_uppercase
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # unicode category Cc
 
 
 def pack_names(names: Sequence[str]) -> str:
@@ -320,19 +330,54 @@ def pack_names(names: Sequence[str]) -> str:
     lines = []
     i = 0
     while i < len(names):
-        match = _NUMBERED.fullmatch(names[i])
-        j = i + 1
-        if match is not None:
-            prefix, digits = match.groups()
-            first, width = int(digits), len(digits)
-            while j < len(names) and names[j] == prefix + str(first + j - i).zfill(width):
-                j += 1
-        if j - i >= 2 and match is not None:
-            lines.append(f"{prefix}{RUN_MARK}{digits}{RUN_MARK}{j - i}")
-        else:
-            lines.append(names[i])
+        j, line = _headed_run(names, i)
+        if j - i < 2:
+            j, line = _prefix_run(names, i)
+        lines.append(line if j - i >= 2 else names[i])
         i = j
     return "\n".join(lines)
+
+
+def _prefix_run(names: Sequence[str], i: int) -> tuple[int, str]:
+    """The end of the run of names PREFIX + consecutive numbers from names[i], and its line."""
+    match = _NUMBERED.fullmatch(names[i])
+    if match is None:
+        return i + 1, names[i]
+    prefix, digits = match.groups()
+    first, width = int(digits), len(digits)
+    j = i + 1
+    while j < len(names) and names[j] == prefix + str(first + j - i).zfill(width):
+        j += 1
+    return j, f"{prefix}{RUN_MARK}{digits}{RUN_MARK}{j - i}"
+
+
+def _headed_run(names: Sequence[str], i: int) -> tuple[int, str]:
+    """The end of the run from names[i] of names HEAD + MIDDLE + consecutive numbers with
+    more than one head, and its line; (i, '') when there is none (one head is _prefix_run's)."""
+    match = _HEADED.fullmatch(names[i])
+    if match is None:
+        return i, ""
+    _, middle, digits = match.groups()
+    first, width = int(digits), len(digits)
+    heads: dict[str, int] = {}  # in order of first appearance
+    picks = []
+    j = i
+    while j < len(names):
+        match = _HEADED.fullmatch(names[j])
+        if match is None:
+            break
+        head = match.group(1) or ""
+        if match.group(2) != middle or match.group(3) != str(first + j - i).zfill(width):
+            break
+        # The reader refuses control characters in a head: RS would split it.
+        if head not in heads and (len(heads) == len(PICKS) or _CONTROL.search(head)):
+            break
+        picks.append(PICKS[heads.setdefault(head, len(heads))])
+        j += 1
+    if j - i < 2 or len(heads) < 2:
+        return i, ""
+    fields = (middle, digits, str(j - i), HEAD_MARK.join(heads), "".join(picks))
+    return j, RUN_MARK.join(fields)
 
 
 def unpack_names(text: str, limit: int) -> list[str]:
@@ -340,21 +385,47 @@ def unpack_names(text: str, limit: int) -> list[str]:
     `limit` names."""
     names: list[str] = []
     for line in text.split("\n"):
-        if RUN_MARK not in line:
+        fields = line.split(RUN_MARK)
+        if len(fields) == 1:
             names.append(line)
-        else:
-            prefix, digits, count_text = line.split(RUN_MARK)  # ValueError unless three fields
-            if not (
-                re.fullmatch(r"[0-9]{1,18}", digits) and re.fullmatch(r"[0-9]{1,9}", count_text)
-            ):
-                raise ValueError(f"a bad run of names {line[:60]!r}")
-            first, count = int(digits), int(count_text)
+        elif len(fields) in (3, 5):
+            first, count = _run_numbers(fields[1], fields[2], line)
             if count > limit - len(names):
                 raise ValueError("more names than images")
-            names.extend(prefix + str(first + k).zfill(len(digits)) for k in range(count))
+            numbers = [str(first + k).zfill(len(fields[1])) for k in range(count)]
+            if len(fields) == 3:
+                names.extend(fields[0] + number for number in numbers)
+            else:
+                heads = _run_heads(fields[3], fields[4], count)
+                middle = fields[0]
+                names.extend(heads[p] + middle + n for p, n in zip(fields[4], numbers, strict=True))
+        else:
+            raise ValueError(f"a run of names with {len(fields)} fields, not 3 or 5")
         if len(names) > limit:
             raise ValueError("more names than images")
     return names
+
+
+def _run_numbers(digits: str, count_text: str, line: str) -> tuple[int, int]:
+    """A run's first number and count, checked."""
+    if not (re.fullmatch(r"[0-9]{1,18}", digits) and re.fullmatch(r"[0-9]{1,9}", count_text)):
+        raise ValueError(f"a bad run of names {line[:60]!r}")
+    return int(digits), int(count_text)
+
+
+def _run_heads(heads_text: str, picks: str, count: int) -> dict[str, str]:
+    """Each pick character of a head-varying run mapped to its head, checked."""
+    heads = heads_text.split(HEAD_MARK)
+    if len(heads) > len(PICKS):
+        raise ValueError(f"a run of names with {len(heads)} heads, more than {len(PICKS)}")
+    if any(_CONTROL.search(head) for head in heads):
+        raise ValueError("a run of names with a control character in a head")
+    if len(picks) != count:
+        raise ValueError(f"a run of {count} names with {len(picks)} picks")
+    by_pick = dict(zip(PICKS, heads, strict=False))
+    if not set(picks) <= by_pick.keys():
+        raise ValueError("a run of names picks a head it does not have")
+    return by_pick
 
 
 def size_runs(sizes: np.ndarray) -> np.ndarray:
