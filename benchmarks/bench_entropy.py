@@ -121,7 +121,7 @@ def run(
                 write_s, _ = timed(lambda: write_codes(path, code_file, compress, coding_prior))  # noqa: B023
                 out = work / f"png-{label}"
                 decode_s, _ = timed(lambda: decode_file(loaded, path, out, prior=coding_prior))  # noqa: B023
-                written = sum(1 for _ in out.glob("*.png"))
+                written = sum(1 for _ in out.rglob("*.png"))
                 if written != n:
                     raise SystemExit(f"{label}: decode wrote {written} PNGs, expected {n}")
                 shutil.rmtree(out)
