@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import filecmp
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,11 +52,14 @@ def vqtool(env: dict[str, str], *args: str | Path) -> None:
 
 
 def same_pngs(a: Path, b: Path) -> bool:
-    """Both folders hold the same files, byte for byte."""
-    compared = filecmp.dircmp(a, b)
-    names = sorted(p.name for p in a.iterdir())
+    """Both folders hold the same files (CIFAR-10's in a folder per class), byte for byte."""
+
+    def files(folder: Path) -> list[str]:
+        return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+    names = files(a)
     _, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
-    return not (compared.left_only or compared.right_only or mismatch or errors)
+    return bool(names) and names == files(b) and not (mismatch or errors)
 
 
 def check(args: argparse.Namespace) -> bool:
@@ -97,9 +101,8 @@ def check(args: argparse.Namespace) -> bool:
                 f"encoded there = this file: {encoded}"
             )
             ok = ok and decoded and encoded
-            for leftover in (*there.iterdir(), again):
-                leftover.unlink()
-            there.rmdir()
+            shutil.rmtree(there)
+            again.unlink()
     print("every file decoded identically everywhere" if ok else "MISMATCH")
     return ok
 
