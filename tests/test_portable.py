@@ -26,7 +26,9 @@ from typer.testing import CliRunner
 
 from vqtool.cli import app
 from vqtool.codes import entropy
+from vqtool.codes.tokens import codes_to_tokens
 from vqtool.codes.vqc import read_codes
+from vqtool.models.exact_prior import ExactForced, ExactSteps
 from vqtool.prior.coding_model import (
     CodingModel,
     derive_coding_model,
@@ -94,6 +96,33 @@ def test_exact_tables_are_the_same_on_every_emulated_machine(stages: int, tmp_pa
         again = np.load(tmp_path / "again.npz")
         assert np.array_equal(again["words"], encoded.words), name
         assert np.array_equal(again["chunks"], encoded.chunk_words), name
+
+
+@pytest.mark.parametrize("stages", [1, 3])
+def test_the_encoders_one_pass_gives_the_step_by_step_tables(stages: int) -> None:
+    """The encoder knows every token and computes all positions at once (ExactForced); the
+    decoder one position at a time (ExactSteps): the same tables to the bit, the whole
+    sequence and a prefix of whole stages alike."""
+    if stages == 1:
+        prior, codes = random_prior(k=64, grid=(4, 4)), random_codes(37, 64, (4, 4))
+        tokens = torch.from_numpy(codes.astype(np.int64)).view(37, -1)
+    else:
+        prior, codes = staged_prior(stages), staged_file(stages).codes
+        tokens = torch.from_numpy(codes_to_tokens(codes, prior.model.num_embeddings // stages))
+    assert prior.exact is not None
+    model = prior.exact
+    tokens = tokens.reshape(len(tokens), -1)
+    forced = ExactForced(model, entropy.PRECISION)
+    with torch.inference_mode():
+        logits = forced.logits(tokens)
+        steps = ExactSteps(model, len(tokens), entropy.PRECISION)
+        previous = None
+        for t in range(model.length):
+            table = steps.next(previous)
+            assert torch.equal(table, forced.frequencies(logits[:, t])), t
+            previous = tokens[:, t]
+        first = forced.logits(tokens[:, : model.per_position])
+    assert torch.equal(first, logits[:, : model.per_position])
 
 
 def test_the_stored_model_is_the_derived_one(tmp_path: Path) -> None:

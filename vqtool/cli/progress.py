@@ -407,7 +407,8 @@ def rows_table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]
 
 def format_value(value: Any) -> str:
     """Every table's numbers: integers and floats from 1,000 up with thousands separators
-    and no decimals (67,650, never 6.765e+04), smaller floats to 4 significant digits, trailing zeros kept (31.00, 24.60)."""
+    and no decimals (67,650, never 6.765e+04), smaller floats to 4 significant digits with
+    their trailing zeros (31.00, 24.60)."""
     if value is None:
         return "-"
     if isinstance(value, float):

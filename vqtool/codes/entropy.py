@@ -43,7 +43,7 @@ from torch import Tensor
 
 from vqtool.errors import UsageError, counted, first_line
 from vqtool.events import Progress
-from vqtool.models.exact_prior import ExactPrior, ExactSteps
+from vqtool.models.exact_prior import ExactForced, ExactPrior, ExactSteps
 from vqtool.models.steps import PriorSteps
 from vqtool.models.transformer import CodePrior
 from vqtool.threads import torch_threads
@@ -95,7 +95,10 @@ class Predictor(Protocol):
     stages: int
     per_stage: int  # codes of each stage, K_s
 
-    def steps(self, rows: int) -> Tables: ...
+    def steps(self, rows: int, known: Tensor | None = None) -> Tables:
+        """Tables for `rows` sequences; `known` (rows, T) int64 when every token is known
+        already (encoding), which a predictor may use to compute all positions at once."""
+        ...
 
     def prepared(self) -> contextlib.AbstractContextManager[None]: ...
 
@@ -111,7 +114,9 @@ class FloatPredictor:
         self.stages = model.stages
         self.per_stage = model.num_embeddings // model.stages
 
-    def steps(self, rows: int) -> Tables:
+    def steps(self, rows: int, known: Tensor | None = None) -> Tables:
+        # Always one position at a time, even when encoding: the teacher-forced forward sums
+        # in another order, and float sums round differently in another order.
         return _FloatTables(self, PriorSteps(self.model, rows))
 
     @contextlib.contextmanager
@@ -155,8 +160,10 @@ class ExactPredictor:
         self.stages = model.stages
         self.per_stage = model.per_stage
 
-    def steps(self, rows: int) -> Tables:
-        return _ExactTables(ExactSteps(self.model, rows, PRECISION))
+    def steps(self, rows: int, known: Tensor | None = None) -> Tables:
+        if known is None:
+            return _ExactTables(ExactSteps(self.model, rows, PRECISION))
+        return _ForcedTables(ExactForced(self.model, PRECISION), known)
 
     @contextlib.contextmanager
     def prepared(self) -> Iterator[None]:
@@ -169,6 +176,21 @@ class _ExactTables:
 
     def next(self, previous: Tensor | None) -> np.ndarray:
         return self.steps.next(previous).numpy()
+
+
+class _ForcedTables:
+    """The encoder's tables: every position's logits in one teacher-forced pass (the same
+    numbers as step by step: exact arithmetic), turned into tables position by position."""
+
+    def __init__(self, forced: ExactForced, known: Tensor) -> None:
+        self.forced = forced
+        self.logits = forced.logits(known)  # (rows, T, K_s)
+        self.position = 0
+
+    def next(self, previous: Tensor | None) -> np.ndarray:
+        t = self.position
+        self.position += 1
+        return self.forced.frequencies(self.logits[:, t]).numpy()
 
 
 class StreamError(ValueError):
@@ -334,6 +356,7 @@ def _chunk_steps(
     step: Step,
     cancelled: threading.Event,
     positions: int | None = None,
+    known: np.ndarray | None = None,
 ) -> None:
     """Run the predictor over one chunk position by position, handing each position's tables
     for the `real` rows to `step`, which codes or decodes them and returns their codes;
@@ -342,10 +365,11 @@ def _chunk_steps(
 
     With stages, a position's table covers its own stage's K codes only (the prior gives the
     other stages' tokens no probability), and `step` sees and returns codes of that stage;
-    the prior is fed the tokens s * K + code."""
+    the prior is fed the tokens s * K + code. `known`, the encoder's tokens (real, positions),
+    lets the predictor compute every position's tables at once."""
     per_position = predictor.length // predictor.stages
     with torch.inference_mode():  # per thread: inference mode does not cross threads
-        steps = predictor.steps(rows)
+        steps = predictor.steps(rows, None if known is None else torch.from_numpy(known))
         previous: Tensor | None = None
         for t in range(predictor.length if positions is None else positions):
             if cancelled.is_set():
@@ -422,6 +446,8 @@ def encode_with_prior(
     size = default_chunk(model) if chunk_size is None else chunk_size
     n = codes.shape[0]
     flat = codes.reshape(n, -1).astype(np.int32)  # stage after stage: codes of each stage
+    per_position = predictor.length // predictor.stages
+    offsets = np.arange(flat.shape[1]) // per_position * predictor.per_stage  # tokens s K + c
 
     def chunk(
         start: int, stop: int, rows: int, cancelled: threading.Event
@@ -436,7 +462,8 @@ def encode_with_prior(
             bits[:] += _bits(tables, symbols)
             return symbols
 
-        _chunk_steps(predictor, stop - start, rows, step, cancelled, flat.shape[1])
+        known = flat[start:stop].astype(np.int64) + offsets
+        _chunk_steps(predictor, stop - start, rows, step, cancelled, flat.shape[1], known)
         return encoder.get_compressed(), bits
 
     parts = _each_chunk(predictor, n, chunk, threads, on_progress, size)

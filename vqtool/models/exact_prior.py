@@ -332,15 +332,15 @@ def check_bounds(model: ExactPrior) -> None:
         raise ValueError("the embeddings exceed the residual stream's bound")
 
 
-class ExactSteps:
-    """The exact model's frequency tables for `rows` sequences, one position per `next` call
-    (like PriorSteps). Not thread-safe: one per thread."""
+class _Arithmetic:
+    """What the step-by-step and the teacher-forced runs of the exact model share: its
+    constants, the norm and the frequency tables, so both compute each number by the same
+    operations."""
 
-    def __init__(self, model: ExactPrior, rows: int, precision: int) -> None:
+    def __init__(self, model: ExactPrior, precision: int) -> None:
         if not 1 <= precision <= MAX_PRECISION:
             raise ValueError(f"precision {precision} is outside 1..{MAX_PRECISION}")
         self.model = model
-        self.rows = rows
         self.precision = 2.0**precision
         f, c = model.fractions, model.width
         # attention scores q . k (units 2**-2q) -> 2**-SCORE_FRACTION nat, / sqrt(head_dim)
@@ -349,13 +349,76 @@ class ExactSteps:
         self.query_limit = 2.0 ** query_bits(model.head_dim) - 1
         self.value_limit = 2.0 ** value_bits(model.length) - 1
         self.limit = 2.0 ** residual_bits(c) - 1
-        shape = (rows * model.heads, model.length, model.head_dim)
-        self.keys = [torch.zeros(shape) for _ in model.layers]
-        self.values = [torch.zeros(shape) for _ in model.layers]
         # norm: the divisor sqrt(sum d**2 / C + eps C**2 4**residual), d = C x - sum x
         self.inverse_width = 1.0 / c
         self.norm_eps = NORM_EPS * c**2 * 4.0**f.residual
         self.norm_out = 2.0**f.norm
+
+    def _norm(self, x: Tensor) -> Tensor:
+        """Each row to mean 0 and variance 1 (no gain: folded into the next layer), float32
+        integers: the deviations d = C x - sum x and their squares' sum are exact in float64;
+        the row's divisor is single IEEE operations."""
+        wide = x.double()
+        d = wide.mul_(self.model.width).sub_(x.sum(-1, keepdim=True, dtype=torch.float64))
+        variance = (d * d).sum(-1, keepdim=True)
+        divisor = variance.mul_(self.inverse_width).add_(self.norm_eps).sqrt_()
+        z = d.mul_(divisor.reciprocal_().mul_(self.norm_out)).round_()
+        return z.clamp_(-INPUT_LIMIT, INPUT_LIMIT).float()
+
+    def _qkv(self, layer: ExactLayer, x: Tensor) -> Tensor:
+        """Queries, keys and values (rows, 3 C) of residual rows (rows, C), clamped."""
+        c = self.model.width
+        qkv = layer.qkv(self._norm(x))
+        qkv[:, : 2 * c].clamp_(-self.query_limit, self.query_limit)
+        qkv[:, 2 * c :].clamp_(-self.value_limit, self.value_limit)
+        return qkv
+
+    def _weights(self, scores: Tensor) -> Tensor:
+        """Attention weights from the exp table at each score's distance below its row's
+        largest (scores of slots a row may not see are -inf: weight 0)."""
+        table = self.model.attention_exp
+        below = (scores.amax(-1, keepdim=True) - scores).mul_(self.score_scale).round_()
+        index = below.clamp_(max=len(table) - 1).to(torch.int32).view(-1)
+        return table.index_select(0, index).view_as(scores)
+
+    def _mix(self, weights: Tensor, values: Tensor) -> Tensor:
+        """The weighted mean of values, rounded and clamped to proj's inputs."""
+        total = weights.sum(-1, keepdim=True)
+        mixed = torch.bmm(weights, values).mul_(self.mix_scale).div_(total)
+        return mixed.round_().clamp_(-INPUT_LIMIT, INPUT_LIMIT)
+
+    def _feed_forward(self, layer: ExactLayer, x: Tensor) -> Tensor:
+        rows = x.shape[0]
+        hidden = layer.fc1(self._norm(x)).clamp_(-GELU_LIMIT, GELU_LIMIT).add_(GELU_LIMIT)
+        gelu = layer.gelu.index_select(0, hidden.to(torch.int32).view(-1)).view(rows, -1)
+        return x.add_(layer.fc2(gelu)).clamp_(-self.limit, self.limit)
+
+    def _logits(self, x: Tensor, stage: int) -> Tensor:
+        """Logits (rows, K_s) over stage `stage`'s codes, in 2**-SCORE_FRACTION nat."""
+        model = self.model
+        head = model.head.rows(stage * model.per_stage, (stage + 1) * model.per_stage)
+        return head(self._norm(x))
+
+    def frequencies(self, logits: Tensor) -> Tensor:
+        """Logits (B, K_s) in 2**-SCORE_FRACTION nat -> floor(p * 2**precision / sum p), at
+        least 1, p from the exp table at each logit's distance below the row's largest."""
+        table = self.model.logit_exp
+        below = (logits.amax(-1, keepdim=True) - logits).clamp_(max=len(table) - 1)
+        p = table.index_select(0, below.to(torch.int32).view(-1)).view(logits.shape)
+        total = p.sum(-1, keepdim=True)
+        return p.mul_(self.precision).div_(total).floor_().clamp_min_(1.0)
+
+
+class ExactSteps(_Arithmetic):
+    """The exact model's frequency tables for `rows` sequences, one position per `next` call
+    (like PriorSteps). Not thread-safe: one per thread."""
+
+    def __init__(self, model: ExactPrior, rows: int, precision: int) -> None:
+        super().__init__(model, precision)
+        self.rows = rows
+        shape = (rows * model.heads, model.length, model.head_dim)
+        self.keys = [torch.zeros(shape) for _ in model.layers]
+        self.values = [torch.zeros(shape) for _ in model.layers]
         self.position = 0
 
     def next(self, previous: Tensor | None) -> Tensor:
@@ -376,54 +439,67 @@ class ExactSteps:
         for i, layer in enumerate(model.layers):
             x = self._block(layer, x, i, t)
         self.position = t + 1
-        stage = t // model.per_position
-        head = model.head.rows(stage * model.per_stage, (stage + 1) * model.per_stage)
-        return self._frequencies(head(self._norm(x)))  # logits: units 2**-SCORE_FRACTION nat
-
-    def _norm(self, x: Tensor) -> Tensor:
-        """Each row to mean 0 and variance 1 (no gain: folded into the next layer), float32
-        integers: the deviations d = C x - sum x and their squares' sum are exact in float64;
-        the row's divisor is single IEEE operations."""
-        wide = x.double()
-        d = wide.mul_(self.model.width).sub_(x.sum(-1, keepdim=True, dtype=torch.float64))
-        variance = (d * d).sum(-1, keepdim=True)
-        divisor = variance.mul_(self.inverse_width).add_(self.norm_eps).sqrt_()
-        z = d.mul_(divisor.reciprocal_().mul_(self.norm_out)).round_()
-        return z.clamp_(-INPUT_LIMIT, INPUT_LIMIT).float()
+        return self.frequencies(self._logits(x, t // model.per_position))
 
     def _block(self, layer: ExactLayer, x: Tensor, index: int, t: int) -> Tensor:
         b, h, d, c = self.rows, self.model.heads, self.model.head_dim, self.model.width
-        qkv = layer.qkv(self._norm(x))
-        qkv[:, : 2 * c].clamp_(-self.query_limit, self.query_limit)
-        qkv[:, 2 * c :].clamp_(-self.value_limit, self.value_limit)
-        qkv = qkv.view(b, 3, h, d)
+        qkv = self._qkv(layer, x).view(b, 3, h, d)
         keys, values = self.keys[index], self.values[index]
         keys.view(b, h, -1, d)[:, :, t] = qkv[:, 1]
         values.view(b, h, -1, d)[:, :, t] = qkv[:, 2]
         # Exact sums do not depend on shapes: attend over the written slots 0..t alone.
         query = qkv[:, 0].reshape(b * h, 1, d)
         scores = torch.bmm(query, keys[:, : t + 1].transpose(1, 2))  # (B H, 1, t + 1)
-        # weights from the exp table at each score's distance below the row's largest
-        table = self.model.attention_exp
-        below = (scores.amax(-1, keepdim=True) - scores).mul_(self.score_scale).round_()
-        index_ = below.clamp_(max=len(table) - 1).to(torch.int32).view(-1)
-        weights = table.index_select(0, index_).view_as(scores)
-        total = weights.sum(-1, keepdim=True)
-        mixed = torch.bmm(weights, values[:, : t + 1]).mul_(self.mix_scale).div_(total)
-        mixed = mixed.round_().clamp_(-INPUT_LIMIT, INPUT_LIMIT).view(b, c)
+        mixed = self._mix(self._weights(scores), values[:, : t + 1]).view(b, c)
         x = x.add_(layer.proj(mixed)).clamp_(-self.limit, self.limit)
-        hidden = layer.fc1(self._norm(x)).clamp_(-GELU_LIMIT, GELU_LIMIT).add_(GELU_LIMIT)
-        gelu = layer.gelu.index_select(0, hidden.to(torch.int32).view(-1)).view(b, -1)
-        return x.add_(layer.fc2(gelu)).clamp_(-self.limit, self.limit)
+        return self._feed_forward(layer, x)
 
-    def _frequencies(self, logits: Tensor) -> Tensor:
-        """Logits (B, K_s) in 2**-SCORE_FRACTION nat -> floor(p * 2**precision / sum p), at
-        least 1, p from the exp table at each logit's distance below the row's largest."""
-        table = self.model.logit_exp
-        below = (logits.amax(-1, keepdim=True) - logits).clamp_(max=len(table) - 1)
-        p = table.index_select(0, below.to(torch.int32).view(-1)).view(logits.shape)
-        total = p.sum(-1, keepdim=True)
-        return p.mul_(self.precision).div_(total).floor_().clamp_min_(1.0)
+
+class ExactForced(_Arithmetic):
+    """The exact model's tables for sequences whose every token is known (the encoder's case),
+    all positions in one pass with a causal mask: the same operations on the same integers as
+    ExactSteps, so the same tables to the bit (every sum is exact in any order and shape, and
+    a masked slot weighs exactly 0), many times faster than one position at a time."""
+
+    BLOCK = 64  # sequences per pass: attention's (B H, T, T) tensors stay small
+
+    def logits(self, tokens: Tensor) -> Tensor:
+        """Tokens (B, T) int64, the first T positions (whole stages) -> each position's logits
+        over its stage's codes (B, T, K_s), in 2**-SCORE_FRACTION nat."""
+        per_stage = self.model.per_position
+        if not 0 < tokens.shape[1] <= self.model.length or tokens.shape[1] % per_stage:
+            raise ValueError(f"tokens of {tokens.shape[1]} positions: not whole stages")
+        parts = [self._block_logits(part) for part in tokens.split(self.BLOCK)]
+        return torch.cat(parts) if parts else torch.zeros(0, self.model.length, 0)
+
+    def _block_logits(self, tokens: Tensor) -> Tensor:
+        model = self.model
+        (b, t), c = tokens.shape, model.width
+        start = torch.full((b, 1), model.num_embeddings, dtype=torch.int64)
+        fed = torch.cat([start, tokens[:, :-1]], 1).reshape(-1)
+        x = model.tokens.index_select(0, fed).view(b, t, c) + model.positions[:t]
+        x = x.clamp_(-self.limit, self.limit).view(b * t, c)
+        future = torch.ones(t, t, dtype=torch.bool).triu_(1)
+        for layer in model.layers:
+            x = self._layer(layer, x, b, future)
+        n = model.per_position
+        logits = [
+            self._logits(x.view(b, t, c)[:, s * n : (s + 1) * n].reshape(-1, c), s)
+            for s in range(t // n)
+        ]
+        return torch.cat([part.view(b, n, -1) for part in logits], 1)
+
+    def _layer(self, layer: ExactLayer, x: Tensor, b: int, future: Tensor) -> Tensor:
+        model = self.model
+        t, h, d, c = future.shape[0], model.heads, model.head_dim, model.width
+        qkv = self._qkv(layer, x).view(b, t, 3, h, d).permute(2, 0, 3, 1, 4)  # (3, B, H, T, d)
+        query, keys, values = (part.reshape(b * h, t, d) for part in qkv)
+        scores = torch.bmm(query, keys.transpose(1, 2))  # (B H, T, T)
+        scores.masked_fill_(future, -math.inf)
+        mixed = self._mix(self._weights(scores), values)  # (B H, T, d)
+        mixed = mixed.view(b, h, t, d).permute(0, 2, 1, 3).reshape(b * t, c)
+        x = x.add_(layer.proj(mixed)).clamp_(-self.limit, self.limit)
+        return self._feed_forward(layer, x)
 
 
 def tensors(model: ExactPrior) -> dict[str, Tensor]:
