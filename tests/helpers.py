@@ -361,13 +361,16 @@ def one_error_line(output: str) -> str:
 
 
 # Every kind of VQ run, as --set keys over the tiny profile (32 codes per stage, 8x8 grids of
-# 32x32 images): a codebook (ema), finite scalar quantization, residual stages.
+# 32x32 images): a codebook (ema), finite scalar quantization, residual stages, and a codebook
+# downsampling 8x (4x4 grids).
 VQ_KINDS = {
     "ema": [],
     "fsq": ["model.quantizer=fsq", "model.levels=[4,4,2]"],
     "rvq": ["model.stages=3", "model.stage_dropout=true", "model.gradient=rotation"],
+    "ds8": ["model.downsample=8"],
 }
-KIND_STAGES = {"ema": 1, "fsq": 1, "rvq": 3}
+KIND_STAGES = {"ema": 1, "fsq": 1, "rvq": 3, "ds8": 1}
+KIND_GRID = {"ema": (8, 8), "fsq": (8, 8), "rvq": (8, 8), "ds8": (4, 4)}  # codes per image
 TINY_PRIOR = ["train.steps=4", "train.eval_every=0", "prior.layers=1", "prior.width=32"]
 
 

@@ -571,7 +571,12 @@ def test_encode_sees_a_folder_run_s_images_as_evaluation_does(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("setup", "sets", "code", "message"),
     [
-        ("photos", ["data.image_size=[62,62]"], 2, "error: data.image_size must be two integers"),
+        (
+            "photos",
+            ["data.image_size=[62,62]"],
+            2,
+            "error: data.image_size 62x62 is not a multiple of model.downsample",
+        ),
         ("empty", [], 2, "error: no images in the image folder ("),
         ("bad", [], 1, "error: none of the 2 image files could be read"),
     ],

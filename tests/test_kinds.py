@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import typer.main
+from helpers import KIND_GRID as GRID
 from helpers import KIND_STAGES as STAGES
 from helpers import VQ_KINDS, KindRuns
 from PIL import Image
@@ -32,7 +33,7 @@ runner = CliRunner()
 
 PRIOR_KINDS = [f"{kind}/prior" for kind in VQ_KINDS]
 ALL_KINDS = [*VQ_KINDS, *PRIOR_KINDS]
-K, GRID_CODES = 32, 64  # codes per stage, codes per image and stage
+K = 32  # codes per stage
 # The commands this module runs on every kind they take; `download` and `profiles` take none.
 COVERED = {
     "train", "evaluate", "plot", "compare", "encode", "decode", "inspect", "roundtrip",
@@ -87,10 +88,11 @@ def test_evaluate(kind_runs: KindRuns, kind: str, tmp_path: Path) -> None:
     assert metrics["images"] == 40 and metrics["step"] >= 4
     assert 0 < metrics["bits_per_image"] < math.inf
     if kind in PRIOR_KINDS:
-        assert metrics["bits_per_image"] < STAGES[vq_of(kind)] * GRID_CODES * 6  # < 6 bits a code
+        vq = vq_of(kind)
+        assert metrics["bits_per_image"] < STAGES[vq] * math.prod(GRID[vq]) * 6  # < 6 bits a code
         return
     assert 0 < metrics["psnr"] < 60 and metrics["split"] == "test"
-    assert metrics["bits_per_image"] == STAGES[kind] * GRID_CODES * math.log2(K)
+    assert metrics["bits_per_image"] == STAGES[kind] * math.prod(GRID[kind]) * math.log2(K)
     if STAGES[kind] == 1:
         assert "stages" not in metrics and "by_stages" not in metrics
     else:
@@ -141,7 +143,7 @@ def test_encode_inspect_decode(kind_runs: KindRuns, kind: str, tmp_path: Path) -
         assert len(list((tmp_path / f"{vq}-out").rglob("*.png"))) == 8  # a folder per class
         prior = load_coding_prior(run / "prior") if kind == "prior" else None
         codes = read_codes(tmp_path / f"{vq}.vqc", prior).codes
-        assert codes.shape == ((8, 8, 8) if stages == 1 else (8, stages, 8, 8))
+        assert codes.shape == ((8, *GRID[vq]) if stages == 1 else (8, stages, *GRID[vq]))
 
 
 @pytest.mark.parametrize("kind", VQ_KINDS)
@@ -154,7 +156,8 @@ def test_roundtrip_is_encode_then_decode_at_every_stage_count(
         stages = ["--stages", n] if STAGES[kind] > 1 else []
         facts = json.loads(ok("roundtrip", run, "cifar10:test:6", "-o", f"rt{n}.png",
                               "--json", "-", "--data-dir", data, *stages).stdout)  # fmt: skip
-        assert facts["stages"] == n and facts["raw_bits_per_image"] == n * GRID_CODES * math.log2(K)
+        raw_bits = n * math.prod(GRID[kind]) * math.log2(K)
+        assert facts["stages"] == n and facts["raw_bits_per_image"] == raw_bits
         ok("encode", run, "cifar10:test:6", "-o", f"c{n}.vqc", "--data-dir", data, *stages)
         ok("decode", run, f"c{n}.vqc", "-o", f"out{n}")
         for i, record in enumerate(facts["per_image"]):
@@ -189,9 +192,9 @@ def test_roundtrip_with_a_prior_at_every_stage_count_and_resize(
 @pytest.mark.parametrize("kind", PRIOR_KINDS)
 def test_sample_and_decode(kind_runs: KindRuns, kind: str, tmp_path: Path) -> None:
     ok("sample", kind_runs[kind], "-n", 3, "-o", "s.vqc", "--seed", 1)
-    stages = STAGES[vq_of(kind)]
+    stages, grid = STAGES[vq_of(kind)], GRID[vq_of(kind)]
     codes = read_codes(tmp_path / "s.vqc").codes
-    assert codes.shape == ((3, 8, 8) if stages == 1 else (3, stages, 8, 8))
+    assert codes.shape == ((3, *grid) if stages == 1 else (3, stages, *grid))
     ok("decode", kind_runs[vq_of(kind)], "s.vqc", "-o", "samples")
     assert len(list((tmp_path / "samples").glob("*.png"))) == 3
 

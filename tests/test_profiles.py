@@ -314,14 +314,18 @@ FOLDER = ["data.dataset=folder", "data.path=photos"]
     ("overrides", "expected"),
     [
         (
+            [*FOLDER, "data.image_size=[31,32]"],
+            "data.image_size must be two integers [H, W], each a multiple of 2 (and of "
+            "model.downsample) from 2 to 4096, got [31,32] (array)",
+        ),
+        (
             [*FOLDER, "data.image_size=[30,32]"],
-            "data.image_size must be two integers [H, W], each a multiple of 4 (the model's "
-            "downsampling) from 4 to 4096, got [30,32] (array)",
+            "data.image_size 30x32 is not a multiple of model.downsample (4) on each side",
         ),
         ([*FOLDER, "data.image_size=64"], "got 64 (int)"),
         ([*FOLDER, "data.image_size=[64]"], "got [64] (array)"),
         ([*FOLDER, "data.image_size=[0,8]"], "got [0,8]"),
-        ([*FOLDER, "data.image_size=[8192,8]"], "from 4 to 4096"),
+        ([*FOLDER, "data.image_size=[8192,8]"], "from 2 to 4096"),
         ([*FOLDER, "data.resize=crop"], "data.resize must be one of centre-crop, random-crop"),
         ([*FOLDER, "data.test_fraction=1.0"], "data.test_fraction must be a number >= 0 and < 1"),
         (["data.dataset=folder"], 'data.path is missing: dataset = "folder" needs the image'),

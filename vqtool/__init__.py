@@ -7,11 +7,11 @@ The library behind the CLI, for notebooks::
     profile = load_profile("smoke", ["train.steps=100"])
     run_training(profile, Path("runs/nb"), Path("data"))
     loaded = load_model(Path("runs/nb"))
-    indices = loaded.model.encode(images)      # (B, 3, H, W) in [-0.5, 0.5] -> (B, H/4, W/4)
+    indices = loaded.model.encode(images)      # (B, 3, H, W) in [-0.5, 0.5] -> (B, H/f, W/f)
     recon = loaded.model.decode(indices)       # -> (B, 3, H, W)
     codes = loaded.model.images_to_codes(uint8_images)   # the model's pixel convention
     pixels = loaded.model.codes_to_images(codes)         # uint8, as vqtool decode writes
-    # A run of S residual stages (model.stages = S) has codes (B, S, H/4, W/4) and decodes
+    # A run of S residual stages (model.stages = S) has codes (B, S, H/f, W/f) and decodes
     # any first n of them: loaded.model.decode(indices, stages=n).
     # The sequence a prior reads of them, stage after stage (stage s's code c as s * K + c):
     tokens = codes_to_tokens(read_codes(path).codes, loaded.model.config.num_embeddings)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 from vqtool.errors import UsageError
-from vqtool.models.config import DOWNSAMPLE, ModelConfig, PriorConfig
+from vqtool.models.config import DOWNSAMPLES, ModelConfig, PriorConfig
 from vqtool.tomlio import TOMLDecodeError, dumps_toml, loads_toml, toml_value
 
 
@@ -154,9 +154,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.dataset": _one_of("cifar10", "folder"),
     "data.batch_size": _at_least(1),
     "data.image_size": (
-        lambda v: all(DOWNSAMPLE <= side <= MAX_SIDE and side % DOWNSAMPLE == 0 for side in v),
-        f"each a multiple of {DOWNSAMPLE} (the model's downsampling) from {DOWNSAMPLE} to "
-        f"{MAX_SIDE}",
+        lambda v: all(2 <= side <= MAX_SIDE and side % 2 == 0 for side in v),
+        f"each a multiple of 2 (and of model.downsample) from 2 to {MAX_SIDE}",
     ),
     "data.resize": _one_of(*RESIZE_MODES),
     "data.test_fraction": ((lambda v: 0 <= v < 1), ">= 0 and < 1"),
@@ -178,6 +177,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "model.stages": ((lambda v: 1 <= v <= 64), ">= 1 and <= 64 (what a code file holds)"),
     "model.gradient": _one_of("straight-through", "rotation"),
+    "model.downsample": ((lambda v: v in DOWNSAMPLES), "one of 2, 4, 8, 16"),
     "train.steps": _at_least(1),
     "train.learning_rate": ((lambda v: v > 0), "> 0"),
     "train.seed": _at_least(0),
@@ -493,6 +493,18 @@ def _check_consistency(sections: Mapping[str, Any], source: str) -> None:
             source,
             'leave model.gradient at "straight-through" with quantizer = "fsq"',
         )
+    data = sections.get("data")
+    if isinstance(model, ModelConfig) and isinstance(data, DataConfig):
+        factor = model.downsample
+        if any(side % factor for side in data.image_size):
+            size = "x".join(map(str, data.image_size))
+            raise UsageError(
+                f"data.image_size {size} is not a multiple of model.downsample ({factor}) "
+                "on each side",
+                source,
+                f"choose sides that are multiples of {factor}, e.g. "
+                f"{max(factor, 32 // factor * factor)}x{max(factor, 32 // factor * factor)}",
+            )
     prior = sections.get("prior")
     if isinstance(prior, PriorConfig) and prior.width % prior.heads:
         raise UsageError(

@@ -84,19 +84,20 @@ def _check_images(images: Tensor) -> None:
 
 
 def encode_images(model: VQVAE, images: Tensor) -> Tensor:
-    """uint8 (B, 3, H, W) -> int64 code indices (B, ceil(H/4), ceil(W/4)) on the CPU.
+    """uint8 (B, 3, H, W) -> int64 code indices (B, ceil(H/f), ceil(W/f)) on the CPU,
+    f the run's model.downsample.
 
-    Sides that are not multiples of 4 are padded at the bottom and right by reflection (edge
+    Sides that are not multiples of f are padded at the bottom and right by reflection (edge
     copies when too short), as `vqtool encode` does.
     """
     _check_images(images)
     with torch.inference_mode():
-        return model.images_to_codes(pad_to_multiple(images)).cpu()
+        return model.images_to_codes(pad_to_multiple(images, model.config.downsample)).cpu()
 
 
 def decode_indices(model: VQVAE, indices: Tensor) -> Tensor:
     """Code indices (B, h, w), or (B, n, h, w) of a run's first n stages -> uint8 images
-    (B, 3, 4h, 4w) on the CPU.
+    (B, 3, f h, f w) on the CPU.
 
     The decoder's output clamped to [0, 1] and rounded to 8 bits: (recon * 255).round().
     """
@@ -113,14 +114,17 @@ def batch_ranges(n: int, batch_size: int, pixels_per_image: int) -> Iterator[tup
         yield start, min(start + step, n)
 
 
-def common_size(items: Sequence[ImageItem], size: tuple[int, int] | None) -> tuple[int, int]:
-    """The padded (H, W) every image of a code file shares; mixed sizes need --size."""
+def common_size(
+    items: Sequence[ImageItem], size: tuple[int, int] | None, factor: int = DOWNSAMPLE
+) -> tuple[int, int]:
+    """The padded (H, W) every image of a code file shares, sides multiples of the run's
+    `factor`; mixed sizes need --size."""
     if size is not None:
-        return padded_size(size)
+        return padded_size(size, factor)
     first = items[0]
-    shared = padded_size(first.size)
+    shared = padded_size(first.size, factor)
     for item in items:
-        if padded_size(item.size) != shared:
+        if padded_size(item.size, factor) != shared:
             raise UsageError(
                 f"images of different sizes (HxW): {first.size[0]}x{first.size[1]} "
                 f"({first.name}) and {item.size[0]}x{item.size[1]} ({item.name})",
@@ -146,7 +150,7 @@ def codes_shape(model: VQVAE, n: int, stages: int, grid: tuple[int, int]) -> tup
 class EncodedBatch(NamedTuple):
     indices: list[int]  # the images' positions in Encoding.items
     images: Tensor  # uint8 (B, 3, H, W): the images as encoded, padded to Encoding.shape
-    codes: Tensor  # int64 (B, H / 4, W / 4), or (B, S, H / 4, W / 4) of the stages kept
+    codes: Tensor  # int64 (B, H / f, W / f), or (B, S, H / f, W / f) of the stages kept
 
 
 class Encoding:
@@ -154,7 +158,8 @@ class Encoding:
     encodes them batch by batch, setting damaged images of folders aside (unless `strict`);
     `finish` then refuses a set of only damaged images, or notes what was skipped.
 
-    `size` (H, W) resizes every image first; without it, all images must pad to one size.
+    `size` (H, W) resizes every image first; without it, all images must pad to one size, a
+    multiple of `factor` (the run's model.downsample) on each side.
     """
 
     def __init__(
@@ -164,20 +169,22 @@ class Encoding:
         size: tuple[int, int] | None = None,
         strict: bool = False,
         resize_mode: str = "stretch",
+        factor: int = DOWNSAMPLE,
     ) -> None:
         self.found = find_images(inputs, data_dir, size, strict, resize_mode)
+        self.factor = factor
         self.items = self.found.items
         self.size = size
         self.resize_mode = resize_mode
         self.strict = strict
-        self.shape = common_size(self.items, size)  # (H, W) every image is padded to
+        self.shape = common_size(self.items, size, factor)  # (H, W) every image is padded to
         self.kept = np.ones(len(self.items), bool)
         self.damaged = list(self.found.damaged)
 
     @property
     def grid(self) -> tuple[int, int]:
         """Codes per image (h, w)."""
-        return self.shape[0] // DOWNSAMPLE, self.shape[1] // DOWNSAMPLE
+        return self.shape[0] // self.factor, self.shape[1] // self.factor
 
     def size_of(self, index: int) -> tuple[int, int]:
         """(height, width) of image `index` as encoded: after --size, before padding."""
@@ -250,7 +257,8 @@ def encode_inputs(
     A run of S residual stages gives codes (N, S, h, w), or its first `stages` of them.
     """
     kept_stages = stages_to_keep(loaded.model, stages)
-    encoding = Encoding(inputs, data_dir, size, strict, resize_mode)
+    factor = loaded.model.config.downsample
+    encoding = Encoding(inputs, data_dir, size, strict, resize_mode, factor)
     shape = codes_shape(loaded.model, len(encoding.items), kept_stages, encoding.grid)
     codes = np.empty(shape, np.uint16)
     model = loaded.model.folded()
@@ -266,6 +274,7 @@ def encode_inputs(
         checkpoint=loaded.fingerprint,
         num_embeddings=config.num_embeddings,
         embedding_dim=config.embedding_dim,
+        downsample=config.downsample,
         image_size=encoding.shape,
     )
 
@@ -450,7 +459,12 @@ def decode_file(
         check_prior(prior, loaded.fingerprint, config.num_embeddings)
     code_file = read_codes(codes_path, prior, on_stream, stages)
     check_codes_for_model(
-        code_file, loaded.fingerprint, config.num_embeddings, config.embedding_dim, codes_path
+        code_file,
+        loaded.fingerprint,
+        config.num_embeddings,
+        config.embedding_dim,
+        codes_path,
+        config.downsample,
     )
     if code_file.stages > loaded.model.stages:
         raise UsageError(

@@ -54,7 +54,6 @@ from vqtool.codes.vqc import CodeFile, read_codes, write_codes
 from vqtool.data.datasets import load_images
 from vqtool.errors import WorkError, counted
 from vqtool.files import write_text
-from vqtool.models.config import DOWNSAMPLE
 from vqtool.profiles import Profile
 from vqtool.runs import RunDir
 
@@ -219,7 +218,8 @@ def vqtool_points(
     n, _, h, w = images.shape
     model = loaded.model.folded()
     stages = model.stages
-    grid = (h // DOWNSAMPLE, w // DOWNSAMPLE)
+    factor = model.config.downsample
+    grid = (h // factor, w // factor)
     codes = np.empty((n, stages, *grid), np.uint16)
     psnr = np.empty((stages, n))
     for start, stop in batch_ranges(n, DEFAULT_BATCH, h * w):
@@ -249,6 +249,7 @@ def vqtool_points(
                 checkpoint=loaded.fingerprint,
                 num_embeddings=config.num_embeddings,
                 embedding_dim=config.embedding_dim,
+                downsample=config.downsample,
                 image_size=(h, w),
             )
             for label, compress, coding_prior in codings:

@@ -100,7 +100,8 @@ def round_trip(
     run's, or a prior that cannot code these images' codes, is refused (UsageError) before
     any image is read; `on_prior` follows the prior's coding."""
     kept_stages = stages_to_keep(loaded.model, stages)
-    encoding = Encoding(inputs, data_dir, size, strict, resize_mode)
+    factor = loaded.model.config.downsample
+    encoding = Encoding(inputs, data_dir, size, strict, resize_mode, factor)
     config = loaded.model.config
     if prior is not None:
         check_prior(prior, loaded.fingerprint, config.num_embeddings, encoding.grid, kept_stages)

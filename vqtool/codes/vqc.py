@@ -2,7 +2,7 @@
 
 An NPZ archive (a zip of .npy members) that `numpy.load(path, allow_pickle=False)` reads:
 
-- `codes`: uint16 (N, h, w), h, w = image_size / 4;
+- `codes`: uint16 (N, h, w), h, w = image_size / downsample;
 - `names`: unicode (N,), relative POSIX paths without extension ('cat/0001');
 - `sizes`: int32 (N, 2), each image's (height, width) as encoded (after --size, before padding);
 - `header`: 0-d unicode holding JSON {"format": "vqtool-codes", "version": 1, "checkpoint":
@@ -76,7 +76,7 @@ from vqtool.events import Progress
 from vqtool.files import check_output_file, save_or_fail
 from vqtool.images.pixels import padded_size
 from vqtool.images.read import MAX_IMAGE_PIXELS
-from vqtool.models.config import DOWNSAMPLE
+from vqtool.models.config import DOWNSAMPLE, DOWNSAMPLES
 
 FORMAT = "vqtool-codes"
 VERSION = 1
@@ -539,11 +539,12 @@ class CodeSummary:
     stream_checked: bool  # False for a prior-coded stream: decoding it with its prior checks it
     stages: int = 1  # residual stages stored (versions 3 and 4)
     coding_model: str | None = None  # fingerprint of the exact coding model ("exact" only)
+    downsample: int = DOWNSAMPLE  # image sides per code grid side
 
     @property
     def grid(self) -> tuple[int, int]:
         """(h, w): codes per image."""
-        return self.image_size[0] // DOWNSAMPLE, self.image_size[1] // DOWNSAMPLE
+        return self.image_size[0] // self.downsample, self.image_size[1] // self.downsample
 
     @property
     def bits_per_image(self) -> float:
@@ -607,7 +608,8 @@ def describe_codes(path: Source) -> CodeSummary:
         n = header["images"]
         image_size = (header["image_size"][0], header["image_size"][1])
         names = _unpacked_names(arrays["names"], n, path)
-        sizes, checked = _unpacked_sizes(arrays["sizes"], n, image_size, path), False
+        factor = header["downsample"]
+        sizes, checked = _unpacked_sizes(arrays["sizes"], n, image_size, path, factor), False
     header = _header(arrays["header"], path)
     counts: dict[tuple[int, int], int] = {}
     for height, width in sizes.tolist():
@@ -630,6 +632,7 @@ def describe_codes(path: Source) -> CodeSummary:
         stream_checked=checked,
         stages=int(header.get("stages", 1)),
         coding_model=header.get("coding_model"),
+        downsample=header["downsample"],
     )
 
 
@@ -689,7 +692,12 @@ def _unreadable(path: Source, exc: Exception) -> WorkError:
 
 
 def check_codes_for_model(
-    code_file: CodeFile, fingerprint: str, num_embeddings: int, embedding_dim: int, where: object
+    code_file: CodeFile,
+    fingerprint: str,
+    num_embeddings: int,
+    embedding_dim: int,
+    where: object,
+    downsample: int = DOWNSAMPLE,
 ) -> None:
     """Refuse a code file made by another checkpoint (UsageError, exit 2)."""
     if code_file.checkpoint != fingerprint:
@@ -703,6 +711,13 @@ def check_codes_for_model(
         raise WorkError(
             f"the header says K={code_file.num_embeddings}, D={code_file.embedding_dim} but its "
             f"checkpoint has K={num_embeddings}, D={embedding_dim}",
+            where,
+            _DAMAGED,
+        )
+    if code_file.downsample != downsample:
+        raise WorkError(
+            f"the header says downsample {code_file.downsample} but its checkpoint's model "
+            f"downsamples by {downsample}",
             where,
             _DAMAGED,
         )
@@ -855,16 +870,17 @@ def _checked_header(arrays: dict[str, np.ndarray], path: Source) -> dict[str, An
         raise _damaged("the header's num_embeddings is not an integer in 2..65536", path)
     if not _int(header["embedding_dim"], 1, 1 << 20):
         raise _damaged("the header's embedding_dim is not a positive integer", path)
-    if header["downsample"] != DOWNSAMPLE or isinstance(header["downsample"], bool):
-        raise _damaged(f"the header's downsample is not {DOWNSAMPLE}", path)
+    factor = header["downsample"]
+    if factor not in DOWNSAMPLES or isinstance(factor, bool):
+        raise _damaged("the header's downsample is not one of 2, 4, 8, 16", path)
     image_size = header["image_size"]
     if not (
         isinstance(image_size, list)
         and len(image_size) == 2
-        and all(_int(s, DOWNSAMPLE, MAX_IMAGE_PIXELS) and s % DOWNSAMPLE == 0 for s in image_size)
+        and all(_int(s, factor, MAX_IMAGE_PIXELS) and s % factor == 0 for s in image_size)
         and image_size[0] * image_size[1] <= MAX_IMAGE_PIXELS
     ):
-        raise _damaged("the header's image_size is not [H, W] in multiples of 4", path)
+        raise _damaged(f"the header's image_size is not [H, W] in multiples of {factor}", path)
     return header
 
 
@@ -881,13 +897,14 @@ def _from_compressed(
     _check_compressed_header(header, arrays, path)
     coding, n, k = header["coding"], header["images"], header["num_embeddings"]
     image_size = (header["image_size"][0], header["image_size"][1])
-    grid = (image_size[0] // DOWNSAMPLE, image_size[1] // DOWNSAMPLE)
+    factor = header["downsample"]
+    grid = (image_size[0] // factor, image_size[1] // factor)
     stored = header.get("stages")
     check_stages(stages, 1 if stored is None else stored, path)
     shape = (n, *grid) if stored is None else (n, stored, *grid)
     # Names and sizes before the stream: a prior's decode takes a while.
     names = _unpacked_names(arrays["names"], n, path)
-    sizes = _unpacked_sizes(arrays["sizes"], n, image_size, path)
+    sizes = _unpacked_sizes(arrays["sizes"], n, image_size, path, factor)
     try:
         if coding == "unigram":
             frequencies = _checked_frequencies(
@@ -932,7 +949,7 @@ def _check_compressed_header(
 ) -> None:
     """The keys only a version 2 header has, against the members."""
     coding, n = header["coding"], header["images"]
-    codes_per_image = header["image_size"][0] * header["image_size"][1] // DOWNSAMPLE**2
+    codes_per_image = header["image_size"][0] * header["image_size"][1] // header["downsample"] ** 2
     if coding not in CODINGS:
         raise _damaged(f"unknown coding {str(coding)[:20]!r}", path)
     if coding == "prior" and sorted(arrays) == sorted(COMPRESSED_MEMBERS):
@@ -1031,7 +1048,7 @@ def _unpacked_names(array: np.ndarray, n: int, path: Source) -> list[str]:
 
 
 def _unpacked_sizes(
-    runs: np.ndarray, n: int, image_size: tuple[int, int], path: Source
+    runs: np.ndarray, n: int, image_size: tuple[int, int], path: Source, factor: int
 ) -> np.ndarray:
     if runs.dtype != np.int32 or runs.ndim != 2 or runs.shape[1] != 3 or len(runs) > n:
         raise _damaged(f"sizes must be int32 runs (R, 3), got {runs.dtype} {runs.shape}", path)
@@ -1039,7 +1056,7 @@ def _unpacked_sizes(
     if (counts < 1).any() or int(counts.sum()) != n:
         raise _damaged(f"the size runs do not count {n} images", path)
     for _, height, width in runs.tolist():
-        if min(height, width) < 1 or padded_size((height, width)) != image_size:
+        if min(height, width) < 1 or padded_size((height, width), factor) != image_size:
             raise _damaged(
                 f"size {height}x{width} (HxW) does not pad to the header's image_size", path
             )
@@ -1079,7 +1096,8 @@ def _prior_for(header: dict[str, Any], prior: CodingPrior | None, path: Source) 
             path,
             "pass the prior it was compressed with",
         )
-    grid = (header["image_size"][0] // DOWNSAMPLE, header["image_size"][1] // DOWNSAMPLE)
+    factor = header["downsample"]
+    grid = (header["image_size"][0] // factor, header["image_size"][1] // factor)
     stages = header.get("stages") or 1
     entropy.check_prior(prior, header["checkpoint"], header["num_embeddings"], grid, stages)
     if header["coding"] == "prior":
@@ -1108,7 +1126,10 @@ def _validate(
     sizes, names."""
     codes, sizes = code_file.codes, code_file.sizes
     n = codes.shape[0] if codes.ndim else 0
-    h, w = code_file.image_size[0] // DOWNSAMPLE, code_file.image_size[1] // DOWNSAMPLE
+    factor = code_file.downsample
+    if factor not in DOWNSAMPLES or isinstance(factor, bool):
+        raise _damaged(f"downsample {str(factor)[:20]} is not one of 2, 4, 8, 16", path)
+    h, w = code_file.image_size[0] // factor, code_file.image_size[1] // factor
     if codes.dtype.kind != "u" or codes.dtype.itemsize != 2:
         raise _damaged(f"codes must be uint16, got {codes.dtype}", path)
     if stages == 0:
@@ -1140,7 +1161,7 @@ def _validate(
         raise _damaged(f"sizes must be int32 ({n}, 2), got {sizes.dtype} {sizes.shape}", path)
     for row in np.unique(sizes, axis=0):
         size = (int(row[0]), int(row[1]))
-        if min(size) < 1 or padded_size(size) != code_file.image_size:
+        if min(size) < 1 or padded_size(size, factor) != code_file.image_size:
             raise _damaged(
                 f"size {size[0]}x{size[1]} (HxW) does not pad to the header's "
                 f"{code_file.image_size[0]}x{code_file.image_size[1]}",

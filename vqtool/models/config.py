@@ -7,8 +7,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# The encoder halves each side twice: an H x W image has (H / 4) x (W / 4) codes.
+# The default factor: the encoder halves each side twice, so an H x W image has
+# (H / 4) x (W / 4) codes. `ModelConfig.downsample` chooses another (what a code file's header
+# names as "downsample").
 DOWNSAMPLE = 4
+DOWNSAMPLES = (2, 4, 8, 16)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class ModelConfig:
     # vq: how the decoder's gradient passes the quantizer to the encoder: "straight-through"
     # (van den Oord et al.) or "rotation" (the rotation trick, Fifty et al. 2024).
     gradient: str = "straight-through"
+    # Each side of the code grid is this many times smaller than the image's (2, 4, 8 or 16):
+    # tokens per image, (H / downsample) x (W / downsample) per stage.
+    downsample: int = DOWNSAMPLE
 
     def __post_init__(self) -> None:
         if self.quantizer == "fsq":

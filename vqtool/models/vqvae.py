@@ -2,7 +2,8 @@
 
 Encoder: two stride-2 4x4 convs and a 3x3 conv, then a residual stack; a 1x1 conv maps to
 the embedding size. Decoder: a 3x3 conv, a residual stack, two stride-2 transposed convs.
-Images are 4x smaller per side in the latent grid (`DOWNSAMPLE`).
+Images are `model.downsample` (f: 2, 4, 8 or 16; default 4, `DOWNSAMPLE`) times smaller per
+side in the latent grid.
 
 The model owns its pixel convention: uint8 images in [0, 255] go in as [-0.5, 0.5] floats,
 and codes come back out as images in [0, 1] (clamped) or uint8 (rounded). Evaluation, code
@@ -11,6 +12,7 @@ files, plots and training all go through these methods, so they see the same pix
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -57,32 +59,63 @@ class ResidualStack(nn.Module):
         return F.relu(x, inplace=len(self.layers) > 0)
 
 
+def _halvings(cfg: ModelConfig) -> int:
+    """How many times the encoder halves each side: log2 of model.downsample (1 to 4)."""
+    return int(math.log2(cfg.downsample))
+
+
 class Encoder(nn.Module):
+    """Strided 4x4 convolutions, one per halving of the sides, then a 3x3 one and the residual
+    stack. At the default factor 4, exactly the seed's network (the same modules and names);
+    at 2 the second convolution keeps the size; at 8 and 16 `down` adds h -> h halvings."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         h = cfg.num_hiddens
+        halvings = _halvings(cfg)
         self.conv1 = nn.Conv2d(3, h // 2, 4, stride=2, padding=1)
-        self.conv2 = nn.Conv2d(h // 2, h, 4, stride=2, padding=1)
+        if halvings == 1:
+            self.conv2 = nn.Conv2d(h // 2, h, 3, padding=1)
+        else:
+            self.conv2 = nn.Conv2d(h // 2, h, 4, stride=2, padding=1)
+        self.down = nn.ModuleList(
+            nn.Conv2d(h, h, 4, stride=2, padding=1) for _ in range(halvings - 2)
+        )
         self.conv3 = nn.Conv2d(h, h, 3, padding=1)
         self.residual = ResidualStack(h, cfg.num_residual_hiddens, cfg.num_residual_layers)
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, h, H/4, W/4)
+    def forward(self, x: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, h, H/f, W/f)
         x = F.relu(self.conv1(x), inplace=True)
         x = F.relu(self.conv2(x), inplace=True)
+        for conv in self.down:
+            x = F.relu(conv(x), inplace=True)
         return self.residual(self.conv3(x))
 
 
 class Decoder(nn.Module):
+    """The encoder mirrored: a 3x3 convolution and the residual stack, then transposed 4x4
+    convolutions that double the sides (`up` at 8 and 16, then up1 and up2; at factor 2 up1
+    keeps the size)."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         h = cfg.num_hiddens
+        halvings = _halvings(cfg)
         self.conv = nn.Conv2d(cfg.embedding_dim, h, 3, padding=1)
         self.residual = ResidualStack(h, cfg.num_residual_hiddens, cfg.num_residual_layers)
-        self.up1 = nn.ConvTranspose2d(h, h // 2, 4, stride=2, padding=1)
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(h, h, 4, stride=2, padding=1) for _ in range(halvings - 2)
+        )
+        if halvings == 1:
+            self.up1: nn.Module = nn.Conv2d(h, h // 2, 3, padding=1)
+        else:
+            self.up1 = nn.ConvTranspose2d(h, h // 2, 4, stride=2, padding=1)
         self.up2 = nn.ConvTranspose2d(h // 2, 3, 4, stride=2, padding=1)
 
-    def forward(self, q: Tensor) -> Tensor:  # (B, D, h, w) -> (B, 3, 4h, 4w)
+    def forward(self, q: Tensor) -> Tensor:  # (B, D, h, w) -> (B, 3, f h, f w)
         x = self.residual(self.conv(q))
+        for conv in self.up:
+            x = F.relu(conv(x), inplace=True)
         return self.up2(F.relu(self.up1(x), inplace=True))
 
 
@@ -90,7 +123,7 @@ class VQVAEOutput(NamedTuple):
     reconstruction: Tensor  # (B, 3, H, W), same scale as the input ([-0.5, 0.5])
     vq_loss: Tensor  # scalar
     perplexity: Tensor  # scalar: the first stage's
-    indices: Tensor  # (B, H/4, W/4); (B, n, H/4, W/4) from n of several stages
+    indices: Tensor  # (B, H/f, W/f); (B, n, H/f, W/f) from n of several stages
     restarted: Tensor  # scalar: dead codes re-seeded this step
 
 
@@ -133,7 +166,7 @@ class VQVAE(nn.Module):
             apply_weight_norm(self)
 
     def latents(self, x: Tensor) -> Tensor:
-        """Pre-quantization latents: (B, 3, H, W) -> (B, D, H/4, W/4)."""
+        """Pre-quantization latents: (B, 3, H, W) -> (B, D, H/f, W/f)."""
         return self.pre_vq(self.encoder(x))
 
     @property
@@ -148,8 +181,8 @@ class VQVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
-        """Images in [-0.5, 0.5] to code indices: (B, 3, H, W) -> (B, H/4, W/4) int64, or
-        (B, S, H/4, W/4) with S residual stages."""
+        """Images in [-0.5, 0.5] to code indices: (B, 3, H, W) -> (B, H/f, W/f) int64, or
+        (B, S, H/f, W/f) with S residual stages."""
         # channels_last: oneDNN's faster convolution layout on the CPU, and
         # the layout training feeds the encoder on the CPU and on CUDA.
         x = x.contiguous(memory_format=torch.channels_last)
@@ -157,7 +190,7 @@ class VQVAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, indices: Tensor, stages: int | None = None) -> Tensor:
-        """Code indices to images in [-0.5, 0.5] (unclamped): (B, h, w) -> (B, 3, 4h, 4w).
+        """Code indices to images in [-0.5, 0.5] (unclamped): (B, h, w) -> (B, 3, f h, f w).
 
         With residual stages the indices are (B, n, h, w), n <= S, and `stages` (default n)
         decodes the first of them only.
@@ -189,18 +222,18 @@ class VQVAE(nn.Module):
 
     @torch.no_grad()
     def images_to_codes(self, images: Tensor) -> Tensor:
-        """uint8 (B, 3, H, W), sides multiples of DOWNSAMPLE -> int64 codes (B, H/4, W/4)."""
+        """uint8 (B, 3, H, W), sides multiples of the factor f -> int64 codes (B, H/f, W/f)."""
         return self.encode(self.to_input(images, self.device))
 
     @torch.no_grad()
     def codes_to_unit(self, indices: Tensor, stages: int | None = None) -> Tensor:
-        """Code indices (B, h, w) -> images in [0, 1] (B, 3, 4h, 4w): the decoded pixels that
+        """Code indices (B, h, w) -> images in [0, 1] (B, 3, f h, f w): the decoded pixels that
         evaluation measures and code files decode to (`stages`: as in `decode`)."""
         return self.decode(indices, stages).float().add_(0.5).clamp_(0.0, 1.0)
 
     @torch.no_grad()
     def codes_to_images(self, indices: Tensor, stages: int | None = None) -> Tensor:
-        """Code indices (B, h, w) -> uint8 images (B, 3, 4h, 4w): codes_to_unit rounded."""
+        """Code indices (B, h, w) -> uint8 images (B, 3, f h, f w): codes_to_unit rounded."""
         return self.codes_to_unit(indices, stages).mul_(255.0).round_().to(torch.uint8)
 
     @torch.no_grad()

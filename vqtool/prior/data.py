@@ -58,6 +58,7 @@ def encode_split(
         checkpoint=vq.fingerprint,
         num_embeddings=config.num_embeddings,
         embedding_dim=config.embedding_dim,
+        downsample=config.downsample,
         image_size=(height, width),
     )
 
@@ -90,7 +91,12 @@ def prepare_codes(
         if path.is_file():
             code_file = read_codes(path)
             check_codes_for_model(
-                code_file, vq.fingerprint, config.num_embeddings, config.embedding_dim, path
+                code_file,
+                vq.fingerprint,
+                config.num_embeddings,
+                config.embedding_dim,
+                path,
+                config.downsample,
             )
         else:
             progress = None

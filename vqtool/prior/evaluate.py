@@ -68,7 +68,12 @@ def evaluate_prior(
     code_file = read_codes(files.codes_file("test"))
     vq = loaded.vq
     check_codes_for_model(
-        code_file, vq.fingerprint, vq.num_embeddings, vq.embedding_dim, files.codes_file("test")
+        code_file,
+        vq.fingerprint,
+        vq.num_embeddings,
+        vq.embedding_dim,
+        files.codes_file("test"),
+        vq.downsample,
     )
     data = PriorData(prior_tokens(code_file), labels_from_names(code_file, vq.class_names))
     metrics = evaluate_codes(loaded.model, data, loaded.profile.prior.conditional, on_progress)

@@ -15,7 +15,7 @@ from vqtool.checkpoint import (
 )
 from vqtool.codes.vqc import MAX_STAGES
 from vqtool.errors import UsageError, VqtoolError, WorkError
-from vqtool.models.config import DOWNSAMPLE
+from vqtool.models.config import DOWNSAMPLE, DOWNSAMPLES
 from vqtool.models.exact_prior import ExactPrior
 from vqtool.models.transformer import CodePrior
 from vqtool.prior.coding_model import CodingModel, coding_model_for
@@ -35,14 +35,15 @@ class VQFacts:
     fingerprint: str
     num_embeddings: int
     embedding_dim: int
-    image_size: tuple[int, int]  # (H, W) of the images; codes are (H / 4, W / 4)
+    image_size: tuple[int, int]  # (H, W) of the images; codes are (H / f, W / f)
     class_names: tuple[str, ...]  # the dataset's labels; empty when it has none
     checkpoint: str  # where R's checkpoint was when P was made
     stages: int = 1  # residual stages of R's codes the prior models, stage after stage
+    downsample: int = DOWNSAMPLE  # R's model.downsample: its grid is image_size / this
 
     @property
     def grid(self) -> tuple[int, int]:
-        return self.image_size[0] // DOWNSAMPLE, self.image_size[1] // DOWNSAMPLE
+        return self.image_size[0] // self.downsample, self.image_size[1] // self.downsample
 
     @property
     def tokens(self) -> int:
@@ -55,15 +56,21 @@ class VQFacts:
         return self.grid[0] * self.stages, self.grid[1]
 
     def as_dict(self) -> dict[str, Any]:
-        stages = {"stages": self.stages} if self.stages > 1 else {}  # one-stage priors unchanged
-        return stages | {
-            "fingerprint": self.fingerprint,
-            "num_embeddings": self.num_embeddings,
-            "embedding_dim": self.embedding_dim,
-            "image_size": list(self.image_size),
-            "class_names": list(self.class_names),
-            "checkpoint": self.checkpoint,
-        }
+        # one-stage priors of factor-4 runs unchanged
+        stages = {"stages": self.stages} if self.stages > 1 else {}
+        factor = {"downsample": self.downsample} if self.downsample != DOWNSAMPLE else {}
+        return (
+            stages
+            | factor
+            | {
+                "fingerprint": self.fingerprint,
+                "num_embeddings": self.num_embeddings,
+                "embedding_dim": self.embedding_dim,
+                "image_size": list(self.image_size),
+                "class_names": list(self.class_names),
+                "checkpoint": self.checkpoint,
+            }
+        )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> VQFacts:
@@ -75,7 +82,14 @@ class VQFacts:
             tuple(str(n) for n in raw["class_names"]),
             str(raw["checkpoint"]),
             _stages(raw.get("stages", 1)),
+            _downsample(raw.get("downsample", DOWNSAMPLE)),
         )
+
+
+def _downsample(value: Any) -> int:
+    if value not in DOWNSAMPLES or isinstance(value, bool):
+        raise ValueError(f"downsample {str(value)[:20]} is not one of {DOWNSAMPLES}")
+    return int(value)
 
 
 class LoadedPrior(NamedTuple):

@@ -68,6 +68,7 @@ def sample_codes(
         checkpoint=vq.fingerprint,
         num_embeddings=k,
         embedding_dim=vq.embedding_dim,
+        downsample=vq.downsample,
         image_size=vq.image_size,
     )
 

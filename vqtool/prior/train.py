@@ -301,6 +301,7 @@ def train_prior(
             dataset_classes(vq.profile.data),
             str(vq.path.resolve()),
             stages,
+            vq.model.config.downsample,
         )
         trainer = PriorTrainer(
             profile, run_dir, facts, data["train"], data["test"], placement, notify

@@ -13,7 +13,6 @@ from torch import Tensor
 
 from vqtool.data.datasets import load_images
 from vqtool.errors import UsageError, counted
-from vqtool.models.config import DOWNSAMPLE
 from vqtool.models.quantizer import code_counts, entropy_bits_from_counts, perplexity_from_counts
 from vqtool.models.vqvae import VQVAE
 from vqtool.runs import RunDir
@@ -77,7 +76,8 @@ def evaluate_images(
             on_progress(min(begin + batch_size, n), n)
     seconds = time.perf_counter() - start
     model.train(was_training)
-    h, w = images.shape[2] // DOWNSAMPLE, images.shape[3] // DOWNSAMPLE
+    factor = model.config.downsample
+    h, w = images.shape[2] // factor, images.shape[3] // factor
     stage_bits = [float(entropy_bits_from_counts(c)) * h * w for c in counts]
     rows = [
         {
