@@ -407,14 +407,16 @@ def rows_table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]
 
 def format_value(value: Any) -> str:
     """Every table's numbers: integers and floats from 1,000 up with thousands separators
-    and no decimals (67,650, never 6.765e+04), smaller floats to 4 significant digits with
-    their trailing zeros (31.00, 24.60)."""
+    and no decimals (67,650, never 6.765e+04), whole floats as integers (576), other smaller
+    floats to 4 significant digits with their trailing zeros (31.00, 24.60)."""
     if value is None:
         return "-"
     if isinstance(value, float):
         if math.isfinite(value) and abs(value) >= 999.5:  # .4g would print 999.97 as 1000
             return f"{value:,.0f}"
-        return f"{value:#.4g}"  # "#": 31.00 beside 28.14, never 31
+        if value.is_integer():
+            return f"{int(value):,}"  # 576 bits, not 576.0
+        return f"{value:#.4g}"  # "#": 30.997 dB as 31.00 beside 28.14, never 31
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)
