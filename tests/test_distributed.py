@@ -30,11 +30,12 @@ from vqtool.profiles import load_prior_profile, load_profile
 from vqtool.vq.train import run_training
 
 
-def test_two_processes_agree_and_match_one(data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("factor", [4, 8])
+def test_two_processes_agree_and_match_one(factor: int, data_dir: Path, tmp_path: Path) -> None:
     profile = write_tiny_profile(tmp_path / "tiny.toml", "")
     short = tmp_path / "short.toml"
     short.write_text(
-        'extends = "tiny.toml"\n[model]\ndead_code_steps = 3\n'
+        f'extends = "tiny.toml"\n[model]\ndead_code_steps = 3\ndownsample = {factor}\n'
         "[train]\nsteps = 6\nlog_every = 3\ncheckpoint_every = 3\n"
     )
     mp.start_processes(

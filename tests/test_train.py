@@ -105,11 +105,15 @@ def test_training_is_repeatable(tiny_profile: Path, data_dir: Path, tmp_path: Pa
     )
 
 
-def test_resume_extends_a_finished_run(tiny_profile: Path, data_dir: Path, tmp_path: Path) -> None:
-    """20 steps, then --resume --set train.steps=30, equals 30 steps straight."""
-    straight = load_profile(tiny_profile)
+@pytest.mark.parametrize("factor", [4, 8])
+def test_resume_extends_a_finished_run(
+    factor: int, tiny_profile: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """20 steps, then --resume --set train.steps=30, equals 30 steps straight (at the default
+    model.downsample and at 8)."""
+    straight = load_profile(tiny_profile, [f"model.downsample={factor}"])
     run_training(straight, tmp_path / "straight", data_dir)
-    short = load_profile(tiny_profile, ["train.steps=20"])
+    short = load_profile(tiny_profile, ["train.steps=20", f"model.downsample={factor}"])
     run_training(short, tmp_path / "split", data_dir)
     longer, run = resolve_run(None, ["train.steps=30"], tmp_path / "split", resume=True)
     run_training(longer, run, data_dir, resume=True)
