@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import one_error_line
+from helpers import KindRuns, make_image_folder, one_error_line
 from test_codes_compressed import members, save_members, with_header
 from typer.testing import CliRunner
 
@@ -102,3 +102,16 @@ def test_a_header_whose_factor_does_not_fit_its_codes_is_damaged(
     with pytest.raises(WorkError) as caught:
         read_codes(tmp_path / "bad.vqc")
     assert "\n" not in caught.value.line()
+
+
+def test_an_image_smaller_than_one_code_is_one_line(kind_runs: KindRuns, tmp_path: Path) -> None:
+    make_image_folder(tmp_path / "small", ["a.png"], size=(6, 6))
+    runner = CliRunner()
+    run = str(kind_runs["ds8"])
+    for extra in ([str(tmp_path / "small" / "a.png")], ["cifar10:test:2", "--size", "4x4"]):
+        result = runner.invoke(
+            app, ["encode", run, *extra, "-o", "x.vqc", "--data-dir", str(kind_runs.data)]
+        )
+        assert result.exit_code == 2, result.output
+        assert "smaller than one code's 8x8 pixels" in one_error_line(result.output)
+        assert not (tmp_path / "x.vqc").exists()

@@ -118,9 +118,26 @@ def common_size(
     items: Sequence[ImageItem], size: tuple[int, int] | None, factor: int = DOWNSAMPLE
 ) -> tuple[int, int]:
     """The padded (H, W) every image of a code file shares, sides multiples of the run's
-    `factor`; mixed sizes need --size."""
+    `factor`; mixed sizes need --size. A side shorter than one code's `factor` pixels is
+    refused: padding would make up most of its only code."""
     if size is not None:
+        if min(size) < factor:
+            raise UsageError(
+                f"--size {size[0]}x{size[1]} is smaller than one code's {factor}x{factor} pixels "
+                "(the run's model.downsample)",
+                "--size",
+                f"give sides of at least {factor} pixels",
+            )
         return padded_size(size, factor)
+    for item in items:
+        if min(item.size) < factor:
+            raise UsageError(
+                f"{item.name} is {item.size[0]}x{item.size[1]} (HxW), smaller than one code's "
+                f"{factor}x{factor} pixels (the run's model.downsample)",
+                item.path if item.path is not None else item.name,
+                f"encode images of at least {factor}x{factor} pixels, or enlarge them with "
+                f"--size HxW",
+            )
     first = items[0]
     shared = padded_size(first.size, factor)
     for item in items:
