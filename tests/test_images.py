@@ -20,16 +20,16 @@ from vqtool.models.vqvae import VQVAE, build_model
 from vqtool.profiles import load_profile
 
 
-def test_padding_reflects_then_copies_edges() -> None:
-    assert pad_index(5, 8).tolist() == [0, 1, 2, 3, 4, 3, 2, 1]
-    assert pad_index(3, 4).tolist() == [0, 1, 2, 1]
-    assert pad_index(2, 4).tolist() == [0, 1, 1, 1]  # too short to reflect 2 pixels
+def test_padding_copies_the_edge() -> None:
+    assert pad_index(5, 8).tolist() == [0, 1, 2, 3, 4, 4, 4, 4]
+    assert pad_index(3, 4).tolist() == [0, 1, 2, 2]
+    assert pad_index(2, 4).tolist() == [0, 1, 1, 1]
     assert pad_index(1, 4).tolist() == [0, 0, 0, 0]
     assert pad_index(8, 8).tolist() == list(range(8))
     image = torch.arange(2 * 5, dtype=torch.uint8).view(1, 2, 5)
     padded = pad_to_multiple(image)
     assert padded.shape == (1, 4, 8)
-    assert padded[0, :, 5:].tolist() == [[3, 2, 1], [8, 7, 6], [8, 7, 6], [8, 7, 6]]
+    assert padded[0, :, 5:].tolist() == [[4, 4, 4], [9, 9, 9], [9, 9, 9], [9, 9, 9]]
 
 
 def test_sixteen_bit_grey_keeps_its_top_bits() -> None:

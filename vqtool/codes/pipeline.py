@@ -87,8 +87,8 @@ def encode_images(model: VQVAE, images: Tensor) -> Tensor:
     """uint8 (B, 3, H, W) -> int64 code indices (B, ceil(H/f), ceil(W/f)) on the CPU,
     f the run's model.downsample.
 
-    Sides that are not multiples of f are padded at the bottom and right by reflection (edge
-    copies when too short), as `vqtool encode` does.
+    Sides that are not multiples of f are padded at the bottom and right with copies of the
+    last row and column, as `vqtool encode` does.
     """
     _check_images(images)
     with torch.inference_mode():
