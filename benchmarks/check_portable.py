@@ -28,15 +28,8 @@ from pathlib import Path
 
 from vqtool.codes import entropy
 from vqtool.codes.vqc import read_codes
+from vqtool.models.exact_prior import OTHER_MACHINES
 from vqtool.prior.load import load_coding_prior
-
-MACHINES = {
-    "no vector kernels": {"ATEN_CPU_CAPABILITY": "default"},
-    "AVX2 CPU": {"ATEN_CPU_CAPABILITY": "avx2"},
-    "oneDNN on AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
-    "SSE4.2 BLAS": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
-    "one thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-}
 
 
 def vqtool(env: dict[str, str], *args: str | Path) -> None:
@@ -88,7 +81,7 @@ def check(args: argparse.Namespace) -> bool:
             f"{float_bits / len(codes):,.1f} float ({exact / float_bits:.5f}x); "
             f"decoded here = raw PNGs: {here}"
         )
-        for name, env in MACHINES.items():
+        for name, env in OTHER_MACHINES.items():
             there = work / f"there-{s}"
             vqtool(env, "decode", args.run, coded, "-o", there, "--prior", args.prior)
             decoded = same_pngs(work / f"raw-{s}", there)

@@ -28,7 +28,7 @@ from vqtool.cli import app
 from vqtool.codes import entropy
 from vqtool.codes.tokens import codes_to_tokens
 from vqtool.codes.vqc import read_codes
-from vqtool.models.exact_prior import ExactForced, ExactSteps
+from vqtool.models.exact_prior import OTHER_MACHINES, ExactForced, ExactSteps
 from vqtool.prior.coding_model import (
     CodingModel,
     derive_coding_model,
@@ -39,13 +39,7 @@ from vqtool.prior.train import train_prior
 from vqtool.profiles import load_prior_profile
 
 ROOT = Path(__file__).resolve().parent.parent
-MACHINES = {
-    "no vector kernels": {"ATEN_CPU_CAPABILITY": "default"},
-    "AVX2 CPU": {"ATEN_CPU_CAPABILITY": "avx2"},
-    "oneDNN on AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
-    "SSE4.2 BLAS": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
-    "one thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-}
+
 # Another machine: decode the words this process wrote, and encode the same codes again.
 OTHER_MACHINE = textwrap.dedent(
     """
@@ -90,7 +84,7 @@ def test_exact_tables_are_the_same_on_every_emulated_machine(stages: int, tmp_pa
     encoded = entropy.encode_with_prior(codes, model)
     assert encoded.chunk_words is not None
     np.savez(tmp_path / "coded.npz", codes=codes, words=encoded.words, chunks=encoded.chunk_words)
-    for name, env in MACHINES.items():
+    for name, env in OTHER_MACHINES.items():
         done = elsewhere(env, "-c", OTHER_MACHINE, str(tmp_path))
         assert done.returncode == 0, f"{name}: {done.stderr[-2000:]}"
         again = np.load(tmp_path / "again.npz")
@@ -194,12 +188,12 @@ def test_a_file_encoded_here_decodes_elsewhere_and_back(
     assert result.exit_code == 0, result.output
     assert (prior_run / "coding-model.npz").is_file()
     decode = ["-m", "vqtool", "decode", str(trained_run)]
-    done = elsewhere(MACHINES["AVX2 CPU"], *decode, "here.vqc", "-o", "there",
+    done = elsewhere(OTHER_MACHINES["AVX2 CPU"], *decode, "here.vqc", "-o", "there",
                      "--prior", str(prior_run))  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert decoded_pngs(tmp_path / "there") == decoded_pngs(tmp_path / "raw")
     encode = ["-m", "vqtool", *common, "-o", "there.vqc", "--prior", str(prior_run)]
-    done = elsewhere(MACHINES["no vector kernels"], *encode)
+    done = elsewhere(OTHER_MACHINES["no vector kernels"], *encode)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "there.vqc").read_bytes() == (tmp_path / "here.vqc").read_bytes()
     back = ["decode", str(trained_run), "there.vqc", "-o", "back", "--prior", str(prior_run)]

@@ -87,7 +87,7 @@ def test_an_unknown_metric_keeps_its_key() -> None:
      (0.0123456, "0.01235"), (3, "3"), (12_345, "12,345"), (float("inf"), "inf"), (None, "-")],
 )  # fmt: skip
 def test_every_table_prints_numbers_one_way(value: object, shown: str) -> None:
-    # inspect's 67,650 bits per image once read 6.765e+04 beside other tables' 1,892
+    # inspect once printed large floats in e-notation beside other tables' grouped integers
     assert progress.format_value(value) == shown
 
 

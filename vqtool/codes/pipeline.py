@@ -501,7 +501,8 @@ def decode_file(
     try:
         if staging is not None:
             targets = [staging / t.relative_to(out_dir) for t in targets]
-        _decode_into(loaded, code_file, targets, batch_size, sheet, staging, on_progress)
+        with _made_folders(sorted({t.parent for t in targets})):
+            _write_decoded(loaded, code_file, targets, batch_size, sheet, staging, on_progress)
         if grid is not None and sheet is not None:
             # Before the folder appears: a grid that cannot be written leaves no new folder.
             data = sheet.png()
@@ -516,18 +517,10 @@ def decode_file(
     return DecodeResult(n, out_dir, grid, shown, code_file.stages, file_images)
 
 
-def _decode_into(
-    loaded: CodingModel,
-    code_file: CodeFile,
-    targets: list[Path],
-    batch_size: int,
-    sheet: Grid | None,
-    staging: Path | None,
-    on_progress: Progress | None,
-) -> None:
-    """Decode every image of `code_file` to its PNG in `targets` (in a staging folder: written
-    in place; otherwise each through a temp name)."""
-    folders = sorted({t.parent for t in targets})
+@contextlib.contextmanager
+def _made_folders(folders: Sequence[Path]) -> Iterator[None]:
+    """Make `folders` for the PNGs (a class each); on a failure inside, remove the ones this
+    made (left empty), and after success fsync them."""
     made = _new_folders(folders)
     try:
         for folder in folders:
@@ -536,9 +529,8 @@ def _decode_into(
             except OSError as exc:
                 what = f"could not make the folder: {os_reason(exc)}"
                 raise WorkError(what, folder, DISK_FIX) from exc
-        _write_decoded(loaded, code_file, targets, batch_size, sheet, staging, on_progress)
+        yield
     except BaseException:
-        # Folders made for the PNGs (a class each) that got none: not left behind, empty.
         for folder in made:
             with contextlib.suppress(OSError):
                 folder.rmdir()
@@ -567,6 +559,8 @@ def _write_decoded(
     staging: Path | None,
     on_progress: Progress | None,
 ) -> None:
+    """Decode every image of `code_file` to its PNG in `targets` (in a staging folder: written
+    in place; otherwise each through a temp name)."""
     n = len(targets)
     mode = file_mode()
     writer: Writer = _write_new_file if staging is not None else write_file

@@ -51,11 +51,9 @@ def padded_size(size: tuple[int, int], multiple: int = DOWNSAMPLE) -> tuple[int,
 def pad_index(size: int, padded: int) -> Tensor:
     """Source index of each padded position along one axis: copies of the last pixel.
 
-    Edge copies cost the real pixels least of the paddings measured (reflection, edge copies,
-    mid-grey; 2,000 CIFAR-10 test images cropped to 23 to 31 pixels a side, 2,000-step runs of
-    factors 2 to 16): never below reflection, up to 0.26 dB above it, and 0.1 to 0.7 dB above
-    grey (benchmarks/bench_padding.py, docs/figures.md): a flat margin costs the codes little,
-    and no mirrored detail is coded.
+    Of reflection, edge copies and mid-grey, edge copies cost the real pixels least at every
+    factor (benchmarks/bench_padding.py prints the comparison): a flat margin costs the codes
+    little, and no mirrored detail is coded.
     """
     return torch.arange(padded).clamp_(max=size - 1)
 

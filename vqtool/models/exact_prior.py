@@ -52,6 +52,16 @@ LOGIT_LIMIT = 2.0**22  # logits (units 2**-8 nat) stay below this: their differe
 CALIBRATION_MARGIN = 2.0  # clamps sit at twice the largest value the calibration codes reach
 MAX_PRECISION = 24  # the largest frequency precision a table may be scaled to
 NORM_EPS = 1e-5  # nn.LayerNorm's default, the CodePrior's norms
+# Settings under which this machine's float arithmetic is another machine's (they act only in a
+# process started with them, before torch is imported): what the exactness is checked against,
+# by the tests and benchmarks/check_portable.py.
+OTHER_MACHINES = {
+    "no vector kernels": {"ATEN_CPU_CAPABILITY": "default"},
+    "AVX2 CPU": {"ATEN_CPU_CAPABILITY": "avx2"},
+    "oneDNN on AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "SSE4.2 BLAS": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+    "one thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+}
 
 
 def residual_bits(width: int) -> int:
