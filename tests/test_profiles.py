@@ -22,7 +22,7 @@ from vqtool.profiles import (
     with_overrides,
 )
 
-SHIPPED = ["ema", "ema-kaiming", "fast", "folder", "fsq", "original", "rvq", "smoke"]
+SHIPPED = ["ema", "ema-kaiming", "fast", "folder", "fsq", "lowrate", "original", "rvq", "smoke"]
 PRIOR_SHIPPED = ["prior", "prior-coding", "prior-cpu", "prior-small"]
 
 
