@@ -291,15 +291,26 @@ def test_encode_refuses_a_prior_of_another_run(
     assert not Path("p.vqc").exists()
 
 
-def test_encode_refuses_a_prior_of_another_grid(
+def test_a_prior_codes_grids_smaller_and_larger_than_its_own(
     trained_run: Path, trained_data_dir: Path, prior_at_p: Prior, tmp_path: Path
 ) -> None:
+    """The prior learnt 8x8 grids; 16x16 and 24x40 images (4x4 and 6x10 grids) are coded
+    window by window and decode to the raw files' pixels."""
     from PIL import Image
 
-    Image.new("RGB", (16, 16), (90, 120, 30)).save(tmp_path / "small.png")
-    code, output = invoke("encode", trained_run, "small.png", "-o", "p.vqc", "--prior", "P")
-    assert code == 2 and "grids" in one_error_line(output)
-    assert not Path("p.vqc").exists()
+    rng = np.random.default_rng(0)
+    for size in [(16, 16), (24, 40)]:
+        pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "in.png")
+        for coding in [[], ["--prior", "P"]]:
+            code, output = invoke("encode", trained_run, "in.png", "-o", "c.vqc", *coding)
+            assert code == 0, output
+            code, output = invoke(
+                "decode", trained_run, "c.vqc", "-o", f"out{len(coding)}", *coding
+            )
+            assert code == 0, output
+        raw, coded = (tmp_path / f"out{n}" / "in.png" for n in (0, 2))
+        assert raw.read_bytes() == coded.read_bytes()
 
 
 # Bad compressed files through `vqtool decode`: one line, exit 1 or 2, nothing written.

@@ -262,8 +262,9 @@ def test_priors_that_cannot_code_the_codes_are_usage_errors() -> None:
     entropy.check_prior(prior, "a" * 64, K, GRID)
     with pytest.raises(UsageError, match="another checkpoint"):
         entropy.check_prior(prior, "b" * 64, K, GRID)
-    with pytest.raises(UsageError, match="grids"):
-        entropy.check_prior(prior, "a" * 64, K, (4, 4))
+    entropy.check_prior(prior, "a" * 64, K, (4, 4))  # its exact model codes any grid
+    with pytest.raises(UsageError, match="grids"):  # the float prior codes its own only
+        entropy.check_prior(prior._replace(exact=None), "a" * 64, K, (4, 4))
     with pytest.raises(UsageError, match="grids"):
         entropy.check_prior(prior, "a" * 64, 2 * K)
     conditional = PriorConfig(layers=1, width=32, heads=4, conditional=True, num_classes=3)

@@ -48,3 +48,4 @@ def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
         assert (tmp_path / made).is_file(), made
     assert len(list((tmp_path / "test-decoded").glob("*/test-00255.png"))) == 1  # by class
     assert len(list((tmp_path / "photos-decoded").rglob("*.png"))) == 64
+    assert len(list((tmp_path / "large").glob("sample-*.png"))) == 4

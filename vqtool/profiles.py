@@ -198,6 +198,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "prior.mlp_ratio": _at_least(1),
     "prior.dropout": ((lambda v: 0 <= v < 1), ">= 0 and < 1"),
     "prior.num_classes": _at_least(1),
+    "prior.window": (
+        lambda v: len(v) == 2 and (v[0] == v[1] == 0 or min(v) >= 1),
+        "two sides >= 1 ([h, w] codes), or [0, 0] for the whole grid",
+    ),
 }
 
 

@@ -91,20 +91,32 @@ def sample(
             "Class to draw (conditional priors; default: every class in turn).", "NAME"
         ),
     ] = None,
+    size: Annotated[
+        str | None,
+        optional_option(
+            "Sample images of HEIGHTxWIDTH pixels, multiples of the run's factor (default: the "
+            "run's image size). Another size than the prior's is drawn window by window.",
+            "HxW",
+        ),
+    ] = None,
     device: Device = "auto",
 ) -> None:
     """Sample code grids from a prior into a code file for its VQ run; decode it to see them.
 
     Example: [bold]vqtool sample runs/demo/prior -n 64 -o s.vqc && vqtool decode runs/demo s.vqc
     -o samples --grid grid.png[/bold]
+
+    Larger images: [bold]vqtool sample runs/demo/prior -n 8 --size 64x64 -o big.vqc[/bold]
     """
     import_torch()
     from vqtool.codes.vqc import check_output, write_codes
     from vqtool.device import resolve_device
+    from vqtool.images.pixels import parse_size
     from vqtool.prior.load import load_prior
     from vqtool.prior.sample import sample_codes
 
     check_output(output)
+    shape = parse_size(size) if size is not None else None
     loaded = load_prior(run, resolve_device(device))
     with progress.CountProgress("sampling") as bar:
         code_file = sample_codes(
@@ -114,6 +126,7 @@ def sample(
             top_k=top_k,
             seed=seed,
             label=label,
+            size=shape,
             on_progress=bar.update,
         )
     write_codes(output, code_file)

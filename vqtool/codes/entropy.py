@@ -41,11 +41,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vqtool.codes.window_tables import WindowTables
 from vqtool.errors import UsageError, counted, first_line
 from vqtool.events import Progress
 from vqtool.models.exact_prior import ExactForced, ExactPrior, ExactSteps
 from vqtool.models.steps import PriorSteps
 from vqtool.models.transformer import CodePrior
+from vqtool.models.windows import same_grid
 from vqtool.threads import torch_threads
 
 PRECISION = 20  # prior frequencies sum to about 2**PRECISION; constriction codes with 24 bits
@@ -152,18 +154,30 @@ class _FloatTables:
 
 
 class ExactPredictor:
-    """The prior's exact coding model: integer tables, the same on every machine."""
+    """The prior's exact coding model: integer tables, the same on every machine. For grids of
+    another size than the model's (`grid`, (H, W) per stage), each position's table comes from
+    the model run over its window (vqtool.codes.window_tables)."""
 
-    def __init__(self, model: ExactPrior) -> None:
+    def __init__(self, model: ExactPrior, grid: tuple[int, int] | None = None) -> None:
         self.model = model
-        self.length = model.length
         self.stages = model.stages
         self.per_stage = model.per_stage
+        own = model.grid
+        self.grid = None if grid is None or own is None or same_grid(grid, own) else grid
+        if grid is not None and own is None and model.per_position != grid[0] * grid[1]:
+            raise ValueError(f"a model of {model.per_position} positions for a grid of {grid}")
+        self.length = model.length
+        if self.grid is not None:
+            self.length = model.stages * self.grid[0] * self.grid[1]
 
     def steps(self, rows: int, known: Tensor | None = None) -> Tables:
+        forced = ExactForced(self.model, PRECISION)
+        if self.grid is not None:
+            assert self.model.grid is not None  # a grid of its own is needed to differ from it
+            return WindowTables(forced, rows, self.grid, self.model.grid, self.stages, known)
         if known is None:
             return _ExactTables(ExactSteps(self.model, rows, PRECISION))
-        return _ForcedTables(ExactForced(self.model, PRECISION), known)
+        return _ForcedTables(forced, known)
 
     @contextlib.contextmanager
     def prepared(self) -> Iterator[None]:
@@ -216,7 +230,9 @@ def check_prior(
 ) -> None:
     """Refuse a prior that cannot code these codes (UsageError, exit 2): `stages` stages of
     `grid` grids of `num_embeddings` codes each. A prior of S stages codes the first n <= S
-    stages too: it predicts stage after stage, so a prefix never depends on what follows."""
+    stages too: it predicts stage after stage, so a prefix never depends on what follows. Its
+    exact coding model codes grids of any size (vqtool.models.windows); without one, only
+    grids of its own size."""
     model = prior.model
     if prior.vq_fingerprint != checkpoint:
         raise UsageError(
@@ -241,7 +257,8 @@ def check_prior(
         )
     per_stage = model.num_embeddings // model.stages
     prior_grid = (model.grid[0] // model.stages, model.grid[1])
-    if per_stage != num_embeddings or (grid is not None and prior_grid != grid):
+    windows = prior.exact is not None and prior.exact.grid is not None
+    if per_stage != num_embeddings or (grid is not None and prior_grid != grid and not windows):
         raise UsageError(
             f"the prior models {prior_grid[0]}x{prior_grid[1]} grids (HxW) of {per_stage} "
             f"codes, these are {_grid(grid)}grids of {num_embeddings}",
@@ -425,9 +442,14 @@ def _each_chunk(
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def predictor_for(model: CodePrior | ExactPrior) -> Predictor:
-    """The float prior's predictor, or its exact coding model's."""
-    return ExactPredictor(model) if isinstance(model, ExactPrior) else FloatPredictor(model)
+def predictor_for(model: CodePrior | ExactPrior, grid: tuple[int, int]) -> Predictor:
+    """The float prior's predictor, or its exact coding model's, for codes of `grid` (H, W)
+    per stage: the exact model codes a grid of any size, the float prior its own only."""
+    if isinstance(model, ExactPrior):
+        return ExactPredictor(model, grid)
+    if tuple(grid) != (model.grid[0] // model.stages, model.grid[1]):
+        raise ValueError(f"the float prior codes {model.grid} grids only, not {grid}")
+    return FloatPredictor(model)
 
 
 def encode_with_prior(
@@ -442,7 +464,7 @@ def encode_with_prior(
     for the float prior, EXACT_CHUNK for the exact model) is a stream of its own
     (`Encoded.chunk_words`), coding stage after stage, so that a decode of the first stages
     stops early."""
-    predictor = predictor_for(model)
+    predictor = predictor_for(model, (codes.shape[-2], codes.shape[-1]))
     size = default_chunk(model) if chunk_size is None else chunk_size
     n = codes.shape[0]
     flat = codes.reshape(n, -1).astype(np.int32)  # stage after stage: codes of each stage
@@ -511,7 +533,7 @@ def decode_with_prior(
 ) -> np.ndarray:
     """Words -> codes uint16 `shape` ((N, h, w) or (N, S, h, w)), or only their first `stages`
     stages (each chunk's decoder stops there); raises StreamError when the words do not fit."""
-    predictor = predictor_for(model)
+    predictor = predictor_for(model, (shape[-2], shape[-1]))
     size = default_chunk(model) if chunk_size is None else chunk_size
     n = shape[0]
     spans = chunk_spans(chunk_words, n, len(words), size)

@@ -77,3 +77,6 @@ class PriorConfig:
     dropout: float = 0.0  # on embeddings, attention weights and residual branches, training only
     conditional: bool = False  # add a learned class embedding to the start token
     num_classes: int = 10  # labels a conditional prior knows (CIFAR-10's ten)
+    # (h, w): train on windows of this many codes cut from each grid, and code grids of any
+    # size window by window (vqtool.models.windows); (0, 0): the VQ run's whole grid.
+    window: tuple[int, int] = (0, 0)

@@ -142,6 +142,9 @@ class ExactPrior:
     head: ExactLinear  # output: logits in units of 2**-SCORE_FRACTION nat
     attention_exp: Tensor  # (n,): round(2**EXP_BITS * exp(-i / 2**SCORE_FRACTION)), 0 last
     logit_exp: Tensor  # (n,) float64: round(2**LOGIT_EXP_BITS * exp(...)), 0 last
+    # (h, w): each stage's grid, the window that codes larger grids (vqtool.models.windows);
+    # None for a model stored before windows, which codes its own grid only.
+    grid: tuple[int, int] | None = None
 
     @property
     def head_dim(self) -> int:
@@ -301,6 +304,7 @@ def derive(model: CodePrior, calibration: Tensor) -> ExactPrior:
         head=_linear(head_w, head_b, f.norm, SCORE_FRACTION),
         attention_exp=exp_table(EXP_BITS).float(),
         logit_exp=exp_table(LOGIT_EXP_BITS),
+        grid=(model.grid[0] // model.stages, model.grid[1]),
     )
     check_bounds(exact)
     return exact
@@ -473,31 +477,40 @@ class ExactForced(_Arithmetic):
 
     BLOCK = 64  # sequences per pass: attention's (B H, T, T) tensors stay small
 
-    def logits(self, tokens: Tensor) -> Tensor:
-        """Tokens (B, T) int64, the first T positions (whole stages) -> each position's logits
-        over its stage's codes (B, T, K_s), in 2**-SCORE_FRACTION nat."""
-        per_stage = self.model.per_position
-        if not 0 < tokens.shape[1] <= self.model.length or tokens.shape[1] % per_stage:
-            raise ValueError(f"tokens of {tokens.shape[1]} positions: not whole stages")
-        parts = [self._block_logits(part) for part in tokens.split(self.BLOCK)]
-        return torch.cat(parts) if parts else torch.zeros(0, self.model.length, 0)
+    def logits(
+        self, tokens: Tensor, positions: Tensor | None = None, at: slice | None = None
+    ) -> Tensor:
+        """Tokens (B, T) int64 -> each position's logits over its stage's codes (B, T, K_s), in
+        2**-SCORE_FRACTION nat, or the positions `at` alone (B, len, K_s). The tokens sit at the
+        first T positions (whole stages), or at `positions` (T,) int64 (a window of a larger
+        grid, vqtool.models.windows; any length)."""
+        model, t = self.model, tokens.shape[1]
+        if positions is None:
+            if not 0 < t <= model.length or t % model.per_position:
+                raise ValueError(f"tokens of {t} positions: not whole stages")
+            positions = torch.arange(t)
+        elif positions.shape != (t,) or not 0 < t <= model.length:
+            raise ValueError(f"{t} tokens at {tuple(positions.shape)} positions")
+        at = slice(0, t) if at is None else slice(*at.indices(t))
+        parts = [self._block_logits(part, positions, at) for part in tokens.split(self.BLOCK)]
+        return torch.cat(parts) if parts else torch.zeros(0, t, model.per_stage)
 
-    def _block_logits(self, tokens: Tensor) -> Tensor:
+    def _block_logits(self, tokens: Tensor, positions: Tensor, at: slice) -> Tensor:
         model = self.model
         (b, t), c = tokens.shape, model.width
         start = torch.full((b, 1), model.num_embeddings, dtype=torch.int64)
         fed = torch.cat([start, tokens[:, :-1]], 1).reshape(-1)
-        x = model.tokens.index_select(0, fed).view(b, t, c) + model.positions[:t]
+        x = model.tokens.index_select(0, fed).view(b, t, c) + model.positions[positions]
         x = x.clamp_(-self.limit, self.limit).view(b * t, c)
         future = torch.ones(t, t, dtype=torch.bool).triu_(1)
         for layer in model.layers:
             x = self._layer(layer, x, b, future)
-        n = model.per_position
+        x = x.view(b, t, c)[:, at]
         logits = [
-            self._logits(x.view(b, t, c)[:, s * n : (s + 1) * n].reshape(-1, c), s)
-            for s in range(t // n)
+            self._logits(x[:, begin:end].reshape(-1, c), stage).view(b, end - begin, -1)
+            for begin, end, stage in _stage_runs(positions[at] // model.per_position)
         ]
-        return torch.cat([part.view(b, n, -1) for part in logits], 1)
+        return torch.cat(logits, 1)
 
     def _layer(self, layer: ExactLayer, x: Tensor, b: int, future: Tensor) -> Tensor:
         model = self.model
@@ -510,6 +523,18 @@ class ExactForced(_Arithmetic):
         mixed = mixed.view(b, h, t, d).permute(0, 2, 1, 3).reshape(b * t, c)
         x = x.add_(layer.proj(mixed)).clamp_(-self.limit, self.limit)
         return self._feed_forward(layer, x)
+
+
+def _stage_runs(stages: Tensor) -> list[tuple[int, int, int]]:
+    """(begin, end, stage) of each run of equal values in a sequence's stages (T,)."""
+    values = stages.tolist()
+    runs: list[tuple[int, int, int]] = []
+    begin = 0
+    for end in range(1, len(values) + 1):
+        if end == len(values) or values[end] != values[begin]:
+            runs.append((begin, end, values[begin]))
+            begin = end
+    return runs
 
 
 def tensors(model: ExactPrior) -> dict[str, Tensor]:
@@ -568,12 +593,23 @@ def from_tensors(
         head=linear("head", k, c),
         attention_exp=named["attention_exp"].float(),
         logit_exp=named["logit_exp"].double(),
+        grid=_grid(sizes.get("grid")),
     )
     if c % model.heads or k % model.stages or model.length % model.stages:
         raise ValueError(f"width {c}, {model.heads} heads, {k} tokens: sizes that do not fit")
     if model.tokens.shape != (k + 1, c) or model.positions.shape != (model.length, c):
         raise ValueError("the embeddings' shapes do not fit the sizes")
+    if model.grid is not None and model.grid[0] * model.grid[1] * model.stages != model.length:
+        raise ValueError(f"a grid of {model.grid} does not make {model.length} positions")
     if model.attention_exp.ndim != 1 or model.logit_exp.ndim != 1:
         raise ValueError("the exp tables are not vectors")
     check_bounds(model)
     return model
+
+
+def _grid(raw: object) -> tuple[int, int] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or len(raw) != 2 or not all(type(v) is int for v in raw):
+        raise ValueError(f"grid {str(raw)[:40]} is not two integers")
+    return raw[0], raw[1]

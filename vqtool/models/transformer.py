@@ -186,16 +186,21 @@ class CodePrior(nn.Module):
             raise ValueError(f"labels of shape {tuple(labels.shape)}, expected ({batch},)")
         return start + self.classes(labels)
 
-    def hidden(self, prefix: Tensor, labels: Tensor | None) -> Tensor:
+    def hidden(
+        self, prefix: Tensor, labels: Tensor | None, positions: Tensor | None = None
+    ) -> Tensor:
         """Final hidden states for a prefix of t codes: (B, t) -> (B, t + 1, C).
 
-        Position i sees the start token and codes < i, so the last row predicts code t.
+        Position i sees the start token and codes < i, so the last row predicts code t. The
+        sequence sits at the grid's first t + 1 positions, or at `positions` (>= t + 1,) int64
+        (a window of a larger grid: vqtool.models.windows).
         """
         b, t = prefix.shape
         if t >= self.length:
             raise ValueError(f"a prefix of {t} codes; the grid has {self.length} positions")
+        where = self.positions[: t + 1] if positions is None else self.positions[positions[: t + 1]]
         start = self._start(b, labels).unsqueeze(1)  # (B, 1, C)
-        x = torch.cat([start, self.tokens(prefix)], dim=1) + self.positions[: t + 1]
+        x = torch.cat([start, self.tokens(prefix)], dim=1) + where
         x = self.drop(x)  # (B, t + 1, C)
         for block in self._blocks():
             x = block(x)
@@ -212,7 +217,15 @@ class CodePrior(nn.Module):
         logits = self.head(self.hidden(flat[:, :-1], labels))
         return self.stage_masked(logits, slice(None))
 
-    def stage_masked(self, logits: Tensor, positions: int | slice) -> Tensor:
+    def window_logits(
+        self, tokens: Tensor, positions: Tensor, labels: Tensor | None = None
+    ) -> Tensor:
+        """Teacher-forced logits of a window's sequence (vqtool.models.windows): tokens
+        (B, T') at the prior's `positions` (T',) -> (B, T', K), each over its stage's codes."""
+        logits = self.head(self.hidden(tokens[:, :-1], labels, positions))
+        return self.stage_masked(logits, positions)
+
+    def stage_masked(self, logits: Tensor, positions: int | slice | Tensor) -> Tensor:
         """Logits (..., K) of `positions` with every token of another stage at -inf."""
         if self.position_stage is None or self.token_stage is None:
             return logits

@@ -11,7 +11,8 @@ header, the arrays' fingerprint checked and the sums' bounds checked again.
 The file: an NPZ of `header` (uint8, UTF-8 JSON {"format": "vqtool-coding-model", "version":
 1, "prior": the prior checkpoint's fingerprint, "checkpoint": the VQ checkpoint's,
 "fingerprint": sha256 over the arrays (name, dtype, shape, little-endian bytes, in name
-order), "sizes": {width, heads, layers, length, num_embeddings, stages}, "fractions": {...}})
+order), "sizes": {width, heads, layers, length, num_embeddings, stages, grid: [h, w] of each stage},
+"fractions": {...}}; a model stored without "grid" takes its prior's)
 and one array per tensor of `exact_prior.tensors`: weights int32, biases int64, scales
 float64, tables int64.
 """
@@ -22,7 +23,7 @@ import hashlib
 import io
 import json
 import zipfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -79,8 +80,10 @@ def derive_coding_model(
     return CodingModel(exact, arrays_fingerprint(_arrays(exact)), prior, vq)
 
 
-def calibration_tokens(run: RunDir) -> torch.Tensor:
-    """The first CALIBRATION grids of a prior run's training codes, as token sequences (B, T)."""
+def calibration_tokens(run: RunDir, grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """The first CALIBRATION grids of a prior run's training codes, as token sequences (B, T);
+    for a prior of a smaller grid (h, w) per stage (prior.window), a window of that size from
+    each grid, at places spread over the grid."""
     from vqtool.codes.vqc import read_codes  # the code file's owner
 
     path = run.codes_file("train")
@@ -91,8 +94,23 @@ def calibration_tokens(run: RunDir) -> torch.Tensor:
             "run vqtool prior R --resume --run-dir P once to write them again",
         )
     code_file = read_codes(path)
-    tokens = codes_to_tokens(code_file.codes[:CALIBRATION], code_file.num_embeddings)
+    codes = code_file.codes[:CALIBRATION]
+    if grid is not None and codes.shape[-2:] != grid:
+        codes = _spread_crops(codes, grid)
+    tokens = codes_to_tokens(codes, code_file.num_embeddings)
     return torch.from_numpy(tokens.reshape(tokens.shape[0], -1))
+
+
+def _spread_crops(codes: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """An h x w window of each grid (N, [S,] H, W), grid n's at the n-th of the places in
+    raster order (cycling), so that the calibration sees every part of the grids."""
+    h, w = grid
+    rows, columns = codes.shape[-2] - h + 1, codes.shape[-1] - w + 1
+    out = np.empty((*codes.shape[:-2], h, w), codes.dtype)
+    for n in range(codes.shape[0]):
+        top, left = divmod(n % (rows * columns), columns)
+        out[n] = codes[n, ..., top : top + h, left : left + w]
+    return out
 
 
 def save_coding_model(path: Path, coding: CodingModel) -> None:
@@ -111,7 +129,8 @@ def save_coding_model(path: Path, coding: CodingModel) -> None:
             "length": model.length,
             "num_embeddings": model.num_embeddings,
             "stages": model.stages,
-        },
+        }
+        | ({} if model.grid is None else {"grid": list(model.grid)}),
         "fractions": asdict(model.fractions),
     }
     arrays = _arrays(model) | {"header": np.frombuffer(json.dumps(header).encode(), np.uint8)}
@@ -150,10 +169,13 @@ def coding_model_for(run: RunDir, model: CodePrior, prior: str, vq: str) -> Codi
     """The prior run's exact coding model: its stored file when that belongs to this prior
     checkpoint, else derived now and stored (WorkError when it cannot be written)."""
     path = run.coding_model()
+    grid = (model.grid[0] // model.stages, model.grid[1])
     if path.is_file():
         stored = load_coding_model(path)
         if stored.prior == prior and stored.checkpoint == vq:
+            if stored.model.grid is None:  # stored before windows: its prior's own grid
+                return stored._replace(model=replace(stored.model, grid=grid))
             return stored
-    coding = derive_coding_model(model, calibration_tokens(run), prior, vq)
+    coding = derive_coding_model(model, calibration_tokens(run, grid), prior, vq)
     save_coding_model(path, coding)
     return coding

@@ -107,3 +107,34 @@ def prepare_codes(
         found[split] = PriorData(prior_tokens(code_file), labels_from_names(code_file, class_names))
         image_size, stages = code_file.image_size, code_file.stages
     return found, image_size, stages
+
+
+def crop_tokens(tokens: Tensor, stages: int, window: tuple[int, int], corners: Tensor) -> Tensor:
+    """Windows of h x w codes from token grids (N, S * H, W), grid n's with its top-left corner
+    at corners[n] = (top, left), the same place in every stage: -> (N, S * h, w)."""
+    n, rows, width = tokens.shape
+    h, w = window
+    grids = tokens.view(n, stages, rows // stages, width)
+    device = tokens.device
+    at_rows = (corners[:, 0:1] + torch.arange(h, device=device)).view(n, 1, h, 1)
+    at_columns = (corners[:, 1:2] + torch.arange(w, device=device)).view(n, 1, 1, w)
+    every = torch.arange(n, device=device).view(n, 1, 1, 1)
+    stage = torch.arange(stages, device=device).view(1, stages, 1, 1)
+    return grids[every, stage, at_rows, at_columns].reshape(n, stages * h, w)
+
+
+def random_corners(
+    n: int, grid: tuple[int, int], window: tuple[int, int], generator: torch.Generator
+) -> Tensor:
+    """n top-left corners (n, 2) int64 of h x w windows inside an H x W grid, uniform."""
+    tops = torch.randint(0, grid[0] - window[0] + 1, (n,), generator=generator)
+    lefts = torch.randint(0, grid[1] - window[1] + 1, (n,), generator=generator)
+    return torch.stack([tops, lefts], 1)
+
+
+def centre_windows(data: PriorData, stages: int, window: tuple[int, int]) -> PriorData:
+    """Each grid's centre window: what a windowed prior's test figures are measured on."""
+    n, rows, width = data.codes.shape
+    corner = torch.tensor([(rows // stages - window[0]) // 2, (width - window[1]) // 2])
+    corners = corner.expand(n, 2)
+    return PriorData(crop_tokens(data.codes, stages, window, corners), data.labels)

@@ -13,7 +13,7 @@ from vqtool.codes.vqc import check_codes_for_model, read_codes
 from vqtool.events import Progress
 from vqtool.models.quantizer import code_counts, entropy_bits_from_counts
 from vqtool.models.transformer import CodePrior, nll_bits
-from vqtool.prior.data import PriorData, labels_from_names, prior_tokens
+from vqtool.prior.data import PriorData, centre_windows, labels_from_names, prior_tokens
 from vqtool.prior.load import load_prior
 from vqtool.runs import RunDir
 from vqtool.schedule import EVAL_BATCH
@@ -76,5 +76,8 @@ def evaluate_prior(
         vq.downsample,
     )
     data = PriorData(prior_tokens(code_file), labels_from_names(code_file, vq.class_names))
+    window = loaded.profile.prior.window
+    if window not in ((0, 0), vq.grid):  # a windowed prior's figures are its windows'
+        data = centre_windows(data, vq.stages, window)
     metrics = evaluate_codes(loaded.model, data, loaded.profile.prior.conditional, on_progress)
     return {"split": "test", **metrics, "checkpoint": loaded.fingerprint, "step": loaded.step}

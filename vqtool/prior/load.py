@@ -15,7 +15,7 @@ from vqtool.checkpoint import (
 )
 from vqtool.codes.vqc import MAX_STAGES
 from vqtool.errors import UsageError, VqtoolError, WorkError
-from vqtool.models.config import DOWNSAMPLE, DOWNSAMPLES
+from vqtool.models.config import DOWNSAMPLE, DOWNSAMPLES, PriorConfig
 from vqtool.models.exact_prior import ExactPrior
 from vqtool.models.transformer import CodePrior
 from vqtool.prior.coding_model import CodingModel, coding_model_for
@@ -86,6 +86,14 @@ class VQFacts:
         )
 
 
+def model_grid(config: PriorConfig, vq: VQFacts) -> tuple[int, int]:
+    """The grid a prior's transformer runs over: its window's (prior.window), or the VQ run's
+    whole grid, each stage's one under the other."""
+    if config.window == (0, 0):
+        return vq.token_grid
+    return config.window[0] * vq.stages, config.window[1]
+
+
 def _downsample(value: Any) -> int:
     if value not in DOWNSAMPLES or isinstance(value, bool):
         raise ValueError(f"downsample {str(value)[:20]} is not one of {DOWNSAMPLES}")
@@ -124,7 +132,7 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> LoadedPr
         vq = VQFacts.from_dict(payload["vq"])
         if tuple(payload["model"]["head.weight"].shape[:1]) != (vq.tokens,):
             raise ValueError(f"its weights do not predict {vq.tokens} tokens")
-        model = CodePrior(profile.prior, vq.tokens, vq.token_grid, vq.stages)
+        model = CodePrior(profile.prior, vq.tokens, model_grid(profile.prior, vq), vq.stages)
         model.load_state_dict(payload["model"])
         step = int(payload["step"])
     except (KeyError, IndexError, RuntimeError, AttributeError, TypeError, ValueError) as exc:

@@ -36,9 +36,15 @@ from vqtool.device import Placement, describe_device, describe_precision, resolv
 from vqtool.errors import UsageError
 from vqtool.events import TrainCallback, TrainEvent
 from vqtool.models.transformer import CodePrior
-from vqtool.prior.data import PriorData, prepare_codes
+from vqtool.prior.data import (
+    PriorData,
+    centre_windows,
+    crop_tokens,
+    prepare_codes,
+    random_corners,
+)
 from vqtool.prior.evaluate import evaluate_codes
-from vqtool.prior.load import PRIOR_DIR, VQFacts, load_coding_prior
+from vqtool.prior.load import PRIOR_DIR, VQFacts, load_coding_prior, model_grid
 from vqtool.process import StopSignals
 from vqtool.profiles import (
     PriorProfile,
@@ -123,6 +129,17 @@ class PriorTrainer:
                 "--set prior.num_classes",
                 f"use --set prior.num_classes={len(vq.class_names)}",
             )
+        window = profile.prior.window
+        if window != (0, 0) and (window[0] > vq.grid[0] or window[1] > vq.grid[1]):
+            raise UsageError(
+                f"prior.window {window[0]}x{window[1]} is larger than the codes' grid "
+                f"{vq.grid[0]}x{vq.grid[1]} (HxW)",
+                "--set prior.window",
+                f"choose at most {vq.grid[0]}x{vq.grid[1]}, or [0, 0] for the whole grid",
+            )
+        self.window = None if window in ((0, 0), vq.grid) else window
+        if self.window is not None:
+            test = centre_windows(test, vq.stages, self.window)
         device = placement.device
         self.codes = train.codes.to(device)
         self.order = DataOrder(
@@ -143,7 +160,8 @@ class PriorTrainer:
         )
         self.test = test
         torch.manual_seed(cfg.seed)
-        self.model = CodePrior(profile.prior, vq.tokens, vq.token_grid, vq.stages).to(device)
+        grid = model_grid(profile.prior, vq)
+        self.model = CodePrior(profile.prior, vq.tokens, grid, vq.stages).to(device)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
@@ -174,6 +192,8 @@ class PriorTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = scheduled_rate(self.profile.train, self.step)
         codes = self.codes[index]
+        if self.window is not None:
+            codes = crop_tokens(codes, self.vq.stages, self.window, self._corners(codes.device))
         labels = self.labels[index] if self.labels is not None else None
         dtype = self.placement.autocast_dtype
         device_type = self.placement.device.type
@@ -184,6 +204,16 @@ class PriorTrainer:
         loss.backward()
         self.optimizer.step()
         return loss.detach() / math.log(2.0)
+
+    def _corners(self, device: torch.device) -> Tensor:
+        """This step's window corners for this process's grids: drawn for the global batch
+        from (seed, step), then sliced like the batch, so that any number of processes and a
+        resumed run cut the same windows."""
+        assert self.window is not None
+        generator = torch.Generator().manual_seed(self.profile.train.seed * 1_000_003 + self.step)
+        every = random_corners(self.profile.train.batch_size, self.vq.grid, self.window, generator)
+        local = self.order.local_batch
+        return every[self.placement.rank * local : (self.placement.rank + 1) * local].to(device)
 
     def log_record(self, total: Tensor, count: int, window_s: float) -> dict[str, Any]:
         total = distributed.all_reduce_sum(total) / self.placement.world_size
