@@ -69,13 +69,19 @@ def elsewhere(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
     )
 
 
-@pytest.mark.parametrize("stages", [1, 3])
-def test_exact_tables_are_the_same_on_every_emulated_machine(stages: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stages", [1, 3, "windows"])
+def test_exact_tables_are_the_same_on_every_emulated_machine(
+    stages: int | str, tmp_path: Path
+) -> None:
     """Codes coded here decode in every other process to the same codes, and coded there
-    give the same words as here (the reverse direction)."""
+    give the same words as here (the reverse direction); "windows": grids larger than the
+    prior's, coded window by window."""
     if stages == 1:
         prior, codes = random_prior(k=64, grid=(4, 4)), random_codes(300, 64, (4, 4))
+    elif stages == "windows":
+        prior, codes = random_prior(k=64, grid=(4, 4)), random_codes(12, 64, (7, 9))
     else:
+        assert isinstance(stages, int)
         prior, codes = staged_prior(stages), staged_file(stages).codes
     assert prior.exact is not None and prior.exact_fingerprint is not None
     coding = CodingModel(prior.exact, prior.exact_fingerprint, prior.fingerprint, "a" * 64)
