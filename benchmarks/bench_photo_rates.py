@@ -5,8 +5,8 @@ bytes), `vqtool decode` (PSNR against the photo), and Pillow's JPEG (4:2:0, opti
 over qualities 5 to 95: the JPEG bytes at vqtool's PSNR, interpolated in log(bytes) between
 the two qualities around it. Prints one Markdown row per photo and stage count.
 
-    python benchmarks/bench_photo_rates.py --run R --prior R/prior-coding --photo a.png --photo b.png \
-        --stages 1 --stages 2
+    python benchmarks/bench_photo_rates.py --run R --prior R/prior-coding \
+        --photo a.png --photo b.png --stages 1 --stages 2
 """
 
 from __future__ import annotations
