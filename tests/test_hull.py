@@ -118,9 +118,13 @@ def test_the_figure_draws_every_run_the_hull_and_its_bd_rates(tmp_path: Path) ->
     assert "low prior, stages 1-3" in labels and "high prior, stages 1-3" in labels
     assert "single unigram, 0.300 bpp" in labels
     assert any(label.startswith("lower hull") for label in labels)
-    texts = [t.get_text() for t in ax.texts]
-    assert any("BD-rate of vqtool lower hull" in t and "vs JPEG" in t for t in texts)
-    assert sorted(t for t in texts if t.isdigit()) == ["1", "1", "2", "2", "3", "3"]
+    stages = [t.get_text() for t in ax.texts]
+    assert sorted(stages) == ["1", "1", "2", "2", "3", "3"]  # along each curve of stages
+    # the legend and the BD-rate box beside the curves, not over them
+    side = fig.axes[1]
+    assert not side.axison and side.get_legend() is not None and ax.get_legend() is None
+    box = [t.get_text() for t in side.texts]
+    assert any("BD-rate of vqtool lower hull" in t and "vs JPEG" in t for t in box)
     assert "3 runs" in ax.get_title()
     save_png(fig, tmp_path / "rd.png")
     assert (tmp_path / "rd.png").stat().st_size > 10_000

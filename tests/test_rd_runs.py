@@ -133,3 +133,34 @@ def test_an_unreadable_rd_file_is_one_error_line(measured: Path, tmp_path: Path)
     line = refused(1, "plot", measured / "rvq", run, "--rd")
     assert "rd-test.json" in line and "--rate-distortion again" in line
     assert not (tmp_path / "rd.png").exists()
+
+
+def test_other_codec_sweeps_on_the_same_images_are_a_warning(
+    measured: Path, tmp_path: Path
+) -> None:
+    run = Path(shutil.copytree(measured / "ds8", tmp_path / "other-pillow"))
+    rd = json.loads((run / "rd-test.json").read_text())
+    rd["codecs"]["jpeg"][0]["psnr"] += 0.5
+    rd["pillow"] = "0.0"
+    (run / "rd-test.json").write_text(json.dumps(rd))
+    result = invoke("plot", measured / "rvq", run, "--rd", "--json", "-")
+    assert result.exit_code == 0, result.output
+    assert "warning: the codec sweeps of other-pillow differ from those of rvq" in result.stderr
+    combined = json.loads(result.stdout)
+    assert (
+        combined["codecs"] == json.loads((measured / "rvq" / "rd-test.json").read_text())["codecs"]
+    )
+
+
+def test_an_rd_file_written_before_data_was_kept_is_read(measured: Path, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(measured / "ds8", tmp_path / "older"))
+    rd = json.loads((run / "rd-test.json").read_text())
+    del rd["data"]
+    (run / "rd-test.json").write_text(json.dumps(rd))
+    result = invoke("plot", run, measured / "rvq", "--rd", "--json", "-")
+    assert result.exit_code == 0, result.output
+    assert [r["run"] for r in json.loads(result.stdout)["runs"]] == ["older", "rvq"]
+    rd["images"] = 5  # and a count that differs is still refused
+    (run / "rd-test.json").write_text(json.dumps(rd))
+    line = refused(2, "plot", run, measured / "rvq", "--rd")
+    assert "5 test images of cifar10" in line

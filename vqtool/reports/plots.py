@@ -415,14 +415,23 @@ def draw_codec_sweeps(ax: Any, codecs: Mapping[str, Sequence[Mapping[str, Any]]]
                 label=f"{codec.upper()} (payload)")  # fmt: skip
 
 
-def finish_rate_distortion_axes(ax: Any, bd: Mapping[str, Any] | None, title: str) -> None:
+def finish_rate_distortion_axes(
+    ax: Any, bd: Mapping[str, Any] | None, title: str, side: Any = None
+) -> None:
     """The BD-rate box (when there are BD-rates), a log bits-per-pixel axis read in plain
-    numbers, the legend and the title."""
+    numbers, the legend and the title; the legend and the box go to the axes `side` (turned
+    off) when it is given, so that on a crowded figure they hide no curve."""
     lines = bd_rate_lines(bd)
-    if lines:
+    box = {"boxstyle": "round", "facecolor": "white", "alpha": 0.85}
+    if side is not None:
+        side.set_axis_off()
+        side.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="upper left")
+        if lines:
+            side.text(0.0, 0.0, "\n".join(lines), transform=side.transAxes, ha="left",
+                      va="bottom", fontsize=8, family="monospace", bbox=box)  # fmt: skip
+    elif lines:
         ax.text(0.98, 0.03, "\n".join(lines), transform=ax.transAxes, ha="right", va="bottom",
-                fontsize=8, family="monospace",
-                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85})  # fmt: skip
+                fontsize=8, family="monospace", bbox=box)  # fmt: skip
     ax.set_xscale("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")
     ax.xaxis.set_major_formatter(plain)
@@ -431,7 +440,8 @@ def finish_rate_distortion_axes(ax: Any, bd: Mapping[str, Any] | None, title: st
     ax.set_xlabel("bits per pixel (log scale)")
     ax.set_ylabel("PSNR (dB), mean over images")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    if side is None:
+        ax.legend(fontsize=8, loc="upper left")
     ax.set_title(title)
 
 

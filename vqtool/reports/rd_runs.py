@@ -148,9 +148,9 @@ def runs_rate_distortion_figure(combined: Mapping[str, Any]) -> Figure:
     """PSNR against bits per pixel (whole files): the codecs' sweeps, each run's code files
     (a colour per run, a marker per coding, a line through its stage counts), the lower hull
     of them all beneath, and the hull's BD-rates against each codec."""
-    fig = Figure(figsize=(9, 6), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(12, 6.5), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    ax, side = fig.subplots(1, 2, width_ratios=(2.6, 1))
     draw_codec_sweeps(ax, combined["codecs"])
     hull = combined["hull"]["file"]
     ax.plot([p["bpp_file"] for p in hull], [p["psnr"] for p in hull], "-", color="black",
@@ -179,5 +179,5 @@ def runs_rate_distortion_figure(combined: Mapping[str, Any]) -> Figure:
         f"{len(combined['runs'])} runs' rate-distortion over {combined['images']:,} {split} "
         f"images{of}, {h}x{w} (HxW)" + ("\nnumbers: stages decoded" if staged else "")
     )
-    finish_rate_distortion_axes(ax, combined["bd_rate"], title)
+    finish_rate_distortion_axes(ax, combined["bd_rate"], title, side)
     return fig
