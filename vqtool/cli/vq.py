@@ -130,8 +130,9 @@ def evaluate(
         typer.Option(
             "--rate-distortion",
             help="Also put the run's real code files beside JPEG, WebP and AVIF sweeps on the "
-            "same images; writes rd-<split>.json (vqtool plot draws rd.png) and shows its table "
-            "instead of the metrics (still written to eval-<split>.json).",
+            "same images; writes rd-<split>.json (vqtool plot draws rd.png; vqtool plot R1 R2 "
+            "--rd, several runs on one figure) and shows its table instead of the metrics "
+            "(still written to eval-<split>.json).",
         ),
     ] = False,
     rd_images: Annotated[
