@@ -112,7 +112,7 @@ def test_the_figure_draws_curves_and_the_bd_rates(stages: int, tmp_path: Path) -
 
 
 def test_the_bd_rate_table_has_a_row_per_codec_for_a_curve_only() -> None:
-    from vqtool.codes.ratedistortion import bd_rate_rows
+    from vqtool.codes.bdrate import bd_rate_rows
 
     rows = bd_rate_rows(fake_rd(4))
     assert [row[0] for row in rows] == ["jpeg", "webp", "avif"]

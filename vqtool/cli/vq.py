@@ -130,8 +130,9 @@ def evaluate(
         typer.Option(
             "--rate-distortion",
             help="Also put the run's real code files beside JPEG, WebP and AVIF sweeps on the "
-            "same images; writes rd-<split>.json (vqtool plot draws rd.png) and shows its table "
-            "instead of the metrics (still written to eval-<split>.json).",
+            "same images; writes rd-<split>.json (vqtool plot draws rd.png; vqtool plot R1 R2 "
+            "--rd, several runs on one figure) and shows its table instead of the metrics "
+            "(still written to eval-<split>.json).",
         ),
     ] = False,
     rd_images: Annotated[
@@ -226,10 +227,9 @@ def evaluate(
 def _rate_distortion_job(run: Path, prior: Path | None, device: str) -> Callable[..., None]:
     """Load what --rate-distortion needs now (a bad --prior fails before any work); the
     returned function measures, writes rd-<split>.json and shows the table."""
+    from vqtool.codes.bdrate import BD_COLUMNS, bd_rate_rows
     from vqtool.codes.ratedistortion import (
-        BD_COLUMNS,
         RD_COLUMNS,
-        bd_rate_rows,
         rate_distortion_rows,
         rate_distortion_split,
         write_rate_distortion,
@@ -284,33 +284,77 @@ def profiles(
 @app.command(cls=Command, short_help="Draw a run's loss, reconstructions and codebook PNGs.")
 @reports_errors
 def plot(
-    run: Annotated[Path, typer.Argument(help="A run folder.", metavar="RUN", show_default=False)],
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="A run folder; with --rd, one or more VQ runs.", metavar="RUN", show_default=False
+        ),
+    ],
     out_dir: Annotated[
         Path | None,
         typer.Option(
             "-o",
             "--out-dir",
-            help="Folder for the PNGs (default: the run folder).",
-            metavar="DIR",
+            help="Folder for the PNGs (default: the run folder); with --rd, the PNG file "
+            "(default: rd.png; a folder gets rd.png inside).",
+            metavar="DIR|FILE",
             show_default=False,
+        ),
+    ] = None,
+    rd: Annotated[
+        bool,
+        typer.Option(
+            "--rd",
+            help="Only the rate-distortion figure of the runs, from the rd-test.json that "
+            "vqtool evaluate RUN --rate-distortion writes: every run's code files, the codecs "
+            "and the lower hull of all the runs' points, with its BD-rates against each codec "
+            "(also as a table).",
+        ),
+    ] = False,
+    json_out: Annotated[
+        str | None,
+        typer.Option(
+            "--json",
+            help="With --rd: write the runs' points, their lower hull and its BD-rates as "
+            "JSON to FILE, or - for stdout (then no PNG unless -o names one).",
+            metavar="FILE|-",
         ),
     ] = None,
     data_dir: DataDir = None,
     device: Device = "auto",
 ) -> None:
     """Write loss.png, reconstructions.png (test images over their reconstructions) and
-    codebook.png (code usage, dead codes, PCA of the codes) for a run; for a prior run,
-    loss.png (bits per code) and samples.png (samples decoded by its VQ run).
+    codebook.png (code usage, dead codes, PCA of the codes) for a run, and rd.png when
+    evaluate --rate-distortion has measured it; for a prior run, loss.png (bits per code)
+    and samples.png (samples decoded by its VQ run).
+
+    --rd draws instead one rate-distortion figure of several runs measured on the same images,
+    with the lower hull of their points and its BD-rates.
 
     Example: [bold]vqtool plot runs/demo -o figures/demo[/bold]
+
+    Example: [bold]vqtool plot runs/ema runs/lowrate --rd -o rd.png[/bold]
     """
+    from vqtool.errors import UsageError
+
+    if rd:
+        _plot_runs_rd(runs, out_dir, json_out)
+        return
+    if len(runs) > 1:
+        raise UsageError(
+            f"plot draws one run's figures; {len(runs)} runs are given", "vqtool plot",
+            "add --rd for their rate-distortion on one figure, or use vqtool compare for "
+            "their training curves",
+        )  # fmt: skip
+    if json_out is not None:
+        raise UsageError("--json belongs to --rd", "--json", "add --rd, or leave --json out")
     import_torch()
     from vqtool.device import resolve_device
     from vqtool.reports.arrays import run_arrays
     from vqtool.reports.plots import write_rate_distortion_plot, write_run_plots
     from vqtool.runs import load_run
 
-    loaded = load_run(run)
+    loaded = load_run(runs[0])
     for message in loaded.warnings:
         progress.warn(message)
     target = out_dir if out_dir is not None else loaded.path
@@ -331,9 +375,50 @@ def plot(
         progress.warn(f"no checkpoint in {loaded.path}: wrote the loss curves only")
     for path in write_run_plots(loaded, target, arrays):
         progress.info(f"wrote {path}")
-    rd = write_rate_distortion_plot(loaded.path, out_dir if out_dir is not None else loaded.path)
-    if rd is not None:
-        progress.info(f"wrote {rd}")
+    rd_png = write_rate_distortion_plot(loaded.path, target)
+    if rd_png is not None:
+        progress.info(f"wrote {rd_png}")
+
+
+def _plot_runs_rd(runs: list[Path], out: Path | None, json_out: str | None) -> None:
+    """`vqtool plot R1 R2 --rd`: the runs' rd JSONs on one figure, with their lower hull."""
+    from vqtool.codes.bdrate import BD_COLUMNS, bd_rate_rows
+    from vqtool.codes.hull import HULL_COLUMNS, hull_rows
+    from vqtool.errors import UsageError, counted
+    from vqtool.files import check_output_file
+    from vqtool.reports.plots import RATE_DISTORTION_PNG, save_png
+    from vqtool.reports.rd_runs import read_runs_rd, runs_rate_distortion_figure
+
+    # `--json -` feeds a pipe: a figure nobody asked for would land in the working folder.
+    target = None if out is None and json_out == "-" else Path(RATE_DISTORTION_PNG)
+    if out is not None:
+        target = out / RATE_DISTORTION_PNG if out.is_dir() else out
+        if target.suffix.lower() != ".png":
+            raise UsageError("with --rd, -o names the PNG file", out, "give e.g. -o rd.png")
+    if target is not None:
+        check_output_file(target, "the figure", "-o rd.png")
+    if json_out not in (None, "-"):
+        check_output_file(Path(json_out), "the --json file", "--json rd-runs.json")
+    read = read_runs_rd(runs)
+    for message in read.warnings:
+        progress.warn(message)
+    if target is not None:
+        progress.info(f"wrote {save_png(runs_rate_distortion_figure(read.combined), target)}")
+    if json_out is not None:
+        progress.emit_json(read.combined, json_out)
+    if json_out != "-":
+        combined = read.combined
+        runs_of = counted(len(combined["runs"]), "run")
+        title = f"lower hull of {runs_of} (whole files), {combined['images']:,} images"
+        progress.print_result(progress.rows_table(title, HULL_COLUMNS, hull_rows(combined)))
+        rows = bd_rate_rows(combined)
+        if rows:
+            title = "BD-rate of the runs' lower hull (shared PSNR range)"
+            progress.print_result(progress.rows_table(title, BD_COLUMNS, rows))
+        else:
+            progress.info(
+                "no BD-rates: the lower hull needs two points within the PSNR range of a codec"
+            )
 
 
 def _plot_prior(run: Any, out_dir: Path, device: Any) -> None:

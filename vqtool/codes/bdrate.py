@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
 METHOD = "pchip"
 CODING_ORDER = ("prior", "unigram", "raw")  # vqtool's codings, fewest bits first
+RATES = {"file": "bpp_file", "payload": "bpp_payload"}  # whole files, and payloads alone
 
 
 def vqtool_curves(points: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -76,3 +77,44 @@ def bd_rate(
             require_matching_points=False, min_overlap=0,
         )  # fmt: skip
     return BDRate(float(percent), float(low), float(high))
+
+
+def bd_rates_against(
+    codecs: Mapping[str, Sequence[Mapping[str, Any]]],
+    tests: Mapping[str, Sequence[Mapping[str, Any]]],
+) -> dict[str, dict[str, dict[str, float] | None]]:
+    """The BD-rate of a test curve against each codec's sweep, whole files against whole
+    files and payloads against payloads: `tests` holds the test points for "file" and for
+    "payload" (rd JSON points, which may differ: the best points in payload bits need not be
+    the best in file bits). {codec: {"file": BDRate as a dict | None, "payload": ...}}."""
+    result: dict[str, dict[str, dict[str, float] | None]] = {}
+    for codec, sweep in codecs.items():
+        result[codec] = {}
+        for kind, key in RATES.items():
+            anchor = [(p[key], p["psnr"]) for p in sweep]
+            found = bd_rate(anchor, [(p[key], p["psnr"]) for p in tests[kind]])
+            result[codec][kind] = None if found is None else found._asdict()
+    return result
+
+
+BD_COLUMNS = ("against", "whole files (%)", "payloads (%)", "PSNR range (dB)")
+
+
+def bd_rate_rows(rd: Mapping[str, Any]) -> list[list[Any]]:
+    """One row per codec of an rd JSON's "bd_rate": the BD-rates of vqtool's curve (negative:
+    fewer bits than the codec); none for a run of one stage, whose files are one point per
+    coding."""
+    bd = rd.get("bd_rate") or {}
+    rows = []
+    for codec, found in bd.items():
+        if codec == "vqtool" or not any(found.values()):
+            continue
+        file, payload = found.get("file"), found.get("payload")
+        span = file or payload
+        rows.append([
+            codec,
+            None if file is None else round(file["percent"], 1),
+            None if payload is None else round(payload["percent"], 1),
+            f"{span['psnr_low']:.2f} to {span['psnr_high']:.2f}",
+        ])  # fmt: skip
+    return rows

@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from vqtool.codes.bdrate import CODING_ORDER, bd_rate, vqtool_curves
+from vqtool.codes.bdrate import CODING_ORDER, bd_rates_against, vqtool_curves
 from vqtool.codes.entropy import CodingPrior
 from vqtool.codes.pipeline import (
     DEFAULT_BATCH,
@@ -51,7 +51,7 @@ from vqtool.codes.pipeline import (
     encode_images,
 )
 from vqtool.codes.vqc import CodeFile, read_codes, write_codes
-from vqtool.data.datasets import load_images
+from vqtool.data.datasets import dataset_source, load_images
 from vqtool.errors import WorkError, counted
 from vqtool.files import write_text
 from vqtool.profiles import Profile
@@ -279,14 +279,8 @@ def bd_rates(rd: dict[str, Any]) -> dict[str, Any]:
     two points (two stage counts); a single-stage run gets None."""
     curves = vqtool_curves(rd["vqtool"])
     best = next(label for label in CODING_ORDER if label in curves)
-    result: dict[str, Any] = {"vqtool": best}
-    for codec, sweep in rd["codecs"].items():
-        result[codec] = {}
-        for kind, key in (("file", "bpp_file"), ("payload", "bpp_payload")):
-            anchor = [(p[key], p["psnr"]) for p in sweep]
-            found = bd_rate(anchor, [(p[key], p["psnr"]) for p in curves[best]])
-            result[codec][kind] = None if found is None else found._asdict()
-    return result
+    against = bd_rates_against(rd["codecs"], {"file": curves[best], "payload": curves[best]})
+    return {"vqtool": best, **against}
 
 
 def rate_distortion(
@@ -360,11 +354,13 @@ def rate_distortion_split(
     max_images: int | None = None,
     stages: Stages | None = None,
 ) -> dict[str, Any]:
-    """`rate_distortion` over a split of the run's dataset (its first `max_images` images)."""
+    """`rate_distortion` over a split of the run's dataset (its first `max_images` images),
+    with the split and the dataset named, so that runs measured on the same images are known."""
     images = load_images(loaded.profile.data, data_dir, split)
     if max_images is not None:
         images = images[:max_images]
-    return {"split": split, **rate_distortion(loaded, images, prior, stages=stages)}
+    rd = rate_distortion(loaded, images, prior, stages=stages)
+    return {"split": split, "data": dataset_source(loaded.profile.data), **rd}
 
 
 def write_rate_distortion(run: Path, rd: dict[str, Any]) -> Path:
@@ -382,28 +378,6 @@ RD_COLUMNS = (
 
 def _bounded(bound: str, value: float | None) -> str | float | None:
     return f"{bound}{value:.4g}" if bound and value is not None else value
-
-
-BD_COLUMNS = ("against", "whole files (%)", "payloads (%)", "PSNR range (dB)")
-
-
-def bd_rate_rows(rd: dict[str, Any]) -> list[list[Any]]:
-    """One row per codec: the BD-rates of vqtool's best curve (negative: fewer bits than the
-    codec); none for a run of one stage, whose files are one point per coding."""
-    bd = rd.get("bd_rate") or {}
-    rows = []
-    for codec, found in bd.items():
-        if codec == "vqtool" or not any(found.values()):
-            continue
-        file, payload = found.get("file"), found.get("payload")
-        span = file or payload
-        rows.append([
-            codec,
-            None if file is None else round(file["percent"], 1),
-            None if payload is None else round(payload["percent"], 1),
-            f"{span['psnr_low']:.2f} to {span['psnr_high']:.2f}",
-        ])  # fmt: skip
-    return rows
 
 
 def _point_label(point: dict[str, Any]) -> str:

@@ -89,6 +89,15 @@ def load_images(
     return load_cifar10(data_dir, split)
 
 
+def dataset_source(data: DataConfig) -> str:
+    """Which images a split holds, in words: results measured on images of the same source,
+    split and count were measured on the same images (`vqtool plot --rd` checks it)."""
+    if data.dataset != "folder":
+        return data.dataset
+    h, w = data.image_size
+    return f"folder {data.path} ({h}x{w}, {data.resize}, test share {data.test_fraction:g})"
+
+
 def dataset_classes(data: DataConfig) -> tuple[str, ...]:
     """The class names a dataset's labels index; empty for a dataset without labels."""
     return () if data.dataset == "folder" else CLASS_NAMES

@@ -388,14 +388,7 @@ def rate_distortion_figure(rd: Mapping[str, Any]) -> Figure:
     fig = Figure(figsize=(8, 5.5), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    for i, (codec, points) in enumerate(rd["codecs"].items()):
-        ordered = sorted(points, key=lambda p: p["quality"])
-        psnr = [p["psnr"] for p in ordered]
-        color = f"C{i}"
-        ax.plot([p["bpp_file"] for p in ordered], psnr, "o-", color=color, markersize=4,
-                label=f"{codec.upper()} (whole files)")  # fmt: skip
-        ax.plot([p["bpp_payload"] for p in ordered], psnr, "--", color=color, alpha=0.6,
-                label=f"{codec.upper()} (payload)")  # fmt: skip
+    draw_codec_sweeps(ax, rd["codecs"])
     for j, (label, curve) in enumerate(vqtool_curves(rd["vqtool"]).items()):
         bpp, psnr = [p["bpp_file"] for p in curve], [p["psnr"] for p in curve]
         if len(curve) == 1:
@@ -403,11 +396,42 @@ def rate_distortion_figure(rd: Mapping[str, Any]) -> Figure:
         else:
             name = f"vqtool {label}, stages 1-{curve[-1].get('stages', len(curve))}"
         ax.plot(bpp, psnr, "*-", color=f"C{3 + j}", markersize=15, linewidth=2, label=name)
-    lines = _bd_rate_lines(rd.get("bd_rate"))
-    if lines:
+    size = rd["image_size"]
+    title = f"rate-distortion over {rd['images']:,} images of {size[0]}x{size[1]} (HxW)"
+    finish_rate_distortion_axes(ax, rd.get("bd_rate"), title)
+    return fig
+
+
+def draw_codec_sweeps(ax: Any, codecs: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+    """Each codec's sweep of an rd JSON in colours C0, C1, ...: whole files solid, payloads
+    dashed."""
+    for i, (codec, points) in enumerate(codecs.items()):
+        ordered = sorted(points, key=lambda p: p["quality"])
+        psnr = [p["psnr"] for p in ordered]
+        color = f"C{i}"
+        ax.plot([p["bpp_file"] for p in ordered], psnr, "o-", color=color, markersize=4,
+                label=f"{codec.upper()} (whole files)")  # fmt: skip
+        ax.plot([p["bpp_payload"] for p in ordered], psnr, "--", color=color, alpha=0.6,
+                label=f"{codec.upper()} (payload)")  # fmt: skip
+
+
+def finish_rate_distortion_axes(
+    ax: Any, bd: Mapping[str, Any] | None, title: str, side: Any = None
+) -> None:
+    """The BD-rate box (when there are BD-rates), a log bits-per-pixel axis read in plain
+    numbers, the legend and the title; the legend and the box go to the axes `side` (turned
+    off) when it is given, so that on a crowded figure they hide no curve."""
+    lines = bd_rate_lines(bd)
+    box = {"boxstyle": "round", "facecolor": "white", "alpha": 0.85}
+    if side is not None:
+        side.set_axis_off()
+        side.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="upper left")
+        if lines:
+            side.text(0.0, 0.0, "\n".join(lines), transform=side.transAxes, ha="left",
+                      va="bottom", fontsize=8, family="monospace", bbox=box)  # fmt: skip
+    elif lines:
         ax.text(0.98, 0.03, "\n".join(lines), transform=ax.transAxes, ha="right", va="bottom",
-                fontsize=8, family="monospace",
-                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85})  # fmt: skip
+                fontsize=8, family="monospace", bbox=box)  # fmt: skip
     ax.set_xscale("log")
     plain = FuncFormatter(lambda value, _: f"{value:g}")
     ax.xaxis.set_major_formatter(plain)
@@ -416,13 +440,12 @@ def rate_distortion_figure(rd: Mapping[str, Any]) -> Figure:
     ax.set_xlabel("bits per pixel (log scale)")
     ax.set_ylabel("PSNR (dB), mean over images")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
-    size = rd["image_size"]
-    ax.set_title(f"rate-distortion over {rd['images']:,} images of {size[0]}x{size[1]} (HxW)")
-    return fig
+    if side is None:
+        ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title)
 
 
-def _bd_rate_lines(bd: Mapping[str, Any] | None) -> list[str]:
+def bd_rate_lines(bd: Mapping[str, Any] | None) -> list[str]:
     """The BD-rate box: one line per codec, whole files and payloads."""
     measured = [v for k, v in (bd or {}).items() if k != "vqtool" and any(v.values())]
     if bd is None or not measured:  # a single stage: a point, no curve to compare
