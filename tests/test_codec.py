@@ -579,7 +579,7 @@ def test_encode_resize_fits_as_the_run_trained_unless_told(
     photo = save_noise(tmp_path / "photo.png", 400, 600)
     pixels = imagefiles.read_image(photo)  # (3, 600, 400)
     codes = {}
-    for mode in (None, "centre-crop", "stretch", "random-crop"):
+    for mode in (None, "centre-crop", "stretch", "random-crop", "native-crop"):
         chosen = ["--resize", mode] if mode else []
         code, output = invoke(
             "encode", trained_run, photo, "-o", "c.vqc", "--size", "64x64", *chosen
@@ -602,6 +602,8 @@ def test_encode_resize_fits_as_the_run_trained_unless_told(
     for mode, expected in near.items():
         got = resize(pixels, (64, 64), mode)
         assert (got.float() - expected.float()).abs().mean() < 2, mode  # Pillow's box edges
+    # native-crop: the centre 64x64 of the photo's own pixels, exactly.
+    assert torch.equal(resize(pixels, (64, 64), "native-crop"), pixels[:, 268:332, 168:232])
 
 
 def test_encode_resize_refusals(trained_run: Path, tmp_path: Path) -> None:
@@ -616,7 +618,8 @@ def test_encode_resize_refusals(trained_run: Path, tmp_path: Path) -> None:
                           "--resize", "squash")  # fmt: skip
     assert code == 2
     assert one_error_line(output) == (
-        "error: unknown resize mode 'squash' (--resize): use centre-crop, random-crop, stretch"
+        "error: unknown resize mode 'squash' (--resize): use centre-crop, random-crop, "
+        "native-crop, stretch"
     )
     assert not (tmp_path / "c.vqc").exists()
     result = runner.invoke(app, ["encode", "--help"])

@@ -22,7 +22,18 @@ from vqtool.profiles import (
     with_overrides,
 )
 
-SHIPPED = ["ema", "ema-kaiming", "fast", "folder", "fsq", "lowrate", "original", "rvq", "smoke"]
+SHIPPED = [
+    "ema",
+    "ema-kaiming",
+    "fast",
+    "folder",
+    "fsq",
+    "lowrate",
+    "original",
+    "photo",
+    "rvq",
+    "smoke",
+]
 PRIOR_SHIPPED = ["prior", "prior-coding", "prior-cpu", "prior-small"]
 
 
@@ -168,7 +179,7 @@ def test_unknown_profile_lists_shipped_names_and_suggests() -> None:
         load_profile("emma")
     line = usage_line(excinfo)
     assert "unknown profile 'emma'" in line
-    assert "ema, ema-kaiming, fast, folder, fsq, lowrate, original, rvq, smoke" in line
+    assert "ema, ema-kaiming, fast, folder, fsq, lowrate, original, photo, rvq, smoke" in line
     assert "did you mean 'ema'" in line
 
 

@@ -38,6 +38,8 @@ class DataConfig:
     image_size: tuple[int, int] = (32, 32)
     resize: str = "centre-crop"
     test_fraction: float = 0.1
+    # resize = "native-crop" only: each photo is kept at this factor of its own size.
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ _TYPE_NAMES: dict[Any, str] = {
     tuple[int, ...]: "a list of integers,",
 }
 # How an image becomes data.image_size (vqtool.images.fit), also `vqtool encode --resize`.
-RESIZE_MODES = ("centre-crop", "random-crop", "stretch")
+RESIZE_MODES = ("centre-crop", "random-crop", "native-crop", "stretch")
 # The longest image side a profile may ask for (vqtool reads images up to 4096 x 4096).
 MAX_SIDE = 4096
 CIFAR10_SIZE = (32, 32)
@@ -159,6 +161,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "data.resize": _one_of(*RESIZE_MODES),
     "data.test_fraction": ((lambda v: 0 <= v < 1), ">= 0 and < 1"),
+    # A factor of a photo's own size: shrinking only, since enlarging adds no detail.
+    "data.scale": ((lambda v: 0 < v <= 1), "> 0 and <= 1"),
     "model.num_hiddens": ((lambda v: v >= 2 and v % 2 == 0), "that is even and >= 2"),
     "model.num_residual_hiddens": _at_least(1),
     "model.num_residual_layers": _at_least(1),
@@ -527,9 +531,16 @@ def _check_data(data: DataConfig, sources: Mapping[str, str], source: str) -> Da
                 sources.get("data.dataset", source),
                 'add path = "photos" under [data], or --set data.path=photos',
             )
+        if data.scale != 1.0 and data.resize != "native-crop":
+            raise UsageError(
+                f'data.scale is for resize = "native-crop"; "{data.resize}" fits each image '
+                "to data.image_size whatever its size",
+                sources.get("data.scale", source),
+                'remove data.scale, or set data.resize = "native-crop"',
+            )
         # Resolved once, here, so that the run's profile.toml names the folder from anywhere.
         return dataclasses.replace(data, path=os.path.abspath(os.path.expanduser(data.path)))
-    for key, default in (("path", ""), ("image_size", CIFAR10_SIZE)):
+    for key, default in (("path", ""), ("image_size", CIFAR10_SIZE), ("scale", 1.0)):
         if getattr(data, key) != default:
             raise UsageError(
                 f'data.{key} is for dataset = "folder"; CIFAR-10 images are 32x32',

@@ -244,9 +244,10 @@ Resize = Annotated[
     str | None,
     optional_option(
         "How --size fits an image of another shape: centre-crop (scale it to cover HxW and "
-        "keep the centre), stretch (to HxW, losing its aspect ratio) or random-crop (the "
+        "keep the centre), stretch (to HxW, losing its aspect ratio), random-crop (the "
         "centre HxW of it scaled to cover 9/8 of HxW: the window evaluate takes of a "
-        "random-crop run's images). Default: the run's data.resize, so that encoding sees "
+        "random-crop run's images) or native-crop (the centre HxW at its own pixels, scaled "
+        "up only if smaller). Default: the run's data.resize, so that encoding sees "
         "images as training did.",
         "MODE",
     ),

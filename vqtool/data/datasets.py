@@ -3,14 +3,15 @@
 Training, evaluation, plots and the prior ask here for "the images (and labels) of this run's
 dataset", whatever the dataset is; only this module knows how each kind is found and read:
 "cifar10" (the python batches, `vqtool.data.cifar10`) or "folder" (an image folder decoded once
-into a memory-mapped cache, `vqtool.data.folders`).
+into a memory-mapped cache, `vqtool.data.folders`; with `resize = "native-crop"`, photos at
+their own sizes, `vqtool.data.photos`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -24,14 +25,13 @@ from vqtool.data.cifar10 import (
     load_cifar10_labelled,
 )
 from vqtool.data.folders import ensure_cache
+from vqtool.data.photos import NativeCrops, Photos, centre_windows, crop_generator, tiles
 from vqtool.errors import WorkError
 from vqtool.events import Progress
-from vqtool.images.fit import centre_offsets
+from vqtool.images.fit import NATIVE_CROP, centre_offsets
 from vqtool.profiles import DataConfig
 
 SPLITS = ("train", "test")
-# Crop offsets come from their own random stream, apart from the epoch orders' seeds.
-CROP_STREAM = 1 << 40
 
 
 class Split(NamedTuple):
@@ -79,11 +79,26 @@ def _folder_split(
     return torch.from_numpy(array)
 
 
+def _photo_split(
+    data: DataConfig, data_dir: Path, split: str, on_decode: Progress | None
+) -> Photos:
+    """One split of a "native-crop" image folder as stored in its cache, mapped."""
+    cache = ensure_cache(data, data_dir, on_decode, need=(split,))
+    return Photos(torch.from_numpy(cache.arrays[split]), torch.from_numpy(cache.sizes[split]))
+
+
+def native(data: DataConfig) -> bool:
+    """An image folder kept at its photos' own sizes (vqtool.data.photos)."""
+    return data.dataset == "folder" and data.resize == NATIVE_CROP
+
+
 def load_images(
     data: DataConfig, data_dir: Path, split: str, on_decode: Progress | None = None
 ) -> Tensor:
     """The images of one split, uint8 (N, 3, H, W), in the dataset's fixed order; an image
     folder's at its image_size (the centre crop when random crops are trained on)."""
+    if native(data):
+        return centre_windows(_photo_split(data, data_dir, split, on_decode), data.image_size)
     if data.dataset == "folder":
         return centre_crop(_folder_split(data, data_dir, split, on_decode), data.image_size)
     return load_cifar10(data_dir, split)
@@ -104,7 +119,12 @@ def dataset_classes(data: DataConfig) -> tuple[str, ...]:
 
 
 def load_split(data: DataConfig, data_dir: Path, split: str) -> Split:
-    """Images and labels of one split (an image folder has no labels)."""
+    """Images and labels of one split (an image folder has no labels), as a prior learns
+    from them: `load_images`' images, but for photos at their own sizes the whole image_size
+    windows that tile each photo (vqtool.data.photos.tiles), since one centre window per
+    photo would leave a prior little to learn from."""
+    if native(data):
+        return Split(tiles(_photo_split(data, data_dir, split, None), data.image_size), None, ())
     if data.dataset == "folder":
         return Split(load_images(data, data_dir, split), None, ())
     return Split(*load_cifar10_labelled(data_dir, split), CLASS_NAMES)
@@ -129,6 +149,16 @@ def centre_crop(images: Tensor, size: tuple[int, int]) -> Tensor:
     return images[:, :, top : top + h, left : left + w]
 
 
+class Crops(Protocol):
+    """How the training loop cuts its images from the stored ones (RandomCrops, NativeCrops)."""
+
+    count: int  # the images an epoch visits
+
+    def __call__(self, images: Tensor, indices: Tensor, epoch: int) -> Tensor:
+        """uint8 (B, 3, H, W): the windows of the images `indices` in `epoch`."""
+        ...
+
+
 class RandomCrops:
     """Training windows of (H, W) from larger stored images: one per image and epoch, drawn
     from (seed, epoch) alone, like the epoch's order, so a resumed run (or any process count)
@@ -143,7 +173,7 @@ class RandomCrops:
 
     def offsets(self, epoch: int, stored: tuple[int, int]) -> Tensor:
         """(count, 2) top-left corners of every image's window in `epoch`."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch + CROP_STREAM)
+        generator = crop_generator(self.seed, epoch)
         room = torch.tensor([stored[0] - self.size[0] + 1, stored[1] - self.size[1] + 1])
         return (torch.rand(self.count, 2, generator=generator) * room).long()
 
@@ -181,13 +211,17 @@ def windows_by_gather(
 
 
 class TrainingImages(NamedTuple):
-    images: Tensor  # uint8 (N, 3, Hs, Ws) as stored
-    crops: RandomCrops | None  # None: the stored images are the training images
+    # uint8 (N, 3, Hs, Ws) as stored; "native-crop": uint8 (P,), every photo's pixels
+    images: Tensor
+    crops: Crops | None  # None: the stored images are the training images
 
 
 def load_training_images(data: DataConfig, data_dir: Path, seed: int) -> TrainingImages:
-    """The training split as the training loop gathers it: stored images, plus the random
-    crops that cut image_size windows from them when `resize = "random-crop"`."""
+    """The training split as the training loop gathers it: stored images, plus the crops that
+    cut image_size windows from them when `resize` is "random-crop" or "native-crop"."""
+    if native(data):
+        photos = _photo_split(data, data_dir, "train", None)
+        return TrainingImages(photos.pixels, NativeCrops(data.image_size, photos.sizes, seed))
     if data.dataset == "folder" and data.resize == "random-crop":
         images = _folder_split(data, data_dir, "train", None)
         return TrainingImages(images, RandomCrops(data.image_size, images.shape[0], seed))

@@ -11,13 +11,19 @@ Each image becomes `image_size` (H, W) as `resize` says (vqtool.images.fit): "ce
 scales its short side to fit and keeps the centre; "stretch" resizes it to H x W;
 "random-crop" stores it like "centre-crop" at 9/8 of H x W (`stored_size`), so that training
 can take a different H x W window each epoch (`vqtool.data.datasets.RandomCrops`) and
-evaluation the centre one. A file is left out (and named in a note) only when it cannot be
-read: its header or pixel data is damaged, or it declares too many pixels.
+evaluation the centre one; "native-crop" stores each image at its own size times `scale`
+(scaled up only to cover H x W: vqtool.images.fit.native_size), all of them in one flat array
+(vqtool.data.photos), from which training takes windows at the photo's own pixels. A file is
+left out (and named in a note) only when it cannot be read: its header or pixel data is
+damaged, or it declares too many pixels.
 
 The cache, `<data_dir>/folder-cache/<folder>-<H>x<W>-<resize>-<hash>/`, one per folder and
-settings (the hash covers the folder's real path, image_size, resize and test_fraction):
+settings (the hash covers the folder's real path, image_size, resize, test_fraction and, for
+"native-crop", scale):
 - `train.npy`, `test.npy`: uint8 (N, 3, Hs, Ws), the images of each split in the sorted order
-  of their paths, read with `numpy.load(..., allow_pickle=False, mmap_mode="c")`;
+  of their paths, read with `numpy.load(..., allow_pickle=False, mmap_mode="c")`; for
+  "native-crop", uint8 (P,): each image's (3, h, w) pixels one after another, with
+  `train-sizes.npy`, `test-sizes.npy`: int64 (N, 2), each image's (h, w);
 - `manifest.json`: `{"format": "vqtool-folder-cache", "version": 1, "settings": {...},
   "stored_size": [Hs, Ws], "train": [[path, bytes, mtime_ns], ...], "test": [...],
   "skipped": [[path, bytes, mtime_ns, reason], ...]}`.
@@ -34,11 +40,12 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 import stat
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -49,7 +56,7 @@ from vqtool.errors import UsageError, VqtoolError, WorkError, counted, first_lin
 from vqtool.events import Progress
 from vqtool.files import fsync_dir, make_folder, write_text
 from vqtool.images import fit
-from vqtool.images.read import open_image, to_rgb
+from vqtool.images.read import declared_size, open_image, read_resized, to_rgb
 from vqtool.profiles import DataConfig
 
 CACHE_FORMAT = "vqtool-folder-cache"
@@ -66,6 +73,11 @@ DECODE_CHUNK = 64
 DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 THREADS_FROM_S = 0.5e-3
 NAMED_SKIPS = 3  # skipped files named in a note; the rest are counted
+# The most bytes a "native-crop" cache may decode photos into (8 GiB: 227 photos of 12
+# megapixels at their own size, four times as many at data.scale 0.5). Training reads its
+# windows from the memory-mapped cache, at the speed of memory while the cache fits in the
+# page cache and of the disk beyond; a folder that needs more is refused before decoding.
+MAX_PHOTO_BYTES = 1 << 33
 
 
 class FileEntry(NamedTuple):
@@ -85,27 +97,45 @@ class FolderSettings(NamedTuple):
 
     root: Path  # the folder's real path
     image_size: tuple[int, int]  # (H, W) the model sees
-    resize: str  # "centre-crop", "random-crop" or "stretch"
+    resize: str  # "centre-crop", "random-crop", "native-crop" or "stretch"
     test_fraction: float
+    scale: float = 1.0  # "native-crop": the factor of each image's own size it is kept at
 
     @classmethod
     def from_config(cls, data: DataConfig) -> FolderSettings:
         return cls(
-            Path(os.path.realpath(data.path)), data.image_size, data.resize, data.test_fraction
+            Path(os.path.realpath(data.path)),
+            data.image_size,
+            data.resize,
+            data.test_fraction,
+            data.scale,
         )
 
     @property
+    def native(self) -> bool:
+        """Each image kept at its own size, all in one flat array (vqtool.data.photos)."""
+        return self.resize == fit.NATIVE_CROP
+
+    @property
     def stored_size(self) -> tuple[int, int]:
-        """(Hs, Ws) as cached: image_size, plus an eighth for random crops to move in."""
+        """(Hs, Ws) as cached: image_size, plus an eighth for random crops to move in (not
+        used for "native-crop", where each image has its own: `native_size`)."""
         return fit.stored_size(self.image_size, self.resize)
 
+    def native_size(self, declared: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) a "native-crop" image of `declared` (h, w) is cached at."""
+        return fit.native_size(declared, self.image_size, self.scale)
+
     def as_json(self) -> dict[str, Any]:
-        return {
+        settings: dict[str, Any] = {
             "folder": str(self.root),
             "image_size": list(self.image_size),
             "resize": self.resize,
             "test_fraction": self.test_fraction,
         }
+        if self.native:  # the other modes' caches keep the names they had before the key
+            settings["scale"] = self.scale
+        return settings
 
     @property
     def key(self) -> str:
@@ -119,7 +149,9 @@ class FolderCache(NamedTuple):
     """A valid cache, its arrays memory-mapped."""
 
     folder: Path
-    arrays: dict[str, np.ndarray]  # split -> uint8 (N, 3, Hs, Ws)
+    # split -> uint8 (N, 3, Hs, Ws); "native-crop": uint8 (P,), every image's (3, h, w) pixels
+    arrays: dict[str, np.ndarray]
+    sizes: dict[str, np.ndarray]  # split -> int64 (N, 2): each image's (h, w) as cached
     files: dict[str, list[FileEntry]]  # split -> the files behind each row
     skipped: list[tuple[str, str]]  # (path, reason): image files that could not be read
     notes: list[str]  # what a user should hear about: files left out and why
@@ -221,6 +253,14 @@ def decode_image(path: Path, stored: tuple[int, int], resize: str) -> np.ndarray
         return np.asarray(fit.resize_to(rgb, stored, resize)).transpose(2, 0, 1)
 
 
+def decode_native(path: Path, stored: tuple[int, int]) -> np.ndarray:
+    """An image file -> uint8 (3, h, w) RGB at `stored` (h, w), its "native-crop" size
+    (FolderSettings.native_size): its own pixels when that is its own size, else resized with
+    Pillow's bicubic filter (a JPEG shrunk by half or more decoded at a reduced scale first).
+    Raises VqtoolError for a file that cannot be read or is too large to decode."""
+    return read_resized(path, stored, "stretch").numpy()
+
+
 def ensure_cache(
     data: DataConfig,
     data_dir: Path,
@@ -319,9 +359,13 @@ def _notes(
     notes = []
     counts = {split: len(files) for split, files in cache.files.items()}
     if built_s is not None:
+        native = ""
+        if settings.native:
+            stored = _bytes_text(sum(array.nbytes for array in cache.arrays.values()))
+            native = f" at their own size times {settings.scale:g} ({stored})"
         notes.append(
-            f"decoded {counted(counts['train'] + counts['test'], 'image')} of {settings.root} in "
-            f"{built_s:.1f} s into {cache.folder} (later runs reuse it)"
+            f"decoded {counted(counts['train'] + counts['test'], 'image')} of {settings.root}"
+            f"{native} in {built_s:.1f} s into {cache.folder} (later runs reuse it)"
         )
     if cache.skipped:
         named = ", ".join(f"{rel} ({reason})" for rel, reason in cache.skipped[:NAMED_SKIPS])
@@ -343,6 +387,11 @@ def _notes(
             + (", ..." if len(scan.not_images) > NAMED_SKIPS else "")
         )
     return notes
+
+
+def _bytes_text(count: int) -> str:
+    """Bytes for people: '2.9 MB', '8.6 GB'."""
+    return f"{count / 1e9:,.1f} GB" if count >= 10**8 else f"{count / 1e6:,.1f} MB"
 
 
 @contextlib.contextmanager
@@ -377,17 +426,27 @@ def _open_valid(
         listed = sorted([*split_files["train"], *split_files["test"], *_entries(skipped_rows)])
         if listed != list(files):
             return None
-        arrays = {}
-        shape = (3, *settings.stored_size)
+        arrays, sizes = {}, {}
         for split in SPLITS:
+            count = len(split_files[split])
             array = np.load(folder / f"{split}.npy", mmap_mode="c", allow_pickle=False)
-            if array.dtype != np.uint8 or array.shape != (len(split_files[split]), *shape):
+            if settings.native:
+                stored = np.load(folder / f"{split}-sizes.npy", allow_pickle=False)
+                if stored.dtype != np.int64 or stored.shape != (count, 2):
+                    return None
+                if (stored < np.array(settings.image_size)).any():
+                    return None
+                shape: tuple[int, ...] = (3 * int((stored[:, 0] * stored[:, 1]).sum()),)
+            else:
+                stored = np.tile(np.array(settings.stored_size, np.int64), (count, 1))
+                shape = (count, 3, *settings.stored_size)
+            if array.dtype != np.uint8 or array.shape != shape:
                 return None
-            arrays[split] = array
+            arrays[split], sizes[split] = array, stored
         skipped = [(str(row[0]), str(row[3])) for row in skipped_rows]
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None  # missing, torn or foreign: rebuilt
-    return FolderCache(folder, arrays, split_files, skipped, [], None)
+    return FolderCache(folder, arrays, sizes, split_files, skipped, [], None)
 
 
 def _remove_stale_builds(cache_root: Path, key: str) -> None:
@@ -425,16 +484,11 @@ def _build(
     try:
         tmp.mkdir()
         splits = assign_splits(settings, files)
-        shape = (3, *settings.stored_size)
-        arrays: dict[str, np.memmap] = {
-            split: np.lib.format.open_memmap(
-                tmp / f"{split}.npy", mode="w+", dtype=np.uint8, shape=(len(entries), *shape)
-            )
-            for split, entries in splits.items()
-        }
-        failed = _decode_all(settings, splits, arrays, on_progress)
-        if sum(len(bad) for bad in failed.values()) == len(files):
-            first = next(reason for bad in failed.values() for _, reason in bad)
+        decoding = _decode_photos if settings.native else _decode_images
+        splits, arrays, sizes, skipped, failed = decoding(tmp, settings, splits, on_progress)
+        if len(skipped) + sum(len(bad) for bad in failed.values()) == len(files):
+            reasons = [reason for _, reason in skipped]
+            first = [*reasons, *(reason for bad in failed.values() for _, reason in bad)][0]
             none = (
                 "the one image file could not be read"
                 if len(files) == 1
@@ -445,12 +499,17 @@ def _build(
                 settings.root,
                 "check that the folder holds JPEG or PNG images",
             )
-        skipped = []
         for split, bad in failed.items():
             skipped += [(splits[split][i], reason) for i, reason in bad]
             if bad:
                 keep = np.setdiff1d(np.arange(len(splits[split])), [i for i, _ in bad])
-                arrays[split] = _compact(tmp / f"{split}.npy", arrays[split], keep)
+                if settings.native:
+                    arrays[split] = _compact_photos(
+                        tmp / f"{split}.npy", arrays[split], sizes[split], keep
+                    )
+                    sizes[split] = sizes[split][keep]
+                else:
+                    arrays[split] = _compact(tmp / f"{split}.npy", arrays[split], keep)
                 bad_rows = {i for i, _ in bad}
                 splits[split] = [e for i, e in enumerate(splits[split]) if i not in bad_rows]
         for split, array in arrays.items():
@@ -458,6 +517,8 @@ def _build(
             with open(tmp / f"{split}.npy", "rb+") as f:
                 os.fsync(f.fileno())
         del arrays
+        for split, stored in sizes.items():
+            np.save(tmp / f"{split}-sizes.npy", stored, allow_pickle=False)
         manifest = {
             "format": CACHE_FORMAT,
             "version": CACHE_VERSION,
@@ -479,13 +540,97 @@ def _build(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _decode_all(
+class Decoded(NamedTuple):
+    """A cache's arrays as decoded, before the files that failed are taken out."""
+
+    splits: dict[str, list[FileEntry]]  # the files of each split that were decoded
+    arrays: dict[str, np.memmap]  # split -> the cache's array, row i from file i
+    sizes: dict[str, np.ndarray]  # "native-crop": split -> int64 (N, 2); else empty
+    skipped: list[tuple[FileEntry, str]]  # files left out before decoding, with the reason
+    failed: dict[str, list[tuple[int, str]]]  # split -> (row, reason) of the failed decodes
+
+
+def _decode_images(
+    tmp: Path,
     settings: FolderSettings,
     splits: dict[str, list[FileEntry]],
-    arrays: Mapping[str, np.ndarray],
+    on_progress: Progress | None,
+) -> Decoded:
+    """A cache's arrays (N, 3, Hs, Ws) for a fixed stored size: every image decoded into its
+    row."""
+    shape = (3, *settings.stored_size)
+    arrays = {
+        split: np.lib.format.open_memmap(
+            tmp / f"{split}.npy", mode="w+", dtype=np.uint8, shape=(len(entries), *shape)
+        )
+        for split, entries in splits.items()
+    }
+
+    def decode(split: str, i: int, entry: FileEntry) -> None:
+        arrays[split][i] = decode_image(
+            settings.root / entry.rel, settings.stored_size, settings.resize
+        )
+
+    return Decoded(splits, arrays, {}, [], _decode_all(splits, decode, on_progress))
+
+
+def _decode_photos(
+    tmp: Path,
+    settings: FolderSettings,
+    splits: dict[str, list[FileEntry]],
+    on_progress: Progress | None,
+) -> Decoded:
+    """A "native-crop" cache's arrays (P,): each file's size read from its header first, so
+    that the flat arrays are made at their final size (and a folder too large for the cache
+    is refused before any image is decoded), then every image decoded into its place."""
+    kept: dict[str, list[FileEntry]] = {}
+    sizes: dict[str, np.ndarray] = {}
+    skipped: list[tuple[FileEntry, str]] = []
+    for split, entries in splits.items():
+        kept[split], stored = [], []
+        for entry in entries:
+            try:
+                declared = declared_size(settings.root / entry.rel)
+            except VqtoolError as exc:
+                skipped.append((entry, exc.what))
+                continue
+            kept[split].append(entry)
+            stored.append(settings.native_size(declared))
+        sizes[split] = np.array(stored, np.int64).reshape(-1, 2)
+    lengths = {split: 3 * stored[:, 0] * stored[:, 1] for split, stored in sizes.items()}
+    total = sum(int(length.sum()) for length in lengths.values())
+    if total > MAX_PHOTO_BYTES:
+        fits = math.floor(100 * settings.scale * math.sqrt(MAX_PHOTO_BYTES / total)) / 100
+        raise UsageError(
+            f"the photos take {_bytes_text(total)} decoded at data.scale {settings.scale:g}, "
+            f"more than the photo cache holds ({_bytes_text(MAX_PHOTO_BYTES)})",
+            settings.root,
+            f"set data.scale={fits:g} or lower, or train on fewer photos",
+        )
+    arrays = {
+        split: np.lib.format.open_memmap(
+            tmp / f"{split}.npy", mode="w+", dtype=np.uint8, shape=(int(length.sum()),)
+        )
+        for split, length in lengths.items()
+    }
+    starts = {split: np.cumsum(length) - length for split, length in lengths.items()}
+
+    def decode(split: str, i: int, entry: FileEntry) -> None:
+        h, w = (int(side) for side in sizes[split][i])
+        start = int(starts[split][i])
+        image = decode_native(settings.root / entry.rel, (h, w))
+        arrays[split][start : start + 3 * h * w] = image.reshape(-1)
+
+    return Decoded(kept, arrays, sizes, skipped, _decode_all(kept, decode, on_progress))
+
+
+def _decode_all(
+    splits: dict[str, list[FileEntry]],
+    decode: Callable[[str, int, FileEntry], None],
     on_progress: Progress | None,
 ) -> dict[str, list[tuple[int, str]]]:
-    """Decode each split's files into its array, row i from file i; returns the failures."""
+    """`decode(split, i, entry)` each split's files, row i from file i, each into its place in
+    the split's array; returns the failures."""
     total = sum(len(entries) for entries in splits.values())
     chunk = max(1, min(DECODE_CHUNK, total // (4 * DECODE_THREADS)))
     tasks = [
@@ -499,9 +644,7 @@ def _decode_all(
         bad = []
         for i, entry in enumerate(chunk, start):
             try:
-                arrays[split][i] = decode_image(
-                    settings.root / entry.rel, settings.stored_size, settings.resize
-                )
+                decode(split, i, entry)
             except VqtoolError as exc:  # every way a file can be bad: skipped and named
                 bad.append((i, exc.what))
         return split, bad, len(chunk)
@@ -518,6 +661,8 @@ def _decode_all(
 
     if on_progress is not None:
         on_progress(0, total)
+    if not tasks:  # every file left out before decoding
+        return failed
     start = time.perf_counter()
     finished(*run(tasks[0]))
     per_image = (time.perf_counter() - start) / len(tasks[0][2])
@@ -550,6 +695,26 @@ def _compact(path: Path, array: np.ndarray, keep: np.ndarray) -> np.memmap:
         out[begin : begin + len(rows)] = array[rows]
     out.flush()
     del array
+    os.replace(part, path)
+    return out
+
+
+def _compact_photos(
+    path: Path, pixels: np.ndarray, sizes: np.ndarray, keep: np.ndarray
+) -> np.memmap:
+    """Rewrite the flat "native-crop" array at `path` with only the images `keep`."""
+    lengths = 3 * sizes[:, 0] * sizes[:, 1]
+    starts = np.cumsum(lengths) - lengths
+    part = path.with_suffix(".part.npy")
+    out = np.lib.format.open_memmap(
+        part, mode="w+", dtype=np.uint8, shape=(int(lengths[keep].sum()),)
+    )
+    at = 0
+    for i in keep.tolist():
+        out[at : at + lengths[i]] = pixels[starts[i] : starts[i] + lengths[i]]
+        at += int(lengths[i])
+    out.flush()
+    del pixels
     os.replace(part, path)
     return out
 

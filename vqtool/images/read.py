@@ -167,10 +167,19 @@ def _open(
         need = shrink_to
         if mode in fit.CROP_MODES:  # the part kept must keep the resolution
             need = fit.cover_size((height, width), fit.stored_size(shrink_to, mode))
+        elif mode == fit.NATIVE_CROP:  # a window at its own pixels: decoded whole
+            need = fit.native_size((height, width), shrink_to)
         image.draft(image.mode, (2 * need[1], 2 * need[0]))  # a no-op but for JPEG
         if image.size[0] * image.size[1] > MAX_DECODED_PIXELS:
             decoded = image.size
             image.close()
+            if mode == fit.NATIVE_CROP:  # kept at its own pixels: no size shrinks it
+                raise UsageError(
+                    f"image too large to crop at its own pixels: it would decode at "
+                    f"{decoded[1]}x{decoded[0]} (HxW), more than {MAX_DECODED_PIXELS:,} pixels",
+                    path,
+                    "shrink it first with another tool, or fit it by another resize mode",
+                )
             raise UsageError(
                 f"image too large to shrink to {shrink_to[0]}x{shrink_to[1]} (HxW): it would "
                 f"decode at {decoded[1]}x{decoded[0]}, more than {MAX_DECODED_PIXELS:,} pixels",
@@ -191,6 +200,12 @@ def probe_size(
     image, height, width = _open(path, shrink_to, mode)
     image.close()
     return height, width
+
+
+def declared_size(path: Path) -> tuple[int, int]:
+    """An image file's (height, width) from its header, refusing only an image too large to
+    be read even to be shrunk (`read_resized` checks the size it decodes at)."""
+    return probe_size(path, (1, 1))
 
 
 def _decode(
@@ -219,8 +234,8 @@ def read_image(path: Path) -> Tensor:
 
 def read_resized(path: Path, size: tuple[int, int], mode: str = "stretch") -> Tensor:
     """An image file -> uint8 (3, H, W) RGB at `size` (H, W), fitted there as `mode` says
-    (vqtool.images.fit: "stretch", "centre-crop" or "random-crop"), shrunk while it is
-    decoded."""
+    (vqtool.images.fit: "stretch", "centre-crop", "random-crop" or "native-crop"), shrunk
+    while it is decoded."""
     image, _, _ = _open(path, size, mode)
     return _decode(path, image, size, mode)
 

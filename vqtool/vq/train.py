@@ -27,7 +27,7 @@ from vqtool.checkpoint import (
     save_checkpoint,
     training_state,
 )
-from vqtool.data.datasets import RandomCrops, ensure_dataset, load_images, load_training_images
+from vqtool.data.datasets import Crops, ensure_dataset, load_images, load_training_images
 from vqtool.device import Placement, describe_device, describe_precision, resolve_placement
 from vqtool.errors import UsageError, WorkError, first_line
 from vqtool.events import TrainCallback, TrainEvent
@@ -89,8 +89,11 @@ def resolve_run(
 def pixel_variance(images: Tensor) -> float:
     """Variance of all pixels in [0, 1] units, exact, from a 256-bin histogram of uint8 data."""
     hist = torch.zeros(256, dtype=torch.float64, device=images.device)
-    for begin in range(0, images.shape[0], 4096):  # a bounded copy at a time, however many
-        hist += torch.bincount(images[begin : begin + 4096].reshape(-1), minlength=256)
+    # A bounded copy at a time (16 M values), however many images, or however large a flat
+    # store of photos (vqtool.data.photos) is.
+    rows = max(1, (1 << 24) // max(1, images[0].numel()))
+    for begin in range(0, images.shape[0], rows):
+        hist += torch.bincount(images[begin : begin + rows].reshape(-1), minlength=256)
     values = torch.arange(256, dtype=torch.float64, device=hist.device) / 255.0
     n = hist.sum()
     mean = (hist * values).sum() / n
@@ -113,7 +116,7 @@ class Trainer:
         placement: Placement,
         callback: TrainCallback,
         test_images: Tensor | None = None,
-        crops: RandomCrops | None = None,
+        crops: Crops | None = None,
     ) -> None:
         self.profile = profile
         self.run_dir = run_dir
@@ -126,7 +129,7 @@ class Trainer:
         self.is_writer = placement.rank == 0
         cfg = profile.train
         self.order = DataOrder(
-            images.shape[0],
+            crops.count if crops is not None else images.shape[0],
             profile.data.batch_size,
             cfg.seed,
             profile.data.shuffle,
@@ -508,7 +511,7 @@ def describe(placement: Placement, trainer: Trainer, threads_reason: str = "") -
         "compile": trainer.profile.train.compile,
         "cuda_graphs": trainer.graphed is not None,
         "world_size": placement.world_size,
-        "train_images": int(trainer.images.shape[0]),
+        "train_images": trainer.order.count,
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
         "run_dir": str(trainer.run_dir),
     }
