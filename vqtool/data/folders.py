@@ -73,7 +73,7 @@ DECODE_CHUNK = 64
 DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 THREADS_FROM_S = 0.5e-3
 NAMED_SKIPS = 3  # skipped files named in a note; the rest are counted
-# The most bytes a "native-crop" cache may decode photos into (8 GiB: 227 photos of 12
+# The most bytes a "native-crop" cache may decode photos into (8 GiB: 238 photos of 12
 # megapixels at their own size, four times as many at data.scale 0.5). Training reads its
 # windows from the memory-mapped cache, at the speed of memory while the cache fits in the
 # page cache and of the disk beyond; a folder that needs more is refused before decoding.
