@@ -1,7 +1,7 @@
 """Photos at their own size (`[data] resize = "native-crop"`, the `photo` profile): windows at
 a photo's own pixels per seed and epoch, the centre window for evaluation, small photos scaled
 up, data.scale, the prior's tiles, the cache's bound and bad files, and the profile from a
-folder of photos through train, evaluate, prior, encode and decode."""
+folder of photos through train, evaluate, prior, sample, plot, encode, decode and roundtrip."""
 
 from __future__ import annotations
 
@@ -328,6 +328,12 @@ def test_photo_profile_trains_evaluates_and_codes_photos_at_their_own_size(
     assert result.exit_code == 0, result.output
     assert "train split with the VQ run: 9 code grids" in result.output
     assert "test split with the VQ run: 2 code grids" in result.output
+    result = vqtool("sample", "run/prior", "-n", "2", "-o", "s.vqc")
+    assert result.exit_code == 0, result.output
+    assert read_codes(tmp_path / "s.vqc").codes.shape == (2, 2, 8, 8)
+    result = vqtool("plot", "run", "-o", "figures")  # the test photos' centre windows
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "figures" / "reconstructions.png").is_file()
 
     # Photos are encoded whole at their own size (padded to the factor) and decoded back.
     result = vqtool("encode", "run", photos / "p0.png", "-o", "p0.vqc")
@@ -337,6 +343,8 @@ def test_photo_profile_trains_evaluates_and_codes_photos_at_their_own_size(
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "out" / "p0.png") as png:
         assert png.size == (96, 72)
+    result = vqtool("roundtrip", "run", photos / "p2.png", "-o", "rt.png", "--json", "-")
+    assert result.exit_code == 0, result.output
     # --size without --resize takes the run's own mode: the centre window, as evaluate does.
     result = vqtool("encode", "run", photos / "test", "-o", "all.vqc", "--size", "64x64")
     assert result.exit_code == 0, result.output
