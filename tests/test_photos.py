@@ -345,6 +345,13 @@ def test_photo_profile_trains_evaluates_and_codes_photos_at_their_own_size(
         assert png.size == (96, 72)
     result = vqtool("roundtrip", "run", photos / "p2.png", "-o", "rt.png", "--json", "-")
     assert result.exit_code == 0, result.output
+    # The prior, trained on 8 x 8 windows, codes the photo's whole 9 x 12 grids: the same PNG.
+    result = vqtool("encode", "run", photos / "p0.png", "-o", "pp.vqc", "--prior", "run/prior")
+    assert result.exit_code == 0, result.output
+    result = vqtool("decode", "run", "pp.vqc", "-o", "out-prior", "--prior", "run/prior")
+    assert result.exit_code == 0, result.output
+    with_prior = (tmp_path / "out-prior" / "p0.png").read_bytes()
+    assert with_prior == (tmp_path / "out" / "p0.png").read_bytes()
     # --size without --resize takes the run's own mode: the centre window, as evaluate does.
     result = vqtool("encode", "run", photos / "test", "-o", "all.vqc", "--size", "64x64")
     assert result.exit_code == 0, result.output
