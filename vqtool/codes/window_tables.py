@@ -48,8 +48,8 @@ class WindowTables:
         self.known = known is not None
         if known is None:
             self.tokens = torch.zeros((rows, stages, *grid), dtype=torch.int64)
-        else:  # the real rows only: the caller reads their tables alone
-            self.tokens = known.view(known.shape[0], stages, *grid)
+        else:  # the real rows only, and the stages coded: the caller reads their tables alone
+            self.tokens = known.view(known.shape[0], -1, *grid)
         self.position = 0
         self.row_logits: list[Tensor] = []  # the encoder's: the current row's, column by column
 
