@@ -203,10 +203,6 @@ class CodeFile:
         """int64 (N, 2): each image's grid (h, w), its size padded to the factor over it."""
         return grids_of(self.sizes, self.downsample)
 
-    def image_codes(self, index: int) -> np.ndarray:
-        """Image `index`'s codes: (h, w), or (S, h, w) with a stage axis."""
-        return self.codes[index]
-
     def groups(self) -> list[CodeGroup]:
         """The images grid by grid: a group per grid in the order of its first image, each
         group's images in file order (one group for images of one grid)."""
@@ -1303,6 +1299,9 @@ def _check_compressed_header(
         codes_per_image = image_size[0] * image_size[1] // factor**2
     if coding not in CODINGS:
         raise _damaged(f"unknown coding {str(coding)[:20]!r}", path)
+    if coding == "prior" and header["version"] in MIXED_VERSIONS:
+        # the float prior's coding was retired before version 6 existed
+        raise _damaged("a version 6 file coded with the float prior, which none is", path)
     if coding == "prior" and sorted(arrays) == sorted(COMPRESSED_MEMBERS):
         raise WorkError(
             "coded with an earlier vqtool's prior coding (one stream, no chunks), which this "
