@@ -351,7 +351,7 @@ def _summary_rows(summary: CodeSummary) -> list[tuple[str, Any]]:
         padded = f"each image's own size, to a multiple of {summary.downsample}"
         listed = ", ".join(size_text(g) for g in grids[:SHOWN_SIZES])
         rest = len(grids) - SHOWN_SIZES
-        grid = f"{listed}{f' and {rest:,} more' if rest > 0 else ''} by size {codes}"
+        grid = f"one per size: {listed}{f' and {rest:,} more' if rest > 0 else ''}, {codes}"
     names = summary.first_name
     if summary.images > 1:
         names += f" ... {summary.last_name}"
