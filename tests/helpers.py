@@ -21,7 +21,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -454,8 +454,6 @@ def decoded_pngs(folder: Path) -> dict[str, bytes]:
 # one 20x36, in an order that interleaves the sizes; no side of 13x27 is a multiple of 4 or 8,
 # and 20x36's are not of 8. Every run's factor gives the three sizes three grids.
 MIXED_SIZES = {"a": (32, 32), "b": (13, 27), "c": (20, 36), "d": (32, 32)}
-# Sizes whose grids at factor 4 hold the 64 codes of a tiny prior's 8x8 grid: 8x8, 4x16, 16x4.
-SAME_LENGTH_SIZES = {"a": (32, 32), "b": (15, 61), "c": (61, 15), "d": (30, 29)}
 
 
 def make_sized_folder(folder: Path, sizes: dict[str, tuple[int, int]], seed: int = 0) -> Path:
@@ -467,23 +465,3 @@ def make_sized_folder(folder: Path, sizes: dict[str, tuple[int, int]], seed: int
         (pixels,) = make_photos(1, size, np.random.default_rng(seed + k))
         Image.fromarray(pixels).save(folder / f"{name}.png")
     return folder
-
-
-def prior_codes_grids_of_its_length(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let a prior code any grid with as many codes as its own (8x8's 64 as 4x16): its exact
-    model then runs its positions over the codes in raster order, the same for encoder and
-    decoder. A stand-in, for the tests of several grids in one file, for priors that code
-    grids of any size; everything else check_prior checks is checked as before."""
-    from vqtool.codes import entropy, pipeline, roundtrip
-
-    check = entropy.check_prior
-
-    def lenient(prior: Any, checkpoint: str, k: int, grid: Any = None, stages: int = 1) -> None:
-        rows, width = prior.model.grid
-        own = (rows // prior.model.stages, width)
-        if grid is not None and grid[0] * grid[1] == own[0] * own[1]:
-            grid = own
-        check(prior, checkpoint, k, grid, stages)
-
-    for module in (entropy, pipeline, roundtrip):
-        monkeypatch.setattr(module, "check_prior", lenient)

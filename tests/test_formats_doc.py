@@ -12,13 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import (
-    REPO,
-    SAME_LENGTH_SIZES,
-    KindRuns,
-    make_sized_folder,
-    prior_codes_grids_of_its_length,
-)
+from helpers import MIXED_SIZES, REPO, KindRuns, make_sized_folder
 from typer.testing import CliRunner
 
 from vqtool.cli import app
@@ -88,19 +82,17 @@ def code_files(kind_runs: KindRuns, tmp_path_factory: pytest.TempPathFactory) ->
             path = folder / f"v{version}-{coding}.vqc"
             invoke("encode", run, "cifar10:test:5", "-o", path, "--data-dir", kind_runs.data, *args)
             files[f"v{version} {coding}"] = path
-    photos = make_sized_folder(folder / "photos", SAME_LENGTH_SIZES)
-    with pytest.MonkeyPatch.context() as patch:
-        prior_codes_grids_of_its_length(patch)  # the exact coding of several grids
-        for kind in ("ema", "rvq"):
-            run = kind_runs[kind]
-            for version, coding, args in [
-                (5, "raw", []),
-                (6, "unigram", ["--compress"]),
-                (6, "exact", ["--prior", str(run / "prior")]),
-            ]:
-                path = folder / f"v{version}-{coding}-{kind}.vqc"
-                invoke("encode", run, photos, "-o", path, *args)
-                files[f"v{version} {coding} {kind}"] = path
+    photos = make_sized_folder(folder / "photos", MIXED_SIZES)
+    for kind in ("ema", "rvq"):
+        run = kind_runs[kind]
+        for version, coding, args in [
+            (5, "raw", []),
+            (6, "unigram", ["--compress"]),
+            (6, "exact", ["--prior", str(run / "prior")]),
+        ]:
+            path = folder / f"v{version}-{coding}-{kind}.vqc"
+            invoke("encode", run, photos, "-o", path, *args)
+            files[f"v{version} {coding} {kind}"] = path
     return files
 
 

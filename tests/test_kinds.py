@@ -22,12 +22,10 @@ from helpers import KIND_GRID as GRID
 from helpers import KIND_STAGES as STAGES
 from helpers import (
     MIXED_SIZES,
-    SAME_LENGTH_SIZES,
     VQ_KINDS,
     KindRuns,
     decoded_pngs,
     make_sized_folder,
-    prior_codes_grids_of_its_length,
 )
 from PIL import Image
 from typer.testing import CliRunner
@@ -213,14 +211,11 @@ def test_the_prior_command_names_its_profile_sections_in_its_help() -> None:
 
 @pytest.mark.parametrize("kind", [*VQ_KINDS, "prior"])
 def test_a_folder_of_mixed_sizes_through_encode_inspect_decode_and_roundtrip(
-    kind_runs: KindRuns, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kind_runs: KindRuns, kind: str, tmp_path: Path
 ) -> None:
-    # "prior": each VQ kind's files of several grids coded with its prior, whose grid each
-    # size's grid holds as many codes as (a stand-in for priors of any grid), decoded without
-    # naming it to the raw file's PNGs
-    if kind == "prior":
-        prior_codes_grids_of_its_length(monkeypatch)
-    sizes = SAME_LENGTH_SIZES if kind == "prior" else MIXED_SIZES
+    # "prior": each VQ kind's file of several grids coded with its prior (over grids of each
+    # size), decoded without naming it to the raw file's PNGs
+    sizes = MIXED_SIZES
     photos = make_sized_folder(tmp_path / "photos", sizes)
     for vq in VQ_KINDS if kind == "prior" else [kind]:
         run = kind_runs[vq]
