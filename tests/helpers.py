@@ -448,3 +448,20 @@ def cifar_names(data_dir: Path, split: str, n: int | None = None) -> list[str]:
 def decoded_pngs(folder: Path) -> dict[str, bytes]:
     """Every PNG below `folder` by its path there (CIFAR-10's lie in a folder per class)."""
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+# A folder of three sizes for the tiny runs (32x32 training images): two 32x32, one 13x27 and
+# one 20x36, in an order that interleaves the sizes; no side of 13x27 is a multiple of 4 or 8,
+# and 20x36's are not of 8. Every run's factor gives the three sizes three grids.
+MIXED_SIZES = {"a": (32, 32), "b": (13, 27), "c": (20, 36), "d": (32, 32)}
+
+
+def make_sized_folder(folder: Path, sizes: dict[str, tuple[int, int]], seed: int = 0) -> Path:
+    """One generated PNG per name at its (height, width): `folder/<name>.png`."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, (name, size) in enumerate(sizes.items()):
+        (pixels,) = make_photos(1, size, np.random.default_rng(seed + k))
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+    return folder

@@ -229,7 +229,7 @@ def test_photos_come_back_at_their_size_in_rgb(
     assert np.array_equal(code_file.codes, indices.numpy())
 
 
-def test_folders_mirror_the_tree_and_mixed_sizes_need_size(
+def test_folders_mirror_the_tree_and_mixed_sizes_keep_theirs_or_take_size(
     trained_run: Path, tmp_path: Path
 ) -> None:
     save_noise(tmp_path / "photos" / "cat" / "0001.png", 451, 300)
@@ -237,11 +237,16 @@ def test_folders_mirror_the_tree_and_mixed_sizes_need_size(
     save_noise(tmp_path / "photos" / "dog" / "0003.png", 20, 20, "L")
     (tmp_path / "photos" / "notes.txt").write_text("not an image")
     (tmp_path / "photos" / ".hidden.png").write_bytes(b"")
-    code, output = invoke("encode", trained_run, "photos", "-o", "c.vqc")
-    assert code == 2
-    line = one_error_line(output)
-    assert "different sizes" in line and "--size" in line
-    assert not (tmp_path / "c.vqc").exists()
+    code, output = invoke("encode", trained_run, "photos", "-o", "own.vqc")
+    assert code == 0, output
+    assert "3 images of 3 sizes, each padded to a multiple of 4" in output
+    own = read_codes(tmp_path / "own.vqc")
+    assert own.image_size is None and own.sizes.tolist() == [[300, 451], [872, 1000], [20, 20]]
+    assert [c.shape for c in own.codes] == [(75, 113), (218, 250), (5, 5)]
+    code, output = invoke("decode", trained_run, "own.vqc", "-o", "own")
+    assert code == 0, output
+    with Image.open(tmp_path / "own" / "cat" / "0001.png") as image:
+        assert image.size == (451, 300)
     code, output = invoke("encode", trained_run, "photos", "-o", "c.vqc", "--size", "64x64")
     assert code == 0, output
     assert "note: skipped 1 non-image file: " in output and "notes.txt" in output

@@ -215,7 +215,7 @@ HOSTILE: dict[str, tuple[Any, int, str]] = {
     "int64 codes": (lambda a: {**a, "codes": np.zeros((2, 8, 8), np.int64)}, 1, "uint16"),
     "flattened codes": (lambda a: {**a, "codes": np.zeros((2, 64), np.uint16)}, 1, "shape"),
     "other checkpoint": (lambda a: _with_header(a, checkpoint="f" * 64), 2, "another checkpoint"),
-    "unknown version": (lambda a: _with_header(a, version=5), 1, "unsupported code file version"),
+    "unknown version": (lambda a: _with_header(a, version=7), 1, "unsupported code file version"),
     "version 2 raw": (lambda a: _with_header(a, version=2), 1, "keys"),
     "other format": (lambda a: _with_header(a, format="npz"), 1, "not a vqtool code file"),
     "header not json": (lambda a: {**a, "header": np.array("{nope")}, 1, "not JSON"),

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import REPO, KindRuns
+from helpers import MIXED_SIZES, REPO, KindRuns, make_sized_folder
 from typer.testing import CliRunner
 
 from vqtool.cli import app
@@ -68,7 +68,8 @@ def invoke(*args: str | Path) -> Any:
 
 @pytest.fixture(scope="module")
 def code_files(kind_runs: KindRuns, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A file of every version and coding vqtool writes: 'v1 raw', 'v2 unigram', ..."""
+    """A file of every version and coding vqtool writes: 'v1 raw', 'v2 unigram', ...; of
+    versions 5 and 6 one of each kind ('v5 raw ema', 'v5 raw rvq', ...)."""
     folder = tmp_path_factory.mktemp("formats")
     files = {}
     for kind, (raw, compressed) in {"ema": (1, 2), "rvq": (3, 4)}.items():
@@ -81,6 +82,17 @@ def code_files(kind_runs: KindRuns, tmp_path_factory: pytest.TempPathFactory) ->
             path = folder / f"v{version}-{coding}.vqc"
             invoke("encode", run, "cifar10:test:5", "-o", path, "--data-dir", kind_runs.data, *args)
             files[f"v{version} {coding}"] = path
+    photos = make_sized_folder(folder / "photos", MIXED_SIZES)
+    for kind in ("ema", "rvq"):
+        run = kind_runs[kind]
+        for version, coding, args in [
+            (5, "raw", []),
+            (6, "unigram", ["--compress"]),
+            (6, "exact", ["--prior", str(run / "prior")]),
+        ]:
+            path = folder / f"v{version}-{coding}-{kind}.vqc"
+            invoke("encode", run, photos, "-o", path, *args)
+            files[f"v{version} {coding} {kind}"] = path
     return files
 
 
@@ -94,7 +106,7 @@ def header_and_members(path: Path) -> tuple[dict[str, Any], set[str]]:
 
 def test_the_page_names_every_version_and_coding_the_reader_takes() -> None:
     versions = {int(row["version"]) for row in table("### Versions")}
-    assert versions == {*vqc.RAW_VERSIONS, *vqc.COMPRESSED_VERSIONS} == {1, 2, 3, 4}
+    assert versions == {*vqc.RAW_VERSIONS, *vqc.COMPRESSED_VERSIONS} == {1, 2, 3, 4, 5, 6}
     named = set().union(*(codings(row["codings"]) for row in table("### Header keys")))
     assert named == set(ALL_CODINGS)
 
@@ -102,7 +114,7 @@ def test_the_page_names_every_version_and_coding_the_reader_takes() -> None:
 def test_header_keys_and_members_of_every_written_file_are_the_documented_ones(
     code_files: dict[str, Path],
 ) -> None:
-    assert len(code_files) == 6
+    assert len(code_files) == 12
     for label, path in code_files.items():
         version, coding = int(label.split()[0][1:]), label.split()[1]
         header, members = header_and_members(path)
@@ -111,15 +123,23 @@ def test_header_keys_and_members_of_every_written_file_are_the_documented_ones(
         assert members == documented("### Members", "member", version, coding), label
 
 
-@pytest.mark.parametrize("version", vqc.COMPRESSED_VERSIONS)
+@pytest.mark.parametrize("version", [vqc.COMPRESSED_VERSION, vqc.STAGED_COMPRESSED_VERSION])
 def test_the_float_prior_coding_vqtool_only_reads_is_documented_as_its_reader_reads_it(
     version: int,
 ) -> None:
+    keys = set(vqc.header_keys(version, "prior"))
     staged = version == vqc.STAGED_COMPRESSED_VERSION
-    keys = set(vqc.COMPRESSED_KEYS) | ({"stages"} if staged else set())
+    assert keys == set(vqc.COMPRESSED_KEYS) | ({"stages"} if staged else set())
     assert documented("### Header keys", "key", version, "prior") == keys
     members = documented("### Members", "member", version, "prior")
     assert members == {*vqc.COMPRESSED_MEMBERS, "chunks"}
+
+
+def test_the_documented_header_keys_are_what_the_reader_asks_of_every_version() -> None:
+    for version in (*vqc.RAW_VERSIONS, *vqc.COMPRESSED_VERSIONS):
+        for coding in ["raw"] if version in vqc.RAW_VERSIONS else ["unigram", "exact"]:
+            keys = set(vqc.header_keys(version, coding))
+            assert documented("### Header keys", "key", version, coding) == keys, version
 
 
 def test_evaluates_json_has_the_documented_keys(kind_runs: KindRuns) -> None:

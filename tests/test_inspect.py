@@ -57,10 +57,11 @@ def test_json_names_height_and_width_and_keeps_whole_fingerprints(tmp_path: Path
     assert facts["file"] == "raw.vqc" and facts["format"] == "vqtool-codes"
     assert facts["version"] == 1 and facts["coding"] == "raw" and facts["prior"] is None
     assert facts["checkpoint"] == FINGERPRINT and facts["images"] == 3
+    grid = {"height": 2, "width": 3}  # each size's codes: all pad to 8x12
     assert facts["sizes"] == [
-        {"height": 8, "width": 12, "images": 1},
-        {"height": 7, "width": 12, "images": 1},
-        {"height": 5, "width": 9, "images": 1},
+        {"height": 8, "width": 12, "images": 1, "codes_per_image": grid},
+        {"height": 7, "width": 12, "images": 1, "codes_per_image": grid},
+        {"height": 5, "width": 9, "images": 1, "codes_per_image": grid},
     ]
     assert facts["padded_size"] == {"height": 8, "width": 12}
     assert facts["codes_per_image"] == {"height": 2, "width": 3}

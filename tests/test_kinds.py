@@ -20,7 +20,13 @@ import pytest
 import typer.main
 from helpers import KIND_GRID as GRID
 from helpers import KIND_STAGES as STAGES
-from helpers import VQ_KINDS, KindRuns
+from helpers import (
+    MIXED_SIZES,
+    VQ_KINDS,
+    KindRuns,
+    decoded_pngs,
+    make_sized_folder,
+)
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -201,3 +207,33 @@ def test_sample_and_decode(kind_runs: KindRuns, kind: str, tmp_path: Path) -> No
 
 def test_the_prior_command_names_its_profile_sections_in_its_help() -> None:
     assert "keys under [prior] and [train]" in " ".join(ok("prior", "--help").stdout.split())
+
+
+@pytest.mark.parametrize("kind", [*VQ_KINDS, "prior"])
+def test_a_folder_of_mixed_sizes_through_encode_inspect_decode_and_roundtrip(
+    kind_runs: KindRuns, kind: str, tmp_path: Path
+) -> None:
+    # "prior": each VQ kind's file of several grids coded with its prior (over grids of each
+    # size), decoded without naming it to the raw file's PNGs
+    sizes = MIXED_SIZES
+    photos = make_sized_folder(tmp_path / "photos", sizes)
+    for vq in VQ_KINDS if kind == "prior" else [kind]:
+        run = kind_runs[vq]
+        coded = ["--prior", run / "prior"] if kind == "prior" else ["--compress"]
+        ok("encode", run, photos, "-o", f"{vq}.vqc")
+        ok("encode", run, photos, "-o", f"{vq}-coded.vqc", *coded)
+        facts = json.loads(ok("inspect", f"{vq}-coded.vqc", "--json", "-").stdout)
+        assert (facts["version"], facts["images"], facts["stages"]) == (6, 4, STAGES[vq])
+        assert facts["coding"] == ("exact" if kind == "prior" else "unigram")
+        for name in (vq, f"{vq}-coded"):
+            ok("decode", run, f"{name}.vqc", "-o", f"out-{name}")
+        pngs = decoded_pngs(tmp_path / f"out-{vq}")
+        assert pngs == decoded_pngs(tmp_path / f"out-{vq}-coded") and len(pngs) == 4
+        for name, size in sizes.items():
+            with Image.open(tmp_path / f"out-{vq}" / f"{name}.png") as image:
+                assert image.size == (size[1], size[0])
+        prior = ["--prior", run / "prior"] if kind == "prior" else []
+        facts = json.loads(ok("roundtrip", run, photos, "-o", f"{vq}.png", "--json", "-",
+                              *prior).stdout)  # fmt: skip
+        assert [(r["height"], r["width"]) for r in facts["per_image"]] == list(sizes.values())
+        assert (facts["prior_bits_per_image"] is not None) == (kind == "prior")

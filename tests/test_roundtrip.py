@@ -123,9 +123,13 @@ def test_your_own_photos_at_their_sizes_and_with_size(trained_run: Path, tmp_pat
     assert [(r["name"], r["height"], r["width"]) for r in records] == [
         ("cat/a", 30, 30), ("cat/b", 30, 30), ("dog/c", 32, 32)
     ]  # fmt: skip
-    result = invoke("roundtrip", trained_run, "photos", "wide", "-o", "mixed.png")
-    assert result.exit_code == 2 and "different sizes" in one_error_line(result.output)
-    assert not (tmp_path / "mixed.png").exists()
+    result = invoke("roundtrip", trained_run, "photos", "wide", "-o", "mixed.png", "--json", "-")
+    assert result.exit_code == 0, result.output
+    facts = json.loads(result.stdout)
+    assert facts["codes_per_image"] is None  # each image has its own grid
+    bits = {r["name"]: r["raw_bits"] for r in facts["per_image"]}
+    assert bits == {"cat/a": 64 * 5, "cat/b": 64 * 5, "dog/c": 64 * 5, "d": 60 * 5}  # K = 32
+    assert facts["raw_bits_per_image"] == (3 * 64 + 60) * 5 / 4
     result = invoke("roundtrip", trained_run, "photos", "wide", "-o", "rt16.png", "--size",
                     "16x24", "--json", "-")  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -206,7 +210,7 @@ def test_figure_scales_small_images_by_whole_pixels() -> None:
 
     result = RoundTrip(
         names=("only",), sizes=np.array([[32, 32]], np.int32), psnr=np.array([20.0]),
-        raw_bits=320.0, prior_bits=None, originals=[image], reconstructions=[image],
+        raw_bits=np.array([320.0]), prior_bits=None, originals=[image], reconstructions=[image],
         grid=(8, 8), num_embeddings=32, checkpoint="0" * 64, prior=None,
     )  # fmt: skip
     figure = roundtrip_figure(result, "run")

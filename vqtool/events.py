@@ -26,3 +26,17 @@ TrainCallback = Callable[[TrainEvent], None]
 Progress = Callable[[int, int], None]
 # (bytes done, total bytes or None when the source does not say): a download.
 ByteProgress = Callable[[int, "int | None"], None]
+
+
+def progress_parts(counts: list[int], on_progress: Progress | None) -> list[Progress | None]:
+    """A callback for each of several parts of a task, parts of `counts` items done one after
+    another, each reporting (done, total) of the whole task through `on_progress`."""
+    if on_progress is None:
+        return [None] * len(counts)
+    report, total = on_progress, sum(counts)
+
+    def part(start: int) -> Progress:
+        return lambda done, _: report(start + done, total)
+
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    return [part(start) for start in starts]

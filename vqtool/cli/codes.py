@@ -133,7 +133,7 @@ def encode(
         written = streams.write_code_file(output, codes, compress, coding_prior, on_coding)
     coded = ""
     if compress or coding_prior is not None:
-        coded = f", {written.bytes * 8 / codes.codes.shape[0]:,.1f} bits per image"
+        coded = f", {written.bytes * 8 / codes.count:,.1f} bits per image"
     fitted = ""
     if shape is not None:
         fitted = f", resized by {mode}" + (" (the run's data.resize)" if resize is None else "")
@@ -144,10 +144,25 @@ def encode(
 
 def _encoded(codes: Any) -> str:
     """'1 image of 300x451 (padded to 300x452) as 75x113 codes of 512': the sizes as given
-    (after --size), height first, and the padded size they share when it differs."""
-    n, (h, w) = codes.codes.shape[0], codes.codes.shape[-2:]
-    padded = f"{codes.image_size[0]}x{codes.image_size[1]}"
+    (after --size), height first, and the padded size they share when it differs; for images
+    of different padded sizes, each grid of codes and its images."""
+    from vqtool.codes.vqc import grid_groups
+
+    n = codes.count
+    staged = f"{counted(codes.stages, 'stage')} of " if codes.stage_axis else ""
     sizes = {(int(a), int(b)) for a, b in codes.sizes}
+    if codes.image_size is None:
+        groups = grid_groups(codes.grids())
+        grids = [f"{h}x{w} ({counted(len(i), 'image')})" for (h, w), i in groups]
+        more = len(grids) - SHOWN_SIZES
+        shown = ", ".join(grids[:SHOWN_SIZES]) + (f" and {more:,} more" if more > 0 else "")
+        return (
+            f"{counted(n, 'image')} of {len(sizes):,} sizes, each padded to a multiple of "
+            f"{codes.downsample}, as {staged}codes of {codes.num_embeddings} in "
+            f"{len(groups):,} grids: {shown}"
+        )
+    h, w = codes.codes.shape[-2:]
+    padded = f"{codes.image_size[0]}x{codes.image_size[1]}"
     if len(sizes) == 1:
         ((height, width),) = sizes
         given = f"{height}x{width}"
@@ -155,7 +170,6 @@ def _encoded(codes: Any) -> str:
         images = f"{counted(n, 'image')} of {shape}"
     else:
         images = f"{counted(n, 'image')} of mixed sizes, padded to {padded},"
-    staged = f"{counted(codes.stages, 'stage')} of " if codes.codes.ndim == 4 else ""
     return f"{images} as {staged}{h}x{w} codes of {codes.num_embeddings}"
 
 
@@ -329,6 +343,15 @@ def _summary_rows(summary: CodeSummary) -> list[tuple[str, Any]]:
     sizes = [f"{size_text((h, w))} ({counted(n, 'image')})" for h, w, n in summary.size_counts]
     more = len(sizes) - SHOWN_SIZES
     shown = "; ".join(sizes[:SHOWN_SIZES]) + (f"; and {more:,} more sizes" if more > 0 else "")
+    codes = f"of K = {summary.num_embeddings} (D = {summary.embedding_dim})"
+    if summary.image_size is not None and summary.grid is not None:
+        padded, grid = size_text(summary.image_size), f"{size_text(summary.grid)} {codes}"
+    else:  # images of different padded sizes: each its own grid
+        grids = list(dict.fromkeys(summary.grid_of(h, w) for h, w, _ in summary.size_counts))
+        padded = f"each image's own size, to a multiple of {summary.downsample}"
+        listed = ", ".join(size_text(g) for g in grids[:SHOWN_SIZES])
+        rest = len(grids) - SHOWN_SIZES
+        grid = f"one per size: {listed}{f' and {rest:,} more' if rest > 0 else ''}, {codes}"
     names = summary.first_name
     if summary.images > 1:
         names += f" ... {summary.last_name}"
@@ -345,9 +368,8 @@ def _summary_rows(summary: CodeSummary) -> list[tuple[str, Any]]:
         ("images", summary.images),
         ("residual stages", summary.stages),
         (f"image sizes ({HW})", shown),
-        (f"padded to ({HW})", size_text(summary.image_size)),
-        (f"codes per image ({HW})", f"{size_text(summary.grid)} of K = {summary.num_embeddings} "
-                                    f"(D = {summary.embedding_dim})"),
+        (f"padded to ({HW})", padded),
+        (f"codes per image ({HW})", grid),
         ("names (first ... last)", names),
         ("file size", f"{summary.file_bytes:,} bytes"),
         ("bits per image (whole file)", summary.bits_per_image),

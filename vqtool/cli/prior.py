@@ -130,7 +130,7 @@ def sample(
             on_progress=bar.update,
         )
     write_codes(output, code_file)
-    h, w = code_file.codes.shape[-2:]
+    h, w = code_file.one_grid().shape[-2:]  # samples share the prior's grid
     staged = f"{code_file.stages} stages of " if code_file.stages > 1 else ""
     progress.info(
         f"wrote {output}: {n:,} sampled grids of {staged}{h}x{w} codes (HxW) for the VQ checkpoint "

@@ -28,9 +28,12 @@ from vqtool.codes.inputs import ImageItem, find_images, load_item
 from vqtool.codes.names import name_problem, unique_names
 from vqtool.codes.vqc import (
     CodeFile,
+    Codes,
     Source,
     check_codes_for_model,
     check_stages,
+    grids_of,
+    join_codes,
     pick_images,
     read_codes,
 )
@@ -114,12 +117,12 @@ def batch_ranges(n: int, batch_size: int, pixels_per_image: int) -> Iterator[tup
         yield start, min(start + step, n)
 
 
-def common_size(
+def padded_shapes(
     items: Sequence[ImageItem], size: tuple[int, int] | None, factor: int = DOWNSAMPLE
-) -> tuple[int, int]:
-    """The padded (H, W) every image of a code file shares, sides multiples of the run's
-    `factor`; mixed sizes need --size. A side shorter than one code's `factor` pixels is
-    refused: padding would make up most of its only code."""
+) -> list[tuple[int, int]]:
+    """The padded (H, W) of each image, sides multiples of the run's `factor`: its own size
+    padded, or `size` (--size) padded for every image. A side shorter than one code's `factor`
+    pixels is refused: padding would make up most of its only code."""
     if size is not None:
         if min(size) < factor:
             raise UsageError(
@@ -128,7 +131,7 @@ def common_size(
                 "--size",
                 f"give sides of at least {factor} pixels",
             )
-        return padded_size(size, factor)
+        return [padded_size(size, factor)] * len(items)
     for item in items:
         if min(item.size) < factor:
             raise UsageError(
@@ -138,18 +141,7 @@ def common_size(
                 f"encode images of at least {factor}x{factor} pixels, or enlarge them with "
                 f"--size HxW",
             )
-    first = items[0]
-    shared = padded_size(first.size, factor)
-    for item in items:
-        if padded_size(item.size, factor) != shared:
-            raise UsageError(
-                f"images of different sizes (HxW): {first.size[0]}x{first.size[1]} "
-                f"({first.name}) and {item.size[0]}x{item.size[1]} ({item.name})",
-                item.path if item.path is not None else item.name,
-                "pass --size HxW (height x width, e.g. --size 64x64) to resize them all, "
-                "or encode each size into its own file",
-            )
-    return shared
+    return [padded_size(item.size, factor) for item in items]
 
 
 def stages_to_keep(model: VQVAE, stages: int | None) -> int:
@@ -166,7 +158,7 @@ def codes_shape(model: VQVAE, n: int, stages: int, grid: tuple[int, int]) -> tup
 
 class EncodedBatch(NamedTuple):
     indices: list[int]  # the images' positions in Encoding.items
-    images: Tensor  # uint8 (B, 3, H, W): the images as encoded, padded to Encoding.shape
+    images: Tensor  # uint8 (B, 3, H, W): the images as encoded, padded to their shared shape
     codes: Tensor  # int64 (B, H / f, W / f), or (B, S, H / f, W / f) of the stages kept
 
 
@@ -175,8 +167,10 @@ class Encoding:
     encodes them batch by batch, setting damaged images of folders aside (unless `strict`);
     `finish` then refuses a set of only damaged images, or notes what was skipped.
 
-    `size` (H, W) resizes every image first; without it, all images must pad to one size, a
-    multiple of `factor` (the run's model.downsample) on each side.
+    `size` (H, W) resizes every image first; without it, each image keeps its own size,
+    padded to a multiple of `factor` (the run's model.downsample) on each side. Images of
+    different padded sizes are encoded in batches of one size at a time, a size after
+    another in the order of its first image.
     """
 
     def __init__(
@@ -194,18 +188,30 @@ class Encoding:
         self.size = size
         self.resize_mode = resize_mode
         self.strict = strict
-        self.shape = common_size(self.items, size, factor)  # (H, W) every image is padded to
+        self.shapes = padded_shapes(self.items, size, factor)  # (H, W) each image is padded to
         self.kept = np.ones(len(self.items), bool)
         self.damaged = list(self.found.damaged)
 
     @property
-    def grid(self) -> tuple[int, int]:
-        """Codes per image (h, w)."""
-        return self.shape[0] // self.factor, self.shape[1] // self.factor
+    def shape(self) -> tuple[int, int] | None:
+        """(H, W) every image is padded to, or None when their padded sizes differ."""
+        return self.shapes[0] if len(set(self.shapes)) == 1 else None
+
+    def grids(self) -> list[tuple[int, int]]:
+        """Each distinct grid (h, w) of codes per image, in the order of its first image."""
+        return list(dict.fromkeys((h // self.factor, w // self.factor) for h, w in self.shapes))
 
     def size_of(self, index: int) -> tuple[int, int]:
         """(height, width) of image `index` as encoded: after --size, before padding."""
         return self.size if self.size is not None else self.items[index].size
+
+    def sizes(self) -> np.ndarray:
+        """int32 (N', 2): the size of each image kept, as encoded (after `batches`)."""
+        return np.array([self.size_of(int(i)) for i in np.flatnonzero(self.kept)], np.int32)
+
+    def names(self) -> tuple[str, ...]:
+        """The name of each image kept (after `batches`)."""
+        return tuple(item.name for item, keep in zip(self.items, self.kept, strict=True) if keep)
 
     def batches(
         self,
@@ -214,30 +220,35 @@ class Encoding:
         on_progress: Progress | None = None,
         stages: int | None = None,
     ) -> Iterator[EncodedBatch]:
-        """The images read, padded and encoded a batch at a time; a run of residual stages
-        gives the codes of all its stages, or of the first `stages`."""
-        n = len(self.items)
-        for start, stop in batch_ranges(n, batch_size, self.shape[0] * self.shape[1]):
-            batch, indices = [], []
-            for i in range(start, stop):
-                try:
-                    batch.append(
-                        pad_to(load_item(self.items[i], self.size, self.resize_mode), self.shape)
-                    )
-                    indices.append(i)
-                except DamagedImage as problem:
-                    if self.strict or not self.items[i].in_folder:
-                        raise
-                    self.kept[i] = False
-                    self.damaged.append(problem)
-            if batch:
-                images = torch.stack(batch)
-                codes = encode_images(model, images)
-                if codes.ndim == 4 and stages is not None:
-                    codes = codes[:, :stages]
-                yield EncodedBatch(indices, images, codes)
-            if on_progress is not None:
-                on_progress(stop, n)
+        """The images read, padded and encoded a batch at a time, each batch of one padded
+        size; a run of residual stages gives the codes of all its stages, or of the first
+        `stages`."""
+        n, done = len(self.items), 0
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, shape in enumerate(self.shapes):
+            groups.setdefault(shape, []).append(i)
+        for shape, members in groups.items():
+            for start, stop in batch_ranges(len(members), batch_size, shape[0] * shape[1]):
+                batch, indices = [], []
+                for i in members[start:stop]:
+                    try:
+                        image = load_item(self.items[i], self.size, self.resize_mode)
+                        batch.append(pad_to(image, shape))
+                        indices.append(i)
+                    except DamagedImage as problem:
+                        if self.strict or not self.items[i].in_folder:
+                            raise
+                        self.kept[i] = False
+                        self.damaged.append(problem)
+                if batch:
+                    images = torch.stack(batch)
+                    codes = encode_images(model, images)
+                    if codes.ndim == 4 and stages is not None:
+                        codes = codes[:, :stages]
+                    yield EncodedBatch(indices, images, codes)
+                done += stop - start
+                if on_progress is not None:
+                    on_progress(done, n)
 
     def finish(self, on_note: Callable[[str], None] | None = None) -> None:
         """After the batches: WorkError when every image was damaged, else a note on what
@@ -249,6 +260,39 @@ class Encoding:
                 "check the files (the first one is named here)",
             )
         _note_skips(self.found.skipped, self.damaged, on_note or (lambda message: None))
+
+
+class CodeStore:
+    """The codes of an Encoding's images as its batches arrive: one array when the images
+    share a padded size, else one array an image (a code file's two forms of codes)."""
+
+    def __init__(self, encoding: Encoding, model: VQVAE, stages: int) -> None:
+        self.encoding = encoding
+        n, shape = len(encoding.items), encoding.shape
+        self.array: np.ndarray | None = None
+        self.parts: list[np.ndarray] = []
+        if shape is not None:
+            grid = (shape[0] // encoding.factor, shape[1] // encoding.factor)
+            self.array = np.empty(codes_shape(model, n, stages, grid), np.uint16)
+        else:
+            self.parts = [np.empty(0, np.uint16)] * n
+
+    def add(self, batch: EncodedBatch) -> None:
+        codes = batch.codes.numpy().astype(np.uint16)
+        if self.array is not None:
+            self.array[batch.indices] = codes
+            return
+        for i, image in zip(batch.indices, codes, strict=True):
+            self.parts[i] = image
+
+    def kept(self) -> tuple[Codes, tuple[int, int] | None]:
+        """The codes of the images kept, and the padded size they share (None when it
+        differs): one array when they share it (also when only damaged images differed)."""
+        keep = self.encoding.kept
+        if self.array is not None:
+            return self.array[keep], self.encoding.shape
+        parts = [part for part, k in zip(self.parts, keep, strict=True) if k]
+        return join_codes(parts, self.encoding.sizes(), self.encoding.factor)
 
 
 def encode_inputs(
@@ -267,7 +311,8 @@ def encode_inputs(
 
     `size` (H, W) resizes every image first, as `resize_mode` says ("stretch", "centre-crop"
     or "random-crop": vqtool.images.fit; the CLI's default is the run's data.resize); without
-    it, all images keep their own size and must pad to one size.
+    it, each image keeps its own size, padded to the run's factor: images of different padded
+    sizes give a file of several grids (CodeFile.codes a tuple, a file of version 5 or 6).
     Images are read batch by batch; only the codes are kept. Files in folders that are not
     images, and damaged images in folders, are skipped with a note (`on_note`) unless
     `strict`, which makes them errors; a damaged file named on its own is always an error.
@@ -276,23 +321,22 @@ def encode_inputs(
     kept_stages = stages_to_keep(loaded.model, stages)
     factor = loaded.model.config.downsample
     encoding = Encoding(inputs, data_dir, size, strict, resize_mode, factor)
-    shape = codes_shape(loaded.model, len(encoding.items), kept_stages, encoding.grid)
-    codes = np.empty(shape, np.uint16)
+    store = CodeStore(encoding, loaded.model, kept_stages)
     model = loaded.model.folded()
     for batch in encoding.batches(model, batch_size, on_progress, kept_stages):
-        codes[batch.indices] = batch.codes.numpy()
+        store.add(batch)
     encoding.finish(on_note)
-    kept = encoding.kept
+    codes, image_size = store.kept()
     config = loaded.model.config
     return CodeFile(
-        codes=codes[kept],
-        names=tuple(item.name for item, keep in zip(encoding.items, kept, strict=True) if keep),
-        sizes=np.array([encoding.size_of(int(i)) for i in np.flatnonzero(kept)], np.int32),
+        codes=codes,
+        names=encoding.names(),
+        sizes=encoding.sizes(),
         checkpoint=loaded.fingerprint,
         num_embeddings=config.num_embeddings,
         embedding_dim=config.embedding_dim,
         downsample=config.downsample,
-        image_size=encoding.shape,
+        image_size=image_size,
     )
 
 
@@ -459,7 +503,8 @@ def decode_file(
     pick: Pick = ALL_IMAGES,
 ) -> DecodeResult:
     """Decode a .vqc (a file, or CodeBytes in memory) into one PNG per image at its stored
-    size, named after the stored names; `pick` keeps some of them (vqc.pick_images).
+    size (each image of a file of several grids at its own), named after the stored names;
+    `pick` keeps some of them (vqc.pick_images).
 
     A file compressed with a prior needs that prior (`prior`); `on_stream(done, n)` follows
     its range decoding, `on_progress` the PNGs. `stages` decodes the file's first stages
@@ -495,7 +540,7 @@ def decode_file(
     if grid is not None:
         check_output_file(Path(grid), "the grid", "--grid grid.png")
     n = len(targets)
-    sheet = Grid(n, code_file.image_size) if grid is not None else None
+    sheet = Grid(n, _largest_padded(code_file)) if grid is not None else None
     out_dir = Path(out_dir)
     staging = _staging_folder(out_dir)
     try:
@@ -561,36 +606,50 @@ def _write_decoded(
 ) -> None:
     """Decode every image of `code_file` to its PNG in `targets` (in a staging folder: written
     in place; otherwise each through a temp name)."""
-    n = len(targets)
+    n, done = len(targets), 0
     mode = file_mode()
     writer: Writer = _write_new_file if staging is not None else write_file
     model = loaded.model.folded()
-    pixels = code_file.image_size[0] * code_file.image_size[1]
+    factor = code_file.downsample
     pool = concurrent.futures.ThreadPoolExecutor(PNG_WRITERS)
     try:
         pending: list[concurrent.futures.Future[None]] = []
-        for start, stop in batch_ranges(n, batch_size, pixels):
-            indices = torch.from_numpy(code_file.codes[start:stop].astype(np.int64))
-            images = decode_indices(model, indices).permute(0, 2, 3, 1).numpy()
-            jobs = []
-            for i in range(start, stop):
-                h, w = int(code_file.sizes[i, 0]), int(code_file.sizes[i, 1])
-                image = np.ascontiguousarray(images[i - start, :h, :w])
-                jobs.append((targets[i], image))
-                if sheet is not None:
-                    sheet.add(i, image)
-            # A task per few dozen images, not per image: less hand-over between threads.
-            writes = [
-                pool.submit(_write_pngs, jobs[k : k + PNG_TASK], mode, writer)
-                for k in range(0, len(jobs), PNG_TASK)
-            ]
-            # At most two batches in flight: decoding overlaps writing, memory stays bounded.
-            for future in pending:
-                future.result()
-            pending = writes
-            if on_progress is not None:
-                on_progress(stop, n)
+        # a grid size at a time (one group for images of one size): a batch decodes one shape
+        for group in code_file.groups():
+            pixels = group.grid[0] * group.grid[1] * factor * factor
+            for start, stop in batch_ranges(len(group.indices), batch_size, pixels):
+                indices = torch.from_numpy(group.codes[start:stop].astype(np.int64))
+                images = decode_indices(model, indices).permute(0, 2, 3, 1).numpy()
+                jobs = []
+                for j, i in enumerate(group.indices[start:stop].tolist()):
+                    h, w = int(code_file.sizes[i, 0]), int(code_file.sizes[i, 1])
+                    image = np.ascontiguousarray(images[j, :h, :w])
+                    jobs.append((targets[i], image))
+                    if sheet is not None:
+                        sheet.add(i, image)
+                # A task per few dozen images, not per image: less hand-over between threads.
+                writes = [
+                    pool.submit(_write_pngs, jobs[k : k + PNG_TASK], mode, writer)
+                    for k in range(0, len(jobs), PNG_TASK)
+                ]
+                # At most two batches in flight: decoding overlaps writing, memory stays bounded.
+                for future in pending:
+                    future.result()
+                pending = writes
+                done += stop - start
+                if on_progress is not None:
+                    on_progress(done, n)
         for future in pending:
             future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _largest_padded(code_file: CodeFile) -> tuple[int, int]:
+    """The padded size every image shares, or the largest height and width among them: a
+    cell of the grid sheet that holds any of them."""
+    if code_file.image_size is not None:
+        return code_file.image_size
+    grids = grids_of(code_file.sizes, code_file.downsample)
+    height, width = (int(side) * code_file.downsample for side in grids.max(0))
+    return height, width

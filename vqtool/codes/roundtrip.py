@@ -9,7 +9,8 @@ bound); with a prior, what the prior's range coding spends on each image: the im
 information content under the coder's integer tables, as entropy.encode_with_prior counts it
 (the range coder's stream comes within a fraction of a percent of it; a code file adds its
 names, sizes and header). A run of residual stages is measured decoding all its stages, or
-the first n (`stages`): bits then count n grids of codes per image.
+the first n (`stages`): bits then count n grids of codes per image. Images of different sizes
+each have their own grid, and so their own raw bits.
 """
 
 from __future__ import annotations
@@ -24,14 +25,17 @@ import numpy as np
 from vqtool.codes.entropy import CodingPrior, check_prior, encode_with_prior
 from vqtool.codes.pipeline import (
     DEFAULT_BATCH,
+    CodeStore,
     CodingModel,
     Encoding,
-    codes_shape,
     decode_indices,
     stages_to_keep,
 )
 from vqtool.codes.ratedistortion import psnr_per_image
-from vqtool.events import Progress
+from vqtool.codes.vqc import Codes, grid_groups, grids_of
+from vqtool.events import Progress, progress_parts
+from vqtool.models.exact_prior import ExactPrior
+from vqtool.models.transformer import CodePrior
 
 SHOWN = 32  # images kept with their pixels, for the figure
 
@@ -40,11 +44,11 @@ class RoundTrip(NamedTuple):
     names: tuple[str, ...]  # N
     sizes: np.ndarray  # int32 (N, 2): each image's (height, width) as encoded, before padding
     psnr: np.ndarray  # float64 (N,): dB, each image at its own size, pixels in [0, 1]
-    raw_bits: float  # per image: stages * h * w * log2 K
+    raw_bits: np.ndarray  # float64 (N,): each image's stages * h * w * log2 K
     prior_bits: np.ndarray | None  # float64 (N,): the prior coding's bits per image
     originals: list[np.ndarray]  # uint8 (height, width, 3) of the first images, as encoded
     reconstructions: list[np.ndarray]  # uint8 (height, width, 3): what decode writes for them
-    grid: tuple[int, int]  # codes per image (h, w), of each stage
+    grid: tuple[int, int] | None  # codes per image (h, w), of each stage; None when they differ
     num_embeddings: int  # K
     checkpoint: str  # the VQ checkpoint's fingerprint
     prior: str | None  # the prior checkpoint's fingerprint
@@ -55,15 +59,16 @@ class RoundTrip(NamedTuple):
         """Plain JSON data: the whole set's figures, then one record per image."""
         n = len(self.names)
         prior = self.prior_bits
+        grid = self.grid
         return {
             "checkpoint": self.checkpoint,
             "prior": self.prior,
             "images": n,
-            "codes_per_image": {"height": self.grid[0], "width": self.grid[1]},
+            "codes_per_image": None if grid is None else {"height": grid[0], "width": grid[1]},
             "num_embeddings": self.num_embeddings,
             "stages": self.stages,
             "mean_psnr": float(self.psnr.mean()),
-            "raw_bits_per_image": self.raw_bits,
+            "raw_bits_per_image": float(self.raw_bits.mean()),
             "prior_bits_per_image": None if prior is None else float(prior.mean()),
             "per_image": [
                 {
@@ -71,7 +76,7 @@ class RoundTrip(NamedTuple):
                     "height": int(self.sizes[i, 0]),
                     "width": int(self.sizes[i, 1]),
                     "psnr": float(self.psnr[i]),
-                    "raw_bits": self.raw_bits,
+                    "raw_bits": float(self.raw_bits[i]),
                     "prior_bits": None if prior is None else float(prior[i]),
                 }
                 for i in range(n)
@@ -95,54 +100,74 @@ def round_trip(
     resize_mode: str = "stretch",
 ) -> RoundTrip:
     """Encode and decode the inputs (as `encode_inputs` reads them, `size` fitted by
-    `resize_mode`), measuring each image; keep the pixels of the first `shown`. A run of
-    residual stages decodes all of them, or the first `stages`. A stage count outside the
-    run's, or a prior that cannot code these images' codes, is refused (UsageError) before
-    any image is read; `on_prior` follows the prior's coding."""
+    `resize_mode`; without it each image at its own size), measuring each image; keep the
+    pixels of the first `shown`. A run of residual stages decodes all of them, or the first
+    `stages`. A stage count outside the run's, or a prior that cannot code these images'
+    grids, is refused (UsageError) before any image is read; `on_prior` follows the prior's
+    coding, a grid size at a time as a code file's."""
     kept_stages = stages_to_keep(loaded.model, stages)
     factor = loaded.model.config.downsample
     encoding = Encoding(inputs, data_dir, size, strict, resize_mode, factor)
     config = loaded.model.config
     if prior is not None:
-        check_prior(prior, loaded.fingerprint, config.num_embeddings, encoding.grid, kept_stages)
+        for grid in encoding.grids():
+            check_prior(prior, loaded.fingerprint, config.num_embeddings, grid, kept_stages)
     n = len(encoding.items)
-    codes = np.empty(codes_shape(loaded.model, n, kept_stages, encoding.grid), np.uint16)
+    store = CodeStore(encoding, loaded.model, kept_stages)
     psnr = np.empty(n)
-    originals: list[np.ndarray] = []
-    reconstructions: list[np.ndarray] = []
+    # The pixels of the first `shown` images kept, by position: batches come a size at a
+    # time, not in file order.
+    held: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     model = loaded.model.folded()
     for batch in encoding.batches(model, batch_size, on_progress, kept_stages):
-        codes[batch.indices] = batch.codes.numpy()
+        store.add(batch)
         decoded = decode_indices(model, batch.codes).permute(0, 2, 3, 1).numpy()
         images = batch.images.permute(0, 2, 3, 1).numpy()
         for j, i in enumerate(batch.indices):
             h, w = encoding.size_of(i)
             original, back = images[j, :h, :w], decoded[j, :h, :w]
             psnr[i] = psnr_per_image(original[None], back[None])[0]
-            if len(originals) < shown:
-                originals.append(original.copy())
-                reconstructions.append(back.copy())
+            if shown > 0 and (len(held) < shown or i < max(held)):
+                held[i] = (original.copy(), back.copy())
+                if len(held) > shown:
+                    del held[max(held)]
     encoding.finish(on_note)
     kept = encoding.kept
+    codes, image_size = store.kept()
+    sizes = encoding.sizes()
+    grids = grids_of(sizes, factor)
     prior_bits = None
     if prior is not None:
         coder = prior.model if prior.exact is None else prior.exact
-        prior_bits = encode_with_prior(codes[kept], coder, on_prior).bits
+        prior_bits = _prior_bits(codes, grids, coder, on_prior)
     return RoundTrip(
-        names=tuple(item.name for item, keep in zip(encoding.items, kept, strict=True) if keep),
-        sizes=np.array([encoding.size_of(int(i)) for i in np.flatnonzero(kept)], np.int32),
+        names=encoding.names(),
+        sizes=sizes,
         psnr=psnr[kept],
-        raw_bits=kept_stages
-        * encoding.grid[0]
-        * encoding.grid[1]
-        * math.log2(config.num_embeddings),
+        raw_bits=kept_stages * grids.prod(1) * math.log2(config.num_embeddings),
         prior_bits=prior_bits,
-        originals=originals,
-        reconstructions=reconstructions,
-        grid=encoding.grid,
+        originals=[held[i][0] for i in sorted(held)],
+        reconstructions=[held[i][1] for i in sorted(held)],
+        grid=None if image_size is None else (image_size[0] // factor, image_size[1] // factor),
         num_embeddings=config.num_embeddings,
         stages=kept_stages,
         run_stages=loaded.model.stages,
         checkpoint=loaded.fingerprint,
         prior=None if prior is None else prior.fingerprint,
     )
+
+
+def _prior_bits(
+    codes: Codes, grids: np.ndarray, coder: CodePrior | ExactPrior, on_prior: Progress | None
+) -> np.ndarray:
+    """Each image's bits under the prior's coding: its codes coded with the others of its
+    grid size, as a code file codes them (all together for images of one size)."""
+    if isinstance(codes, np.ndarray):
+        return encode_with_prior(codes, coder, on_prior).bits
+    bits = np.empty(len(codes))
+    groups = grid_groups(grids)
+    progress = progress_parts([len(indices) for _, indices in groups], on_prior)
+    for (_, indices), callback in zip(groups, progress, strict=True):
+        group = np.stack([codes[i] for i in indices.tolist()])
+        bits[indices] = encode_with_prior(group, coder, callback).bits
+    return bits

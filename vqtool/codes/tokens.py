@@ -11,12 +11,33 @@ other. A transformer trained on these tokens is what `vqtool prior` trains; docs
 
 from __future__ import annotations
 
+from typing import overload
+
 import numpy as np
 
 
-def codes_to_tokens(codes: np.ndarray, num_embeddings: int) -> np.ndarray:
+@overload
+def codes_to_tokens(codes: np.ndarray, num_embeddings: int) -> np.ndarray: ...
+
+
+@overload
+def codes_to_tokens(
+    codes: tuple[np.ndarray, ...], num_embeddings: int
+) -> tuple[np.ndarray, ...]: ...
+
+
+def codes_to_tokens(
+    codes: np.ndarray | tuple[np.ndarray, ...], num_embeddings: int
+) -> np.ndarray | tuple[np.ndarray, ...]:
     """Codes (N, h, w), or (N, S, h, w) of S stages of `num_embeddings` (K) codes each ->
-    tokens int64 (N, S * h, w): stage after stage, stage s's code c as s * K + c."""
+    tokens int64 (N, S * h, w): stage after stage, stage s's code c as s * K + c.
+
+    The codes of a file of images of different sizes (CodeFile.codes as a tuple, image i's
+    (h_i, w_i) or (S, h_i, w_i)) give a tuple of each image's tokens, (S * h_i, w_i): the same
+    sequence image by image. A prior trains on grids of one size (vqtool prior refuses such
+    a file); CodeFile.groups() gives the codes of each size as one array."""
+    if isinstance(codes, tuple):
+        return tuple(codes_to_tokens(part[None], num_embeddings)[0] for part in codes)
     if codes.ndim == 3:
         return codes.astype(np.int64)
     if codes.ndim != 4:

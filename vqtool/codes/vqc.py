@@ -37,8 +37,21 @@ entropy.py) in a `stream` member, names and sizes stored compactly:
 Codes of S residual stages make versions 3 (raw: `codes` uint16 (N, S, h, w)) and 4
 (compressed: the header adds "stages", `codes_sha256` is a list of S digests, one per prefix of
 stages, unigram `frequencies` are (S, K), and every coding codes stage after stage, so that the
-first stages decode alone). docs/formats.md lists every member and header key by version and
-coding; tests/test_formats_doc.py holds it to what this module writes and reads.
+first stages decode alone).
+
+Images whose padded sizes differ, each with its own grid, make versions 5 (raw) and 6
+(compressed): the header has no "image_size" (each image's grid is its size in `sizes`, padded
+to the factor, over the factor) and always "stages" (null for codes without a stage axis).
+Version 5's `codes` is uint16 (T,): each image's codes, (h_i, w_i) or (S, h_i, w_i) in C order,
+one image after another. Version 6 codes the same integers: unigram stage after stage over the
+whole file (each stage the images' codes one after another, as one long row), the exact and
+prior codings a group of images at a time, a group for each grid in order of its first image,
+each group's images in file order coded in chunks of their own; `chunks` holds every group's
+chunks, group after group. `codes_sha256` is of the same concatenation (the digest of version
+2 or 4 for images of one grid). Images that share one grid are always written as versions 1
+to 4, byte for byte as before versions 5 and 6 existed. docs/formats.md lists every member and
+header key by version and coding; tests/test_formats_doc.py holds it to what this module
+writes and reads.
 
 Raw files store members, not deflated: reading then never allocates more than the file's size,
 and deflate saves little on codes (near-uniform indices over K). Compressed files deflate
@@ -64,7 +77,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -72,7 +85,7 @@ from vqtool.codes import entropy
 from vqtool.codes.entropy import CodingPrior, StreamError
 from vqtool.codes.names import name_problem
 from vqtool.errors import UsageError, VqtoolError, WorkError, counted, first_line, os_reason
-from vqtool.events import Progress
+from vqtool.events import Progress, progress_parts
 from vqtool.files import check_output_file, save_or_fail
 from vqtool.images.pixels import padded_size
 from vqtool.images.read import MAX_IMAGE_PIXELS
@@ -90,8 +103,11 @@ COMPRESSED_MEMBERS = ("header", "stream", "names", "sizes")  # + "frequencies" o
 COMPRESSED_KEYS = HEADER_KEYS + ("coding", "prior", "images", "words", "codes_sha256")
 STAGED_VERSION = 3  # raw, codes (N, S, h, w) of S residual stages
 STAGED_COMPRESSED_VERSION = 4  # compressed, codes of S stages
-RAW_VERSIONS = (VERSION, STAGED_VERSION)
-COMPRESSED_VERSIONS = (COMPRESSED_VERSION, STAGED_COMPRESSED_VERSION)
+MIXED_VERSION = 5  # raw, images of different grids: `codes` uint16 (T,), image after image
+MIXED_COMPRESSED_VERSION = 6  # compressed, images of different grids
+RAW_VERSIONS = (VERSION, STAGED_VERSION, MIXED_VERSION)
+COMPRESSED_VERSIONS = (COMPRESSED_VERSION, STAGED_COMPRESSED_VERSION, MIXED_COMPRESSED_VERSION)
+MIXED_VERSIONS = (MIXED_VERSION, MIXED_COMPRESSED_VERSION)
 MAX_STAGES = 64
 CODINGS = ("unigram", "exact", "prior")
 EXACT_KEYS = ("coding_model", "chunk")  # the exact coding's own header keys
@@ -107,42 +123,161 @@ ZIP_MAGIC = b"PK\x03\x04"  # what every zip archive, hence every code file, star
 _DAMAGED = "the file is damaged or was changed; encode the images again"
 
 
+# A file's codes: one array (N, h, w) or (N, S, h, w) when every image has the same grid; a
+# tuple of N arrays, image i's (h_i, w_i) or (S, h_i, w_i), when the grids differ.
+Codes = np.ndarray | tuple[np.ndarray, ...]
+
+
+class CodeGroup(NamedTuple):
+    """The images of a code file that share one grid."""
+
+    grid: tuple[int, int]  # (h, w): codes per image, per stage
+    indices: np.ndarray  # int64 (n,): the images' positions in the file, in file order
+    codes: np.ndarray  # uint16 (n, h, w), or (n, S, h, w) with a stage axis
+
+
 @dataclass(frozen=True, eq=False)
 class CodeFile:
-    """The contents of a .vqc file."""
+    """The contents of a .vqc file.
 
-    codes: np.ndarray  # uint16 (N, h, w); (N, S, h, w) with a stage axis (versions 3 and 4)
+    Images of one grid (all that versions 1 to 4 hold) have their codes in one array;
+    images whose padded sizes differ (versions 5 and 6) have a tuple of arrays, one an image,
+    and no shared `image_size`. `groups()` gives the codes of each grid as one array either
+    way, and `take` a file of some of the images.
+    """
+
+    codes: Codes  # uint16 (N, h, w); (N, S, h, w) with a stage axis; a tuple when grids differ
     names: tuple[str, ...]  # N
     sizes: np.ndarray  # int32 (N, 2): (height, width) of each image as encoded, before padding
     checkpoint: str  # fingerprint of the checkpoint whose model made the codes
     num_embeddings: int  # K: every code is < K
     embedding_dim: int  # D
-    image_size: tuple[int, int]  # (H, W) shared by every image after padding; multiples of 4
+    # (H, W) shared by every image after padding, multiples of `downsample`; None when the
+    # images' padded sizes differ (codes a tuple)
+    image_size: tuple[int, int] | None
     downsample: int = DOWNSAMPLE
     version: int = VERSION
 
     @property
+    def mixed(self) -> bool:
+        """Whether the images have grids of different sizes (codes a tuple, versions 5, 6)."""
+        return isinstance(self.codes, tuple)
+
+    @property
+    def count(self) -> int:
+        """N: the images held."""
+        return len(self.codes)
+
+    @property
+    def stage_axis(self) -> bool:
+        """Whether the codes have a stage axis (a run of residual stages)."""
+        if isinstance(self.codes, tuple):
+            return self.codes[0].ndim == 3
+        return self.codes.ndim == 4
+
+    @property
     def stages(self) -> int:
         """Residual stages stored: 1 for codes without a stage axis."""
-        return int(self.codes.shape[1]) if self.codes.ndim == 4 else 1
+        if not self.stage_axis:
+            return 1
+        if isinstance(self.codes, tuple):
+            return int(self.codes[0].shape[0])
+        return int(self.codes.shape[1])
 
     def staged(self) -> np.ndarray:
-        """The codes with a stage axis, whatever the file's version: (N, S, h, w)."""
-        return self.codes if self.codes.ndim == 4 else self.codes[:, None]
+        """The codes with a stage axis, whatever the file's version: (N, S, h, w); images of
+        one grid only (ValueError for a file of several: see `groups`)."""
+        codes = self.one_grid()
+        return codes if codes.ndim == 4 else codes[:, None]
+
+    def one_grid(self) -> np.ndarray:
+        """The codes as one array, for images of one grid; ValueError when grids differ."""
+        if isinstance(self.codes, tuple):
+            raise ValueError(
+                f"the codes are of images of {len(self.groups())} grid sizes: take one grid at a "
+                "time (CodeFile.groups())"
+            )
+        return self.codes
+
+    def grids(self) -> np.ndarray:
+        """int64 (N, 2): each image's grid (h, w), its size padded to the factor over it."""
+        return grids_of(self.sizes, self.downsample)
+
+    def groups(self) -> list[CodeGroup]:
+        """The images grid by grid: a group per grid in the order of its first image, each
+        group's images in file order (one group for images of one grid)."""
+        if isinstance(self.codes, np.ndarray):
+            grid = (int(self.codes.shape[-2]), int(self.codes.shape[-1]))
+            return [CodeGroup(grid, np.arange(self.count, dtype=np.int64), self.codes)]
+        return [
+            CodeGroup(grid, indices, np.stack([self.codes[i] for i in indices.tolist()]))
+            for grid, indices in grid_groups(self.grids())
+        ]
+
+    def take(self, indices: np.ndarray) -> CodeFile:
+        """A file of the images at `indices` (int, in the order given): one array and an
+        image_size when they share a grid."""
+        sizes = np.ascontiguousarray(self.sizes[indices])
+        names = tuple(self.names[i] for i in indices.tolist())
+        if isinstance(self.codes, np.ndarray):
+            codes: Codes = np.ascontiguousarray(self.codes[indices])
+            image_size = self.image_size
+        else:
+            codes, image_size = join_codes(
+                [self.codes[i] for i in indices.tolist()], sizes, self.downsample
+            )
+        return dataclasses.replace(
+            self, codes=codes, names=names, sizes=sizes, image_size=image_size
+        )
 
     def header(self) -> dict[str, Any]:
-        header = {
+        stage_axis = self.stage_axis
+        header: dict[str, Any] = {
             "format": FORMAT,
-            "version": STAGED_VERSION if self.codes.ndim == 4 else self.version,
+            "version": STAGED_VERSION if stage_axis else self.version,
             "checkpoint": self.checkpoint,
             "num_embeddings": self.num_embeddings,
             "embedding_dim": self.embedding_dim,
             "downsample": self.downsample,
-            "image_size": list(self.image_size),
         }
-        if self.codes.ndim == 4:
+        if self.image_size is None:
+            return header | {
+                "version": MIXED_VERSION,
+                "stages": self.stages if stage_axis else None,
+            }
+        header["image_size"] = list(self.image_size)
+        if stage_axis:
             header["stages"] = self.stages
         return header
+
+
+def grids_of(sizes: np.ndarray, factor: int) -> np.ndarray:
+    """Image sizes (N, 2) -> their grids int64 (N, 2): each side padded up to a multiple of
+    `factor`, over `factor`."""
+    return -(-sizes.astype(np.int64) // factor)
+
+
+def grid_groups(grids: np.ndarray) -> list[tuple[tuple[int, int], np.ndarray]]:
+    """Grids (N, 2) -> (grid, the int64 indices of its images) for each distinct grid, in the
+    order of its first image: the order in which versions 5 and 6 code groups."""
+    distinct, first, inverse = np.unique(grids, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    return [
+        ((int(distinct[g, 0]), int(distinct[g, 1])), np.flatnonzero(inverse == g))
+        for g in np.argsort(first, kind="stable").tolist()
+    ]
+
+
+def join_codes(
+    parts: Sequence[np.ndarray], sizes: np.ndarray, factor: int
+) -> tuple[Codes, tuple[int, int] | None]:
+    """Each image's codes (h_i, w_i) or (S, h_i, w_i), and their sizes (N, 2) -> a CodeFile's
+    codes and image_size: one array and the padded size they share when every grid is the
+    same, else the tuple and None."""
+    if len({part.shape for part in parts}) == 1:
+        height, width = (int(v) for v in sizes[0])
+        return np.stack(parts), padded_size((height, width), factor)
+    return tuple(np.ascontiguousarray(part) for part in parts), None
 
 
 @dataclass(frozen=True)
@@ -225,7 +360,7 @@ def _archive_writer(
     else:
         arrays = {
             "header": np.array(json.dumps(code_file.header())),
-            "codes": np.ascontiguousarray(code_file.codes, dtype="<u2"),
+            "codes": _flat_codes(code_file.codes),
             "names": np.array(code_file.names, dtype=str).astype(
                 f"<U{max(1, max(len(n) for n in code_file.names))}"
             ),
@@ -263,57 +398,108 @@ def _deflates_within_limit(data: bytes) -> bool:
     return size < len(data) and len(data) <= MAX_DEFLATE_RATIO * size + 4096
 
 
-def codes_sha256(codes: np.ndarray) -> str:
-    """The checksum a compressed file keeps of its codes: sha256 of uint16 little-endian."""
-    return hashlib.sha256(np.ascontiguousarray(codes, dtype="<u2").tobytes()).hexdigest()
+def _flat_codes(codes: Codes) -> np.ndarray:
+    """The `codes` member of a raw file: the array itself, or for images of different grids
+    (version 5) each image's codes in C order, one image after another, uint16 (T,)."""
+    if isinstance(codes, np.ndarray):
+        return np.ascontiguousarray(codes, dtype="<u2")
+    return np.concatenate([part.reshape(-1) for part in codes]).astype("<u2")
 
 
-def _checksums(codes: np.ndarray) -> str | list[str]:
+def codes_sha256(codes: Codes) -> str:
+    """The checksum a compressed file keeps of its codes: sha256 of uint16 little-endian, of
+    each image's codes one after another (for one array, its bytes in C order)."""
+    if isinstance(codes, np.ndarray):
+        return hashlib.sha256(np.ascontiguousarray(codes, dtype="<u2").tobytes()).hexdigest()
+    digest = hashlib.sha256()
+    for part in codes:
+        digest.update(np.ascontiguousarray(part, dtype="<u2").tobytes())
+    return digest.hexdigest()
+
+
+def _checksums(code_file: CodeFile) -> str | list[str]:
     """What a compressed file keeps: the codes' sha256, or with a stage axis one per prefix of
-    stages (codes[:, :n] for n = 1..S), so a decode of the first n stages is checked too."""
-    if codes.ndim == 3:
+    stages (each image's first n stages, n = 1..S), so a decode of the first n stages is
+    checked too."""
+    codes = code_file.codes
+    if not code_file.stage_axis:
         return codes_sha256(codes)
-    return [codes_sha256(codes[:, :n]) for n in range(1, codes.shape[1] + 1)]
+    if isinstance(codes, np.ndarray):
+        return [codes_sha256(codes[:, :n]) for n in range(1, codes.shape[1] + 1)]
+    return [codes_sha256(tuple(c[:n] for c in codes)) for n in range(1, code_file.stages + 1)]
 
 
 def _compressed_arrays(
     code_file: CodeFile, prior: CodingPrior | None, on_progress: Progress | None
 ) -> dict[str, np.ndarray]:
-    codes = code_file.codes
     frequencies = None
     if prior is None:
-        frequencies = entropy.code_frequencies(codes, code_file.num_embeddings)
-        encoded = entropy.encode_unigram(codes, frequencies)
+        rows = _unigram_rows(code_file)
+        frequencies = entropy.code_frequencies(rows, code_file.num_embeddings)
+        encoded = entropy.encode_unigram(rows, frequencies)
+        words, chunk_words = encoded.words, None
     else:
-        grid = (codes.shape[-2], codes.shape[-1])
-        entropy.check_prior(
-            prior, code_file.checkpoint, code_file.num_embeddings, grid, code_file.stages
-        )
-        if prior.exact is None:
-            raise ValueError("the prior has no exact coding model to code with")
-        encoded = entropy.encode_with_prior(codes, prior.exact, on_progress)
-    staged = codes.ndim == 4
+        words, chunk_words = _encode_groups(code_file, prior, on_progress)
+    if code_file.mixed:
+        version = MIXED_COMPRESSED_VERSION
+    else:
+        version = STAGED_COMPRESSED_VERSION if code_file.stage_axis else COMPRESSED_VERSION
     header = code_file.header() | {
-        "version": STAGED_COMPRESSED_VERSION if staged else COMPRESSED_VERSION,
+        "version": version,
         "coding": "unigram" if prior is None else "exact",
         "prior": None if prior is None else prior.fingerprint,
         "images": len(code_file.names),
-        "words": len(encoded.words),
-        "codes_sha256": _checksums(codes),
+        "words": len(words),
+        "codes_sha256": _checksums(code_file),
     }
     if prior is not None:
         header |= {"coding_model": prior.exact_fingerprint, "chunk": entropy.EXACT_CHUNK}
     arrays = {
         "header": np.frombuffer(json.dumps(header).encode(), np.uint8),
-        "stream": np.ascontiguousarray(encoded.words, dtype="<u4"),
+        "stream": np.ascontiguousarray(words, dtype="<u4"),
         "names": np.frombuffer(pack_names(code_file.names).encode(), np.uint8),
         "sizes": np.ascontiguousarray(size_runs(code_file.sizes), dtype="<i4"),
     }
     if frequencies is not None:
         arrays["frequencies"] = np.ascontiguousarray(frequencies, dtype="<u4")
-    if encoded.chunk_words is not None:
-        arrays["chunks"] = np.ascontiguousarray(encoded.chunk_words, dtype="<u4")
+    if chunk_words is not None:
+        arrays["chunks"] = np.ascontiguousarray(chunk_words, dtype="<u4")
     return arrays
+
+
+def _unigram_rows(code_file: CodeFile) -> np.ndarray:
+    """The codes as the unigram coder takes them: the file's own array, or for images of
+    different grids each stage's codes of every image one after another as one long row,
+    (1, S, 1, T) with a stage axis, else (1, 1, T): the same symbols in the same order."""
+    codes = code_file.codes
+    if isinstance(codes, np.ndarray):
+        return codes
+    if not code_file.stage_axis:
+        return np.concatenate([part.reshape(-1) for part in codes])[None, None]
+    rows = [np.concatenate([part[s].reshape(-1) for part in codes]) for s in range(len(codes[0]))]
+    return np.stack(rows)[None, :, None]
+
+
+def _encode_groups(
+    code_file: CodeFile, prior: CodingPrior, on_progress: Progress | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Words and chunk lengths of the exact coding: each grid's images coded as a stream of
+    chunks of their own (all of them when they share one grid), group after group."""
+    groups = code_file.groups()
+    for group in groups:  # every group refused or accepted before any is coded
+        entropy.check_prior(
+            prior, code_file.checkpoint, code_file.num_embeddings, group.grid, code_file.stages
+        )
+    if prior.exact is None:
+        raise ValueError("the prior has no exact coding model to code with")
+    words, chunk_words = [], []
+    progress = progress_parts([len(group.indices) for group in groups], on_progress)
+    for group, callback in zip(groups, progress, strict=True):
+        encoded = entropy.encode_with_prior(group.codes, prior.exact, callback)
+        assert encoded.chunk_words is not None  # prior coding always codes in chunks
+        words.append(encoded.words)
+        chunk_words.append(encoded.chunk_words)
+    return np.concatenate(words), np.concatenate(chunk_words)
 
 
 _NUMBERED = re.compile(r"(.*?)([0-9]+)", re.DOTALL)
@@ -474,9 +660,12 @@ def check_stages(
 
 def _first_stages(code_file: CodeFile, stages: int | None, path: Source) -> CodeFile:
     check_stages(stages, code_file.stages, path)
-    if stages is None or code_file.codes.ndim == 3 or stages == code_file.stages:
+    if stages is None or not code_file.stage_axis or stages == code_file.stages:
         return code_file
-    return dataclasses.replace(code_file, codes=np.ascontiguousarray(code_file.codes[:, :stages]))
+    codes = code_file.codes
+    if isinstance(codes, tuple):
+        return dataclasses.replace(code_file, codes=tuple(c[:stages].copy() for c in codes))
+    return dataclasses.replace(code_file, codes=np.ascontiguousarray(codes[:, :stages]))
 
 
 def pick_images(
@@ -484,7 +673,8 @@ def pick_images(
 ) -> CodeFile:
     """The images whose names match the glob `pattern` (fnmatch, case-sensitive: `*` crosses
     '/', so 'cat/*' is a class), then the first `first` of those; UsageError (exit 2) for a
-    pattern that matches nothing or a count that is not 1..what is there."""
+    pattern that matches nothing or a count that is not 1..what is there. Images picked from
+    a file of several grids that share one come back as one array (CodeFile.take)."""
     n = len(code_file.names)
     kept = np.arange(n)
     if pattern is not None:
@@ -510,12 +700,7 @@ def pick_images(
         kept = kept[:first]
     if kept.size == n:
         return code_file
-    return dataclasses.replace(
-        code_file,
-        codes=np.ascontiguousarray(code_file.codes[kept]),
-        names=tuple(code_file.names[i] for i in kept.tolist()),
-        sizes=np.ascontiguousarray(code_file.sizes[kept]),
-    )
+    return code_file.take(kept)
 
 
 @dataclass(frozen=True)
@@ -524,12 +709,12 @@ class CodeSummary:
     `read_codes` does, but a prior-coded stream is not decoded (that needs the prior)."""
 
     version: int
-    coding: str  # "raw" (versions 1 and 3), "unigram", "exact" or "prior" (versions 2 and 4)
+    coding: str  # "raw" (versions 1, 3, 5), "unigram", "exact" or "prior" (versions 2, 4, 6)
     checkpoint: str  # fingerprint of the VQ checkpoint whose model made the codes
     prior: str | None  # fingerprint of the prior that coded the stream ("prior" coding only)
     images: int  # N
     size_counts: tuple[tuple[int, int, int], ...]  # (height, width, images) per size, by first use
-    image_size: tuple[int, int]  # (H, W) every image is padded to
+    image_size: tuple[int, int] | None  # (H, W) every image is padded to; None when they differ
     num_embeddings: int  # K
     embedding_dim: int  # D
     file_bytes: int
@@ -537,14 +722,26 @@ class CodeSummary:
     first_name: str
     last_name: str
     stream_checked: bool  # False for a prior-coded stream: decoding it with its prior checks it
-    stages: int = 1  # residual stages stored (versions 3 and 4)
+    stages: int = 1  # residual stages stored (versions 3 and 4, 5 and 6 with a stage axis)
     coding_model: str | None = None  # fingerprint of the exact coding model ("exact" only)
     downsample: int = DOWNSAMPLE  # image sides per code grid side
 
     @property
-    def grid(self) -> tuple[int, int]:
-        """(h, w): codes per image."""
+    def grid(self) -> tuple[int, int] | None:
+        """(h, w): codes per image, per stage; None when the images' grids differ."""
+        if self.image_size is None:
+            return None
         return self.image_size[0] // self.downsample, self.image_size[1] // self.downsample
+
+    def grid_of(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w): the codes of an image of `height` x `width` pixels, per stage."""
+        return -(-height // self.downsample), -(-width // self.downsample)
+
+    @property
+    def codes_per_image(self) -> float:
+        """Codes per image, per stage: h * w, or their mean when the images' grids differ."""
+        total = sum(math.prod(self.grid_of(h, w)) * n for h, w, n in self.size_counts)
+        return total / self.images
 
     @property
     def bits_per_image(self) -> float:
@@ -557,11 +754,13 @@ class CodeSummary:
 
     @property
     def uniform_bits_per_image(self) -> float:
-        """h * w * log2 K: every code coded as one of K equally likely ones."""
-        return self.stages * self.grid[0] * self.grid[1] * math.log2(self.num_embeddings)
+        """S * h * w * log2 K (the mean over the images when their grids differ): every code
+        coded as one of K equally likely ones."""
+        return self.stages * self.codes_per_image * math.log2(self.num_embeddings)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON data; sizes as named height and width, never a bare pair."""
+        grid, padded = self.grid, self.image_size
         return {
             "format": FORMAT,
             "version": self.version,
@@ -572,10 +771,16 @@ class CodeSummary:
             "images": self.images,
             "stages": self.stages,
             "sizes": [
-                {"height": h, "width": w, "images": count} for h, w, count in self.size_counts
+                {
+                    "height": h,
+                    "width": w,
+                    "images": count,
+                    "codes_per_image": _hw(self.grid_of(h, w)),
+                }
+                for h, w, count in self.size_counts
             ],
-            "padded_size": {"height": self.image_size[0], "width": self.image_size[1]},
-            "codes_per_image": {"height": self.grid[0], "width": self.grid[1]},
+            "padded_size": None if padded is None else _hw(padded),
+            "codes_per_image": None if grid is None else _hw(grid),
             "num_embeddings": self.num_embeddings,
             "embedding_dim": self.embedding_dim,
             "file_bytes": self.file_bytes,
@@ -587,6 +792,10 @@ class CodeSummary:
             "last_name": self.last_name,
             "stream_checked": self.stream_checked,
         }
+
+
+def _hw(size: tuple[int, int]) -> dict[str, int]:
+    return {"height": size[0], "width": size[1]}
 
 
 def describe_codes(path: Source) -> CodeSummary:
@@ -603,14 +812,10 @@ def describe_codes(path: Source) -> CodeSummary:
             code_file = _from_compressed(arrays, path, None, None)
         names, sizes, checked = list(code_file.names), code_file.sizes, True
     else:
-        header = _checked_header(arrays, path)
-        _check_compressed_header(header, arrays, path)
-        n = header["images"]
-        image_size = (header["image_size"][0], header["image_size"][1])
-        names = _unpacked_names(arrays["names"], n, path)
-        factor = header["downsample"]
-        sizes, checked = _unpacked_sizes(arrays["sizes"], n, image_size, path, factor), False
+        layout = _compressed_layout(_checked_header(arrays, path), arrays, path)
+        names, sizes, checked = layout.names, layout.sizes, False
     header = _header(arrays["header"], path)
+    image_size = None if header["version"] in MIXED_VERSIONS else header["image_size"]
     counts: dict[tuple[int, int], int] = {}
     for height, width in sizes.tolist():
         counts[(height, width)] = counts.get((height, width), 0) + 1
@@ -622,7 +827,7 @@ def describe_codes(path: Source) -> CodeSummary:
         prior=header.get("prior"),
         images=len(names),
         size_counts=tuple((h, w, count) for (h, w), count in counts.items()),
-        image_size=(header["image_size"][0], header["image_size"][1]),
+        image_size=None if image_size is None else (image_size[0], image_size[1]),
         num_embeddings=header["num_embeddings"],
         embedding_dim=header["embedding_dim"],
         file_bytes=_file_size(path),
@@ -630,7 +835,7 @@ def describe_codes(path: Source) -> CodeSummary:
         first_name=names[0],
         last_name=names[-1],
         stream_checked=checked,
-        stages=int(header.get("stages", 1)),
+        stages=int(header.get("stages") or 1),
         coding_model=header.get("coding_model"),
         downsample=header["downsample"],
     )
@@ -806,14 +1011,13 @@ def _header(array: np.ndarray, path: Source) -> dict[str, Any]:
         )
     version = header.get("version")
     if version not in (*RAW_VERSIONS, *COMPRESSED_VERSIONS) or isinstance(version, bool):
+        newest = max(*RAW_VERSIONS, *COMPRESSED_VERSIONS)
         raise WorkError(
-            f"unsupported code file version {str(version)[:20]} (this vqtool reads 1 to 4)",
+            f"unsupported code file version {str(version)[:20]} (this vqtool reads 1 to {newest})",
             path,
             "use the vqtool version that wrote it, or encode the images again",
         )
-    keys = HEADER_KEYS if version in RAW_VERSIONS else COMPRESSED_KEYS
-    if version in (STAGED_VERSION, STAGED_COMPRESSED_VERSION):
-        keys = (*keys, "stages")
+    keys = header_keys(version, header.get("coding"))
     coding = header.get("coding")
     if version in COMPRESSED_VERSIONS and isinstance(coding, str) and coding not in CODINGS:
         raise WorkError(
@@ -822,15 +1026,27 @@ def _header(array: np.ndarray, path: Source) -> dict[str, Any]:
             path,
             "decode it with the vqtool version that wrote it",
         )
-    if version in COMPRESSED_VERSIONS and header.get("coding") == "exact":
-        keys = (*keys, *EXACT_KEYS)
     if sorted(header) != sorted(keys):
         raise _damaged(f"the header's keys are {sorted(header)[:10]}", path)
-    if "stages" in header and not _int(header["stages"], 1, MAX_STAGES):
+    # versions 5 and 6 always name stages: null for codes without a stage axis
+    no_axis = version in MIXED_VERSIONS and header["stages"] is None
+    if "stages" in header and not (no_axis or _int(header["stages"], 1, MAX_STAGES)):
         raise _damaged(f"the header's stages is not an integer in 1..{MAX_STAGES}", path)
     if utf8 != (version in COMPRESSED_VERSIONS):
         raise _damaged(f"a version {version} header stored as {array.dtype}", path)
     return header
+
+
+def header_keys(version: int, coding: Any = None) -> tuple[str, ...]:
+    """The keys a header of `version` (and, compressed, `coding`) holds, no more and no fewer."""
+    keys: tuple[str, ...] = HEADER_KEYS if version in RAW_VERSIONS else COMPRESSED_KEYS
+    if version in (STAGED_VERSION, STAGED_COMPRESSED_VERSION, *MIXED_VERSIONS):
+        keys = (*keys, "stages")
+    if version in MIXED_VERSIONS:  # each image's grid is its own size's
+        keys = tuple(key for key in keys if key != "image_size")
+    if version in COMPRESSED_VERSIONS and coding == "exact":
+        keys = (*keys, *EXACT_KEYS)
+    return keys
 
 
 def _int(value: Any, low: int, high: int) -> bool:
@@ -839,8 +1055,13 @@ def _int(value: Any, low: int, high: int) -> bool:
 
 def _from_arrays(arrays: dict[str, np.ndarray], path: Source) -> CodeFile:
     header = _checked_header(arrays, path)
-    image_size = header["image_size"]
-    codes, names, sizes = arrays["codes"], arrays["names"], arrays["sizes"]
+    names, sizes = arrays["names"], arrays["sizes"]
+    codes: Codes = arrays["codes"]
+    image_size = None
+    if header["version"] == MIXED_VERSION:
+        codes = _split_codes(arrays["codes"], sizes, header, path)
+    else:
+        image_size = (header["image_size"][0], header["image_size"][1])
     code_file = CodeFile(
         codes=codes,
         names=tuple(str(n) for n in names.reshape(-1)) if names.dtype.kind == "U" else (),
@@ -848,17 +1069,58 @@ def _from_arrays(arrays: dict[str, np.ndarray], path: Source) -> CodeFile:
         checkpoint=header["checkpoint"],
         num_embeddings=header["num_embeddings"],
         embedding_dim=header["embedding_dim"],
-        image_size=(image_size[0], image_size[1]),
+        image_size=image_size,
         downsample=header["downsample"],
         version=header["version"],
     )
-    # a version 1 header (no "stages") means codes without a stage axis: 0 stages to check
-    _validate(code_file, path, names.dtype, names.ndim, header.get("stages", 0))
+    # a header without "stages" (version 1), or with null (version 5), means codes without a
+    # stage axis: 0 stages to check
+    _validate(code_file, path, names.dtype, names.ndim, header.get("stages") or 0)
     return code_file
 
 
+def _split_codes(
+    flat: np.ndarray, sizes: np.ndarray, header: dict[str, Any], path: Source
+) -> tuple[np.ndarray, ...]:
+    """A version 5 `codes` member (T,) -> each image's codes, by the grids of its `sizes`."""
+    if flat.dtype != np.uint16 or flat.ndim != 1:
+        raise _damaged(
+            f"codes must be 1-d uint16 in version 5, got {flat.dtype} {flat.shape}", path
+        )
+    grids = _mixed_grids(sizes, header["downsample"], path)
+    stages = header["stages"]
+    per_stage = [(h, w) for h, w in grids.tolist()]
+    shapes = per_stage if stages is None else [(stages, h, w) for h, w in per_stage]
+    counts = np.array([math.prod(shape) for shape in shapes], np.int64)
+    if int(counts.sum()) != flat.size:
+        raise _damaged(
+            f"the codes hold {flat.size:,} codes, the images' sizes call for {int(counts.sum()):,}",
+            path,
+        )
+    parts = np.split(flat, np.cumsum(counts)[:-1])
+    return tuple(part.reshape(shape) for part, shape in zip(parts, shapes, strict=True))
+
+
+def _mixed_grids(sizes: np.ndarray, factor: int, path: Source) -> np.ndarray:
+    """The grids (N, 2) of a version 5 or 6 file's image sizes (N, 2), each size checked:
+    sides of at least 1, padded within MAX_IMAGE_PIXELS, more than one grid among them."""
+    if sizes.dtype != np.int32 or sizes.ndim != 2 or sizes.shape[1:] != (2,) or not len(sizes):
+        raise _damaged(f"sizes must be int32 (N, 2), got {sizes.dtype} {sizes.shape}", path)
+    if int(sizes.min()) < 1:
+        raise _damaged("an image size has a side of less than 1 pixel", path)
+    grids = grids_of(sizes, factor)
+    if int((grids.prod(1) * factor * factor).max()) > MAX_IMAGE_PIXELS:
+        raise _damaged(f"an image size is larger than {MAX_IMAGE_PIXELS:,} pixels", path)
+    if len(np.unique(grids, axis=0)) < 2:
+        raise _damaged(
+            "a file of images of different grids (version 5 or 6) whose images share one grid",
+            path,
+        )
+    return grids
+
+
 def _checked_header(arrays: dict[str, np.ndarray], path: Source) -> dict[str, Any]:
-    """The header, its fields common to both versions checked, its version matching the
+    """The header, its fields common to every version checked, its version matching the
     members (a stream or codes)."""
     header = _header(arrays["header"], path)
     if (header["version"] in COMPRESSED_VERSIONS) != ("stream" in arrays):
@@ -873,6 +1135,8 @@ def _checked_header(arrays: dict[str, np.ndarray], path: Source) -> dict[str, An
     factor = header["downsample"]
     if factor not in DOWNSAMPLES or isinstance(factor, bool):
         raise _damaged("the header's downsample is not one of 2, 4, 8, 16", path)
+    if header["version"] in MIXED_VERSIONS:
+        return header
     image_size = header["image_size"]
     if not (
         isinstance(image_size, list)
@@ -884,6 +1148,44 @@ def _checked_header(arrays: dict[str, np.ndarray], path: Source) -> dict[str, An
     return header
 
 
+class _Layout(NamedTuple):
+    """What a compressed file's header and sizes say its stream holds."""
+
+    names: list[str]
+    sizes: np.ndarray  # int32 (N, 2)
+    grids: np.ndarray  # int64 (N, 2)
+    image_size: tuple[int, int] | None  # None for images of different grids (version 6)
+    stored: int | None  # the header's stages: None without a stage axis
+
+
+def _compressed_layout(
+    header: dict[str, Any], arrays: dict[str, np.ndarray], path: Source
+) -> _Layout:
+    """A compressed file's names and sizes, checked against its header, and for the exact
+    and prior codings its chunks against the groups of images its sizes make."""
+    _check_compressed_header(header, arrays, path)
+    n, factor, stored = header["images"], header["downsample"], header.get("stages")
+    names = _unpacked_names(arrays["names"], n, path)
+    image_size = None
+    if header["version"] != MIXED_COMPRESSED_VERSION:
+        image_size = (header["image_size"][0], header["image_size"][1])
+    sizes = _unpacked_sizes(arrays["sizes"], n, image_size, path, factor)
+    grids = grids_of(sizes, factor)
+    if image_size is None:
+        grids = _mixed_grids(sizes, factor, path)
+        if int(grids.prod(1).sum()) * (stored or 1) > MAX_COMPRESSED_CODES:
+            raise _damaged("the images' sizes call for more codes than a file can hold", path)
+    if header["coding"] in PREDICTED:
+        counts = [len(indices) for _, indices in grid_groups(grids)]
+        _check_chunks(arrays["chunks"], counts, len(arrays["stream"]), path, _chunk_of(header))
+    return _Layout(names, sizes, grids, image_size, stored)
+
+
+def _chunk_of(header: dict[str, Any]) -> int:
+    """Images per chunk: the exact coding's header says; the float prior's was CHUNK."""
+    return int(header.get("chunk", entropy.CHUNK))
+
+
 def _from_compressed(
     arrays: dict[str, np.ndarray],
     path: Source,
@@ -891,67 +1193,115 @@ def _from_compressed(
     on_progress: Progress | None,
     stages: int | None = None,
 ) -> CodeFile:
-    """A version 2 or 4 file: every count checked against the members, then the stream (its
-    first `stages` stages) decoded and checked against the codes' checksum."""
+    """A version 2, 4 or 6 file: every count checked against the members, then the stream
+    (its first `stages` stages) decoded and checked against the codes' checksum."""
     header = _checked_header(arrays, path)
-    _check_compressed_header(header, arrays, path)
-    coding, n, k = header["coding"], header["images"], header["num_embeddings"]
-    image_size = (header["image_size"][0], header["image_size"][1])
-    factor = header["downsample"]
-    grid = (image_size[0] // factor, image_size[1] // factor)
-    stored = header.get("stages")
-    check_stages(stages, 1 if stored is None else stored, path)
-    shape = (n, *grid) if stored is None else (n, stored, *grid)
     # Names and sizes before the stream: a prior's decode takes a while.
-    names = _unpacked_names(arrays["names"], n, path)
-    sizes = _unpacked_sizes(arrays["sizes"], n, image_size, path, factor)
+    layout = _compressed_layout(header, arrays, path)
+    coding, k, stored = header["coding"], header["num_embeddings"], layout.stored
+    check_stages(stages, 1 if stored is None else stored, path)
     try:
         if coding == "unigram":
-            frequencies = _checked_frequencies(
-                arrays["frequencies"], k, math.prod(shape), path, stored
-            )
-            codes = entropy.decode_unigram(arrays["stream"], frequencies, shape, stages)
+            codes = _decode_unigram(arrays, layout, k, stages, path)
         else:
-            model = _prior_for(header, prior, path)
-            codes = entropy.decode_with_prior(
-                arrays["stream"],
-                arrays["chunks"],
-                model,
-                shape,
-                on_progress,
-                stages=stages,
-                chunk_size=header.get("chunk", entropy.CHUNK),
-            )
+            model = _prior_for(header, prior, path, layout.grids)
+            codes = _decode_groups(arrays, layout, model, on_progress, stages, _chunk_of(header))
     except StreamError as exc:
         raise _undecodable(coding, str(exc), path) from exc
-    # every prefix decoded is checked: a full decode vouches for the digests a later
-    # decode of fewer stages relies on
-    digests = [header["codes_sha256"]] if stored is None else header["codes_sha256"]
-    decoded = [codes] if stored is None else [codes[:, :m] for m in range(1, codes.shape[1] + 1)]
-    if any(codes_sha256(c) != d for c, d in zip(decoded, digests, strict=False)):
-        raise _undecodable(coding, "the decoded codes do not match the file's checksum", path)
     code_file = CodeFile(
         codes=codes,
-        names=tuple(names),
-        sizes=sizes,
+        names=tuple(layout.names),
+        sizes=layout.sizes,
         checkpoint=header["checkpoint"],
         num_embeddings=k,
         embedding_dim=header["embedding_dim"],
-        image_size=image_size,
+        image_size=layout.image_size,
         downsample=header["downsample"],
     )
+    # every prefix decoded is checked: a full decode vouches for the digests a later
+    # decode of fewer stages relies on
+    digests = [header["codes_sha256"]] if stored is None else header["codes_sha256"]
+    decoded = _checksums(code_file)
+    if any(a != b for a, b in zip([decoded] if stored is None else decoded, digests, strict=False)):
+        raise _undecodable(coding, "the decoded codes do not match the file's checksum", path)
     _validate(code_file, path)
     return code_file
+
+
+def _decode_unigram(
+    arrays: dict[str, np.ndarray], layout: _Layout, k: int, stages: int | None, path: Source
+) -> Codes:
+    """The codes of a unigram stream (their first `stages` stages)."""
+    stored, grids = layout.stored, layout.grids
+    if layout.image_size is None:  # every image's codes as one long row (_unigram_rows)
+        row = int(grids.prod(1).sum())
+        shape: tuple[int, ...] = (1, 1, row) if stored is None else (1, stored, 1, row)
+    else:
+        grid = (int(grids[0, 0]), int(grids[0, 1]))
+        n = len(grids)
+        shape = (n, *grid) if stored is None else (n, stored, *grid)
+    frequencies = _checked_frequencies(arrays["frequencies"], k, math.prod(shape), path, stored)
+    codes = entropy.decode_unigram(arrays["stream"], frequencies, shape, stages)
+    if layout.image_size is not None:
+        return codes
+    rows = codes[0, 0] if stored is None else codes[0, :, 0]  # (T,) or (S', T)
+    ends = np.cumsum(grids.prod(1))
+    parts = np.split(rows, ends[:-1], axis=-1)
+    return tuple(
+        part.reshape(*part.shape[:-1], h, w).copy()
+        for part, (h, w) in zip(parts, grids.tolist(), strict=True)
+    )
+
+
+def _decode_groups(
+    arrays: dict[str, np.ndarray],
+    layout: _Layout,
+    model: Any,
+    on_progress: Progress | None,
+    stages: int | None,
+    chunk: int,
+) -> Codes:
+    """The codes of an exact or prior stream: each grid's images decoded from their own
+    chunks, group after group (one group for images of one grid)."""
+    stream, chunk_words, stored = arrays["stream"], arrays["chunks"], layout.stored
+    groups = grid_groups(layout.grids)
+    sizes = [len(indices) for _, indices in groups]
+    progress = progress_parts([len(i) for _, i in groups], on_progress)
+    parts: list[np.ndarray] = [np.empty(0, np.uint16)] * len(layout.grids)
+    first_chunk, first_word = 0, 0
+    decoded = []
+    for (grid, indices), n, callback in zip(groups, sizes, progress, strict=True):
+        count = -(-n // chunk)
+        words = chunk_words[first_chunk : first_chunk + count]
+        end = first_word + int(words.sum(dtype=np.uint64))
+        shape = (n, *grid) if stored is None else (n, stored, *grid)
+        codes = entropy.decode_with_prior(
+            stream[first_word:end], words, model, shape, callback, stages=stages, chunk_size=chunk
+        )
+        decoded.append(codes)
+        for i, image in zip(indices.tolist(), codes, strict=True):
+            parts[i] = image
+        first_chunk, first_word = first_chunk + count, end
+    if layout.image_size is not None:
+        return decoded[0]
+    return tuple(parts)
 
 
 def _check_compressed_header(
     header: dict[str, Any], arrays: dict[str, np.ndarray], path: Source
 ) -> None:
-    """The keys only a version 2 header has, against the members."""
-    coding, n = header["coding"], header["images"]
-    codes_per_image = header["image_size"][0] * header["image_size"][1] // header["downsample"] ** 2
+    """The keys only a compressed header has, against the members."""
+    coding, n, stored = header["coding"], header["images"], header.get("stages")
+    if header["version"] in MIXED_VERSIONS:
+        codes_per_image = 1  # the sizes tell; checked once they are read
+    else:
+        image_size, factor = header["image_size"], header["downsample"]
+        codes_per_image = image_size[0] * image_size[1] // factor**2
     if coding not in CODINGS:
         raise _damaged(f"unknown coding {str(coding)[:20]!r}", path)
+    if coding == "prior" and header["version"] in MIXED_VERSIONS:
+        # the float prior's coding was retired before version 6 existed
+        raise _damaged("a version 6 file coded with the float prior, which none is", path)
     if coding == "prior" and sorted(arrays) == sorted(COMPRESSED_MEMBERS):
         raise WorkError(
             "coded with an earlier vqtool's prior coding (one stream, no chunks), which this "
@@ -976,7 +1326,6 @@ def _check_compressed_header(
             raise _damaged(f"the header's chunk is not an integer in 1..{MAX_CHUNK}", path)
     if coding == "unigram" and fingerprint is not None:
         raise _damaged("a unigram file names a prior", path)
-    stored = header.get("stages")
     if not _int(n, 1, MAX_COMPRESSED_CODES // (codes_per_image * (stored or 1))):
         raise _damaged("the header's images is not a count the file can hold", path)
     digests = header["codes_sha256"]
@@ -995,25 +1344,33 @@ def _check_compressed_header(
             f"the header says {str(header['words'])[:20]} words, the stream holds {len(stream)}",
             path,
         )
-    if coding in PREDICTED:
-        chunk = header.get("chunk", entropy.CHUNK)
-        _check_chunks(arrays["chunks"], n, len(stream), path, chunk)
 
 
 def _check_chunks(
-    chunk_words: np.ndarray, n: int, words: int, path: Source, chunk: int = entropy.CHUNK
+    chunk_words: np.ndarray, counts: Sequence[int], words: int, path: Source, chunk: int
 ) -> None:
-    """The chunk lengths of a prior-coded stream: uint32, one per `chunk` images, summing to
-    the stream's words (entropy.chunk_spans), before any decoding."""
-    expected = -(-n // chunk)
+    """The chunk lengths of a prior-coded stream: uint32, one per `chunk` images of each group
+    of `counts` images, each group's summing to its part of the stream and all to the
+    stream's words (entropy.chunk_spans), before any decoding."""
+    expected = sum(-(-n // chunk) for n in counts)
+    n = sum(counts)
     if chunk_words.dtype != np.uint32 or chunk_words.shape != (expected,):
         raise _damaged(
             f"chunks must be uint32 ({expected},) for {n} images, got {chunk_words.dtype} "
             f"{chunk_words.shape}",
             path,
         )
+    if len(counts) == 1:
+        groups = [(chunk_words, words)]
+    else:
+        total = int(chunk_words.sum(dtype=np.uint64))
+        if total != words:
+            raise _damaged(f"the chunks add up to {total} words, the stream holds {words}", path)
+        ends = np.cumsum([-(-n // chunk) for n in counts])[:-1].tolist()
+        groups = [(part, int(part.sum(dtype=np.uint64))) for part in np.split(chunk_words, ends)]
     try:
-        entropy.chunk_spans(chunk_words, n, words, chunk)
+        for (part, part_words), images in zip(groups, counts, strict=True):
+            entropy.chunk_spans(part, images, part_words, chunk)
     except StreamError as exc:
         raise _damaged(str(exc), path) from exc
 
@@ -1048,18 +1405,21 @@ def _unpacked_names(array: np.ndarray, n: int, path: Source) -> list[str]:
 
 
 def _unpacked_sizes(
-    runs: np.ndarray, n: int, image_size: tuple[int, int], path: Source, factor: int
+    runs: np.ndarray, n: int, image_size: tuple[int, int] | None, path: Source, factor: int
 ) -> np.ndarray:
+    """Size runs (R, 3) -> sizes int32 (N, 2); each must pad to `image_size` when there is
+    one (versions 2 and 4; version 6's are checked by _mixed_grids)."""
     if runs.dtype != np.int32 or runs.ndim != 2 or runs.shape[1] != 3 or len(runs) > n:
         raise _damaged(f"sizes must be int32 runs (R, 3), got {runs.dtype} {runs.shape}", path)
     counts = runs[:, 0].astype(np.int64)
     if (counts < 1).any() or int(counts.sum()) != n:
         raise _damaged(f"the size runs do not count {n} images", path)
-    for _, height, width in runs.tolist():
-        if min(height, width) < 1 or padded_size((height, width), factor) != image_size:
-            raise _damaged(
-                f"size {height}x{width} (HxW) does not pad to the header's image_size", path
-            )
+    if image_size is not None:
+        for _, height, width in runs.tolist():
+            if min(height, width) < 1 or padded_size((height, width), factor) != image_size:
+                raise _damaged(
+                    f"size {height}x{width} (HxW) does not pad to the header's image_size", path
+                )
     return np.repeat(runs[:, 1:], counts, axis=0)
 
 
@@ -1079,9 +1439,11 @@ def _checked_frequencies(
     return frequencies
 
 
-def _prior_for(header: dict[str, Any], prior: CodingPrior | None, path: Source) -> Any:
-    """The model of `prior`, when it is the one the file was compressed with (else
-    UsageError: exit 2)."""
+def _prior_for(
+    header: dict[str, Any], prior: CodingPrior | None, path: Source, grids: np.ndarray
+) -> Any:
+    """The model of `prior`, when it is the one the file was compressed with and codes the
+    images' grids (else UsageError: exit 2)."""
     wanted = header["prior"]
     if prior is None:
         raise UsageError(
@@ -1096,10 +1458,9 @@ def _prior_for(header: dict[str, Any], prior: CodingPrior | None, path: Source) 
             path,
             "pass the prior it was compressed with",
         )
-    factor = header["downsample"]
-    grid = (header["image_size"][0] // factor, header["image_size"][1] // factor)
     stages = header.get("stages") or 1
-    entropy.check_prior(prior, header["checkpoint"], header["num_embeddings"], grid, stages)
+    for grid, _ in grid_groups(grids):
+        entropy.check_prior(prior, header["checkpoint"], header["num_embeddings"], grid, stages)
     if header["coding"] == "prior":
         return prior.model
     wanted = header["coding_model"]
@@ -1125,10 +1486,60 @@ def _validate(
     without a stage axis; None for a CodeFile made in memory, either kind), every index < K,
     sizes, names."""
     codes, sizes = code_file.codes, code_file.sizes
-    n = codes.shape[0] if codes.ndim else 0
     factor = code_file.downsample
     if factor not in DOWNSAMPLES or isinstance(factor, bool):
         raise _damaged(f"downsample {str(factor)[:20]} is not one of 2, 4, 8, 16", path)
+    if isinstance(codes, tuple):
+        n = len(codes)
+        _validate_parts(code_file, path, stages)
+        largest = max((int(part.max()) for part in codes if part.size), default=0)
+    else:
+        n = codes.shape[0] if codes.ndim else 0
+        _validate_array(code_file, path, stages)
+        largest = int(codes.max()) if codes.size else 0
+    if n == 0:
+        raise _damaged("the file holds no images", path)
+    if largest >= code_file.num_embeddings:
+        raise _damaged(f"code {largest} is not below K={code_file.num_embeddings}", path)
+    if (names_dtype is not None and names_dtype.kind != "U") or names_ndim != 1:
+        raise _damaged(f"names must be a 1-d unicode array, got {names_dtype}", path)
+    if len(code_file.names) != n:
+        raise _damaged(f"{len(code_file.names)} names for {n} images", path)
+    for name in code_file.names:
+        problem = name_problem(name)
+        if problem is not None:
+            raise _damaged(f"the file holds {problem}", path)
+    if sizes.dtype.kind != "i" or sizes.dtype.itemsize != 4 or sizes.shape != (n, 2):
+        raise _damaged(f"sizes must be int32 ({n}, 2), got {sizes.dtype} {sizes.shape}", path)
+    if code_file.image_size is None:
+        if int(sizes.min()) < 1:
+            raise _damaged("an image size has a side of less than 1 pixel", path)
+        grids = grids_of(sizes, factor)
+        for i, part in enumerate(codes):
+            if part.shape[-2:] != tuple(grids[i]):
+                raise _damaged(
+                    f"image {i}'s codes are {part.shape[-2]}x{part.shape[-1]}, its size "
+                    f"{sizes[i, 0]}x{sizes[i, 1]} (HxW) pads to {grids[i, 0]}x{grids[i, 1]} codes",
+                    path,
+                )
+        return
+    for row in np.unique(sizes, axis=0):
+        size = (int(row[0]), int(row[1]))
+        if min(size) < 1 or padded_size(size, factor) != code_file.image_size:
+            raise _damaged(
+                f"size {size[0]}x{size[1]} (HxW) does not pad to the header's "
+                f"{code_file.image_size[0]}x{code_file.image_size[1]}",
+                path,
+            )
+
+
+def _validate_array(code_file: CodeFile, path: Source, stages: int | None) -> None:
+    """Codes of one grid: uint16 (N, h, w) or (N, S, h, w) of the image_size's grid."""
+    codes = code_file.codes
+    assert isinstance(codes, np.ndarray)
+    if code_file.image_size is None:
+        raise _damaged("codes in one array, but no image_size they share", path)
+    factor = code_file.downsample
     h, w = code_file.image_size[0] // factor, code_file.image_size[1] // factor
     if codes.dtype.kind != "u" or codes.dtype.itemsize != 2:
         raise _damaged(f"codes must be uint16, got {codes.dtype}", path)
@@ -1145,25 +1556,33 @@ def _validate(
             raise _damaged(f"codes have shape {codes.shape}, expected (N, S, {h}, {w})", path)
     elif codes.ndim != 3 or codes.shape[1:] != (h, w):
         raise _damaged(f"codes have shape {codes.shape}, expected (N, {h}, {w})", path)
-    if n == 0:
+
+
+def _validate_parts(code_file: CodeFile, path: Source, stages: int | None) -> None:
+    """Codes of images of different grids: a tuple of uint16 (h_i, w_i), or (S, h_i, w_i) with
+    one S, more than one grid among them, and no image_size."""
+    codes = code_file.codes
+    assert isinstance(codes, tuple)
+    if code_file.image_size is not None:
+        raise _damaged("codes image by image, but an image_size every image shares", path)
+    if not codes:
         raise _damaged("the file holds no images", path)
-    if int(codes.max()) >= code_file.num_embeddings:
-        raise _damaged(f"code {int(codes.max())} is not below K={code_file.num_embeddings}", path)
-    if (names_dtype is not None and names_dtype.kind != "U") or names_ndim != 1:
-        raise _damaged(f"names must be a 1-d unicode array, got {names_dtype}", path)
-    if len(code_file.names) != n:
-        raise _damaged(f"{len(code_file.names)} names for {n} images", path)
-    for name in code_file.names:
-        problem = name_problem(name)
-        if problem is not None:
-            raise _damaged(f"the file holds {problem}", path)
-    if sizes.dtype.kind != "i" or sizes.dtype.itemsize != 4 or sizes.shape != (n, 2):
-        raise _damaged(f"sizes must be int32 ({n}, 2), got {sizes.dtype} {sizes.shape}", path)
-    for row in np.unique(sizes, axis=0):
-        size = (int(row[0]), int(row[1]))
-        if min(size) < 1 or padded_size(size, factor) != code_file.image_size:
-            raise _damaged(
-                f"size {size[0]}x{size[1]} (HxW) does not pad to the header's "
-                f"{code_file.image_size[0]}x{code_file.image_size[1]}",
-                path,
-            )
+    first = codes[0]
+    axis = first.ndim == 3 if stages is None else stages > 0
+    for part in codes:
+        if not isinstance(part, np.ndarray) or part.dtype.kind != "u" or part.dtype.itemsize != 2:
+            raise _damaged(f"codes must be uint16 arrays, got {type(part).__name__}", path)
+        expected = (3, first.shape[0]) if axis else (2, None)
+        if part.ndim != expected[0] or (axis and part.shape[0] != expected[1]):
+            what = f"(S, h, w) of S = {first.shape[0]}" if axis else "(h, w)"
+            raise _damaged(f"an image's codes have shape {part.shape}, expected {what}", path)
+    if axis and not 1 <= first.shape[0] <= MAX_STAGES:
+        raise _damaged(f"codes of {first.shape[0]} stages, not 1..{MAX_STAGES}", path)
+    if stages and first.shape[0] != stages:
+        raise _damaged(f"codes of {first.shape[0]} stages, the header says {stages}", path)
+    if len({part.shape for part in codes}) < 2:
+        raise _damaged(
+            "codes image by image, but every image has the same grid: give them as one array "
+            "(vqc.join_codes)",
+            path,
+        )

@@ -85,6 +85,7 @@ def calibration_tokens(run: RunDir, grid: tuple[int, int] | None = None) -> torc
     for a prior of a smaller grid (h, w) per stage (prior.window), a window of that size from
     each grid, at places spread over the grid."""
     from vqtool.codes.vqc import read_codes  # the code file's owner
+    from vqtool.prior.data import one_grid_codes  # which refuses codes of several grids
 
     path = run.codes_file("train")
     if not path.is_file():
@@ -94,7 +95,7 @@ def calibration_tokens(run: RunDir, grid: tuple[int, int] | None = None) -> torc
             "run vqtool prior R --resume --run-dir P once to write them again",
         )
     code_file = read_codes(path)
-    codes = code_file.codes[:CALIBRATION]
+    codes = one_grid_codes(code_file, path)[:CALIBRATION]
     if grid is not None and codes.shape[-2:] != grid:
         codes = _spread_crops(codes, grid)
     tokens = codes_to_tokens(codes, code_file.num_embeddings)

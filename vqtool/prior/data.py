@@ -15,8 +15,15 @@ from torch import Tensor
 
 from vqtool.codes.pipeline import batch_ranges, encode_images
 from vqtool.codes.tokens import codes_to_tokens
-from vqtool.codes.vqc import CodeFile, check_codes_for_model, read_codes, write_codes
+from vqtool.codes.vqc import (
+    CodeFile,
+    check_codes_for_model,
+    grid_groups,
+    read_codes,
+    write_codes,
+)
 from vqtool.data.datasets import dataset_classes, image_names, load_split
+from vqtool.errors import UsageError
 from vqtool.events import Progress
 from vqtool.runs import RunDir
 from vqtool.schedule import EVAL_BATCH
@@ -28,9 +35,28 @@ class PriorData(NamedTuple):
     labels: Tensor | None  # int64 (N,)
 
 
-def prior_tokens(code_file: CodeFile) -> Tensor:
-    """A code file's codes as the prior's tokens, int64 (N, S * h, w) (vqtool.codes.tokens)."""
-    return torch.from_numpy(codes_to_tokens(code_file.codes, code_file.num_embeddings))
+def one_grid_codes(code_file: CodeFile, where: object) -> np.ndarray:
+    """A code file's codes as one array (N, [S,] h, w); UsageError for a file of images of
+    different grids (read from `where`): a prior trains on grids of one size."""
+    codes = code_file.codes
+    if isinstance(codes, tuple):
+        grids = [f"{h}x{w}" for (h, w), _ in grid_groups(code_file.grids())]
+        shown = ", ".join(grids[:4]) + (" ..." if len(grids) > 4 else "")
+        raise UsageError(
+            f"the prior trains on grids of one size; this code file holds images of "
+            f"{len(grids)} grid sizes ({shown} codes, HxW)",
+            where,
+            "keep codes of images of one size there (vqtool encode --size HxW), or delete it: "
+            "vqtool prior encodes the run's dataset again",
+        )
+    return codes
+
+
+def prior_tokens(code_file: CodeFile, where: object) -> Tensor:
+    """A code file's codes as the prior's tokens, int64 (N, S * h, w) (vqtool.codes.tokens);
+    UsageError for a file of images of different grids (read from `where`)."""
+    codes = one_grid_codes(code_file, where)
+    return torch.from_numpy(codes_to_tokens(codes, code_file.num_embeddings))
 
 
 def encode_split(
@@ -104,7 +130,9 @@ def prepare_codes(
                 progress = functools.partial(on_progress, split)
             code_file = encode_split(vq, data_dir, split, progress)
             write_codes(path, code_file)
-        found[split] = PriorData(prior_tokens(code_file), labels_from_names(code_file, class_names))
+        tokens = prior_tokens(code_file, path)
+        found[split] = PriorData(tokens, labels_from_names(code_file, class_names))
+        assert code_file.image_size is not None  # prior_tokens refuses images of several grids
         image_size, stages = code_file.image_size, code_file.stages
     return found, image_size, stages
 

@@ -75,7 +75,8 @@ def evaluate_prior(
         files.codes_file("test"),
         vq.downsample,
     )
-    data = PriorData(prior_tokens(code_file), labels_from_names(code_file, vq.class_names))
+    tokens = prior_tokens(code_file, files.codes_file("test"))
+    data = PriorData(tokens, labels_from_names(code_file, vq.class_names))
     window = loaded.profile.prior.window
     if window not in ((0, 0), vq.grid):  # a windowed prior's figures are its windows'
         data = centre_windows(data, vq.stages, window)

@@ -107,5 +107,5 @@ def prior_samples(
             "decode samples yourself: vqtool sample P -o s.vqc && vqtool decode R s.vqc -o DIR",
         )
     codes = sample_codes(loaded, n, seed=seed)
-    indices = torch.from_numpy(codes.codes.astype(np.int64))
+    indices = torch.from_numpy(codes.one_grid().astype(np.int64))  # samples share one grid
     return decode_indices(vq.model.folded(), indices).numpy(), str(vq.path)

@@ -104,12 +104,17 @@ def _heading(result: RoundTrip, title: str, scale: int, width: int) -> list[tupl
         f"{title}: {which}, each original above its reconstruction from the codes"
         f"{_of_stages(result)}{enlarged}"
     )
-    grid = f"{result.grid[0]}x{result.grid[1]}"
+    if result.grid is not None:
+        grid = f"{result.grid[0]}x{result.grid[1]} codes (HxW)"
+        raw = f"{result.raw_bits[0]:,.0f} bits per image"
+    else:  # images of different padded sizes
+        grid = "each image's own grid of codes"
+        raw = f"{result.raw_bits.mean():,.0f} bits per image on average"
     if result.run_stages > 1:
         grid = f"{counted(result.stages, 'stage')} of {grid}"
     second = (
         f"PSNR under each (mean of all {n:,}: {result.psnr.mean():.2f} dB); raw "
-        f"{result.raw_bits:,.0f} bits per image ({grid} codes (HxW) of {result.num_embeddings})"
+        f"{raw} ({grid} of {result.num_embeddings})"
     )
     if result.prior_bits is not None:
         second += f", prior coding {result.prior_bits.mean():,.1f} on average"
@@ -154,7 +159,7 @@ def roundtrip_rows(result: RoundTrip, count: int) -> tuple[list[str], list[Seque
             result.names[i],
             f"{result.sizes[i, 0]}x{result.sizes[i, 1]}",
             float(result.psnr[i]),
-            result.raw_bits,
+            float(result.raw_bits[i]),
         ]
         if result.prior_bits is not None:
             row.append(float(result.prior_bits[i]))
@@ -163,7 +168,7 @@ def roundtrip_rows(result: RoundTrip, count: int) -> tuple[list[str], list[Seque
         f"mean of all {len(result.names):,}",
         "",
         float(result.psnr.mean()),
-        result.raw_bits,
+        float(result.raw_bits.mean()),
     ]
     if result.prior_bits is not None:
         mean.append(float(result.prior_bits.mean()))
