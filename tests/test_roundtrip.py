@@ -160,13 +160,21 @@ def test_prior_bits_are_what_the_prior_coding_spends(
     assert read_codes(tmp_path / "p.vqc", prior_at_p).codes.shape == (12, 8, 8)
 
 
-def test_a_prior_for_other_grids_is_refused_before_any_work(
+def test_a_prior_counts_the_bits_of_grids_of_other_sizes(
     trained_run: Path, tmp_path: Path, prior_at_p: Prior
 ) -> None:
+    """The prior learnt 8x8 grids; a 16x16 and a 48x48 image (4x4 and 12x12 codes) are
+    coded window by window, and the larger costs more bits."""
     make_image_folder(tmp_path / "small", ["a.png"], size=(16, 16))
-    result = invoke("roundtrip", trained_run, "small", "-o", "rt.png", "--prior", "P")
-    assert result.exit_code == 2 and "grids" in one_error_line(result.output)
-    assert not (tmp_path / "rt.png").exists()
+    make_image_folder(tmp_path / "large", ["a.png"], size=(48, 48))
+    bits = []
+    for folder in ("small", "large"):
+        result = invoke("roundtrip", trained_run, folder, "-o", f"{folder}.png", "--prior", "P",
+                        "--json", "-")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        bits.append(json.loads(result.stdout)["prior_bits_per_image"])
+        assert (tmp_path / f"{folder}.png").is_file()
+    assert 0 < bits[0] < bits[1]
 
 
 @pytest.mark.parametrize(
