@@ -2,8 +2,8 @@
 
 For each photo and stage count: `vqtool encode R PHOTO --prior P --stages N` (the whole file's
 bytes), `vqtool decode` (PSNR against the photo), and Pillow's JPEG (4:2:0, optimized) swept
-over qualities 5 to 95: the JPEG bytes at vqtool's PSNR, interpolated in log(bytes) between
-the two qualities around it. Prints one Markdown row per photo and stage count.
+over qualities 1 to 95: the JPEG bytes at vqtool's PSNR, interpolated in log(bytes) between
+the two qualities around it (below JPEG's lowest PSNR: its smallest file and that file's PSNR). Prints one Markdown row per photo and stage count.
 
     python benchmarks/bench_photo_rates.py --run R --prior R/prior-coding \
         --photo a.png --photo b.png --stages 1 --stages 2
@@ -23,7 +23,7 @@ from PIL import Image
 
 from vqtool.codes.ratedistortion import bpp_at, codec_curve, psnr_per_image
 
-QUALITIES = list(range(5, 96, 5))
+QUALITIES = [1, 2, 3, *range(5, 96, 5)]
 
 
 def vqtool(*args: str | Path) -> None:
@@ -68,7 +68,11 @@ def main() -> None:
                 bpp = bpp_at(jpeg, psnr, "bpp_file")
                 jpeg_bytes = None if bpp is None else bpp * h * w / 8
                 ratio = "n/a" if jpeg_bytes is None else f"{size / jpeg_bytes:.2f}"
-                shown = "outside the sweep" if jpeg_bytes is None else f"{jpeg_bytes:,.0f}"
+                shown = "n/a" if jpeg_bytes is None else f"{jpeg_bytes:,.0f}"
+                if jpeg_bytes is None:  # JPEG cannot go down to vqtool's PSNR
+                    low = min(jpeg, key=lambda point: point["psnr"])
+                    smallest = low["bpp_file"] * h * w / 8
+                    shown = f"none that low: smallest {smallest:,.0f} at {low['psnr']:.2f} dB"
                 cells = [photo.name, f"{w}x{h}", stages, f"{size:,}", f"{psnr:.2f} dB", shown]
                 cells += [ratio, f"{seconds:.0f}"]
                 print("| " + " | ".join(map(str, cells)) + " |", flush=True)
