@@ -3,7 +3,8 @@
 For each photo and stage count: `vqtool encode R PHOTO --prior P --stages N` (the whole file's
 bytes), `vqtool decode` (PSNR against the photo), and Pillow's JPEG (4:2:0, optimized) swept
 over qualities 1 to 95: the JPEG bytes at vqtool's PSNR, interpolated in log(bytes) between
-the two qualities around it (below JPEG's lowest PSNR: its smallest file and that file's PSNR). Prints one Markdown row per photo and stage count.
+the two qualities around it (below JPEG's lowest PSNR: its smallest file and that file's
+PSNR). Prints one Markdown row per photo and stage count.
 
     python benchmarks/bench_photo_rates.py --run R --prior R/prior-coding \
         --photo a.png --photo b.png --stages 1 --stages 2
