@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime
 import pytest
 import typer.main
 from helpers import KIND_GRID as GRID
@@ -24,7 +25,9 @@ from helpers import (
     MIXED_SIZES,
     VQ_KINDS,
     KindRuns,
+    cifar_names,
     decoded_pngs,
+    make_image_folder,
     make_sized_folder,
 )
 from PIL import Image
@@ -43,7 +46,7 @@ K = 32  # codes per stage
 # The commands this module runs on every kind they take; `download` and `profiles` take none.
 COVERED = {
     "train", "evaluate", "plot", "compare", "encode", "decode", "inspect", "roundtrip",
-    "prior", "sample",
+    "prior", "sample", "export",
 }  # fmt: skip
 
 
@@ -237,3 +240,63 @@ def test_a_folder_of_mixed_sizes_through_encode_inspect_decode_and_roundtrip(
                               *prior).stdout)  # fmt: skip
         assert [(r["height"], r["width"]) for r in facts["per_image"]] == list(sizes.values())
         assert (facts["prior_bits_per_image"] is not None) == (kind == "prior")
+
+
+def onnx_session(path: Path) -> Any:  # onnxruntime.InferenceSession
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options)
+
+
+def png_pixels(path: Path) -> np.ndarray:
+    """A PNG as uint8 (3, H, W), as the graphs take and give images."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+
+
+def vqtool_round(
+    run: Path, data: Path, inputs: list[str | Path], names: list[str], tag: str, *options: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """vqtool's codes of `inputs` as int64, and its decoded PNGs as uint8 (N, 3, H, W)."""
+    ok("encode", run, *inputs, "-o", f"{tag}.vqc", "--data-dir", data, *options)
+    ok("decode", run, f"{tag}.vqc", "-o", tag)
+    codes = read_codes(Path(f"{tag}.vqc")).codes.astype(np.int64)
+    return codes, np.stack([png_pixels(Path(tag) / f"{name}.png") for name in names])
+
+
+@pytest.mark.parametrize("kind", VQ_KINDS)
+def test_export_gives_vqtools_codes_and_pixels(
+    kind_runs: KindRuns, kind: str, tmp_path: Path
+) -> None:
+    run, data = kind_runs[kind], kind_runs.data
+    f = 8 if kind == "ds8" else 4
+    ok("export", run, "-o", "onnx")
+    facts = json.loads((tmp_path / "onnx" / "model.json").read_text())
+    assert (facts["downsample"], facts["num_embeddings"], facts["stages"]) == (f, K, STAGES[kind])
+    assert facts["levels"] == ([4, 4, 2] if kind == "fsq" else None)
+    encoder, decoder = (
+        onnx_session(Path("onnx/encoder.onnx")),
+        onnx_session(Path("onnx/decoder.onnx")),
+    )
+    # CIFAR-like images, and a photo neither square nor of CIFAR's size
+    make_image_folder(tmp_path / "photo", ["wide.png"], size=(4 * f, 7 * f))
+    cifar = load_cifar10(data, "test")[:5].numpy()
+    photo = png_pixels(tmp_path / "photo" / "wide.png")[None]
+    cifar_run = (cifar, ["cifar10:test:5"], cifar_names(data, "test", 5))
+    for tag, (images, inputs, names) in enumerate([cifar_run, (photo, ["photo"], ["wide"])]):
+        expected, pngs = vqtool_round(run, data, inputs, names, f"round{tag}")
+        codes = encoder.run(None, {"images": images})[0]
+        assert codes.dtype == np.int64 and np.array_equal(codes, expected)
+        decoded = decoder.run(None, {"codes": codes})[0]
+        assert decoded.dtype == np.uint8 and decoded.shape == images.shape
+        assert np.abs(decoded.astype(int) - pngs).max() <= 1
+    # the batch is free: an image alone gets the codes it gets among others
+    alone = encoder.run(None, {"images": cifar[3:4]})[0]
+    assert np.array_equal(alone, encoder.run(None, {"images": cifar})[0][3:4])
+    if STAGES[kind] > 1:
+        ok("export", run, "-o", "two", "--stages", 2)
+        expected, pngs = vqtool_round(run, data, *cifar_run[1:], "two-stages", "--stages", 2)
+        codes = onnx_session(Path("two/encoder.onnx")).run(None, {"images": cifar})[0]
+        assert codes.shape == (5, 2, 8, 8) and np.array_equal(codes, expected)
+        decoded = onnx_session(Path("two/decoder.onnx")).run(None, {"codes": codes})[0]
+        assert np.abs(decoded.astype(int) - pngs).max() <= 1

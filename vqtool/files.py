@@ -3,10 +3,12 @@ temp file beside the target, (fsync,) rename."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -154,3 +156,55 @@ def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_output_folder(out_dir: Path, fix: str) -> None:
+    """Refuse an output folder that is a file, or below one (UsageError)."""
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        raise UsageError("the output is not a folder", out_dir, fix)
+    check_no_file_above(out_dir, fix)
+
+
+@contextlib.contextmanager
+def staged_folder(out_dir: Path, fix: str) -> Iterator[Path]:
+    """A hidden folder beside `out_dir` to write a set of files into. When the block ends
+    without an error they move into `out_dir`: the folder renamed into place when `out_dir`
+    is new, else each file renamed over the one it replaces; on an error (or Ctrl-C) the
+    hidden folder is removed. Every write and check happens before the first rename, so a
+    failure leaves `out_dir` as it was. `fix` says what to do when `out_dir` cannot be used.
+    """
+    check_output_folder(out_dir, fix)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        # A short fixed prefix: a name of its own could push a long name past NAME_MAX.
+        staging = Path(tempfile.mkdtemp(prefix=".vqtool-", suffix=".partial", dir=out_dir.parent))
+    except OSError as exc:
+        raise WorkError(f"could not make the folder: {os_reason(exc)}", out_dir, DISK_FIX) from exc
+    try:
+        # mkdtemp's 0o700 -> what mkdir would give, keeping a setgid bit from the parent.
+        os.chmod(staging, (os.stat(staging).st_mode & 0o7000) | (0o777 & ~current_umask()))
+        yield staging
+        _move_in(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_in(staging: Path, out_dir: Path) -> None:
+    """The staged files made durable, then moved into `out_dir` (in name order)."""
+    try:
+        for path in staging.iterdir():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if not os.path.lexists(out_dir):
+            os.rename(staging, out_dir)
+        else:
+            for path in sorted(staging.iterdir()):
+                os.replace(path, out_dir / path.name)
+    except OSError as exc:
+        raise WorkError(f"could not move the files into place: {os_reason(exc)}", out_dir,
+                        DISK_FIX) from exc  # fmt: skip
+    fsync_dir(out_dir)
+    fsync_dir(out_dir.parent)

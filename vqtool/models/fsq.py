@@ -146,10 +146,11 @@ class FiniteScalarQuantizer(nn.Module):
         )
 
     @torch.no_grad()
-    def quantize(self, z: Tensor) -> Tensor:
-        """Latents to indices: (B, D, h, w) -> (B, h, w), or (B, S, h, w) with stages."""
+    def quantize(self, z: Tensor, stages: int | None = None) -> Tensor:
+        """Latents to indices: (B, D, h, w) -> (B, h, w), or (B, S, h, w) with stages; or the
+        first `stages` stages' (B, n, h, w), the later ones not computed."""
         with torch.autocast(z.device.type, enabled=False):
-            return self._forward_fp32(z.float(), self.stages).indices
+            return self._forward_fp32(z.float(), self.stages if stages is None else stages).indices
 
     def lookup(self, indices: Tensor) -> Tensor:
         """Indices (B, h, w), or the first n stages (B, n, h, w) -> (B, D, h, w)."""

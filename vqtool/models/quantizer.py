@@ -235,8 +235,11 @@ class VectorQuantizer(nn.Module):
         """Code vectors for indices: (B, H, W) -> (B, D, H, W)."""
         return F.embedding(indices, self.embedding).permute(0, 3, 1, 2)
 
-    def quantize(self, z: Tensor) -> Tensor:
-        """Nearest-code indices for latents: (B, D, H, W) -> (B, H, W)."""
+    def quantize(self, z: Tensor, stages: int | None = None) -> Tensor:
+        """Nearest-code indices for latents: (B, D, H, W) -> (B, H, W); `stages` as in
+        `forward`."""
+        if stages not in (None, 1):
+            raise ValueError(f"a single-stage quantizer cannot use {stages} stages")
         b, _, h, w = z.shape
         flat = z.float().permute(0, 2, 3, 1).reshape(-1, self.embedding_dim)
         return nearest_codes(flat, self.codebook().float()).view(b, h, w)

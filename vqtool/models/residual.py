@@ -122,12 +122,13 @@ class ResidualVectorQuantizer(nn.Module):
         )  # fmt: skip
 
     @torch.no_grad()
-    def quantize(self, z: Tensor) -> Tensor:
-        """Latents to every stage's indices: (B, D, h, w) -> (B, S, h, w)."""
+    def quantize(self, z: Tensor, stages: int | None = None) -> Tensor:
+        """Latents to every stage's indices: (B, D, h, w) -> (B, S, h, w); or to the first
+        `stages` stages' (B, n, h, w), the later ones not computed."""
         b, d, h, w = z.shape
         residual = z.float().permute(0, 2, 3, 1).reshape(-1, d)
         indices = []
-        for s in range(self.stages):
+        for s in range(self.stages if stages is None else stages):
             codebook = self._layer(s).codebook().float()
             chosen = nearest_codes(residual, codebook)
             residual = residual - F.embedding(chosen, codebook)

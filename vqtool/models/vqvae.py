@@ -29,6 +29,15 @@ from vqtool.models.residual import ResidualVectorQuantizer
 
 Quantizer = VectorQuantizer | ResidualVectorQuantizer | FiniteScalarQuantizer
 
+# The pixel convention in words, for files that describe the model to programs without vqtool
+# (the model.json of `vqtool export`): what `to_input` and `codes_to_images` compute.
+PIXEL_CONVENTION = {
+    "images": "uint8 RGB in [0, 255], channels first: (N, 3, H, W)",
+    "encoder_input": "images / 255 - 0.5, as float32",
+    "decoded_images": "round(clamp(decoder_output + 0.5, 0, 1) * 255), as uint8 "
+    "(rounding half to even)",
+}
+
 __all__ = ["DOWNSAMPLE", "VQVAE", "ModelConfig", "build_model", "build_quantizer"]
 
 
@@ -180,13 +189,16 @@ class VQVAE(nn.Module):
         return VQVAEOutput(self.decoder(q.quantized), q.loss, q.perplexity, q.indices, q.restarted)
 
     @torch.no_grad()
-    def encode(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor, stages: int | None = None) -> Tensor:
         """Images in [-0.5, 0.5] to code indices: (B, 3, H, W) -> (B, H/f, W/f) int64, or
-        (B, S, H/f, W/f) with S residual stages."""
+        (B, S, H/f, W/f) with S residual stages; `stages` n <= S: the first n only
+        (B, n, H/f, W/f), the later ones not computed."""
+        if stages is not None and not 1 <= stages <= self.stages:
+            raise ValueError(f"cannot encode {counted(stages, 'stage')} with {self.stages}")
         # channels_last: oneDNN's faster convolution layout on the CPU, and
         # the layout training feeds the encoder on the CPU and on CUDA.
         x = x.contiguous(memory_format=torch.channels_last)
-        return self.quantizer.quantize(self.latents(x))
+        return self.quantizer.quantize(self.latents(x), stages)
 
     @torch.no_grad()
     def decode(self, indices: Tensor, stages: int | None = None) -> Tensor:
@@ -221,9 +233,10 @@ class VQVAE(nn.Module):
         return images.to(device, non_blocking=True).float().div_(255.0).sub_(0.5)
 
     @torch.no_grad()
-    def images_to_codes(self, images: Tensor) -> Tensor:
-        """uint8 (B, 3, H, W), sides multiples of the factor f -> int64 codes (B, H/f, W/f)."""
-        return self.encode(self.to_input(images, self.device))
+    def images_to_codes(self, images: Tensor, stages: int | None = None) -> Tensor:
+        """uint8 (B, 3, H, W), sides multiples of the factor f -> int64 codes (B, H/f, W/f)
+        (`stages`: as in `encode`)."""
+        return self.encode(self.to_input(images, self.device), stages)
 
     @torch.no_grad()
     def codes_to_unit(self, indices: Tensor, stages: int | None = None) -> Tensor:
