@@ -96,6 +96,9 @@ def test_fsq_model_has_no_codebook_to_learn_and_k_is_the_product() -> None:
     model.eval()
     codes = model.encode(x.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(model.decode(codes), model(x).reconstruction, atol=1e-5)
+    assert torch.equal(model.encode(x, stages=1), codes)  # one stage: all there is
+    with pytest.raises(ValueError):
+        model.encode(x, stages=2)
     assert q.codebook().shape == (1000, SMALL.embedding_dim)
 
 
@@ -115,6 +118,7 @@ def test_residual_stages_decode_every_prefix(quantizer: str) -> None:
     errors = []
     latents = model.latents(x).detach()
     for n in (1, 2, 3):
+        assert torch.equal(model.encode(x, stages=n), codes[:, :n])  # the later ones unneeded
         prefix = model.decode(codes, stages=n)
         assert torch.equal(prefix, model.decode(codes[:, :n]))  # stored prefix, same image
         assert torch.allclose(prefix, model(x, n).reconstruction, atol=1e-5)
@@ -126,6 +130,8 @@ def test_residual_stages_decode_every_prefix(quantizer: str) -> None:
     for bad in (0, 4):
         with pytest.raises(ValueError):
             model.decode(codes, stages=bad)
+        with pytest.raises(ValueError):
+            model.encode(x, stages=bad)
     with pytest.raises(ValueError):
         model.decode(codes[:, 0])  # a stage axis is required
 
