@@ -87,3 +87,10 @@ def test_the_onnx_example_codes_and_decodes_without_torch(
         mine = np.asarray(Image.open(f"{name}-decoded.png"), np.int16)
         assert mine.shape == (18, 30, 3)
         assert np.abs(mine - np.asarray(Image.open(f"decoded/{name}.png"))).max() <= 1
+
+
+def test_the_commands_page_shows_the_onnx_example_as_it_is() -> None:
+    page = (REPO / "docs" / "commands.md").read_text()
+    block = page.split("### export", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(block.splitlines()) >= 10
+    assert block in (REPO / "examples" / "onnx_roundtrip.py").read_text()

@@ -179,3 +179,15 @@ def test_the_tokens_example_is_what_codes_to_tokens_gives() -> None:
     page = " ".join(PAGE.read_text(encoding="utf-8").split())
     assert "`[[3, 7], [0, 511], [517, 517], [514, 521]]`" in page
     assert "3, 7, 0, 511, 517, 517, 514, 521" in page
+
+
+def test_export_model_json_has_the_documented_keys(kind_runs: KindRuns) -> None:
+    from vqtool.vq.export import graph_facts
+    from vqtool.vq.load import load_model
+
+    rows = {row["key"]: row["value"] for row in table("### model.json")}
+    for kind, stages in [("fsq", 1), ("rvq", 2)]:
+        facts = graph_facts(load_model(kind_runs[kind]), stages)
+        assert set(facts) == set(rows)
+        assert all(f"`{key}`" in rows["pixels"] for key in facts["pixels"])
+        assert set(facts["encoder"]["output"]) == {"name", "type", "shape", "values"}

@@ -55,7 +55,7 @@ def require_onnx() -> None:
         raise UsageError(
             f"vqtool export needs {' and '.join(missing)}, not installed here",
             "vqtool export",
-            f"install {'it' if len(missing) == 1 else 'them'} with: {INSTALL}",
+            f"{INSTALL} (or pip install onnx onnxruntime)",
         )
 
 
