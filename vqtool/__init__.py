@@ -54,6 +54,7 @@ _API = {
     "decode_indices": "vqtool.codes.pipeline",
     "encode_inputs": "vqtool.codes.pipeline",
     "decode_file": "vqtool.codes.pipeline",
+    "export_run": "vqtool.vq.export",
     "codes_to_tokens": "vqtool.codes.tokens",
     "tokens_to_codes": "vqtool.codes.tokens",
     "RunDir": "vqtool.runs",

@@ -125,7 +125,8 @@ def _export_graphs(model: VQVAE, stages: int, folder: Path) -> None:
     codes = encoder(sample)
     with warnings.catch_warnings():
         # The TorchScript exporter says it is deprecated, and the tracer warns of the Python
-        # ints that shape checks read; the graphs are checked below and by the tests.
+        # ints that shape checks read: the graphs run in onnxruntime before they are kept
+        # (_check_graphs), and the tests hold their codes and pixels to vqtool's.
         warnings.simplefilter("ignore")
         _export(encoder, sample, folder / ENCODER, "images", "codes",
                 {"images": image_axes, "codes": _code_axes(model)})  # fmt: skip
