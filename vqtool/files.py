@@ -167,17 +167,18 @@ def check_output_folder(out_dir: Path, fix: str) -> None:
 
 @contextlib.contextmanager
 def staged_folder(out_dir: Path, fix: str) -> Iterator[Path]:
-    """A hidden folder beside `out_dir` to write a set of files into. When the block ends
-    without an error they move into `out_dir`: the folder renamed into place when `out_dir`
-    is new, else each file renamed over the one it replaces; on an error (or Ctrl-C) the
+    """A hidden folder to write a set of files into, beside `out_dir` when it is new (then
+    renamed to it when the block ends without an error), else inside it (then each file
+    renamed over the one it replaces, on the same file system); on an error (or Ctrl-C) the
     hidden folder is removed. Every write and check happens before the first rename, so a
     failure leaves `out_dir` as it was. `fix` says what to do when `out_dir` cannot be used.
     """
     check_output_folder(out_dir, fix)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
+        where = out_dir if out_dir.is_dir() else out_dir.parent
         # A short fixed prefix: a name of its own could push a long name past NAME_MAX.
-        staging = Path(tempfile.mkdtemp(prefix=".vqtool-", suffix=".partial", dir=out_dir.parent))
+        staging = Path(tempfile.mkdtemp(prefix=".vqtool-", suffix=".partial", dir=where))
     except OSError as exc:
         raise WorkError(f"could not make the folder: {os_reason(exc)}", out_dir, DISK_FIX) from exc
     try:
@@ -198,7 +199,10 @@ def _move_in(staging: Path, out_dir: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        if not os.path.lexists(out_dir):
+        if staging.parent != out_dir:
+            if os.path.lexists(out_dir):
+                # rename(2) would silently replace an empty folder that appeared meanwhile.
+                raise FileExistsError(17, "the folder appeared while vqtool was writing")
             os.rename(staging, out_dir)
         else:
             for path in sorted(staging.iterdir()):
