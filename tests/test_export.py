@@ -120,10 +120,11 @@ def test_a_failure_while_exporting_leaves_the_folder_as_it_was(
     monkeypatch.setattr(export, "_check_graphs", fail)
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "model.json").write_text("old")
-    for out in ("new", "old"):
+    for out in ("new", "old", "deep/er/new"):
         result = invoke("export", kind_runs["ema"], "-o", out)
         assert result.exit_code == 1 and "do not run" in one_error_line(result.output)
     assert not (tmp_path / "new").exists() and leftovers(tmp_path) == []
+    assert not (tmp_path / "deep").exists()  # nor the folders made for it
     assert [p.name for p in (tmp_path / "old").iterdir()] == ["model.json"]
     assert (tmp_path / "old" / "model.json").read_text() == "old"
 

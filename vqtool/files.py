@@ -170,24 +170,35 @@ def staged_folder(out_dir: Path, fix: str) -> Iterator[Path]:
     """A hidden folder to write a set of files into, beside `out_dir` when it is new (then
     renamed to it when the block ends without an error), else inside it (then each file
     renamed over the one it replaces, on the same file system); on an error (or Ctrl-C) the
-    hidden folder is removed. Every write and check happens before the first rename, so a
-    failure leaves `out_dir` as it was. `fix` says what to do when `out_dir` cannot be used.
+    hidden folder is removed, and so are the folders above `out_dir` made for it. Every write
+    and check happens before the first rename, so a failure leaves `out_dir` as it was. `fix`
+    says what to do when `out_dir` cannot be used.
     """
     check_output_folder(out_dir, fix)
+    made = [f for f in out_dir.parents if not os.path.lexists(f)]  # deepest first
+    staging = None
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        where = out_dir if out_dir.is_dir() else out_dir.parent
-        # A short fixed prefix: a name of its own could push a long name past NAME_MAX.
-        staging = Path(tempfile.mkdtemp(prefix=".vqtool-", suffix=".partial", dir=where))
-    except OSError as exc:
-        raise WorkError(f"could not make the folder: {os_reason(exc)}", out_dir, DISK_FIX) from exc
-    try:
-        # mkdtemp's 0o700 -> what mkdir would give, keeping a setgid bit from the parent.
-        os.chmod(staging, (os.stat(staging).st_mode & 0o7000) | (0o777 & ~current_umask()))
+        try:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            where = out_dir if out_dir.is_dir() else out_dir.parent
+            # A short fixed prefix: a name of its own could push a long name past NAME_MAX.
+            staging = Path(tempfile.mkdtemp(prefix=".vqtool-", suffix=".partial", dir=where))
+            # mkdtemp's 0o700 -> what mkdir would give, keeping a setgid bit from the parent.
+            os.chmod(staging, (os.stat(staging).st_mode & 0o7000) | (0o777 & ~current_umask()))
+        except OSError as exc:
+            what = f"could not make the folder: {os_reason(exc)}"
+            raise WorkError(what, out_dir, DISK_FIX) from exc
         yield staging
         _move_in(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    # Files moved one by one leave the hidden folder empty; a renamed one is gone already.
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _move_in(staging: Path, out_dir: Path) -> None:
