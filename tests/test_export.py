@@ -113,7 +113,7 @@ def test_a_failure_while_exporting_leaves_the_folder_as_it_was(
 ) -> None:
     from vqtool.vq import export
 
-    def fail(folder: Path, facts: dict[str, Any]) -> None:
+    def fail(folder: Path, facts: dict[str, Any], out_dir: Path) -> None:
         assert (folder / "encoder.onnx").is_file()  # written, not yet moved
         raise WorkError("the graphs do not run", folder.name, "report it")
 

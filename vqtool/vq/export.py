@@ -27,8 +27,9 @@ from vqtool.vq.load import LoadedModel, load_model
 
 FORMAT = "vqtool-onnx"
 VERSION = 1
-# ONNX's operator set 17: what onnxruntime has run since 1.12 (2022), and every operator the
-# graphs use (Conv, ConvTranspose, Gemm, ArgMin, Gather, Tanh, Round, Mod, Clip) is in it.
+# ONNX's operator set 17: within what the export extra's oldest onnxruntime (1.16) runs, and
+# every operator the graphs use (Conv, ConvTranspose, Gemm, ArgMin, Gather, Tanh, Round, Mod,
+# Clip) is in it.
 OPSET = 17
 ENCODER = "encoder.onnx"
 DECODER = "decoder.onnx"
@@ -104,7 +105,7 @@ def export_run(run: Path, out_dir: Path, stages: int | None = None) -> ExportRes
     with staged_folder(out_dir, OUTPUT_FIX) as staging:
         _export_graphs(model, kept, staging)
         facts = graph_facts(loaded, kept)
-        _check_graphs(staging, facts)
+        _check_graphs(staging, facts, out_dir)
         (staging / FACTS).write_text(json.dumps(facts, indent=2) + "\n")
     return ExportResult(out_dir, kept, facts)
 
@@ -199,9 +200,9 @@ def graph_facts(loaded: LoadedModel, stages: int) -> dict[str, Any]:
     }
 
 
-def _check_graphs(folder: Path, facts: dict[str, Any]) -> None:
-    """The graphs as onnx checks them, and one run of each through onnxruntime: codes and
-    images of the shapes model.json says."""
+def _check_graphs(folder: Path, facts: dict[str, Any], out_dir: Path) -> None:
+    """The graphs in `folder` as onnx checks them, and one run of each through onnxruntime:
+    codes and images of the shapes model.json says (WorkError naming `out_dir` otherwise)."""
     import onnx
     import onnxruntime
 
@@ -219,7 +220,7 @@ def _check_graphs(folder: Path, facts: dict[str, Any]) -> None:
     except Exception as exc:  # onnx and onnxruntime raise types of their own
         raise WorkError(
             f"the exported graphs do not run in onnxruntime: {first_line(exc)}",
-            folder.name,
+            out_dir,
             "report it, with the run's profile.toml",
         ) from exc
     staged = len(facts["encoder"]["output"]["shape"]) == 4
@@ -227,6 +228,6 @@ def _check_graphs(folder: Path, facts: dict[str, Any]) -> None:
     if list(codes.shape) != grid or decoded.shape != images.shape or decoded.dtype != np.uint8:
         raise WorkError(
             f"the exported graphs give codes {codes.shape} and images {decoded.shape}",
-            folder.name,
+            out_dir,
             "report it, with the run's profile.toml",
         )
