@@ -7,6 +7,7 @@ import io
 import json
 import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,29 +132,46 @@ MUTATIONS = st.one_of(
 )
 
 
-def test_fuzzed_files_raise_only_vqtool_errors(tmp_path: Path) -> None:
-    """1,000 byte-level mutations of one valid file: read_codes either returns a valid file
-    or raises WorkError / UsageError, nothing else."""
-    write_codes(tmp_path / "valid.vqc", golden_code_file())
-    valid = (tmp_path / "valid.vqc").read_bytes()
-    target = tmp_path / "fuzz.vqc"
+def fuzz_reads(
+    valid: bytes,
+    target: Path,
+    examples: int,
+    read: Callable[[Path], CodeFile],
+    check: Callable[[CodeFile], None],
+) -> dict[str, int]:
+    """`examples` byte-level mutations of a valid file's bytes, each read with `read`: either
+    a file that passes `check`, or a one-line WorkError / UsageError, nothing else. Returns how
+    many were read and refused."""
     outcomes = {"read": 0, "refused": 0}
 
-    @settings(max_examples=1000, deadline=None, database=None)
+    @settings(max_examples=examples, deadline=None, database=None)
     @given(mutation=MUTATIONS)
-    def check(mutation: tuple[Any, ...]) -> None:
+    def one(mutation: tuple[Any, ...]) -> None:
         target.write_bytes(_mutate(valid, mutation))
         try:
-            code_file = read_codes(target)
+            code_file = read(target)
         except (WorkError, UsageError) as exc:
             assert exc.line().startswith("error: ") and "\n" not in exc.line()
             outcomes["refused"] += 1
             return
         outcomes["read"] += 1  # a change the format does not see (zip timestamps, padding)
+        check(code_file)
+
+    one()
+    return outcomes
+
+
+def test_fuzzed_files_raise_only_vqtool_errors(tmp_path: Path) -> None:
+    """1,000 byte-level mutations of one valid file: read_codes either returns a valid file
+    or raises WorkError / UsageError, nothing else."""
+    write_codes(tmp_path / "valid.vqc", golden_code_file())
+
+    def check(code_file: CodeFile) -> None:
         assert int(code_file.codes.max()) < code_file.num_embeddings
         assert code_file.codes.shape == (3, 2, 3)
 
-    check()
+    valid = (tmp_path / "valid.vqc").read_bytes()
+    outcomes = fuzz_reads(valid, tmp_path / "fuzz.vqc", 1000, read_codes, check)
     print(f"fuzzed .vqc files: {outcomes}")  # shown with pytest -s
     assert sum(outcomes.values()) >= 1000, outcomes
     assert outcomes["refused"] > 500, outcomes

@@ -46,9 +46,14 @@ class Photos(NamedTuple):
 
     def image(self, i: int) -> Tensor:
         """Image i as a uint8 (3, h, w) view of the store."""
-        h, w = (int(side) for side in self.sizes[i])
-        start = int(self.starts[i])
-        return self.pixels[start : start + 3 * h * w].view(3, h, w)
+        return _image(self.pixels, self.sizes, self.starts, i)
+
+
+def _image(pixels: Tensor, sizes: Tensor, starts: Tensor, i: int) -> Tensor:
+    """Image i of a store as a uint8 (3, h, w) view of its pixels."""
+    h, w = int(sizes[i, 0]), int(sizes[i, 1])
+    start = int(starts[i])
+    return pixels[start : start + 3 * h * w].view(3, h, w)
 
 
 def windows(
@@ -66,10 +71,7 @@ def windows(
         h, w = size
         out = []
         for i, (y, x) in zip(indices.tolist(), corners.tolist(), strict=True):
-            side_h, side_w = int(sizes[i, 0]), int(sizes[i, 1])
-            start = int(starts[i])
-            image = pixels[start : start + 3 * side_h * side_w].view(3, side_h, side_w)
-            out.append(image[:, y : y + h, x : x + w])
+            out.append(_image(pixels, sizes, starts, i)[:, y : y + h, x : x + w])
         return torch.stack(out)
     return gathered_windows(pixels, sizes, starts, indices, corners, size)
 
