@@ -47,6 +47,7 @@ EVAL_KEYS = {
         "compare",
         "prior",
         "sample",
+        "export",
     ],  # fmt: skip
 )
 def test_every_command_has_help_with_an_example(command: str) -> None:
@@ -395,7 +396,7 @@ def test_log_lines_stay_whole_when_stderr_is_not_a_terminal(
 
 COMMANDS = [
     "download", "train", "evaluate", "profiles", "plot", "compare", "encode", "decode", "inspect",
-    "roundtrip", "prior", "sample",
+    "roundtrip", "prior", "sample", "export",
 ]  # fmt: skip
 
 
