@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import REPO, make_cifar_folder, source_env
 
 TOUR = "## A tour in five minutes"
@@ -28,6 +29,9 @@ def test_the_tour_has_blocks() -> None:
     )
 
 
+# The whole tour (training, a prior, sampling, coding) is the suite's longest test: it gets
+# more than the default per-test limit, which a loaded machine can reach.
+@pytest.mark.timeout(900)
 def test_the_readme_tour_runs_as_written(tmp_path: Path) -> None:
     make_cifar_folder(tmp_path / "data", per_batch=60, n_test=300)
     env = source_env()
