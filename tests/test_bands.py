@@ -1,19 +1,23 @@
 """Large images in bands of code rows (vqtool.models.bands): the halo computed from the config
 is the networks' true reach, and banded codes and pixels are those of the whole image, on every
-kind of run (through the CLI in tests/test_kinds.py)."""
+kind of run (through the CLI in tests/test_kinds.py); the size limits refuse in one line."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from helpers import VQ_KINDS, KindRuns, make_image_folder
+from helpers import VQ_KINDS, KindRuns, make_image_folder, one_error_line, png_declaring
 from torch import Tensor
+from typer.testing import CliRunner
 
+from vqtool.cli import app
 from vqtool.codes.pipeline import decode_indices, encode_images
-from vqtool.images.read import read_image
+from vqtool.codes.vqc import CodeFile, write_codes
+from vqtool.images.read import MAX_IMAGE_PIXELS, MAX_IMAGE_WIDTH, read_image
 from vqtool.models import bands
 from vqtool.models.config import ModelConfig
 from vqtool.models.vqvae import VQVAE, Layer, decoder_layers, encoder_layers
@@ -172,3 +176,64 @@ def test_bands_give_the_whole_images_codes_and_pixels(
         codes = encode_images(model, images, band_rows=per_band)
         assert torch.equal(codes, whole)
         assert torch.equal(decode_indices(model, whole, band_rows=per_band), pixels)
+
+
+# The limits: one line, exit 2, nothing written.
+
+runner = CliRunner()
+
+
+def _refused(args: list[str | Path], says: str) -> None:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 2, result.output
+    assert says in one_error_line(result.output)
+
+
+@pytest.mark.parametrize("command", ["encode", "roundtrip"])
+@pytest.mark.parametrize(
+    ("width", "height", "says"),
+    [
+        (4097, 4096, "image too large"),
+        (MAX_IMAGE_WIDTH + 1, 8, "image too wide"),
+    ],
+)
+def test_an_image_above_the_limits_is_refused(
+    trained_run: Path, tmp_path: Path, command: str, width: int, height: int, says: str
+) -> None:
+    assert width * height > MAX_IMAGE_PIXELS or width > MAX_IMAGE_WIDTH
+    (tmp_path / "big.png").write_bytes(png_declaring(width, height))
+    _refused([command, trained_run, "big.png", "-o", "out"], says)
+    _refused([command, trained_run, "cifar10:test:2", "-o", "out", "--size",
+              f"{height}x{width}"], "too")  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png"]
+
+
+def test_an_image_at_the_width_limit_is_encoded(trained_run: Path, tmp_path: Path) -> None:
+    make_image_folder(tmp_path, ["wide.png"], (8, MAX_IMAGE_WIDTH))
+    result = runner.invoke(app, ["encode", str(trained_run), "wide.png", "-o", "w.vqc"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["decode", str(trained_run), "w.vqc", "-o", "out"])
+    assert result.exit_code == 0, result.output
+
+
+def test_decode_refuses_a_file_of_images_wider_than_the_limit(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    loaded = load_model(trained_run, torch.device("cpu"))
+    factor, config = loaded.model.config.downsample, loaded.model.config
+    width = MAX_IMAGE_WIDTH + factor
+    write_codes(
+        tmp_path / "wide.vqc",
+        CodeFile(
+            codes=np.zeros((1, 1, width // factor), np.uint16),
+            names=("wide",),
+            sizes=np.array([[factor, width]], np.int32),
+            checkpoint=loaded.fingerprint,
+            num_embeddings=config.num_embeddings,
+            embedding_dim=config.embedding_dim,
+            downsample=factor,
+            image_size=(factor, width),
+        ),
+    )
+    _refused(["decode", trained_run, "wide.vqc", "-o", "out"], "wider than vqtool decodes")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wide.vqc"]

@@ -7,7 +7,8 @@ in bands, as far as vqtool.models.bands says).
 `encode_inputs` (files, folders, CIFAR-10 -> CodeFile) and `decode_file` (.vqc -> PNGs)
 stream batches, so memory stays bounded however many images there are: only the codes (small)
 are kept. An image larger than a batch goes through the networks in bands of code rows
-(vqtool.models.bands), so memory stays bounded however large it is.
+(vqtool.models.bands), so memory stays bounded however large it is, up to the limits of
+vqtool.images.read.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ from vqtool.files import (
     write_all,
     write_file,
 )
-from vqtool.images.pixels import pad_to, pad_to_multiple, padded_size
+from vqtool.images.pixels import HW, pad_to, pad_to_multiple, padded_size, size_text
 from vqtool.images.png import Grid, png_bytes
-from vqtool.images.read import DamagedImage
+from vqtool.images.read import MAX_IMAGE_WIDTH, DamagedImage
 from vqtool.models import bands
 from vqtool.models.config import DOWNSAMPLE
 from vqtool.models.vqvae import VQVAE
@@ -540,6 +541,13 @@ def decode_file(
             f"the file holds {code_file.stages} stages, the run has {loaded.model.stages}",
             codes_path,
             "decode it with the run that encoded it",
+        )
+    if code_file.image_size[1] > MAX_IMAGE_WIDTH:  # written before the limit existed
+        raise UsageError(
+            f"the file's images are {size_text(code_file.image_size)} ({HW}), wider than "
+            f"vqtool decodes ({MAX_IMAGE_WIDTH:,} pixels)",
+            codes_path,
+            "encode the images again at most that wide (--size HxW)",
         )
     file_images = len(code_file.names)
     code_file = pick_images(code_file, pick.first, pick.names)
