@@ -235,5 +235,5 @@ def test_decode_refuses_a_file_of_images_wider_than_the_limit(
             image_size=(factor, width),
         ),
     )
-    _refused(["decode", trained_run, "wide.vqc", "-o", "out"], "wider than vqtool decodes")
+    _refused(["decode", trained_run, "wide.vqc", "-o", "out"], "pixels wide (padded), wider than")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wide.vqc"]

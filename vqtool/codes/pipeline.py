@@ -53,7 +53,7 @@ from vqtool.files import (
     write_all,
     write_file,
 )
-from vqtool.images.pixels import HW, pad_to, pad_to_multiple, padded_size, size_text
+from vqtool.images.pixels import pad_to, pad_to_multiple, padded_size
 from vqtool.images.png import Grid, png_bytes
 from vqtool.images.read import MAX_IMAGE_WIDTH, DamagedImage
 from vqtool.models import bands
@@ -542,10 +542,11 @@ def decode_file(
             codes_path,
             "decode it with the run that encoded it",
         )
-    if code_file.image_size[1] > MAX_IMAGE_WIDTH:  # written before the limit existed
+    widest = _largest_padded(code_file)[1]
+    if widest > MAX_IMAGE_WIDTH:  # written before the limit existed
         raise UsageError(
-            f"the file's images are {size_text(code_file.image_size)} ({HW}), wider than "
-            f"vqtool decodes ({MAX_IMAGE_WIDTH:,} pixels)",
+            f"the file holds images {widest:,} pixels wide (padded), wider than vqtool "
+            f"decodes ({MAX_IMAGE_WIDTH:,})",
             codes_path,
             "encode the images again at most that wide (--size HxW)",
         )
