@@ -141,6 +141,11 @@ def test_small_images_are_coded_whole_and_large_ones_in_bands(
     assert plan is not None and len(plan) > 1
     for band in plan:
         assert (band.outer_stop - band.outer_start) * 4 * 4000 <= bands.BAND_PIXELS
+    # twice the channels, half the pixels
+    wide = ModelConfig(num_hiddens=256)
+    assert bands.band_pixels(wide) == bands.BAND_PIXELS // 2
+    assert bands._plan(wide, 256, 1536, None) is not None
+    assert bands._plan(cfg, 256, 1536, None) is None
     monkeypatch.setattr(bands, "BAND_PIXELS", 1000)
     assert bands._plan(cfg, 64, 64, None) is not None  # a wide band of the least height
 

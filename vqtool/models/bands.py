@@ -2,8 +2,8 @@
 
 The network's activations, not the image, are what a large image costs: the encoder's first
 layer holds 64 floats for every 4 pixels, so a 12-megapixel photo needs gigabytes. Above
-BAND_PIXELS an image is encoded, and its codes decoded, a band of code rows at a time, so
-that the activations never cover much more than BAND_PIXELS pixels.
+`band_pixels` (2 MP for the default networks) an image is encoded, and its codes decoded, a
+band of code rows at a time, so that the activations never cover much more than that.
 
 Each band is computed over its own rows and a halo of `halo` code rows above and below, as
 many as any of its outputs looks at through any layer (`reach`), and is cut on code rows
@@ -35,8 +35,16 @@ from vqtool.models.config import ModelConfig
 from vqtool.models.vqvae import VQVAE, Layer, decoder_layers, encoder_layers
 
 # Images of more pixels than this are coded in bands of about this many pixels (halo
-# included, unless one code row with its halo is wider than that).
+# included, unless one code row with its halo is wider than that), for networks of
+# BAND_HIDDENS channels (model.num_hiddens, the default); for others in proportion, as their
+# activations are.
 BAND_PIXELS = 1 << 21
+BAND_HIDDENS = 128
+
+
+def band_pixels(cfg: ModelConfig) -> int:
+    """The pixels of a band, and of the largest image coded whole, for `cfg`'s networks."""
+    return max(1, BAND_PIXELS * BAND_HIDDENS // cfg.num_hiddens)
 
 
 class Reach(NamedTuple):
@@ -95,10 +103,10 @@ class Band(NamedTuple):
 
 
 def band_rows(cfg: ModelConfig, width: int) -> int:
-    """Code rows each band keeps for images `width` pixels wide: as many as fit BAND_PIXELS
+    """Code rows each band keeps for images `width` pixels wide: as many as fit band_pixels
     with the halo, at least one."""
     f = cfg.downsample
-    return max(1, BAND_PIXELS // (width * f) - 2 * reach(cfg).halo)
+    return max(1, band_pixels(cfg) // (width * f) - 2 * reach(cfg).halo)
 
 
 # oneDNN's convolutions round differently over very few rows (bands of up to 8 code rows were
@@ -123,24 +131,29 @@ def _widened(lo: int, hi: int, rows: int, height: int) -> tuple[int, int]:
 
 def bands(rows: int, per_band: int, halo: int) -> list[Band]:
     """`rows` code rows cut into bands of at most `per_band` rows, of near equal heights, each
-    computed with `halo` rows above and below, over MIN_OUTER rows at least, and over a height
-    congruent to `rows` modulo ALIGN."""
+    computed with `halo` rows above and below, all over one height: MIN_OUTER rows at least,
+    and congruent to `rows` modulo ALIGN."""
     count = -(-rows // per_band)
     cuts = [rows * i // count for i in range(count + 1)]
-    out = []
-    for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
-        lo, hi = _widened(max(0, start - halo), min(rows, stop + halo), rows, MIN_OUTER)
-        lo, hi = _widened(lo, hi, rows, hi - lo + (rows - (hi - lo)) % ALIGN)
-        out.append(Band(start, stop, lo, hi))
-    return out
+    outer = [
+        _widened(max(0, start - halo), min(rows, stop + halo), rows, MIN_OUTER)
+        for start, stop in zip(cuts[:-1], cuts[1:], strict=True)
+    ]
+    # One height for every band: oneDNN prepares each layer once per shape it meets.
+    height = max(hi - lo for lo, hi in outer)
+    height += (rows - height) % ALIGN
+    return [
+        Band(start, stop, *_widened(lo, hi, rows, height))
+        for start, stop, (lo, hi) in zip(cuts[:-1], cuts[1:], outer, strict=True)
+    ]
 
 
 def _plan(cfg: ModelConfig, rows: int, width: int, per_band: int | None) -> list[Band] | None:
     """The bands for code rows of images `width` pixels wide, or None to code them whole:
     `per_band` rows a band, or by default as band_rows says when the images have more than
-    BAND_PIXELS pixels."""
+    band_pixels."""
     if per_band is None:
-        if rows * cfg.downsample * width <= BAND_PIXELS:
+        if rows * cfg.downsample * width <= band_pixels(cfg):
             return None
         per_band = band_rows(cfg, width)
     return bands(rows, per_band, reach(cfg).halo)
@@ -150,7 +163,7 @@ def _plan(cfg: ModelConfig, rows: int, width: int, per_band: int | None) -> list
 def images_to_codes(model: VQVAE, images: Tensor, per_band: int | None = None) -> Tensor:
     """uint8 (B, 3, H, W), sides multiples of the factor f -> int64 codes on the CPU,
     (B, H/f, W/f) or (B, S, H/f, W/f): model.images_to_codes, in bands of `per_band` code
-    rows (by default whole up to BAND_PIXELS pixels an image, else in bands of about that)."""
+    rows (by default whole up to band_pixels an image, else in bands of about that)."""
     f = model.config.downsample
     plan = _plan(model.config, images.shape[-2] // f, images.shape[-1], per_band)
     if plan is None:
