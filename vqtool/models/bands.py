@@ -104,9 +104,10 @@ class Band(NamedTuple):
 
 def band_rows(cfg: ModelConfig, width: int) -> int:
     """Code rows each band keeps for images `width` pixels wide: as many as fit band_pixels
-    with the halo, at least one."""
-    f = cfg.downsample
-    return max(1, band_pixels(cfg) // (width * f) - 2 * reach(cfg).halo)
+    with the halo, and at least what a band of MIN_OUTER rows keeps (one at least)."""
+    halo = reach(cfg).halo
+    fit = band_pixels(cfg) // (width * cfg.downsample) - 2 * halo
+    return max(1, fit, MIN_OUTER - 2 * halo)
 
 
 # oneDNN's convolutions round differently over very few rows (bands of up to 8 code rows were
