@@ -97,7 +97,8 @@ def encode(
 
     --strict refuses them instead; a file named on its own must be a readable image.
 
-    Images larger than 4096x4096 need --size HxW, which shrinks them while they are read.
+    Images larger than 4096x4096, or wider than 16384 pixels, need --size HxW, which shrinks
+    them while they are read; large ones are encoded in bands, in bounded memory.
 
     --size fits each image as the run's training did (its data.resize) unless --resize says
     otherwise; without --size, images keep their own size.
