@@ -1,6 +1,6 @@
 """Large images through the VQ-VAE in horizontal bands, as if whole.
 
-The network's activations, not the image, are what a large image costs: the encoder's first
+The networks' activations, not the image, are what a large image costs: the encoder's first
 layer holds 64 floats for every 4 pixels, so a 12-megapixel photo needs gigabytes. Above
 `band_pixels` (2 MP for the default networks) an image is encoded, and its codes decoded, a
 band of code rows at a time, so that the activations never cover much more than that.
