@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 import pytest
+import torch
 import typer.main
 from helpers import KIND_GRID as GRID
 from helpers import KIND_STAGES as STAGES
@@ -36,9 +37,11 @@ from typer.testing import CliRunner
 from vqtool.cli import app
 from vqtool.codes.vqc import read_codes
 from vqtool.data.cifar10 import load_cifar10
+from vqtool.models import bands
 from vqtool.prior.load import load_coding_prior
 
 runner = CliRunner()
+bands_of = bands.bands
 
 PRIOR_KINDS = [f"{kind}/prior" for kind in VQ_KINDS]
 ALL_KINDS = [*VQ_KINDS, *PRIOR_KINDS]
@@ -196,6 +199,43 @@ def test_roundtrip_with_a_prior_at_every_stage_count_and_resize(
                     STAGES[kind] + 1, "--data-dir", kind_runs.data)  # fmt: skip
     assert result.exit_code == 2 and "--stages" in result.output
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("kind", VQ_KINDS)
+def test_an_image_in_bands_is_coded_as_whole(
+    kind_runs: KindRuns, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """encode, decode and roundtrip of an image above bands.band_pixels (made small here, so
+    that a small image goes in bands): the codes, PNG and PSNR of the image coded whole."""
+    run, threads = kind_runs[kind], torch.get_num_threads()
+    make_image_folder(tmp_path, ["photo.png"], (381, 70))  # 96 code rows at factor 4
+    plans: list[list[bands.Band]] = []
+
+    def recorded(*args: int) -> list[bands.Band]:
+        plans.append(bands_of(*args))
+        return plans[-1]
+
+    monkeypatch.setattr(bands, "bands", recorded)
+    outputs = {}
+    try:
+        torch.set_num_threads(1)  # oneDNN's rounding changes with some thread counts
+        # bands of 13,824 pixels for the tiny networks' 16 channels: a few code rows each
+        for mode, band_pixels in (("whole", bands.BAND_PIXELS), ("bands", 1728)):
+            monkeypatch.setattr(bands, "BAND_PIXELS", band_pixels)
+            ok("encode", run, "photo.png", "-o", f"{mode}.vqc")
+            ok("decode", run, f"{mode}.vqc", "-o", mode)
+            facts = json.loads(ok("roundtrip", run, "photo.png", "-o", f"{mode}.png",
+                                  "--json", "-").stdout)  # fmt: skip
+            png = np.asarray(Image.open(tmp_path / mode / "photo.png"))
+            outputs[mode] = (read_codes(tmp_path / f"{mode}.vqc").codes, png, facts)
+            assert bool(plans) == (mode == "bands")
+    finally:
+        torch.set_num_threads(threads)
+    # encode, decode, and both halves of roundtrip, each in several bands
+    assert len(plans) == 4 and all(len(plan) > 1 for plan in plans)
+    (codes, png, facts), (banded_codes, banded_png, banded_facts) = outputs.values()
+    assert np.array_equal(codes, banded_codes) and np.array_equal(png, banded_png)
+    assert facts["per_image"] == banded_facts["per_image"]
 
 
 @pytest.mark.parametrize("kind", PRIOR_KINDS)

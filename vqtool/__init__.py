@@ -11,6 +11,8 @@ The library behind the CLI, for notebooks::
     recon = loaded.model.decode(indices)       # -> (B, 3, H, W)
     codes = loaded.model.images_to_codes(uint8_images)   # the model's pixel convention
     pixels = loaded.model.codes_to_images(codes)         # uint8, as vqtool decode writes
+    # A photo of several megapixels in bounded memory, in bands of code rows, as the CLI does:
+    codes = encode_images(loaded.model, uint8_images); pixels = decode_indices(loaded.model, codes)
     # A run of S residual stages (model.stages = S) has codes (B, S, H/f, W/f) and decodes
     # any first n of them: loaded.model.decode(indices, stages=n).
     # The sequence a prior reads of them, stage after stage (stage s's code c as s * K + c):

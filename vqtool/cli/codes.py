@@ -97,7 +97,8 @@ def encode(
 
     --strict refuses them instead; a file named on its own must be a readable image.
 
-    Images larger than 4096x4096 need --size HxW, which shrinks them while they are read.
+    Images larger than 4096x4096, or wider than 16384 pixels, need --size HxW, which shrinks
+    them while they are read; large ones are encoded in bands, in bounded memory.
 
     --size fits each image as the run's training did (its data.resize) unless --resize says
     otherwise; without --size, images keep their own size.
@@ -434,8 +435,8 @@ def roundtrip(
     from vqtool.device import resolve_device
     from vqtool.files import check_output_file
     from vqtool.images.pixels import parse_size
-    from vqtool.reports.plots import save_png
-    from vqtool.reports.roundtrip_plots import roundtrip_figure, roundtrip_rows
+    from vqtool.reports.plots import save_picture
+    from vqtool.reports.roundtrip_plots import roundtrip_picture, roundtrip_rows
     from vqtool.vq.load import load_model
 
     shape = parse_size(size) if size is not None else None
@@ -452,7 +453,8 @@ def roundtrip(
             bar.update, lambda note: progress.info(f"note: {note}"), strict,
             bar.stage("prior coding"), stages, mode,
         )  # fmt: skip
-    progress.info(f"wrote {save_png(roundtrip_figure(result, loaded.run_dir.path.name), output)}")
+    picture = roundtrip_picture(result, loaded.run_dir.path.name)
+    progress.info(f"wrote {save_picture(picture, output)}")
     if json_out is not None:
         progress.emit_json(result.as_dict(), json_out)
     if json_out != "-":

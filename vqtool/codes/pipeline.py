@@ -2,10 +2,13 @@
 
 `encode_images` / `decode_indices` turn a batch of uint8 images into indices and back, exactly
 as `evaluate` reconstructs them: decode_indices(encode_images(x)) equals
-`model.codes_to_images(model.images_to_codes(x))` (the model's pixel methods).
+`model.codes_to_images(model.images_to_codes(x))` (the model's pixel methods; for an image
+in bands, as far as vqtool.models.bands says).
 `encode_inputs` (files, folders, CIFAR-10 -> CodeFile) and `decode_file` (.vqc -> PNGs)
 stream batches, so memory stays bounded however many images there are: only the codes (small)
-are kept.
+are kept. An image larger than a batch goes through the networks in bands of code rows
+(vqtool.models.bands), so memory stays bounded however large it is, up to the limits of
+vqtool.images.read.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ from vqtool.files import (
 )
 from vqtool.images.pixels import pad_to, pad_to_multiple, padded_size
 from vqtool.images.png import Grid, png_bytes
-from vqtool.images.read import DamagedImage
+from vqtool.images.read import MAX_IMAGE_WIDTH, DamagedImage
+from vqtool.models import bands
 from vqtool.models.config import DOWNSAMPLE
 from vqtool.models.vqvae import VQVAE
 
@@ -86,28 +90,32 @@ def _check_images(images: Tensor) -> None:
         )
 
 
-def encode_images(model: VQVAE, images: Tensor) -> Tensor:
+def encode_images(model: VQVAE, images: Tensor, band_rows: int | None = None) -> Tensor:
     """uint8 (B, 3, H, W) -> int64 code indices (B, ceil(H/f), ceil(W/f)) on the CPU,
     f the run's model.downsample.
 
     Sides that are not multiples of f are padded at the bottom and right with copies of the
-    last row and column, as `vqtool encode` does.
+    last row and column, as `vqtool encode` does. Large images are encoded in bands of code
+    rows, to the same codes (vqtool.models.bands); `band_rows` forces bands of that many.
     """
     _check_images(images)
+    padded = pad_to_multiple(images, model.config.downsample)
     with torch.inference_mode():
-        return model.images_to_codes(pad_to_multiple(images, model.config.downsample)).cpu()
+        return bands.images_to_codes(model, padded, band_rows)
 
 
-def decode_indices(model: VQVAE, indices: Tensor) -> Tensor:
+def decode_indices(model: VQVAE, indices: Tensor, band_rows: int | None = None) -> Tensor:
     """Code indices (B, h, w), or (B, n, h, w) of a run's first n stages -> uint8 images
     (B, 3, f h, f w) on the CPU.
 
     The decoder's output clamped to [0, 1] and rounded to 8 bits: (recon * 255).round().
+    Large images are decoded in bands of code rows (vqtool.models.bands; `band_rows` forces
+    bands of that many).
     """
     if indices.ndim not in (3, 4) or indices.dtype.is_floating_point or indices.dtype == torch.bool:
         raise ValueError(f"expected integer indices (B, h, w), got {indices.dtype} {indices.shape}")
     with torch.inference_mode():
-        return model.codes_to_images(indices.to(model.device, torch.long)).cpu()
+        return bands.codes_to_images(model, indices.to(torch.long), band_rows)
 
 
 def batch_ranges(n: int, batch_size: int, pixels_per_image: int) -> Iterator[tuple[int, int]]:
@@ -533,6 +541,14 @@ def decode_file(
             f"the file holds {code_file.stages} stages, the run has {loaded.model.stages}",
             codes_path,
             "decode it with the run that encoded it",
+        )
+    widest = _largest_padded(code_file)[1]
+    if widest > MAX_IMAGE_WIDTH:  # written before the limit existed
+        raise UsageError(
+            f"the file holds images {widest:,} pixels wide (padded), wider than vqtool "
+            f"decodes ({MAX_IMAGE_WIDTH:,})",
+            codes_path,
+            "encode the images again at most that wide (--size HxW)",
         )
     file_images = len(code_file.names)
     code_file = pick_images(code_file, pick.first, pick.names)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from vqtool.errors import UsageError
 from vqtool.images import fit
-from vqtool.images.read import MAX_IMAGE_PIXELS, pil_to_tensor, resize_rgb
+from vqtool.images.read import MAX_IMAGE_PIXELS, MAX_IMAGE_WIDTH, pil_to_tensor, resize_rgb
 from vqtool.models.config import DOWNSAMPLE
 
 # How sizes are written for people, everywhere: height first, as --size takes them and as
@@ -27,7 +27,8 @@ def size_text(size: tuple[int, int] | Sequence[int]) -> str:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'HxW' (e.g. '64x64') -> (H, W); each side >= 1 and within MAX_IMAGE_PIXELS."""
+    """'HxW' (e.g. '64x64') -> (H, W); each side >= 1, within MAX_IMAGE_PIXELS and
+    MAX_IMAGE_WIDTH."""
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if match is None or int(match[1]) < 1 or int(match[2]) < 1:
         raise UsageError(
@@ -39,6 +40,12 @@ def parse_size(text: str) -> tuple[int, int]:
             f"size {text} is too large ({size[0] * size[1]:,} pixels)",
             "--size",
             f"use at most {MAX_IMAGE_PIXELS:,} pixels, e.g. 4096x4096",
+        )
+    if size[1] > MAX_IMAGE_WIDTH:
+        raise UsageError(
+            f"size {text} is too wide ({size[1]:,} pixels)",
+            "--size",
+            f"use a width of at most {MAX_IMAGE_WIDTH:,} pixels",
         )
     return size
 

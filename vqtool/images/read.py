@@ -2,9 +2,10 @@
 
 Reading checks an image's declared size (from its header, before any pixel is decoded), so a
 file that declares 40000 x 40000 pixels is refused without allocating gigabytes. At its own
-size an image may have up to `MAX_IMAGE_PIXELS`; one that is read to be shrunk (`--size`) may
-be larger, since it is shrunk while it is decoded: a JPEG decodes at 1/2, 1/4 or 1/8 of its
-size (Pillow's `draft`), so a 48 MP phone photo read for 64x64 costs 0.75 MP of memory.
+size an image may have up to `MAX_IMAGE_PIXELS` and be up to `MAX_IMAGE_WIDTH` wide; one that
+is read to be shrunk (`--size`) may be larger, since it is shrunk while it is decoded: a JPEG
+decodes at 1/2, 1/4 or 1/8 of its size (Pillow's `draft`), so a 48 MP phone photo read for
+64x64 costs 0.75 MP of memory.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from torch import Tensor
 from vqtool.errors import UsageError, WorkError, first_line
 from vqtool.images import fit
 
-# The largest image vqtool encodes at its own size: 4096 x 4096. Larger ones cost several GB
-# in the model.
+# The largest image vqtool encodes at its own size: 4096 x 4096 (a 12-megapixel photo fits).
+# The networks take a large image in bands of rows (vqtool.models.bands), but the image, its
+# decoded pixels and the roundtrip figure are held whole.
 MAX_IMAGE_PIXELS = 1 << 24
+# The widest: a band spans the image's width, and is at least a few code rows high.
+MAX_IMAGE_WIDTH = 1 << 14
 # The largest image decoded whole to be shrunk: 8192 x 8192, 200 MB of RGB. Every format but
 # JPEG is decoded whole; a JPEG is decoded at the smallest scale that keeps its target size,
 # which must fit this too.
@@ -189,15 +193,30 @@ def _open(
     return image, height, width
 
 
+def _check_width(path: Path, image: Image.Image) -> None:
+    """Refuse (and close) an image wider than MAX_IMAGE_WIDTH, to be encoded at its own size."""
+    if image.size[0] > MAX_IMAGE_WIDTH:
+        image.close()
+        raise UsageError(
+            f"image too wide: {image.size[0]:,} pixels, more than vqtool encodes at an "
+            f"image's own size ({MAX_IMAGE_WIDTH:,})",
+            path,
+            "pass --size HxW (height x width, e.g. --size 64x64): vqtool then shrinks it while "
+            "reading it",
+        )
+
+
 def probe_size(
     path: Path, shrink_to: tuple[int, int] | None = None, mode: str = "stretch"
 ) -> tuple[int, int]:
     """An image file's (height, width) from its header, without decoding its pixels.
 
-    Refuses an image too large to read at its own size or, with `shrink_to` (and the `mode`
-    that fits it there), to shrink.
+    Refuses an image too large (or too wide) to read at its own size or, with `shrink_to`
+    (and the `mode` that fits it there), to shrink.
     """
     image, height, width = _open(path, shrink_to, mode)
+    if shrink_to is None:
+        _check_width(path, image)
     image.close()
     return height, width
 
@@ -227,8 +246,10 @@ def _decode(
 
 
 def read_image(path: Path) -> Tensor:
-    """An image file -> uint8 (3, H, W) RGB (grey repeated, alpha dropped; first frame)."""
+    """An image file -> uint8 (3, H, W) RGB (grey repeated, alpha dropped; first frame); one
+    larger than MAX_IMAGE_PIXELS or wider than MAX_IMAGE_WIDTH is refused."""
     image, _, _ = _open(path)
+    _check_width(path, image)
     return _decode(path, image, None)
 
 

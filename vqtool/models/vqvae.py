@@ -38,7 +38,16 @@ PIXEL_CONVENTION = {
     "(rounding half to even)",
 }
 
-__all__ = ["DOWNSAMPLE", "VQVAE", "ModelConfig", "build_model", "build_quantizer"]
+__all__ = [
+    "DOWNSAMPLE",
+    "VQVAE",
+    "Layer",
+    "ModelConfig",
+    "build_model",
+    "build_quantizer",
+    "decoder_layers",
+    "encoder_layers",
+]
 
 
 class Residual(nn.Module):
@@ -71,6 +80,34 @@ class ResidualStack(nn.Module):
 def _halvings(cfg: ModelConfig) -> int:
     """How many times the encoder halves each side: log2 of model.downsample (1 to 4)."""
     return int(math.log2(cfg.downsample))
+
+
+class Layer(NamedTuple):
+    """One convolution's geometry along a side: all that where an output looks depends on."""
+
+    kernel: int
+    stride: int
+    padding: int
+    transposed: bool = False
+
+
+_HALVE, _SAME3, _SAME1 = Layer(4, 2, 1), Layer(3, 1, 1), Layer(1, 1, 0)
+_DOUBLE = Layer(4, 2, 1, transposed=True)
+
+
+def encoder_layers(cfg: ModelConfig) -> tuple[Layer, ...]:
+    """The convolutions from pixels to the latents the quantizer takes (the encoder's, then
+    the 1x1 before the quantizer), in the order they run: Encoder and VQVAE.pre_vq."""
+    residual = (_SAME3, _SAME1) * cfg.num_residual_layers
+    second = _SAME3 if _halvings(cfg) == 1 else _HALVE
+    return (_HALVE, second, *[_HALVE] * (_halvings(cfg) - 2), _SAME3, *residual, _SAME1)
+
+
+def decoder_layers(cfg: ModelConfig) -> tuple[Layer, ...]:
+    """The decoder's convolutions from code vectors to pixels, in the order they run."""
+    residual = (_SAME3, _SAME1) * cfg.num_residual_layers
+    first_up = _SAME3 if _halvings(cfg) == 1 else _DOUBLE
+    return (_SAME3, *residual, *[_DOUBLE] * (_halvings(cfg) - 2), first_up, _DOUBLE)
 
 
 class Encoder(nn.Module):

@@ -35,6 +35,7 @@ from matplotlib.ticker import (  # noqa: E402
 from vqtool.codes.bdrate import vqtool_curves  # noqa: E402
 from vqtool.errors import WorkError, counted, first_line  # noqa: E402
 from vqtool.files import write_bytes  # noqa: E402
+from vqtool.images.png import png_bytes  # noqa: E402
 from vqtool.runs import Run, RunDir  # noqa: E402
 
 if TYPE_CHECKING:
@@ -468,6 +469,12 @@ def save_png(fig: Figure, path: Path) -> Path:
     fig.savefig(buffer, format="png", dpi=DPI)
     data = buffer.getvalue()
     write_bytes(path, data)
+    return path
+
+
+def save_picture(picture: np.ndarray, path: Path) -> Path:
+    """Write a picture made pixel by pixel, uint8 (height, width, 3), as a PNG, atomically."""
+    write_bytes(path, png_bytes(picture))
     return path
 
 

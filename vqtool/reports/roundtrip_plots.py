@@ -1,8 +1,9 @@
 """The figure of `vqtool roundtrip`: each original above its reconstruction, enlarged to a
 readable size by whole pixels (no smoothing), its name, PSNR and bits under it.
 
-The picture is laid out in screen pixels and placed pixel for pixel on the figure
-(`Figure.figimage`), so that no resampling blurs the codes' blocks; matplotlib adds the text.
+The picture is laid out in screen pixels: matplotlib draws the text, and the images are then
+placed pixel for pixel into what it drew, so that no resampling blurs the codes' blocks (and
+matplotlib's image path, which holds several float copies of a photo's figure, is not used).
 """
 
 from __future__ import annotations
@@ -34,8 +35,7 @@ HEADING_LINE = 20  # screen pixels per line of the title
 CHAR_WIDTH = 0.75  # screen pixels per point of font size, for an average character (a bound)
 MIN_WIDTH = 640  # room for the title beside a few small images
 BOTTOM = 10
-BORDER = 0.8  # the grey of the line around each image
-BACKGROUND = 1.0
+BORDER = 204  # the grey of the line around each image (0.8 of white)
 
 
 def scale_for(height: int, width: int) -> int:
@@ -49,9 +49,9 @@ def _fit(text: str, pixels: int) -> str:
     return text if len(text) <= most else text[: most - 3] + "..."
 
 
-def roundtrip_figure(result: RoundTrip, title: str) -> Figure:
+def roundtrip_picture(result: RoundTrip, title: str) -> np.ndarray:
     """The first images of `result` over their reconstructions, with a caption per pair and a
-    title that gives the whole set's figures."""
+    title that gives the whole set's figures: uint8 (height, width, 3), for a PNG."""
     tops, bottoms = result.originals, result.reconstructions
     shown = len(tops)
     cell_h = max(image.shape[0] for image in tops)
@@ -66,7 +66,6 @@ def roundtrip_figure(result: RoundTrip, title: str) -> Figure:
     heading = _heading(result, title, scale, width)
     top_margin = 10 + len(heading) * HEADING_LINE + 10
     height = top_margin + rows * pitch_y + BOTTOM
-    canvas = np.full((height, width, 3), BACKGROUND, np.float32)
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     FigureCanvasAgg(fig)
 
@@ -77,8 +76,6 @@ def roundtrip_figure(result: RoundTrip, title: str) -> Figure:
     for i in range(shown):
         row, col = divmod(i, columns)
         x, y = LEFT + col * pitch_x, top_margin + row * pitch_y
-        for k, image in enumerate((tops[i], bottoms[i])):
-            _place(canvas, image, y + k * (box_h + INNER), x, scale, box_w)
         middle, caption = x + box_w / 2, y + 2 * box_h + INNER + 6
         text(middle, caption, _fit(result.names[i], box_w + GAP - 4), ha="center")
         text(middle, caption + LINE, f"{result.psnr[i]:.2f} dB", ha="center")
@@ -89,10 +86,17 @@ def roundtrip_figure(result: RoundTrip, title: str) -> Figure:
         for k, label in enumerate(("original", "decoded")):
             middle = top_margin + row * pitch_y + k * (box_h + INNER) + box_h / 2
             text(LEFT - 10, middle, label, ha="right", va="center", color="0.35")
-    fig.figimage(canvas, 0, 0, origin="upper", zorder=0)
     for j, (line, size, colour) in enumerate(heading):
         text(10, 10 + j * HEADING_LINE, line, fontsize=size, color=colour)
-    return fig
+    fig.canvas.draw()
+    drawn = np.asarray(fig.canvas.buffer_rgba())  # type: ignore[attr-defined]
+    picture = np.array(drawn[..., :3])  # (height, width, 3): the text on white
+    for i in range(shown):  # the images lie where no text is
+        row, col = divmod(i, columns)
+        x, y = LEFT + col * pitch_x, top_margin + row * pitch_y
+        for k, image in enumerate((tops[i], bottoms[i])):
+            _place(picture, image, y + k * (box_h + INNER), x, scale, box_w)
+    return picture
 
 
 def _heading(result: RoundTrip, title: str, scale: int, width: int) -> list[tuple[str, float, str]]:
@@ -136,15 +140,15 @@ def _of_stages(result: RoundTrip) -> str:
 
 
 def _place(
-    canvas: np.ndarray, image: np.ndarray, top: int, left: int, scale: int, box_w: int
+    picture: np.ndarray, image: np.ndarray, top: int, left: int, scale: int, box_w: int
 ) -> None:
     """Draw uint8 (h, w, 3) `image` enlarged `scale` times, centred across a box `box_w` wide,
     with a one-pixel grey line around it."""
-    big = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1).astype(np.float32) / 255.0
+    big = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1) if scale > 1 else image
     h, w = big.shape[:2]
     left += (box_w - w) // 2
-    canvas[top - 1 : top + h + 1, left - 1 : left + w + 1] = BORDER
-    canvas[top : top + h, left : left + w] = big
+    picture[top - 1 : top + h + 1, left - 1 : left + w + 1] = BORDER
+    picture[top : top + h, left : left + w] = big
 
 
 def roundtrip_rows(result: RoundTrip, count: int) -> tuple[list[str], list[Sequence[object]]]:
