@@ -21,7 +21,7 @@ from vqtool.codes.vqc import read_codes
 from vqtool.data import folders
 from vqtool.data.datasets import load_images, load_split, load_training_images
 from vqtool.data.folders import CACHE_DIR, ensure_cache
-from vqtool.data.photos import NativeCrops, Photos, gathered_windows, tile_corners, windows
+from vqtool.data.photos import NativeCrops, Photos, tile_corners, windows
 from vqtool.images import fit
 from vqtool.profiles import DataConfig, load_profile
 from vqtool.vq.load import load_model
@@ -101,8 +101,8 @@ def test_windows_are_the_photo_s_own_pixels_per_seed_and_epoch(tmp_path: Path) -
     # The one gather a GPU takes gives the same windows as the CPU's slices.
     photos = Photos(train.images, train.crops.sizes)
     index, corner = torch.tensor([3, 0, 3]), train.crops.offsets(0)[[3, 0, 3]]
-    store = (train.images, photos.sizes, photos.starts, index, corner, (32, 32))
-    sliced, gathered = windows(*store), gathered_windows(*store)
+    sliced = windows(photos.store, index, corner, (32, 32), gather=False)
+    gathered = windows(photos.store, index, corner, (32, 32), gather=True)
     assert torch.equal(sliced, gathered)
     assert torch.equal(sliced, train.crops(train.images, index, 0))
 

@@ -44,60 +44,56 @@ class Photos(NamedTuple):
         lengths = 3 * self.sizes[:, 0] * self.sizes[:, 1]
         return torch.cumsum(lengths, 0) - lengths
 
+    @property
+    def store(self) -> Store:
+        return Store(self.pixels, self.sizes, self.starts)
+
     def image(self, i: int) -> Tensor:
         """Image i as a uint8 (3, h, w) view of the store."""
-        return _image(self.pixels, self.sizes, self.starts, i)
+        return self.store.image(i)
 
 
-def _image(pixels: Tensor, sizes: Tensor, starts: Tensor, i: int) -> Tensor:
-    """Image i of a store as a uint8 (3, h, w) view of its pixels."""
-    h, w = int(sizes[i, 0]), int(sizes[i, 1])
-    start = int(starts[i])
-    return pixels[start : start + 3 * h * w].view(3, h, w)
+class Store(NamedTuple):
+    """A store's tensors as windows read them, all on one device (`starts` computed once)."""
+
+    pixels: Tensor
+    sizes: Tensor
+    starts: Tensor
+
+    def image(self, i: int) -> Tensor:
+        """Image i as a uint8 (3, h, w) view of the pixels."""
+        h, w = int(self.sizes[i, 0]), int(self.sizes[i, 1])
+        start = int(self.starts[i])
+        return self.pixels[start : start + 3 * h * w].view(3, h, w)
 
 
 def windows(
-    pixels: Tensor,
-    sizes: Tensor,
-    starts: Tensor,
+    store: Store,
     indices: Tensor,
     corners: Tensor,
     size: tuple[int, int],
+    gather: bool | None = None,
 ) -> Tensor:
-    """(B, 3, H, W) windows of the images `indices` of a store (`pixels`, `sizes`, `starts`
-    on one device) at top-left `corners` (B, 2): slice copies on a CPU, one gather on a GPU
-    (one kernel, no reads back to the host)."""
-    if pixels.device.type == "cpu":
-        h, w = size
-        out = []
-        for i, (y, x) in zip(indices.tolist(), corners.tolist(), strict=True):
-            out.append(_image(pixels, sizes, starts, i)[:, y : y + h, x : x + w])
-        return torch.stack(out)
-    return gathered_windows(pixels, sizes, starts, indices, corners, size)
-
-
-def gathered_windows(
-    pixels: Tensor,
-    sizes: Tensor,
-    starts: Tensor,
-    indices: Tensor,
-    corners: Tensor,
-    size: tuple[int, int],
-) -> Tensor:
-    """`windows` as one gather, on any device."""
+    """(B, 3, H, W) windows of the images `indices` of a store at top-left `corners` (B, 2):
+    slice copies on a CPU, one gather elsewhere (one kernel, no reads back to the host);
+    `gather` chooses for tests."""
     h, w = size
-    width = sizes[indices, 1]  # (B,)
-    plane = sizes[indices, 0] * width  # (B,): pixels of one channel
-    rows = corners[:, :1] + torch.arange(h, device=pixels.device)  # (B, H)
-    cols = corners[:, 1:] + torch.arange(w, device=pixels.device)  # (B, W)
-    channel = torch.arange(3, device=pixels.device)
+    if not (store.pixels.device.type != "cpu" if gather is None else gather):
+        pairs = zip(indices.tolist(), corners.tolist(), strict=True)
+        return torch.stack([store.image(i)[:, y : y + h, x : x + w] for i, (y, x) in pairs])
+    device = store.pixels.device
+    width = store.sizes[indices, 1]  # (B,)
+    plane = store.sizes[indices, 0] * width  # (B,): pixels of one channel
+    rows = corners[:, :1] + torch.arange(h, device=device)  # (B, H)
+    cols = corners[:, 1:] + torch.arange(w, device=device)  # (B, W)
+    channel = torch.arange(3, device=device)
     flat = (
-        starts[indices, None, None, None]
+        store.starts[indices, None, None, None]
         + channel[None, :, None, None] * plane[:, None, None, None]
         + rows[:, None, :, None] * width[:, None, None, None]
         + cols[:, None, None, :]
     )  # (B, 3, H, W) positions in the store
-    return pixels[flat]
+    return store.pixels[flat]
 
 
 def centre_windows(photos: Photos, size: tuple[int, int]) -> Tensor:
@@ -107,7 +103,7 @@ def centre_windows(photos: Photos, size: tuple[int, int]) -> Tensor:
         dtype=torch.long,
     ).reshape(-1, 2)
     every = torch.arange(len(photos.sizes))
-    return windows(photos.pixels, photos.sizes, photos.starts, every, corners, size)
+    return windows(photos.store, every, corners, size)
 
 
 def tile_corners(photos: Photos, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -133,7 +129,7 @@ def tiles(photos: Photos, size: tuple[int, int], max_bytes: int = MAX_TILE_BYTES
     if len(images) > most:
         keep = torch.linspace(0, len(images) - 1, most).round().long()
         images, corners = images[keep], corners[keep]
-    return windows(photos.pixels, photos.sizes, photos.starts, images, corners, size)
+    return windows(photos.store, images, corners, size)
 
 
 class NativeCrops:
@@ -148,7 +144,7 @@ class NativeCrops:
         self.seed = seed
         self._epoch = -1
         self._offsets = torch.empty(0, 2, dtype=torch.long)
-        self._placed: tuple[Tensor, Tensor] | None = None  # sizes and starts on the device
+        self._placed: Store | None = None  # the store's sizes and starts on the device
 
     def offsets(self, epoch: int) -> Tensor:
         """(count, 2) top-left corners of every photo's window in `epoch`."""
@@ -159,11 +155,11 @@ class NativeCrops:
     def __call__(self, images: Tensor, indices: Tensor, epoch: int) -> Tensor:
         """The windows of the photos `indices` of the store whose pixels are `images` (P,):
         uint8 (B, 3, H, W)."""
-        if self._placed is None or self._placed[0].device != images.device:
+        if self._placed is None or self._placed.sizes.device != images.device:
             starts = Photos(images, self.sizes).starts
-            self._placed = (self.sizes.to(images.device), starts.to(images.device))
+            self._placed = Store(images, self.sizes.to(images.device), starts.to(images.device))
         if epoch != self._epoch:
             self._offsets = self.offsets(epoch).to(images.device)
             self._epoch = epoch
-        sizes, starts = self._placed
-        return windows(images, sizes, starts, indices, self._offsets[indices], self.size)
+        store = self._placed._replace(pixels=images)
+        return windows(store, indices, self._offsets[indices], self.size)
