@@ -23,8 +23,10 @@ def slow(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.run("ruff", "check", "vqtool", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "vqtool", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "vqtool", "tests", "benchmarks", "scripts", "noxfile.py")
+    session.run(
+        "ruff", "format", "--check", "vqtool", "tests", "benchmarks", "scripts", "noxfile.py"
+    )
 
 
 @nox.session

@@ -396,7 +396,7 @@ def test_log_lines_stay_whole_when_stderr_is_not_a_terminal(
 
 COMMANDS = [
     "download", "train", "evaluate", "profiles", "plot", "compare", "encode", "decode", "inspect",
-    "roundtrip", "prior", "sample", "export",
+    "roundtrip", "prior", "sample", "export", "pretrained",
 ]  # fmt: skip
 
 

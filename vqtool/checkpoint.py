@@ -91,6 +91,12 @@ def restore_training(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, payload: dict[str, Any]
 ) -> tuple[int, float]:
     """Put back what training_state saved; returns (step, elapsed_s)."""
+    if "optimizer" not in payload:
+        raise UsageError(
+            "this checkpoint holds weights alone (a ready-trained run's): it cannot be resumed",
+            "--resume",
+            "train a new run, or evaluate and encode with this one as it is",
+        )
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     restore_rng(payload["rng"])

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 from vqtool.errors import UsageError, WorkError, counted, os_reason
 from vqtool.files import FOLDER_GONE, GONE_FIX, write_all, write_text
+from vqtool.pretrained import is_shipped, read_only_fix, resolve
 from vqtool.tomlio import TOMLDecodeError, loads_toml
 
 METRICS_NAME = "metrics.jsonl"
@@ -50,8 +51,8 @@ class RunDir:
 
     @classmethod
     def at(cls, folder: str | Path) -> RunDir:
-        """The run in `folder` (it need not exist yet)."""
-        folder = Path(folder)
+        """The run in `folder` (it need not exist yet; `pretrained:NAME` must)."""
+        folder = resolve(folder)
         return cls(folder, folder / CHECKPOINT_NAME)
 
     @classmethod
@@ -65,8 +66,9 @@ class RunDir:
         """A run folder or a checkpoint file -> the run whose checkpoint exists.
 
         A checkpoint file may lie anywhere: its folder is then where eval files go.
+        `pretrained:NAME` is a shipped run (vqtool.pretrained).
         """
-        path = Path(path)
+        path = resolve(path)
         if path.is_dir():
             run = cls.at(path)
             if not run.checkpoint.is_file():
@@ -81,7 +83,7 @@ class RunDir:
     @classmethod
     def with_results(cls, path: str | Path) -> RunDir:
         """A run folder (or a file inside one) that holds results: metrics or a profile."""
-        path = Path(path)
+        path = resolve(path)
         if path.is_file() and (path.parent / METRICS_NAME).exists():
             return cls.at(path.parent)
         if not path.exists():
@@ -127,8 +129,18 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return self.checkpoint.is_file()
 
+    @property
+    def read_only(self) -> bool:
+        """A ready-trained run shipped in the package (vqtool.pretrained): never written to."""
+        return is_shipped(self.path)
+
     def refuse_overwrite(self, resume: bool) -> None:
-        """A folder that holds a checkpoint is continued (resume) or left alone, never replaced."""
+        """A folder that holds a checkpoint is continued (resume) or left alone, never replaced;
+        a ready-trained run is never trained further in place."""
+        if self.read_only:
+            raise UsageError(
+                "a ready-trained run cannot be trained", self.path, read_only_fix(self.path)
+            )
         if self.checkpoint.exists() and not resume:
             raise UsageError(
                 "this run folder already holds a checkpoint",

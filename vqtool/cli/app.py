@@ -217,7 +217,11 @@ def folder_option(help: str) -> Any:
 
 RunOrCheckpoint = Annotated[
     Path,
-    typer.Argument(help="A run folder or its checkpoint.pt.", metavar="RUN", show_default=False),
+    typer.Argument(
+        help="A run folder, its checkpoint.pt, or pretrained:NAME (see: vqtool pretrained).",
+        metavar="RUN",
+        show_default=False,
+    ),
 ]
 Stages = Annotated[
     int | None,

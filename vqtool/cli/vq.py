@@ -202,14 +202,17 @@ def evaluate(
             )
     # The run's own copy first (a reader that closes stdout early must not cost it), but a
     # run folder that cannot be written (shared, read-only) still gives the results.
-    try:
-        progress.info(f"wrote {write_eval(run, metrics)}")
-    except OSError as exc:
-        progress.warn(
-            f"could not save {RunDir.with_checkpoint(run).eval_file_of(metrics).name} in the "
-            f"run folder ({os_reason(exc)}); "
-            "the metrics below are complete"
-        )
+    files = RunDir.with_checkpoint(run)
+    if files.read_only:
+        progress.info(f"note: {run} is read-only: {KEEP_IT}")
+    else:
+        try:
+            progress.info(f"wrote {write_eval(run, metrics)}")
+        except OSError as exc:
+            progress.warn(
+                f"could not save {files.eval_file_of(metrics).name} in the run folder "
+                f"({os_reason(exc)}); the metrics below are complete"
+            )
     if json_out is not None:
         progress.emit_json(metrics, json_out)
     # --rate-distortion asks for its own table: the metrics are in eval-<split>.json.
@@ -222,6 +225,10 @@ def evaluate(
             progress.print_result(progress.stages_table(title, rows))
     if measure_rd is not None:
         measure_rd(split, data_dir_of(data_dir), rd_images, json_out != "-")
+
+
+# What evaluate says instead of writing into a ready-trained run (vqtool.pretrained).
+KEEP_IT = "nothing is written into it; --json FILE keeps the figures"
 
 
 def _rate_distortion_job(run: Path, prior: Path | None, device: str) -> Callable[..., None]:
@@ -243,7 +250,10 @@ def _rate_distortion_job(run: Path, prior: Path | None, device: str) -> Callable
     def measure(split: str, data_dir: Path, images: int | None, show: bool) -> None:
         with progress.CountProgress("rate-distortion") as bar:
             rd = rate_distortion_split(loaded, split, data_dir, coding_prior, images, bar.stage)
-        progress.info(f"wrote {write_rate_distortion(run, rd)}")
+        if loaded.run_dir.read_only:
+            progress.info(f"note: {run} is read-only: {KEEP_IT}")
+        else:
+            progress.info(f"wrote {write_rate_distortion(run, rd)}")
         if show:  # not under --json -, whose stdout holds the JSON alone
             title = f"rate-distortion, {rd['images']:,} {split} images"
             rows = rate_distortion_rows(rd)
@@ -357,7 +367,7 @@ def plot(
     loaded = load_run(runs[0])
     for message in loaded.warnings:
         progress.warn(message)
-    target = out_dir if out_dir is not None else loaded.path
+    target = out_dir if out_dir is not None else _plots_folder(loaded.path)
     if loaded.kind == "prior":
         _plot_prior(loaded, target, resolve_device(device))
         return
@@ -378,6 +388,18 @@ def plot(
     rd_png = write_rate_distortion_plot(loaded.path, target)
     if rd_png is not None:
         progress.info(f"wrote {rd_png}")
+
+
+def _plots_folder(run: Path) -> Path:
+    """Where plot writes without -o: the run folder, but a ready-trained run is read-only and
+    its figures go to ./<name>-plots."""
+    from vqtool.runs import RunDir
+
+    if not RunDir.at(run).read_only:
+        return run
+    folder = Path(f"{run.name}-plots")
+    progress.info(f"note: the run is read-only; the figures go to {folder} (-o chooses)")
+    return folder
 
 
 def _plot_runs_rd(runs: list[Path], out: Path | None, json_out: str | None) -> None:

@@ -68,8 +68,12 @@ class PriorResult(NamedTuple):
 
 
 def default_prior_dir(vq_run: Path) -> Path:
-    """P when none is given: `R/prior` beside R's checkpoint."""
-    return RunDir.with_checkpoint(vq_run).path / PRIOR_DIR
+    """P when none is given: `R/prior` beside R's checkpoint; for a ready-trained R (read-only),
+    `runs/<name>-prior-<YYYYmmdd-HHMMSS>`."""
+    run = RunDir.with_checkpoint(vq_run)
+    if run.read_only:
+        return RunDir.default(f"{run.path.name}-prior").path
+    return run.path / PRIOR_DIR
 
 
 # How a prior run starts and resumes (vqtool.resume holds the rules both kinds of run share).

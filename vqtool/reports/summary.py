@@ -90,3 +90,25 @@ def run_labels(paths: Sequence[Path]) -> list[str]:
         if len(set(labels)) == len(labels) or depth >= max(len(p.parts) for p in resolved):
             return labels
         depth += 1
+
+
+def pretrained_summary(name: str) -> dict[str, Any]:
+    """A ready-trained run (vqtool.pretrained) for `vqtool pretrained`: its about.toml, what
+    its training wrote, and its test figures at every stage count."""
+    from vqtool.pretrained import PREFIX, about
+    from vqtool.runs import load_run
+
+    run = load_run(Path(PREFIX + name))
+    test = run.eval_files.get("test", {})
+    by_stages = test.get("by_stages") or [test]
+    prior = run.path / "prior"
+    return {
+        "name": PREFIX + name,
+        "path": str(run.path),
+        **about(name),
+        "profile": run.profile,
+        "steps": run.train[-1]["step"],
+        "psnr": [_number(row.get("psnr")) for row in by_stages],
+        "bits_per_image": [_number(row.get("bits_per_image")) for row in by_stages],
+        "prior": PREFIX + f"{name}/prior" if prior.is_dir() else None,
+    }

@@ -1,0 +1,73 @@
+"""Pack a trained run (and the prior in its prior/ folder) as a ready-trained run of the package.
+
+    python scripts/pack_pretrained.py RUN NAME --description TEXT --trained TEXT
+
+writes pretrained/NAME/: the checkpoint without optimizer and RNG state (the same weights, so
+the same fingerprint), profile.toml, metrics.jsonl, eval-*.json, rd-*.json and about.toml; for
+RUN/prior, its checkpoint (stripped alike), profile.toml, metrics.jsonl, eval-test.json and
+coding-model.npz, but not the code files it trained on (vqtool prior makes them again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import tomli_w
+import torch
+
+from vqtool.checkpoint import save_checkpoint
+from vqtool.pretrained import ABOUT_NAME, PREFIX
+
+ROOT = Path(__file__).resolve().parents[1]
+# what a run's training needs to continue, and nothing that reads it needs
+TRAINING_ONLY = ("optimizer", "rng")
+KEPT = ("profile.toml", "metrics.jsonl", "coding-model.npz")
+
+
+def slim_checkpoint(source: Path, target: Path, vq_checkpoint: str | None = None) -> str:
+    """Copy a checkpoint without its training state; returns its fingerprint (unchanged)."""
+    payload = torch.load(source, map_location="cpu", weights_only=True)
+    fmt = payload.pop("format")
+    before = payload.pop("fingerprint")
+    payload.pop("version")
+    for key in TRAINING_ONLY:
+        payload.pop(key, None)
+    if vq_checkpoint is not None:  # a prior names its VQ run where any installation has it
+        payload["vq"]["checkpoint"] = vq_checkpoint
+    save_checkpoint(target, payload, fmt=fmt)
+    after = torch.load(target, map_location="cpu", weights_only=True)["fingerprint"]
+    assert after == before, (source, before, after)
+    return after
+
+
+def pack_folder(source: Path, target: Path, vq_checkpoint: str | None = None) -> None:
+    target.mkdir(parents=True)
+    slim_checkpoint(source / "checkpoint.pt", target / "checkpoint.pt", vq_checkpoint)
+    results = [*source.glob("eval-*.json"), *source.glob("rd-*.json")]
+    for path in [source / name for name in KEPT if (source / name).is_file()] + results:
+        shutil.copy2(path, target / path.name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("name")
+    parser.add_argument("--description", required=True)
+    parser.add_argument("--trained", required=True, help="how, on what data and machine")
+    args = parser.parse_args()
+    target = ROOT / "pretrained" / args.name
+    if target.exists():
+        shutil.rmtree(target)
+    pack_folder(args.run, target)
+    if (args.run / "prior" / "checkpoint.pt").is_file():
+        pack_folder(args.run / "prior", target / "prior", f"{PREFIX}{args.name}/checkpoint.pt")
+    about = {"description": args.description, "trained": args.trained}
+    (target / ABOUT_NAME).write_text(tomli_w.dumps(about), encoding="utf-8")
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    print(f"{target}: {size / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
