@@ -119,7 +119,9 @@ app = typer.Typer(
     cls=OneLineErrors,
     help="Train a VQ-VAE on CIFAR-10 or your own image folders, and turn images into "
     "discrete codes and back.\n\n"
-    "Start with: vqtool download, then vqtool train --profile smoke.",
+    "Start with: vqtool download, then vqtool train --profile smoke; or, with no training, "
+    "a ready-trained run: vqtool roundtrip pretrained:cifar10-rvq my-photos -o r.png "
+    "(see vqtool pretrained).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
