@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +22,7 @@ from vqtool.models.quantizer import (
     squared_distances,
 )
 from vqtool.models.vqvae import build_model
-from vqtool.profiles import ModelConfig
+from vqtool.profiles import ModelConfig, load_profile
 
 SMALL = ModelConfig(
     num_hiddens=16,
@@ -173,3 +177,76 @@ def test_init_methods_cover_clusters(method: str) -> None:
         assert int((used > 0).sum()) == 4
     else:
         assert int((used > 0).sum()) >= 2
+
+
+# The networks every shipped profile builds, and the seed's at every factor, as main built
+# them before the network became profile keys: tests/golden/networks.json
+# (VQTOOL_REGEN_GOLDEN=1 rewrites it). A new network key at its default must leave them alone.
+NETWORKS_GOLDEN = Path(__file__).parent / "golden" / "networks.json"
+SHIPPED_VQ = ["ema", "ema-kaiming", "fast", "folder", "fsq", "lowrate", "original", "photo",
+              "rvq", "smoke"]  # fmt: skip
+VARIANTS = {
+    **{f"ema-ds{f}": ("ema", [f"model.downsample={f}"]) for f in (2, 8, 16)},
+    "ema-kaiming-init": ("ema-kaiming", ["model.kaiming_init=true"]),
+    "smoke-ds2-wn": ("smoke", ["model.downsample=2", "model.weight_norm=true"]),
+}
+
+
+def _projections(t: torch.Tensor) -> list[float]:
+    """Two numbers that change with any value or any order of `t`'s values."""
+    flat = t.detach().double().flatten()
+    weights = torch.sin(torch.arange(flat.numel(), dtype=torch.float64) * 0.7 + 0.1)
+    return [float(flat.sum()), float((flat * weights).sum())]
+
+
+def _network_fingerprint(cfg: ModelConfig) -> dict[str, object]:
+    """The state dict (names, shapes, values), the draw that follows the build, and the
+    networks' outputs on fixed inputs, for a model built from seed 0."""
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    next_draw = float(torch.rand(()))
+    state = {name: [list(t.shape), *_projections(t)] for name, t in model.state_dict().items()}
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(2, 3, 32, 32, generator=generator) - 0.5
+    with torch.no_grad():
+        latents = model.latents(images)
+        vectors = torch.randn(latents.shape, generator=generator)
+        pixels = model.decoder(vectors)
+    return {
+        "state": state,
+        "next_draw": next_draw,
+        "latents": [list(latents.shape), *_projections(latents)],
+        "pixels": [list(pixels.shape), *_projections(pixels)],
+    }
+
+
+def _golden_networks() -> dict[str, ModelConfig]:
+    configs = {name: load_profile(name).model for name in SHIPPED_VQ}
+    for name, (base, overrides) in VARIANTS.items():
+        configs[name] = load_profile(base, overrides).model
+    return configs
+
+
+def test_shipped_networks_are_the_ones_main_built() -> None:
+    found = {name: _network_fingerprint(cfg) for name, cfg in _golden_networks().items()}
+    if os.environ.get("VQTOOL_REGEN_GOLDEN") == "1":
+        text = json.dumps(found, indent=1)
+        for inner in (r"[^\[\]]", r"[^\[\]]|\[[^\[\]]*\]"):  # a tensor a line
+            pattern = rf"\[\s+((?:{inner})*?)\s+\]"
+            text = re.sub(pattern, lambda m: f"[{' '.join(m[1].split())}]", text)
+        NETWORKS_GOLDEN.write_text(text + "\n", encoding="utf-8")
+    golden = json.loads(NETWORKS_GOLDEN.read_text(encoding="utf-8"))
+    assert sorted(found) == sorted(golden)
+    for name, want in golden.items():
+        got = found[name]
+        assert list(got["state"]) == list(want["state"]), f"{name}: state dict keys"
+        for key, (shape, *values) in want["state"].items():
+            assert got["state"][key][0] == shape, f"{name}: {key} shape"
+            assert got["state"][key][1:] == pytest.approx(values, rel=1e-5, abs=1e-6), (name, key)
+        assert got["next_draw"] == want["next_draw"], f"{name}: the draws after the build"
+        for output in ("latents", "pixels"):
+            assert got[output][0] == want[output][0], f"{name}: {output} shape"
+            assert got[output][1:] == pytest.approx(want[output][1:], rel=1e-4, abs=1e-5), (
+                name,
+                output,
+            )
