@@ -8,6 +8,7 @@ import os
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from vqtool.models.quantizer import (
     squared_distances,
 )
 from vqtool.models.vqvae import build_model
-from vqtool.profiles import ModelConfig, load_profile
+from vqtool.profiles import ModelConfig, load_profile, profile_from_dict, profile_to_dict
 
 SMALL = ModelConfig(
     num_hiddens=16,
@@ -199,7 +200,7 @@ def _projections(t: torch.Tensor) -> list[float]:
     return [float(flat.sum()), float((flat * weights).sum())]
 
 
-def _network_fingerprint(cfg: ModelConfig) -> dict[str, object]:
+def _network_fingerprint(cfg: ModelConfig) -> dict[str, Any]:
     """The state dict (names, shapes, values), the draw that follows the build, and the
     networks' outputs on fixed inputs, for a model built from seed 0."""
     torch.manual_seed(0)
@@ -238,15 +239,102 @@ def test_shipped_networks_are_the_ones_main_built() -> None:
     golden = json.loads(NETWORKS_GOLDEN.read_text(encoding="utf-8"))
     assert sorted(found) == sorted(golden)
     for name, want in golden.items():
-        got = found[name]
-        assert list(got["state"]) == list(want["state"]), f"{name}: state dict keys"
-        for key, (shape, *values) in want["state"].items():
-            assert got["state"][key][0] == shape, f"{name}: {key} shape"
-            assert got["state"][key][1:] == pytest.approx(values, rel=1e-5, abs=1e-6), (name, key)
-        assert got["next_draw"] == want["next_draw"], f"{name}: the draws after the build"
-        for output in ("latents", "pixels"):
-            assert got[output][0] == want[output][0], f"{name}: {output} shape"
-            assert got[output][1:] == pytest.approx(want[output][1:], rel=1e-4, abs=1e-5), (
-                name,
-                output,
-            )
+        _assert_same_network(name, found[name], want)
+
+
+def _assert_same_network(name: str, got: dict[str, Any], want: dict[str, Any]) -> None:
+    """Fingerprints equal: names, shapes and the draw exactly, values to float rounding."""
+    assert list(got["state"]) == list(want["state"]), f"{name}: state dict keys"
+    for key, (shape, *values) in want["state"].items():
+        assert got["state"][key][0] == shape, f"{name}: {key} shape"
+        assert got["state"][key][1:] == pytest.approx(values, rel=1e-5, abs=1e-6), (name, key)
+    assert got["next_draw"] == want["next_draw"], f"{name}: the draws after the build"
+    for output in ("latents", "pixels"):
+        assert got[output][0] == want[output][0], f"{name}: {output} shape"
+        assert got[output][1:] == pytest.approx(want[output][1:], rel=1e-4, abs=1e-5), (
+            name,
+            output,
+        )
+
+
+@pytest.mark.parametrize(
+    ("channels", "factor", "plan"),
+    [
+        ((), 2, (64, 128)),
+        ((), 16, (64, 128, 128, 128)),
+        ((32,), 8, (32, 32, 32)),
+        ((32, 96, 200, 40), 4, (32, 96)),
+        ((32, 96), 16, (32, 96, 96, 96)),
+    ],
+)
+def test_one_channel_plan_serves_every_factor(
+    channels: tuple[int, ...], factor: int, plan: tuple[int, ...]
+) -> None:
+    cfg = ModelConfig(channels=channels, downsample=factor)
+    assert cfg.stage_channels == plan
+    model = build_model(replace(cfg, weight_norm=False))
+    strided = [model.encoder.conv1, model.encoder.conv2, *model.encoder.down]
+    assert [conv.out_channels for conv in strided] == list(plan)
+    assert model.encoder.conv3.in_channels == plan[-1]
+    assert model.encoder.conv3.out_channels == model.decoder.conv.out_channels == 128
+    # the decoder from num_hiddens back through the plan: the mirror of each strided conv
+    up = [*model.decoder.up, model.decoder.up1, model.decoder.up2]
+    assert [conv.in_channels for conv in up] == [128, *reversed(plan[:-1])]
+    assert [conv.out_channels for conv in up] == [*reversed(plan[:-1]), 3]
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8, 16])
+def test_a_network_of_its_own_plan_codes_and_decodes_at_every_factor(factor: int) -> None:
+    torch.manual_seed(0)
+    cfg = replace(SMALL, channels=(6, 20, 10), num_hiddens=12, num_residual_layers=3,
+                  num_residual_hiddens=4, activation="silu", downsample=factor)  # fmt: skip
+    model = build_model(cfg).eval()
+    x = torch.rand(2, 3, 32, 48) - 0.5
+    out = model(x)
+    assert out.reconstruction.shape == x.shape
+    assert out.indices.shape == (2, 32 // factor, 48 // factor)
+    assert torch.allclose(model.decode(model.encode(x)), out.reconstruction, atol=1e-5)
+    assert len(model.encoder.residual.layers) == len(model.decoder.residual.layers) == 3
+
+
+def test_no_residual_blocks() -> None:
+    model = build_model(replace(SMALL, num_residual_layers=0)).eval()
+    assert len(model.encoder.residual.layers) == 0
+    x = torch.rand(1, 3, 16, 16) - 0.5
+    assert model(x).reconstruction.shape == x.shape
+
+
+def test_silu_is_the_activation_it_names() -> None:
+    torch.manual_seed(0)
+    relu = build_model(replace(SMALL, weight_norm=False)).eval()
+    torch.manual_seed(0)
+    silu = build_model(replace(SMALL, weight_norm=False, activation="silu")).eval()
+    pairs = zip(relu.state_dict().values(), silu.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    x = torch.rand(1, 3, 16, 16) - 0.5
+    with torch.no_grad():
+        first = torch.nn.functional.silu(silu.encoder.conv1(x))
+        hooked: list[torch.Tensor] = []
+        silu.encoder.conv2.register_forward_pre_hook(lambda _, args: hooked.append(args[0]))
+        silu.latents(x)
+    assert torch.equal(hooked[0], first)
+    assert not torch.equal(relu.latents(x), silu.latents(x))
+
+
+def test_the_seed_plan_written_out_is_the_seed_network() -> None:
+    golden = json.loads(NETWORKS_GOLDEN.read_text(encoding="utf-8"))
+    for name, overrides in [("ema", ["model.channels=[64,128]"]),
+                            ("smoke", ["model.channels=[32,64,64,64]"]),
+                            ("lowrate", ["model.channels=[64,128]"])]:  # fmt: skip
+        _assert_same_network(
+            name, _network_fingerprint(load_profile(name, overrides).model), golden[name]
+        )
+
+
+def test_a_profile_stored_before_the_network_keys_loads_the_seed_network() -> None:
+    stored = profile_to_dict(load_profile("rvq"))
+    for key in ("channels", "activation"):
+        del stored["model"][key]  # as checkpoints written before these keys hold it
+    model = profile_from_dict(stored, "rvq", "checkpoint").model
+    assert (model.channels, model.activation) == ((), "relu")
+    assert model == load_profile("rvq").model
