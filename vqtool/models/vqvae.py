@@ -87,11 +87,6 @@ class ResidualStack(nn.Module):
         return self.act(x, len(self.layers) > 0)
 
 
-def _halvings(cfg: ModelConfig) -> int:
-    """How many times the encoder halves each side: log2 of model.downsample (1 to 4)."""
-    return cfg.halvings
-
-
 class Layer(NamedTuple):
     """One convolution's geometry along a side: all that where an output looks depends on."""
 
@@ -109,15 +104,15 @@ def encoder_layers(cfg: ModelConfig) -> tuple[Layer, ...]:
     """The convolutions from pixels to the latents the quantizer takes (the encoder's, then
     the 1x1 before the quantizer), in the order they run: Encoder and VQVAE.pre_vq."""
     residual = (_SAME3, _SAME1) * cfg.num_residual_layers
-    second = _SAME3 if _halvings(cfg) == 1 else _HALVE
-    return (_HALVE, second, *[_HALVE] * (_halvings(cfg) - 2), _SAME3, *residual, _SAME1)
+    second = _SAME3 if cfg.halvings == 1 else _HALVE
+    return (_HALVE, second, *[_HALVE] * (cfg.halvings - 2), _SAME3, *residual, _SAME1)
 
 
 def decoder_layers(cfg: ModelConfig) -> tuple[Layer, ...]:
     """The decoder's convolutions from code vectors to pixels, in the order they run."""
     residual = (_SAME3, _SAME1) * cfg.num_residual_layers
-    first_up = _SAME3 if _halvings(cfg) == 1 else _DOUBLE
-    return (_SAME3, *residual, *[_DOUBLE] * (_halvings(cfg) - 2), first_up, _DOUBLE)
+    first_up = _SAME3 if cfg.halvings == 1 else _DOUBLE
+    return (_SAME3, *residual, *[_DOUBLE] * (cfg.halvings - 2), first_up, _DOUBLE)
 
 
 class Encoder(nn.Module):
@@ -130,7 +125,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         h, c = cfg.num_hiddens, cfg.stage_channels
-        halvings = _halvings(cfg)
+        halvings = cfg.halvings
         self.act = _ACTIVATIONS[cfg.activation]
         self.conv1 = nn.Conv2d(3, c[0], 4, stride=2, padding=1)
         if halvings == 1:
@@ -164,7 +159,7 @@ class Decoder(nn.Module):
         h = cfg.num_hiddens
         # The plan with h at the latents' resolution, read back up towards the pixels.
         c = (*cfg.stage_channels[:-1], h)
-        halvings = _halvings(cfg)
+        halvings = cfg.halvings
         self.act = _ACTIVATIONS[cfg.activation]
         self.conv = nn.Conv2d(cfg.embedding_dim, h, 3, padding=1)
         self.residual = ResidualStack(
