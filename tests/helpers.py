@@ -361,16 +361,24 @@ def one_error_line(output: str) -> str:
 
 
 # Every kind of VQ run, as --set keys over the tiny profile (32 codes per stage, 8x8 grids of
-# 32x32 images): a codebook (ema), finite scalar quantization, residual stages, and a codebook
-# downsampling 8x (4x4 grids).
+# 32x32 images): a codebook (ema), finite scalar quantization, residual stages, a codebook
+# downsampling 8x (4x4 grids), and a network other than the seed's (its own channel plan, more
+# residual blocks, SiLU).
 VQ_KINDS = {
     "ema": [],
     "fsq": ["model.quantizer=fsq", "model.levels=[4,4,2]"],
     "rvq": ["model.stages=3", "model.stage_dropout=true", "model.gradient=rotation"],
     "ds8": ["model.downsample=8"],
+    "net": [
+        "model.channels=[6,20]",
+        "model.num_hiddens=12",
+        "model.num_residual_layers=2",
+        "model.num_residual_hiddens=4",
+        "model.activation=silu",
+    ],  # fmt: skip
 }
-KIND_STAGES = {"ema": 1, "fsq": 1, "rvq": 3, "ds8": 1}
-KIND_GRID = {"ema": (8, 8), "fsq": (8, 8), "rvq": (8, 8), "ds8": (4, 4)}  # codes per image
+KIND_STAGES = {"ema": 1, "fsq": 1, "rvq": 3, "ds8": 1, "net": 1}
+KIND_GRID = {"ema": (8, 8), "fsq": (8, 8), "rvq": (8, 8), "ds8": (4, 4), "net": (8, 8)}
 TINY_PRIOR = ["train.steps=4", "train.eval_every=0", "prior.layers=1", "prior.width=32"]
 
 

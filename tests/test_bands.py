@@ -5,7 +5,9 @@ kind of run (through the CLI in tests/test_kinds.py); the size limits refuse in 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,11 +37,19 @@ def _geometry(module: torch.nn.Module) -> list[Layer]:
     ]
 
 
+# A channel plan other than the seed's, for every factor: cut at 2 and 4, its last entry
+# repeated at 16; with SiLU, which must not change where the networks look.
+PLAN: dict[str, Any] = {"channels": (6, 12, 4), "activation": "silu"}
+
+
 @pytest.mark.parametrize("factor", FACTORS)
 @pytest.mark.parametrize("residual_layers", [0, 2])
-def test_the_layer_lists_are_the_networks(factor: int, residual_layers: int) -> None:
+@pytest.mark.parametrize("plan", [{}, PLAN])
+def test_the_layer_lists_are_the_networks(
+    factor: int, residual_layers: int, plan: dict[str, Any]
+) -> None:
     cfg = ModelConfig(downsample=factor, num_residual_layers=residual_layers, num_hiddens=8,
-                      num_residual_hiddens=4, weight_norm=False)  # fmt: skip
+                      num_residual_hiddens=4, weight_norm=False, **plan)  # fmt: skip
     model = VQVAE(cfg)
     assert list(encoder_layers(cfg)) == [*_geometry(model.encoder), *_geometry(model.pre_vq)]
     assert list(decoder_layers(cfg)) == _geometry(model.decoder)
@@ -52,9 +62,10 @@ def _rows_reached(gradient: Tensor) -> int:
 
 
 @pytest.mark.parametrize("factor", FACTORS)
-def test_reach_is_what_the_gradients_reach(factor: int) -> None:
+@pytest.mark.parametrize("plan", [{}, PLAN])
+def test_reach_is_what_the_gradients_reach(factor: int, plan: dict[str, Any]) -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig(downsample=factor, num_hiddens=16, num_residual_hiddens=8)
+    cfg = ModelConfig(downsample=factor, num_hiddens=16, num_residual_hiddens=8, **plan)
     model = VQVAE(cfg).double().eval()
     reach = bands.reach(cfg)
     images = (torch.rand(4, 3, 20 * factor, 2 * factor, dtype=torch.float64) - 0.5).requires_grad_()
@@ -86,13 +97,16 @@ def _banded(
 
 
 @pytest.mark.parametrize("factor", FACTORS)
-def test_the_halo_is_just_enough(factor: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("plan", [{}, PLAN])
+def test_the_halo_is_just_enough(
+    factor: int, plan: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In float64, with bands over their rows and halo alone: the whole image's latents and
     pixels with the halo, others with one row less."""
     monkeypatch.setattr(bands, "MIN_OUTER", 1)
     monkeypatch.setattr(bands, "ALIGN", 1)
     torch.manual_seed(0)
-    cfg = ModelConfig(downsample=factor, num_hiddens=16, num_residual_hiddens=8)
+    cfg = ModelConfig(downsample=factor, num_hiddens=16, num_residual_hiddens=8, **plan)
     model = VQVAE(cfg).double().eval()
     images = torch.rand(2, 3, 30 * factor, 3 * factor, dtype=torch.float64) - 0.5
     vectors = torch.randn(2, cfg.embedding_dim, 30, 3, dtype=torch.float64)
@@ -144,6 +158,12 @@ def test_small_images_are_coded_whole_and_large_ones_in_bands(
     # twice the channels, half the pixels
     wide = ModelConfig(num_hiddens=256)
     assert bands.band_pixels(wide) == bands.BAND_PIXELS // 2
+    for factor in FACTORS:  # the seed's plan written out: the seed's bands at every factor
+        seed = ModelConfig(downsample=factor)
+        assert bands.band_pixels(seed) == bands.band_pixels(replace(seed, channels=(64, 128)))
+    # a plan's widest strided output per pixel: 64 / 4 at first, 512 / 16 at the second
+    assert bands.band_pixels(ModelConfig(channels=(64, 512))) == bands.BAND_PIXELS // 2
+    assert bands.band_pixels(ModelConfig(channels=(32, 64))) == bands.BAND_PIXELS * 2
     assert bands._plan(wide, 256, 1536, None) is not None
     assert bands._plan(cfg, 256, 1536, None) is None
     monkeypatch.setattr(bands, "BAND_PIXELS", 1000)

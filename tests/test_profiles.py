@@ -264,12 +264,25 @@ def test_wrong_type_names_the_key_and_type(override: str, expected: str) -> None
         ("train.eval_every=-1", "train.eval_every must be an integer >= 0"),
         ("train.lr_hold_steps=-5", "train.lr_hold_steps must be an integer >= 0"),
         ("model.commitment_cost=-0.1", "model.commitment_cost must be a number >= 0"),
+        ("model.channels=[64,0]", "model.channels must be a list of integers, each >= 1"),
+        ("model.channels=[8,8,8,8,8]", "at most 4 (one per halving of the sides), got [8,8,8,8,8]"),
+        ("model.channels=64", "model.channels must be a list of integers"),
+        ("model.activation=gelu", 'model.activation must be one of relu, silu, got "gelu"'),
+        ("model.num_residual_layers=-1", "model.num_residual_layers must be an integer >= 0"),
     ],
 )
 def test_out_of_range_names_the_key_and_allowed_values(override: str, expected: str) -> None:
     with pytest.raises(UsageError) as excinfo:
         load_profile("ema", [override])
     assert expected in usage_line(excinfo)
+
+
+def test_network_keys() -> None:
+    model = load_profile("ema", ["model.channels=[32, 256]", "model.num_residual_layers=0",
+                                 "model.activation=silu"]).model  # fmt: skip
+    assert (model.channels, model.num_residual_layers, model.activation) == ((32, 256), 0, "silu")
+    assert load_profile("ema").model.stage_channels == (64, 128)
+    assert load_profile("photo").model.stage_channels == (64, 128, 128)  # factor 8
 
 
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:1", "mps"])

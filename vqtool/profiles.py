@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 from vqtool.errors import UsageError
-from vqtool.models.config import DOWNSAMPLES, ModelConfig, PriorConfig
+from vqtool.models.config import (
+    ACTIVATIONS,
+    DOWNSAMPLES,
+    MAX_CHANNEL_STAGES,
+    ModelConfig,
+    PriorConfig,
+)
 from vqtool.tomlio import TOMLDecodeError, dumps_toml, loads_toml, toml_value
 
 
@@ -165,7 +171,12 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.scale": ((lambda v: 0 < v <= 1), "> 0 and <= 1"),
     "model.num_hiddens": ((lambda v: v >= 2 and v % 2 == 0), "that is even and >= 2"),
     "model.num_residual_hiddens": _at_least(1),
-    "model.num_residual_layers": _at_least(1),
+    "model.num_residual_layers": _at_least(0),
+    "model.channels": (
+        lambda v: len(v) <= MAX_CHANNEL_STAGES and all(c >= 1 for c in v),
+        f"each >= 1, at most {MAX_CHANNEL_STAGES} (one per halving of the sides)",
+    ),
+    "model.activation": _one_of(*ACTIVATIONS),
     "model.embedding_dim": _at_least(1),
     # Codes are stored as uint16, hence the upper bound.
     "model.num_embeddings": ((lambda v: 2 <= v <= 65536), "between 2 and 65536"),

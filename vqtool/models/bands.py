@@ -26,6 +26,7 @@ apart, rounded apart). On CUDA, where cuDNN picks its algorithm by shape, neithe
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import NamedTuple
 
 import torch
@@ -36,15 +37,19 @@ from vqtool.models.vqvae import VQVAE, Layer, decoder_layers, encoder_layers
 
 # Images of more pixels than this are coded in bands of about this many pixels (halo
 # included, unless one code row with its halo is wider than that), for networks of
-# BAND_HIDDENS channels (model.num_hiddens, the default); for others in proportion, as their
-# activations are.
+# BAND_HIDDENS channels (model.num_hiddens, the default, with the seed's channel plan); for
+# others in proportion, as their activations are.
 BAND_PIXELS = 1 << 21
 BAND_HIDDENS = 128
 
 
 def band_pixels(cfg: ModelConfig) -> int:
-    """The pixels of a band, and of the largest image coded whole, for `cfg`'s networks."""
-    return max(1, BAND_PIXELS * BAND_HIDDENS // cfg.num_hiddens)
+    """The pixels of a band, and of the largest image coded whole, for `cfg`'s networks: in
+    proportion to the floats per pixel of the widest strided layer's output (c channels after
+    i halvings hold c / 4^i a pixel; the seed's first layer, num_hiddens / 8)."""
+    strided = cfg.stage_channels[: cfg.halvings]
+    widest = max(Fraction(c, 4 ** (i + 1)) for i, c in enumerate(strided))
+    return max(1, int(BAND_PIXELS * Fraction(BAND_HIDDENS, 8) / widest))
 
 
 class Reach(NamedTuple):

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 # names as "downsample").
 DOWNSAMPLE = 4
 DOWNSAMPLES = (2, 4, 8, 16)
+ACTIVATIONS = ("relu", "silu")
+# Entries a channel plan may have: the convolutions before the 3x3 one at factor 16.
+MAX_CHANNEL_STAGES = 4
 
 
 @dataclass(frozen=True)
@@ -23,9 +26,20 @@ class ModelConfig:
     model (code files, priors, evaluation) reads K from one key for either quantizer.
     """
 
+    # Channels at the latents' resolution: the encoder's last 3x3 convolution, the residual
+    # blocks and the decoder's first convolution.
     num_hiddens: int = 128
-    num_residual_hiddens: int = 32
-    num_residual_layers: int = 2
+    num_residual_hiddens: int = 32  # inside each residual block
+    num_residual_layers: int = 2  # residual blocks in the encoder and in the decoder; 0 = none
+    # The channel plan: the output channels of the encoder's convolutions before its 3x3 one,
+    # one per halving of the sides from the image's resolution down (two at least: at factor 2
+    # the second keeps the size). One plan serves every factor: a factor of fewer halvings
+    # uses the first entries, one of more repeats the last. The decoder mirrors the plan from
+    # num_hiddens up. () = the seed's plan, (num_hiddens // 2, num_hiddens): see
+    # `stage_channels`.
+    channels: tuple[int, ...] = ()
+    # "relu" (the seed's) or "silu", after every convolution but the last of each network.
+    activation: str = "relu"
     embedding_dim: int = 64
     num_embeddings: int = 512
     commitment_cost: float = 0.25
@@ -64,6 +78,19 @@ class ModelConfig:
     @property
     def has_weight_norm(self) -> bool:
         return self.weight_norm or self.kaiming_init
+
+    @property
+    def halvings(self) -> int:
+        """How many times the encoder halves each side: log2 of downsample (1 to 4)."""
+        return int(math.log2(self.downsample))
+
+    @property
+    def stage_channels(self) -> tuple[int, ...]:
+        """The channel plan at this factor: the output channels of the encoder's first
+        max(2, halvings) convolutions, `channels` cut or its last entry repeated."""
+        plan = self.channels or (self.num_hiddens // 2, self.num_hiddens)
+        count = max(2, self.halvings)
+        return (plan + plan[-1:] * count)[:count]
 
 
 @dataclass(frozen=True)

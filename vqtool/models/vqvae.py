@@ -3,7 +3,9 @@
 Encoder: two stride-2 4x4 convs and a 3x3 conv, then a residual stack; a 1x1 conv maps to
 the embedding size. Decoder: a 3x3 conv, a residual stack, two stride-2 transposed convs.
 Images are `model.downsample` (f: 2, 4, 8 or 16; default 4, `DOWNSAMPLE`) times smaller per
-side in the latent grid.
+side in the latent grid. The widths, the residual blocks, the channel plan across resolutions
+(`model.channels`) and the activation are the config's; at their defaults the network is the
+seed's, module for module and draw for draw.
 
 The model owns its pixel convention: uint8 images in [0, 255] go in as [-0.5, 0.5] floats,
 and codes come back out as images in [0, 1] (clamped) or uint8 (rounded). Evaluation, code
@@ -12,7 +14,7 @@ files, plots and training all go through these methods, so they see the same pix
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -22,7 +24,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 from vqtool.errors import counted
-from vqtool.models.config import DOWNSAMPLE, ModelConfig
+from vqtool.models.config import ACTIVATIONS, DOWNSAMPLE, ModelConfig
 from vqtool.models.fsq import FiniteScalarQuantizer
 from vqtool.models.quantizer import VectorQuantizer
 from vqtool.models.residual import ResidualVectorQuantizer
@@ -50,36 +52,39 @@ __all__ = [
 ]
 
 
-class Residual(nn.Module):
-    """x + conv1x1(relu(conv3x3(relu(x)))), both convs without bias as in the seed."""
+# An activation: (x, inplace) -> activated x. Both are elementwise, so bands stay exact.
+Activation = Callable[[Tensor, bool], Tensor]
+_ACTIVATIONS: dict[str, Activation] = {"relu": F.relu, "silu": F.silu}
+assert tuple(_ACTIVATIONS) == ACTIVATIONS
 
-    def __init__(self, channels: int, hidden: int) -> None:
+
+class Residual(nn.Module):
+    """x + conv1x1(act(conv3x3(act(x)))), both convs without bias as in the seed."""
+
+    def __init__(self, channels: int, hidden: int, act: Activation = F.relu) -> None:
         super().__init__()
         self.conv3 = nn.Conv2d(channels, hidden, 3, padding=1, bias=False)
         self.conv1 = nn.Conv2d(hidden, channels, 1, bias=False)
+        self.act = act
 
     def forward(self, x: Tensor) -> Tensor:
-        # In-place ReLUs on fresh conv/add outputs (never on x, which the skip needs): no
-        # large allocation per layer, and autograd needs only the ReLU's own output.
-        return x + self.conv1(F.relu(self.conv3(F.relu(x)), inplace=True))
+        # In-place activations on fresh conv/add outputs (never on x, which the skip needs): no
+        # large allocation per layer, and autograd needs only what the activation keeps.
+        return x + self.conv1(self.act(self.conv3(self.act(x, False)), True))
 
 
 class ResidualStack(nn.Module):
     """n residual blocks, each with its own weights (the seed's `[Residual()] * n` shared one)."""
 
-    def __init__(self, channels: int, hidden: int, layers: int) -> None:
+    def __init__(self, channels: int, hidden: int, layers: int, act: Activation = F.relu) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(Residual(channels, hidden) for _ in range(layers))
+        self.layers = nn.ModuleList(Residual(channels, hidden, act) for _ in range(layers))
+        self.act = act
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers:
             x = layer(x)
-        return F.relu(x, inplace=len(self.layers) > 0)
-
-
-def _halvings(cfg: ModelConfig) -> int:
-    """How many times the encoder halves each side: log2 of model.downsample (1 to 4)."""
-    return int(math.log2(cfg.downsample))
+        return self.act(x, len(self.layers) > 0)
 
 
 class Layer(NamedTuple):
@@ -99,70 +104,82 @@ def encoder_layers(cfg: ModelConfig) -> tuple[Layer, ...]:
     """The convolutions from pixels to the latents the quantizer takes (the encoder's, then
     the 1x1 before the quantizer), in the order they run: Encoder and VQVAE.pre_vq."""
     residual = (_SAME3, _SAME1) * cfg.num_residual_layers
-    second = _SAME3 if _halvings(cfg) == 1 else _HALVE
-    return (_HALVE, second, *[_HALVE] * (_halvings(cfg) - 2), _SAME3, *residual, _SAME1)
+    second = _SAME3 if cfg.halvings == 1 else _HALVE
+    return (_HALVE, second, *[_HALVE] * (cfg.halvings - 2), _SAME3, *residual, _SAME1)
 
 
 def decoder_layers(cfg: ModelConfig) -> tuple[Layer, ...]:
     """The decoder's convolutions from code vectors to pixels, in the order they run."""
     residual = (_SAME3, _SAME1) * cfg.num_residual_layers
-    first_up = _SAME3 if _halvings(cfg) == 1 else _DOUBLE
-    return (_SAME3, *residual, *[_DOUBLE] * (_halvings(cfg) - 2), first_up, _DOUBLE)
+    first_up = _SAME3 if cfg.halvings == 1 else _DOUBLE
+    return (_SAME3, *residual, *[_DOUBLE] * (cfg.halvings - 2), first_up, _DOUBLE)
 
 
 class Encoder(nn.Module):
     """Strided 4x4 convolutions, one per halving of the sides, then a 3x3 one and the residual
     stack. At the default factor 4, exactly the seed's network (the same modules and names);
-    at 2 the second convolution keeps the size; at 8 and 16 `down` adds h -> h halvings."""
+    at 2 the second convolution keeps the size; at 8 and 16 `down` adds halvings. Their
+    output channels are the plan's (`ModelConfig.stage_channels`; the seed's: h // 2, then h),
+    and the 3x3 convolution maps the last of them to h = num_hiddens."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        h = cfg.num_hiddens
-        halvings = _halvings(cfg)
-        self.conv1 = nn.Conv2d(3, h // 2, 4, stride=2, padding=1)
+        h, c = cfg.num_hiddens, cfg.stage_channels
+        halvings = cfg.halvings
+        self.act = _ACTIVATIONS[cfg.activation]
+        self.conv1 = nn.Conv2d(3, c[0], 4, stride=2, padding=1)
         if halvings == 1:
-            self.conv2 = nn.Conv2d(h // 2, h, 3, padding=1)
+            self.conv2 = nn.Conv2d(c[0], c[1], 3, padding=1)
         else:
-            self.conv2 = nn.Conv2d(h // 2, h, 4, stride=2, padding=1)
+            self.conv2 = nn.Conv2d(c[0], c[1], 4, stride=2, padding=1)
         self.down = nn.ModuleList(
-            nn.Conv2d(h, h, 4, stride=2, padding=1) for _ in range(halvings - 2)
+            nn.Conv2d(c[i], c[i + 1], 4, stride=2, padding=1) for i in range(1, halvings - 1)
         )
-        self.conv3 = nn.Conv2d(h, h, 3, padding=1)
-        self.residual = ResidualStack(h, cfg.num_residual_hiddens, cfg.num_residual_layers)
+        self.conv3 = nn.Conv2d(c[-1], h, 3, padding=1)
+        self.residual = ResidualStack(
+            h, cfg.num_residual_hiddens, cfg.num_residual_layers, self.act
+        )
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, h, H/f, W/f)
-        x = F.relu(self.conv1(x), inplace=True)
-        x = F.relu(self.conv2(x), inplace=True)
+        x = self.act(self.conv1(x), True)
+        x = self.act(self.conv2(x), True)
         for conv in self.down:
-            x = F.relu(conv(x), inplace=True)
+            x = self.act(conv(x), True)
         return self.residual(self.conv3(x))
 
 
 class Decoder(nn.Module):
     """The encoder mirrored: a 3x3 convolution and the residual stack, then transposed 4x4
     convolutions that double the sides (`up` at 8 and 16, then up1 and up2; at factor 2 up1
-    keeps the size)."""
+    keeps the size), through the plan's channels in reverse from h = num_hiddens: the seed's
+    h, ..., h, h // 2, 3."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         h = cfg.num_hiddens
-        halvings = _halvings(cfg)
+        # The plan with h at the latents' resolution, read back up towards the pixels.
+        c = (*cfg.stage_channels[:-1], h)
+        halvings = cfg.halvings
+        self.act = _ACTIVATIONS[cfg.activation]
         self.conv = nn.Conv2d(cfg.embedding_dim, h, 3, padding=1)
-        self.residual = ResidualStack(h, cfg.num_residual_hiddens, cfg.num_residual_layers)
+        self.residual = ResidualStack(
+            h, cfg.num_residual_hiddens, cfg.num_residual_layers, self.act
+        )
         self.up = nn.ModuleList(
-            nn.ConvTranspose2d(h, h, 4, stride=2, padding=1) for _ in range(halvings - 2)
+            nn.ConvTranspose2d(c[i], c[i - 1], 4, stride=2, padding=1)
+            for i in range(len(c) - 1, 1, -1)
         )
         if halvings == 1:
-            self.up1: nn.Module = nn.Conv2d(h, h // 2, 3, padding=1)
+            self.up1: nn.Module = nn.Conv2d(c[1], c[0], 3, padding=1)
         else:
-            self.up1 = nn.ConvTranspose2d(h, h // 2, 4, stride=2, padding=1)
-        self.up2 = nn.ConvTranspose2d(h // 2, 3, 4, stride=2, padding=1)
+            self.up1 = nn.ConvTranspose2d(c[1], c[0], 4, stride=2, padding=1)
+        self.up2 = nn.ConvTranspose2d(c[0], 3, 4, stride=2, padding=1)
 
     def forward(self, q: Tensor) -> Tensor:  # (B, D, h, w) -> (B, 3, f h, f w)
         x = self.residual(self.conv(q))
         for conv in self.up:
-            x = F.relu(conv(x), inplace=True)
-        return self.up2(F.relu(self.up1(x), inplace=True))
+            x = self.act(conv(x), True)
+        return self.up2(self.act(self.up1(x), True))
 
 
 class VQVAEOutput(NamedTuple):
