@@ -1,4 +1,5 @@
-"""The wheel holds the whole package: every module under vqtool/ and every shipped profile.
+"""The wheel holds the whole package: every module under vqtool/, every shipped profile and every
+file of the ready-trained runs, within the 20 MB those may add.
 
 The other tests import the source tree, so a subpackage left out of pyproject.toml would
 otherwise go unnoticed until a user installed the wheel.
@@ -40,10 +41,14 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
-def test_the_wheel_holds_every_module_and_profile(wheel: Path) -> None:
+def test_the_wheel_holds_every_module_profile_and_ready_trained_run(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "vqtool").rglob("*.py")}
     profiles = {f"vqtool/_profiles/{p.name}" for p in (ROOT / "profiles").glob("*.toml")}
     assert len(modules) > 40 and len(profiles) > 5
     assert modules - names == set()
     assert profiles - names == set()
+    shipped = [p for p in (ROOT / "pretrained").rglob("*") if p.is_file()]
+    runs = {f"vqtool/_pretrained/{p.relative_to(ROOT / 'pretrained').as_posix()}" for p in shipped}
+    assert len(runs) > 10 and runs - names == set()
+    assert wheel.stat().st_size < 20 * 2**20 + 2 * 2**20  # the runs' bound, and the code's
