@@ -198,13 +198,17 @@ class _ForcedTables:
 
     def __init__(self, forced: ExactForced, known: Tensor) -> None:
         self.forced = forced
-        self.logits = forced.logits(known)  # (rows, T, K_s)
+        # (b, T, K_s) each, rows after each other: a position's rows are gathered from them
+        # when it is coded, never all positions' logits copied into one tensor
+        self.blocks = forced.logit_blocks(known)
         self.position = 0
 
     def next(self, previous: Tensor | None) -> np.ndarray:
         t = self.position
         self.position += 1
-        return self.forced.frequencies(self.logits[:, t]).numpy()
+        if len(self.blocks) == 1:
+            return self.forced.frequencies(self.blocks[0][:, t]).numpy()
+        return self.forced.frequencies(torch.cat([b[:, t] for b in self.blocks])).numpy()
 
 
 class StreamError(ValueError):

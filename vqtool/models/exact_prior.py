@@ -363,10 +363,13 @@ class _Arithmetic:
         self.query_limit = 2.0 ** query_bits(model.head_dim) - 1
         self.value_limit = 2.0 ** value_bits(model.length) - 1
         self.limit = 2.0 ** residual_bits(c) - 1
+        limits = [self.query_limit] * (2 * c) + [self.value_limit] * c
+        self.qkv_limit = torch.tensor(limits)  # (3 C,): queries and keys, then values
         # norm: the divisor sqrt(sum d**2 / C + eps C**2 4**residual), d = C x - sum x
         self.inverse_width = 1.0 / c
         self.norm_eps = NORM_EPS * c**2 * 4.0**f.residual
         self.norm_out = 2.0**f.norm
+        self.inverse_precision = 1.0 / self.precision  # a power of two: exact
 
     def _norm(self, x: Tensor) -> Tensor:
         """Each row to mean 0 and variance 1 (no gain: folded into the next layer), float32
@@ -374,18 +377,14 @@ class _Arithmetic:
         the row's divisor is single IEEE operations."""
         wide = x.double()
         d = wide.mul_(self.model.width).sub_(x.sum(-1, keepdim=True, dtype=torch.float64))
-        variance = (d * d).sum(-1, keepdim=True)
+        variance = torch.linalg.vecdot(d, d).unsqueeze_(-1)
         divisor = variance.mul_(self.inverse_width).add_(self.norm_eps).sqrt_()
         z = d.mul_(divisor.reciprocal_().mul_(self.norm_out)).round_()
         return z.clamp_(-INPUT_LIMIT, INPUT_LIMIT).float()
 
     def _qkv(self, layer: ExactLayer, x: Tensor) -> Tensor:
         """Queries, keys and values (rows, 3 C) of residual rows (rows, C), clamped."""
-        c = self.model.width
-        qkv = layer.qkv(self._norm(x))
-        qkv[:, : 2 * c].clamp_(-self.query_limit, self.query_limit)
-        qkv[:, 2 * c :].clamp_(-self.value_limit, self.value_limit)
-        return qkv
+        return layer.qkv(self._norm(x)).clamp_(-self.qkv_limit, self.qkv_limit)
 
     def _weights(self, scores: Tensor) -> Tensor:
         """Attention weights from the exp table at each score's distance below its row's
@@ -415,12 +414,15 @@ class _Arithmetic:
 
     def frequencies(self, logits: Tensor) -> Tensor:
         """Logits (B, K_s) in 2**-SCORE_FRACTION nat -> floor(p * 2**precision / sum p), at
-        least 1, p from the exp table at each logit's distance below the row's largest."""
+        least 1, p from the exp table at each logit's distance below the row's largest
+        (float64)."""
         table = self.model.logit_exp
         below = (logits.amax(-1, keepdim=True) - logits).clamp_(max=len(table) - 1)
         p = table.index_select(0, below.to(torch.int32).view(-1)).view(logits.shape)
-        total = p.sum(-1, keepdim=True)
-        return p.mul_(self.precision).div_(total).floor_().clamp_min_(1.0)
+        # p * 2**precision / total computed as p / (total / 2**precision): the same quotient,
+        # rounded once (scaling by a power of two is exact), and one pass fewer.
+        total = p.sum(-1, keepdim=True).mul_(self.inverse_precision)
+        return p.div_(total).floor_().clamp_min_(1.0)
 
 
 class ExactSteps(_Arithmetic):
@@ -431,8 +433,9 @@ class ExactSteps(_Arithmetic):
         super().__init__(model, precision)
         self.rows = rows
         shape = (rows * model.heads, model.length, model.head_dim)
-        self.keys = [torch.zeros(shape) for _ in model.layers]
-        self.values = [torch.zeros(shape) for _ in model.layers]
+        # Never read before written: a position attends to the slots written before it.
+        self.keys = [torch.empty(shape) for _ in model.layers]
+        self.values = [torch.empty(shape) for _ in model.layers]
         self.position = 0
 
     def next(self, previous: Tensor | None) -> Tensor:
@@ -475,7 +478,9 @@ class ExactForced(_Arithmetic):
     ExactSteps, so the same tables to the bit (every sum is exact in any order and shape, and
     a masked slot weighs exactly 0), many times faster than one position at a time."""
 
-    BLOCK = 64  # sequences per pass: attention's (B H, T, T) tensors stay small
+    # Sequences per pass: as many as keep attention's (B H, T, T) tensors to this many
+    # elements, small enough to stay in a core's cache.
+    ELEMENTS = 1 << 18
 
     def logits(
         self, tokens: Tensor, positions: Tensor | None = None, at: slice | None = None
@@ -485,6 +490,17 @@ class ExactForced(_Arithmetic):
         first T positions (whole stages), or at `positions` (T,) int64 (a window of a larger
         grid, vqtool.models.windows; any length)."""
         model, t = self.model, tokens.shape[1]
+        parts = self.logit_blocks(tokens, positions, at)
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat(parts) if parts else torch.zeros(0, t, model.per_stage)
+
+    def logit_blocks(
+        self, tokens: Tensor, positions: Tensor | None = None, at: slice | None = None
+    ) -> list[Tensor]:
+        """`logits` in blocks of sequences, (b, len, K_s) each, not joined: a caller that
+        reads them position by position is spared a copy of them all."""
+        model, t = self.model, tokens.shape[1]
         if positions is None:
             if not 0 < t <= model.length or t % model.per_position:
                 raise ValueError(f"tokens of {t} positions: not whole stages")
@@ -492,8 +508,8 @@ class ExactForced(_Arithmetic):
         elif positions.shape != (t,) or not 0 < t <= model.length:
             raise ValueError(f"{t} tokens at {tuple(positions.shape)} positions")
         at = slice(0, t) if at is None else slice(*at.indices(t))
-        parts = [self._block_logits(part, positions, at) for part in tokens.split(self.BLOCK)]
-        return torch.cat(parts) if parts else torch.zeros(0, t, model.per_stage)
+        block = max(1, self.ELEMENTS // (model.heads * t * t))
+        return [self._block_logits(part, positions, at) for part in tokens.split(block)]
 
     def _block_logits(self, tokens: Tensor, positions: Tensor, at: slice) -> Tensor:
         model = self.model
@@ -510,7 +526,7 @@ class ExactForced(_Arithmetic):
             self._logits(x[:, begin:end].reshape(-1, c), stage).view(b, end - begin, -1)
             for begin, end, stage in _stage_runs(positions[at] // model.per_position)
         ]
-        return torch.cat(logits, 1)
+        return logits[0] if len(logits) == 1 else torch.cat(logits, 1)
 
     def _layer(self, layer: ExactLayer, x: Tensor, b: int, future: Tensor) -> Tensor:
         model = self.model
