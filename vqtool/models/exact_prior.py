@@ -519,24 +519,31 @@ class ExactForced(_Arithmetic):
         x = model.tokens.index_select(0, fed).view(b, t, c) + model.positions[positions]
         x = x.clamp_(-self.limit, self.limit).view(b * t, c)
         future = torch.ones(t, t, dtype=torch.bool).triu_(1)
-        for layer in model.layers:
-            x = self._layer(layer, x, b, future)
-        x = x.view(b, t, c)[:, at]
+        last = len(model.layers) - 1
+        for i, layer in enumerate(model.layers):
+            # The last layer's outputs are read at `at` alone: its other rows are not computed
+            # (every row's numbers depend on the keys and values before it alone).
+            x = self._layer(layer, x, b, future, at if i == last else slice(0, t))
+        x = x.view(b, -1, c) if model.layers else x.view(b, t, c)[:, at]
         logits = [
             self._logits(x[:, begin:end].reshape(-1, c), stage).view(b, end - begin, -1)
             for begin, end, stage in _stage_runs(positions[at] // model.per_position)
         ]
         return logits[0] if len(logits) == 1 else torch.cat(logits, 1)
 
-    def _layer(self, layer: ExactLayer, x: Tensor, b: int, future: Tensor) -> Tensor:
+    def _layer(self, layer: ExactLayer, x: Tensor, b: int, future: Tensor, keep: slice) -> Tensor:
+        """Residual rows (B T, C) -> the layer's outputs at positions `keep` (B n, C)."""
         model = self.model
         t, h, d, c = future.shape[0], model.heads, model.head_dim, model.width
         qkv = self._qkv(layer, x).view(b, t, 3, h, d).permute(2, 0, 3, 1, 4)  # (3, B, H, T, d)
         query, keys, values = (part.reshape(b * h, t, d) for part in qkv)
-        scores = torch.bmm(query, keys.transpose(1, 2))  # (B H, T, T)
-        scores.masked_fill_(future, -math.inf)
-        mixed = self._mix(self._weights(scores), values)  # (B H, T, d)
-        mixed = mixed.view(b, h, t, d).permute(0, 2, 1, 3).reshape(b * t, c)
+        query, n = query[:, keep], len(range(t)[keep])
+        if n != t:
+            x = x.view(b, t, c)[:, keep].reshape(b * n, c)
+        scores = torch.bmm(query, keys.transpose(1, 2))  # (B H, n, T)
+        scores.masked_fill_(future[keep], -math.inf)
+        mixed = self._mix(self._weights(scores), values)  # (B H, n, d)
+        mixed = mixed.view(b, h, n, d).permute(0, 2, 1, 3).reshape(b * n, c)
         x = x.add_(layer.proj(mixed)).clamp_(-self.limit, self.limit)
         return self._feed_forward(layer, x)
 
