@@ -101,6 +101,10 @@ def test_prior_round_trip_and_size(kind: str) -> None:
     assert encoded.chunk_words is not None
     assert len(encoded.chunk_words) == -(-300 // entropy.default_chunk(model))
     assert int(encoded.chunk_words.sum()) == len(encoded.words)
+    # a file needs the words alone: the same words, the bits not counted
+    uncounted = entropy.encode_with_prior(codes, model, count_bits=False)
+    assert np.array_equal(uncounted.words, encoded.words)
+    assert uncounted.bits.shape == (300,) and np.isnan(uncounted.bits).all()
 
 
 @KINDS

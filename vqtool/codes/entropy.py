@@ -198,22 +198,20 @@ class _ExactTables:
 
 
 class _ForcedTables:
-    """The encoder's tables: every position's logits in one teacher-forced pass (the same
-    numbers as step by step: exact arithmetic), turned into tables position by position."""
+    """The encoder's tables: every position's last layer in one teacher-forced pass (the same
+    numbers as step by step: exact arithmetic), the head and the tables position by position
+    (all positions' logits at once would be a large tensor to write and read back)."""
 
     def __init__(self, forced: ExactForced, known: Tensor) -> None:
         self.forced = forced
-        # (b, T, K_s) each, rows after each other: a position's rows are gathered from them
-        # when it is coded, never all positions' logits copied into one tensor
-        self.blocks = forced.logit_blocks(known)
+        self.outputs = forced.outputs(known)  # (rows, T, C)
         self.position = 0
 
     def next(self, previous: Tensor | None) -> np.ndarray:
         t = self.position
         self.position += 1
-        if len(self.blocks) == 1:
-            return self.forced.frequencies(self.blocks[0][:, t]).numpy()
-        return self.forced.frequencies(torch.cat([b[:, t] for b in self.blocks])).numpy()
+        logits = self.forced.position_logits(self.outputs[:, t], t)
+        return self.forced.frequencies(logits).numpy()
 
 
 class StreamError(ValueError):
@@ -499,12 +497,14 @@ def encode_with_prior(
     on_progress: Progress | None = None,
     threads: int | None = None,
     chunk_size: int | None = None,
+    count_bits: bool = True,
 ) -> Encoded:
     """Codes (N, h, w) or (N, S, h, w) -> words, each symbol coded with the model's prediction
     for it (an ExactPrior: the same on any machine); each chunk of `chunk_size` grids (CHUNK
     for the float prior, EXACT_CHUNK for the exact model) is a stream of its own
     (`Encoded.chunk_words`), coding stage after stage, so that a decode of the first stages
-    stops early. `on_progress(done, total)` counts codes."""
+    stops early. `on_progress(done, total)` counts codes. Without `count_bits` (a file needs
+    the words alone) `Encoded.bits` is NaN."""
     predictor = predictor_for(model, (codes.shape[-2], codes.shape[-1]))
     size = default_chunk(model) if chunk_size is None else chunk_size
     n = codes.shape[0]
@@ -515,12 +515,13 @@ def encode_with_prior(
     def chunk(start: int, stop: int, rows: int, shared: _Shared) -> tuple[np.ndarray, np.ndarray]:
         encoder = constriction.stream.queue.RangeEncoder()
         family = constriction.stream.model.Categorical(perfect=False)
-        bits = np.zeros(stop - start)
+        bits = np.zeros(stop - start) if count_bits else np.full(stop - start, np.nan)
 
         def step(t: int, tables: np.ndarray) -> np.ndarray:
             symbols = flat[start:stop, t]
             encoder.encode(symbols, family, tables)
-            bits[:] += _bits(tables, symbols)
+            if count_bits:
+                bits[:] += _bits(tables, symbols)
             return symbols
 
         known = flat[start:stop].astype(np.int64) + offsets

@@ -495,7 +495,7 @@ def _encode_groups(
     words, chunk_words = [], []
     progress = progress_parts([group.codes.size for group in groups], on_progress)
     for group, callback in zip(groups, progress, strict=True):
-        encoded = entropy.encode_with_prior(group.codes, prior.exact, callback)
+        encoded = entropy.encode_with_prior(group.codes, prior.exact, callback, count_bits=False)
         assert encoded.chunk_words is not None  # prior coding always codes in chunks
         words.append(encoded.words)
         chunk_words.append(encoded.chunk_words)

@@ -433,10 +433,18 @@ class ExactSteps(_Arithmetic):
         super().__init__(model, precision)
         self.rows = rows
         shape = (rows * model.heads, model.length, model.head_dim)
-        # Never read before written: a position attends to the slots written before it.
-        self.keys = [torch.empty(shape) for _ in model.layers]
-        self.values = [torch.empty(shape) for _ in model.layers]
+        # Keys and values are whole numbers within their clamps: held as int16 when those fit
+        # (half the memory to read at every position), widened into one float32 buffer to
+        # attend. Never read before written: a position attends to the slots before it.
+        fits = max(self.query_limit, self.value_limit) <= torch.iinfo(torch.int16).max
+        self.compact = fits and self.COMPACT
+        dtype = torch.int16 if self.compact else torch.float32
+        self.keys = [torch.empty(shape, dtype=dtype) for _ in model.layers]
+        self.values = [torch.empty(shape, dtype=dtype) for _ in model.layers]
+        self.wide = torch.empty(shape if self.compact else 0)
         self.position = 0
+
+    COMPACT = True
 
     def next(self, previous: Tensor | None) -> Tensor:
         """Frequency tables (rows, K_s) float64 of integers >= 1 for position `self.position`
@@ -466,10 +474,17 @@ class ExactSteps(_Arithmetic):
         values.view(b, h, -1, d)[:, :, t] = qkv[:, 2]
         # Exact sums do not depend on shapes: attend over the written slots 0..t alone.
         query = qkv[:, 0].reshape(b * h, 1, d)
-        scores = torch.bmm(query, keys[:, : t + 1].transpose(1, 2))  # (B H, 1, t + 1)
-        mixed = self._mix(self._weights(scores), values[:, : t + 1]).view(b, c)
+        scores = torch.bmm(query, self._widened(keys, t).transpose(1, 2))  # (B H, 1, t + 1)
+        weights = self._weights(scores)
+        mixed = self._mix(weights, self._widened(values, t)).view(b, c)
         x = x.add_(layer.proj(mixed)).clamp_(-self.limit, self.limit)
         return self._feed_forward(layer, x)
+
+    def _widened(self, cache: Tensor, t: int) -> Tensor:
+        """Slots 0..t of a key or value cache in float32 (B H, t + 1, d)."""
+        if not self.compact:
+            return cache[:, : t + 1]
+        return self.wide[:, : t + 1].copy_(cache[:, : t + 1])
 
 
 class ExactForced(_Arithmetic):
@@ -489,17 +504,38 @@ class ExactForced(_Arithmetic):
         2**-SCORE_FRACTION nat, or the positions `at` alone (B, len, K_s). The tokens sit at the
         first T positions (whole stages), or at `positions` (T,) int64 (a window of a larger
         grid, vqtool.models.windows; any length)."""
-        model, t = self.model, tokens.shape[1]
-        parts = self.logit_blocks(tokens, positions, at)
-        if len(parts) == 1:
-            return parts[0]
-        return torch.cat(parts) if parts else torch.zeros(0, t, model.per_stage)
+        positions, at = self._checked(tokens, positions, at)
+        stages = positions[at] // self.model.per_position
+        x = self.outputs(tokens, positions, at)  # (B, len, C)
+        c = self.model.width
+        logits = [
+            self._logits(x[:, begin:end].reshape(-1, c), stage).view(len(x), end - begin, -1)
+            for begin, end, stage in _stage_runs(stages)
+        ]
+        return logits[0] if len(logits) == 1 else torch.cat(logits, 1)
 
-    def logit_blocks(
+    def outputs(
         self, tokens: Tensor, positions: Tensor | None = None, at: slice | None = None
-    ) -> list[Tensor]:
-        """`logits` in blocks of sequences, (b, len, K_s) each, not joined: a caller that
-        reads them position by position is spared a copy of them all."""
+    ) -> Tensor:
+        """What the last layer gives the head (B, len, C) at the positions `at` (default all),
+        for `logits`' tokens and positions: `position_logits` turns a position's into its
+        logits, without holding every position's logits at once (the encoder's case)."""
+        positions, at = self._checked(tokens, positions, at)
+        t = tokens.shape[1]
+        block = max(1, self.ELEMENTS // (self.model.heads * t * t))
+        parts = [self._block_outputs(part, positions, at) for part in tokens.split(block)]
+        if not parts:
+            return torch.zeros(0, len(range(t)[at]), self.model.width)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def position_logits(self, outputs: Tensor, position: int) -> Tensor:
+        """`outputs` (B, C) at the model's position `position` -> logits (B, K_s) over that
+        position's stage's codes."""
+        return self._logits(outputs, position // self.model.per_position)
+
+    def _checked(
+        self, tokens: Tensor, positions: Tensor | None, at: slice | None
+    ) -> tuple[Tensor, slice]:
         model, t = self.model, tokens.shape[1]
         if positions is None:
             if not 0 < t <= model.length or t % model.per_position:
@@ -507,11 +543,9 @@ class ExactForced(_Arithmetic):
             positions = torch.arange(t)
         elif positions.shape != (t,) or not 0 < t <= model.length:
             raise ValueError(f"{t} tokens at {tuple(positions.shape)} positions")
-        at = slice(0, t) if at is None else slice(*at.indices(t))
-        block = max(1, self.ELEMENTS // (model.heads * t * t))
-        return [self._block_logits(part, positions, at) for part in tokens.split(block)]
+        return positions, slice(0, t) if at is None else slice(*at.indices(t))
 
-    def _block_logits(self, tokens: Tensor, positions: Tensor, at: slice) -> Tensor:
+    def _block_outputs(self, tokens: Tensor, positions: Tensor, at: slice) -> Tensor:
         model = self.model
         (b, t), c = tokens.shape, model.width
         start = torch.full((b, 1), model.num_embeddings, dtype=torch.int64)
@@ -524,12 +558,7 @@ class ExactForced(_Arithmetic):
             # The last layer's outputs are read at `at` alone: its other rows are not computed
             # (every row's numbers depend on the keys and values before it alone).
             x = self._layer(layer, x, b, future, at if i == last else slice(0, t))
-        x = x.view(b, -1, c) if model.layers else x.view(b, t, c)[:, at]
-        logits = [
-            self._logits(x[:, begin:end].reshape(-1, c), stage).view(b, end - begin, -1)
-            for begin, end, stage in _stage_runs(positions[at] // model.per_position)
-        ]
-        return logits[0] if len(logits) == 1 else torch.cat(logits, 1)
+        return x.view(b, -1, c) if model.layers else x.view(b, t, c)[:, at]
 
     def _layer(self, layer: ExactLayer, x: Tensor, b: int, future: Tensor, keep: slice) -> Tensor:
         """Residual rows (B T, C) -> the layer's outputs at positions `keep` (B n, C)."""
