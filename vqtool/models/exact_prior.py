@@ -92,8 +92,9 @@ class ExactLinear(NamedTuple):
     bias: Tensor
     scale: Tensor
 
-    def __call__(self, z: Tensor) -> Tensor:
-        return torch.addmm(self.bias, z, self.weight.t()).mul_(self.scale).round_()
+    def __call__(self, z: Tensor, out: Tensor | None = None) -> Tensor:
+        """The outputs (rows, O), into `out` when given."""
+        return torch.addmm(self.bias, z, self.weight.t(), out=out).mul_(self.scale).round_()
 
     def rows(self, start: int, stop: int) -> ExactLinear:
         """Output channels start..stop-1 alone."""
@@ -365,6 +366,10 @@ class _Arithmetic:
         self.limit = 2.0 ** residual_bits(c) - 1
         limits = [self.query_limit] * (2 * c) + [self.value_limit] * c
         self.qkv_limit = torch.tensor(limits)  # (3 C,): queries and keys, then values
+        # The feed-forward's hidden layer, its table indices and GELU outputs: the largest
+        # tensors of a pass, written into the same memory each time rather than fresh memory
+        # (which the system hands over page by page). Hence one instance per thread.
+        self.hidden = [torch.empty(0, 0), torch.empty(0, 0, dtype=torch.int32), torch.empty(0, 0)]
         # norm: the divisor sqrt(sum d**2 / C + eps C**2 4**residual), d = C x - sum x
         self.inverse_width = 1.0 / c
         self.norm_eps = NORM_EPS * c**2 * 4.0**f.residual
@@ -401,9 +406,12 @@ class _Arithmetic:
         return mixed.round_().clamp_(-INPUT_LIMIT, INPUT_LIMIT)
 
     def _feed_forward(self, layer: ExactLayer, x: Tensor) -> Tensor:
-        rows = x.shape[0]
-        hidden = layer.fc1(self._norm(x)).clamp_(-GELU_LIMIT, GELU_LIMIT).add_(GELU_LIMIT)
-        gelu = layer.gelu.index_select(0, hidden.to(torch.int32).view(-1)).view(rows, -1)
+        rows, width = x.shape[0], layer.fc1.weight.shape[0]
+        if self.hidden[0].shape[0] < rows:
+            self.hidden = [torch.empty(rows, width, dtype=b.dtype) for b in self.hidden]
+        hidden, index, gelu = (b[:rows] for b in self.hidden)  # the first rows: contiguous
+        layer.fc1(self._norm(x), out=hidden).clamp_(-GELU_LIMIT, GELU_LIMIT).add_(GELU_LIMIT)
+        torch.index_select(layer.gelu, 0, index.copy_(hidden).view(-1), out=gelu.view(-1))
         return x.add_(layer.fc2(gelu)).clamp_(-self.limit, self.limit)
 
     def _logits(self, x: Tensor, stage: int) -> Tensor:
@@ -495,7 +503,7 @@ class ExactForced(_Arithmetic):
 
     # Sequences per pass: as many as keep attention's (B H, T, T) tensors to this many
     # elements, small enough to stay in a core's cache.
-    ELEMENTS = 1 << 18
+    ELEMENTS = 1 << 17
 
     def logits(
         self, tokens: Tensor, positions: Tensor | None = None, at: slice | None = None
