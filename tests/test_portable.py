@@ -133,6 +133,23 @@ def test_the_encoders_one_pass_gives_the_step_by_step_tables(stages: int) -> Non
     assert torch.equal(some, logits[:, 5 : model.length - 2])
 
 
+@pytest.mark.parametrize("grid", [(1, 1), (4, 4)])
+def test_the_decoders_caches_hold_keys_and_values_exactly(grid: tuple[int, int]) -> None:
+    """The decoder keeps keys and values as int16 where their clamps fit (a 4x4 grid), and
+    as float32 where they do not (one position: values up to 2**16 - 1); either way the
+    tables are the encoder's."""
+    prior, codes = random_prior(k=64, grid=grid), random_codes(9, 64, grid)
+    assert prior.exact is not None
+    steps = ExactSteps(prior.exact, 9, entropy.PRECISION)
+    assert steps.compact == (grid != (1, 1))
+    assert steps.keys[0].dtype == (torch.int16 if steps.compact else torch.float32)
+    encoded = entropy.encode_with_prior(codes, prior.exact)
+    decoded = entropy.decode_with_prior(
+        encoded.words, encoded.chunk_words, prior.exact, codes.shape
+    )
+    assert np.array_equal(decoded, codes)
+
+
 def test_the_stored_model_is_the_derived_one(tmp_path: Path) -> None:
     prior = random_prior()
     assert prior.exact is not None

@@ -444,15 +444,12 @@ class ExactSteps(_Arithmetic):
         # Keys and values are whole numbers within their clamps: held as int16 when those fit
         # (half the memory to read at every position), widened into one float32 buffer to
         # attend. Never read before written: a position attends to the slots before it.
-        fits = max(self.query_limit, self.value_limit) <= torch.iinfo(torch.int16).max
-        self.compact = fits and self.COMPACT
+        self.compact = max(self.query_limit, self.value_limit) <= torch.iinfo(torch.int16).max
         dtype = torch.int16 if self.compact else torch.float32
         self.keys = [torch.empty(shape, dtype=dtype) for _ in model.layers]
         self.values = [torch.empty(shape, dtype=dtype) for _ in model.layers]
         self.wide = torch.empty(shape if self.compact else 0)
         self.position = 0
-
-    COMPACT = True
 
     def next(self, previous: Tensor | None) -> Tensor:
         """Frequency tables (rows, K_s) float64 of integers >= 1 for position `self.position`
