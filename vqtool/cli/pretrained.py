@@ -28,8 +28,8 @@ def pretrained(
 
     Example: [bold]vqtool roundtrip pretrained:cifar10-rvq my-photos -o r.png[/bold]
 
-    A copy to train further or write into: [bold]cp -r "$(vqtool pretrained cifar10-ema
-    --path)" my-run[/bold]
+    A run folder of your own to write into (its checkpoint holds the weights alone: it is
+    not resumed): [bold]cp -r "$(vqtool pretrained cifar10-ema --path)" my-run[/bold]
     """
     from vqtool.errors import UsageError
     from vqtool.pretrained import PREFIX, names, resolve
