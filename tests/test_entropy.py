@@ -3,7 +3,6 @@ batch, the order of the images or the caller's threads."""
 
 from __future__ import annotations
 
-import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -102,6 +101,10 @@ def test_prior_round_trip_and_size(kind: str) -> None:
     assert encoded.chunk_words is not None
     assert len(encoded.chunk_words) == -(-300 // entropy.default_chunk(model))
     assert int(encoded.chunk_words.sum()) == len(encoded.words)
+    # a file needs the words alone: the same words, the bits not counted
+    uncounted = entropy.encode_with_prior(codes, model, count_bits=False)
+    assert np.array_equal(uncounted.words, encoded.words)
+    assert uncounted.bits.shape == (300,) and np.isnan(uncounted.bits).all()
 
 
 @KINDS
@@ -144,13 +147,13 @@ def test_the_callers_threads_and_the_coding_threads_do_not_matter(kind: str) -> 
     assert all(np.array_equal(words[0], w) for w in words[1:])
 
 
-def test_progress_counts_every_image_once_on_any_number_of_threads() -> None:
+def test_progress_counts_every_code_once_on_any_number_of_threads() -> None:
     prior = random_prior()
     codes = random_codes(300)
     for threads in (1, 2):
         seen: list[tuple[int, int]] = []
         entropy.encode_with_prior(codes, prior.model, _recorder(seen), threads)
-        assert [n for _, n in seen] == [300] * 3 and seen[-1][0] == 300
+        assert {n for _, n in seen} == {codes.size} and seen[-1][0] == codes.size
         assert sorted(d for d, _ in seen) == [d for d, _ in seen]
 
 
@@ -166,11 +169,11 @@ def test_chunks_run_with_torch_on_one_thread_and_an_error_stops_them() -> None:
     torch.set_num_threads(2)
     seen: list[int] = []
 
-    def work(start: int, stop: int, rows: int, cancelled: object) -> int:
+    def work(start: int, stop: int, rows: int, shared: object) -> int:
         seen.append(torch.get_num_threads())
         return start
 
-    def failing(start: int, stop: int, rows: int, cancelled: object) -> int:
+    def failing(start: int, stop: int, rows: int, shared: object) -> int:
         if start == entropy.CHUNK:
             raise entropy.StreamError("chunk 2 is damaged")
         return start
@@ -192,17 +195,17 @@ def test_chunks_run_with_torch_on_one_thread_and_an_error_stops_them() -> None:
 
 def test_a_set_cancel_flag_stops_a_chunk_at_its_next_position() -> None:
     prior = random_prior()
-    cancelled = threading.Event()
+    shared = entropy._Shared(None, in_caller=True)
     calls: list[int] = []
 
     def step(t: int, tables: np.ndarray) -> np.ndarray:
         calls.append(t)
-        cancelled.set()
+        shared.cancelled.set()
         return np.zeros(len(tables), np.int64)
 
     with pytest.raises(entropy._Cancelled):
-        entropy._chunk_steps(entropy.FloatPredictor(prior.model), 3, 4, step, cancelled)
-    assert calls == [0]
+        entropy._chunk_steps(entropy.FloatPredictor(prior.model), 3, 4, step, shared)
+    assert calls == [0] and shared.codes == 3  # the position done counts its real rows
 
 
 def test_chunk_schedule_depends_on_the_count_alone() -> None:

@@ -9,10 +9,12 @@ kernels), and one thread. A float prior's file fails under some of them; an exac
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,10 @@ from vqtool.cli import app
 from vqtool.codes import entropy
 from vqtool.codes.tokens import codes_to_tokens
 from vqtool.codes.vqc import read_codes
-from vqtool.models.exact_prior import OTHER_MACHINES, ExactForced, ExactSteps
+from vqtool.models import exact_prior
+from vqtool.models.config import PriorConfig
+from vqtool.models.exact_prior import OTHER_MACHINES, ExactForced, ExactPrior, ExactSteps
+from vqtool.models.transformer import CodePrior
 from vqtool.prior.coding_model import (
     CodingModel,
     derive_coding_model,
@@ -39,6 +44,7 @@ from vqtool.prior.train import train_prior
 from vqtool.profiles import load_prior_profile
 
 ROOT = Path(__file__).resolve().parent.parent
+SIZES = ("width", "heads", "length", "num_embeddings", "stages")
 
 # Another machine: decode the words this process wrote, and encode the same codes again.
 OTHER_MACHINE = textwrap.dedent(
@@ -122,7 +128,26 @@ def test_the_encoders_one_pass_gives_the_step_by_step_tables(stages: int) -> Non
             assert torch.equal(table, forced.frequencies(logits[:, t])), t
             previous = tokens[:, t]
         first = forced.logits(tokens[:, : model.per_position])
+        some = forced.logits(tokens, at=slice(5, model.length - 2))  # its last layer on those
     assert torch.equal(first, logits[:, : model.per_position])
+    assert torch.equal(some, logits[:, 5 : model.length - 2])
+
+
+@pytest.mark.parametrize("grid", [(1, 1), (4, 4)])
+def test_the_decoders_caches_hold_keys_and_values_exactly(grid: tuple[int, int]) -> None:
+    """The decoder keeps keys and values as int16 where their clamps fit (a 4x4 grid), and
+    as float32 where they do not (one position: values up to 2**16 - 1); either way the
+    tables are the encoder's."""
+    prior, codes = random_prior(k=64, grid=grid), random_codes(9, 64, grid)
+    assert prior.exact is not None
+    steps = ExactSteps(prior.exact, 9, entropy.PRECISION)
+    assert steps.compact == (grid != (1, 1))
+    assert steps.keys[0].dtype == (torch.int16 if steps.compact else torch.float32)
+    encoded = entropy.encode_with_prior(codes, prior.exact)
+    decoded = entropy.decode_with_prior(
+        encoded.words, encoded.chunk_words, prior.exact, codes.shape
+    )
+    assert np.array_equal(decoded, codes)
 
 
 def test_the_stored_model_is_the_derived_one(tmp_path: Path) -> None:
@@ -207,3 +232,64 @@ def test_a_file_encoded_here_decodes_elsewhere_and_back(
     assert result.exit_code == 0, result.output
     assert decoded_pngs(tmp_path / "back") == decoded_pngs(tmp_path / "raw")
     assert read_codes(tmp_path / "raw.vqc").codes.shape[0] == len(decoded_pngs(tmp_path / "raw"))
+
+
+GOLDEN_STREAMS = ROOT / "tests" / "golden" / "exact-streams.npz"
+
+
+def _golden_model() -> ExactPrior:
+    """A small 2-stage exact model of 4x4 grids, its head sharpened (so that a table off by one
+    count changes the words)."""
+    torch.manual_seed(0)
+    stages, k = 2, 16
+    config = PriorConfig(layers=1, width=32, heads=2)
+    model = CodePrior(config, k * stages, (4 * stages, 4), stages)
+    with torch.no_grad():
+        model.head.weight.mul_(20.0)
+    offsets = torch.arange(stages).view(1, stages, 1, 1) * k
+    calibration = torch.randint(0, k, (64, stages, 4, 4)) + offsets
+    return exact_prior.derive(model.eval(), calibration.view(64, -1))
+
+
+def _golden_cases() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(5)
+    return {
+        "own": rng.integers(0, 16, (37, 2, 4, 4)).astype(np.uint16),  # chunks of 16: 3 chunks
+        "windows": rng.integers(0, 16, (3, 2, 6, 9)).astype(np.uint16),
+    }
+
+
+def _stored_type(name: str) -> str:
+    """Scales as they are, whole numbers in the fewest bytes (GELU tables: small integers)."""
+    return "<f8" if name.endswith(".scale") else "<i2" if name.endswith(".gelu") else "<i4"
+
+
+def test_exact_streams_are_the_golden_ones() -> None:
+    """The words of the exact coding never change: a stored model (tests/golden, rewritten by
+    VQTOOL_REGEN_GOLDEN=1) codes the stored codes, on its own grid and window by window, into
+    the stored words, and those words decode to the codes."""
+    if os.environ.get("VQTOOL_REGEN_GOLDEN") == "1":
+        model = _golden_model()
+        arrays = {
+            f"model.{name}": t.numpy().astype(_stored_type(name))
+            for name, t in exact_prior.tensors(model).items()
+        }
+        sizes = {f.name: getattr(model, f.name) for f in fields(model) if f.name in SIZES}
+        meta = {"sizes": sizes | {"layers": len(model.layers), "grid": list(model.grid or [])}}
+        meta["fractions"] = asdict(model.fractions)
+        for name, codes in _golden_cases().items():
+            encoded = entropy.encode_with_prior(codes, model, chunk_size=16)
+            arrays |= {f"{name}.words": encoded.words, f"{name}.chunks": encoded.chunk_words}
+        np.savez_compressed(GOLDEN_STREAMS, meta=np.array(json.dumps(meta)), **arrays)
+    with np.load(GOLDEN_STREAMS, allow_pickle=False) as npz:
+        stored = {name: npz[name] for name in npz.files}
+    meta = json.loads(str(stored.pop("meta")))
+    named = {k[6:]: torch.from_numpy(v) for k, v in stored.items() if k.startswith("model.")}
+    model = exact_prior.from_tensors(meta["sizes"], meta["fractions"], named)
+    for name, codes in _golden_cases().items():
+        words, chunks = stored[f"{name}.words"], stored[f"{name}.chunks"]
+        encoded = entropy.encode_with_prior(codes, model, chunk_size=16)
+        assert np.array_equal(encoded.words, words), name
+        assert np.array_equal(encoded.chunk_words, chunks), name
+        decoded = entropy.decode_with_prior(words, chunks, model, codes.shape, chunk_size=16)
+        assert np.array_equal(decoded, codes), name

@@ -121,6 +121,35 @@ def test_exact_coding_of_any_grid_decodes_to_the_codes(stages: int, grid: tuple[
     assert encoded.bits.shape == (5,) and np.all(encoded.bits > 0)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_coding_reports_progress_in_codes_within_an_image(
+    threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large image is one chunk: its progress moves code by code, not only at its end."""
+    monkeypatch.setattr(entropy, "REPORT_EVERY_S", 0.0 if threads == 1 else 0.001)
+    model = random_exact(2)
+    codes = np.random.default_rng(3).integers(0, K, (3, 2, 6, 9)).astype(np.uint16)
+    seen: list[tuple[int, int]] = []
+    size = 1 if threads == 1 else 2  # one image a chunk, or chunks on threads of their own
+
+    def note(done: int, total: int) -> None:
+        seen.append((done, total))
+
+    encoded = entropy.encode_with_prior(codes, model, note, threads, size)
+    assert seen[-1] == (codes.size, codes.size)
+    if threads == 1:  # every position reported: within each image
+        assert len(seen) >= 2 * 6 * 9 * 3
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    seen.clear()
+    decoded = entropy.decode_with_prior(
+        encoded.words, encoded.chunk_words, model, codes.shape, note, threads, chunk_size=size
+    )
+    np.testing.assert_array_equal(decoded, codes)
+    assert seen[-1] == (codes.size, codes.size)
+    assert threads == 2 or 0 < seen[0][0] < 2 * 6 * 9  # the first image's codes, part way
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
 def test_a_larger_grids_window_tables_are_the_windows_own_predictions() -> None:
     """On an 8x8 grid with a 4x4 prior, code (6, 5)'s table is the prior's prediction at its
     window's position: the same integers as running the prior over that window alone."""

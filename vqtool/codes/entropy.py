@@ -32,8 +32,9 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import NamedTuple, Protocol, TypeVar
 
 import constriction
@@ -55,6 +56,7 @@ CHUNK = 128  # grids per chunk of the float prior's coding: a stream of its own,
 EXACT_CHUNK = 256  # grids per chunk of the exact coding (stored in the file's header)
 MIN_ROWS = 4  # the smallest batch the prior is ever run on (a partial chunk is padded to it)
 DUMMY_CODE = 0  # what padding sequences are fed
+REPORT_EVERY_S = 0.5  # how often a coding reports its progress
 
 Result = TypeVar("Result")
 # One coding at a time per process: coding sets torch's process-wide thread count.
@@ -97,9 +99,11 @@ class Predictor(Protocol):
     stages: int
     per_stage: int  # codes of each stage, K_s
 
-    def steps(self, rows: int, known: Tensor | None = None) -> Tables:
+    def steps(self, rows: int, known: Tensor | None = None, real: int | None = None) -> Tables:
         """Tables for `rows` sequences; `known` (rows, T) int64 when every token is known
-        already (encoding), which a predictor may use to compute all positions at once."""
+        already (encoding), which a predictor may use to compute all positions at once. Only
+        the tables of the first `real` rows (default all) are read: a predictor may leave the
+        others out."""
         ...
 
     def prepared(self) -> contextlib.AbstractContextManager[None]: ...
@@ -116,7 +120,7 @@ class FloatPredictor:
         self.stages = model.stages
         self.per_stage = model.num_embeddings // model.stages
 
-    def steps(self, rows: int, known: Tensor | None = None) -> Tables:
+    def steps(self, rows: int, known: Tensor | None = None, real: int | None = None) -> Tables:
         # Always one position at a time, even when encoding: the teacher-forced forward sums
         # in another order, and float sums round differently in another order.
         return _FloatTables(self, PriorSteps(self.model, rows))
@@ -170,11 +174,12 @@ class ExactPredictor:
         if self.grid is not None:
             self.length = model.stages * self.grid[0] * self.grid[1]
 
-    def steps(self, rows: int, known: Tensor | None = None) -> Tables:
+    def steps(self, rows: int, known: Tensor | None = None, real: int | None = None) -> Tables:
         forced = ExactForced(self.model, PRECISION)
         if self.grid is not None:
             assert self.model.grid is not None  # a grid of its own is needed to differ from it
-            return WindowTables(forced, rows, self.grid, self.model.grid, self.stages, known)
+            grids = (self.grid, self.model.grid)
+            return WindowTables(forced, rows, *grids, self.stages, known, real)
         if known is None:
             return _ExactTables(ExactSteps(self.model, rows, PRECISION))
         return _ForcedTables(forced, known)
@@ -193,18 +198,20 @@ class _ExactTables:
 
 
 class _ForcedTables:
-    """The encoder's tables: every position's logits in one teacher-forced pass (the same
-    numbers as step by step: exact arithmetic), turned into tables position by position."""
+    """The encoder's tables: every position's last layer in one teacher-forced pass (the same
+    numbers as step by step: exact arithmetic), the head and the tables position by position
+    (all positions' logits at once would be a large tensor to write and read back)."""
 
     def __init__(self, forced: ExactForced, known: Tensor) -> None:
         self.forced = forced
-        self.logits = forced.logits(known)  # (rows, T, K_s)
+        self.outputs = forced.outputs(known)  # (rows, T, C)
         self.position = 0
 
     def next(self, previous: Tensor | None) -> np.ndarray:
         t = self.position
         self.position += 1
-        return self.forced.frequencies(self.logits[:, t]).numpy()
+        logits = self.forced.position_logits(self.outputs[:, t], t)
+        return self.forced.frequencies(logits).numpy()
 
 
 class StreamError(ValueError):
@@ -371,14 +378,15 @@ def _chunk_steps(
     real: int,
     rows: int,
     step: Step,
-    cancelled: threading.Event,
+    shared: _Shared,
     positions: int | None = None,
     known: np.ndarray | None = None,
 ) -> None:
     """Run the predictor over one chunk position by position, handing each position's tables
     for the `real` rows to `step`, which codes or decodes them and returns their codes;
     padding rows are fed DUMMY_CODE. The only place probabilities are computed, for encoder
-    and decoder alike. Raises _Cancelled at the next position once `cancelled` is set.
+    and decoder alike. Counts each position's codes in `shared`, and raises _Cancelled at the
+    next position once it is cancelled.
 
     With stages, a position's table covers its own stage's K codes only (the prior gives the
     other stages' tokens no probability), and `step` sees and returns codes of that stage;
@@ -386,10 +394,10 @@ def _chunk_steps(
     lets the predictor compute every position's tables at once."""
     per_position = predictor.length // predictor.stages
     with torch.inference_mode():  # per thread: inference mode does not cross threads
-        steps = predictor.steps(rows, None if known is None else torch.from_numpy(known))
+        steps = predictor.steps(rows, None if known is None else torch.from_numpy(known), real)
         previous: Tensor | None = None
         for t in range(predictor.length if positions is None else positions):
-            if cancelled.is_set():
+            if shared.cancelled.is_set():
                 raise _Cancelled
             tables = steps.next(previous)
             offset = t // per_position * predictor.per_stage
@@ -397,10 +405,37 @@ def _chunk_steps(
             fed[:real] = step(t, tables[:real])
             fed[:real] += offset
             previous = torch.from_numpy(fed)
+            shared.advance(real)
 
 
-# One chunk's work: (start, stop, rows, cancelled) -> its result.
-ChunkWork = Callable[[int, int, int, threading.Event], Result]
+class _Shared:
+    """What the chunks of one coding share: the flag that cancels them, and the count of codes
+    done, reported through `report` (from the caller's thread) at most every REPORT_EVERY_S."""
+
+    def __init__(self, report: Callable[[int], None] | None, in_caller: bool) -> None:
+        self.cancelled = threading.Event()
+        self.codes = 0
+        self.report = report
+        self.in_caller = in_caller  # the chunks run in the caller's thread: report from there
+        self.lock = threading.Lock()
+        self.last = time.monotonic()
+
+    def advance(self, codes: int) -> None:
+        with self.lock:
+            self.codes += codes
+        if self.in_caller and self.report is not None and self.due():
+            self.report(self.codes)
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < REPORT_EVERY_S:
+            return False
+        self.last = now
+        return True
+
+
+# One chunk's work: (start, stop, rows, shared) -> its result.
+ChunkWork = Callable[[int, int, int, _Shared], Result]
 
 
 def _each_chunk(
@@ -410,35 +445,39 @@ def _each_chunk(
     threads: int | None,
     on_progress: Progress | None,
     size: int,
+    per_grid: int = 1,
 ) -> list[Result]:
-    """work(start, stop, rows, cancelled) for every chunk of `size` of n grids, `threads`
-    chunks at a time (default coding_threads()), results in chunk order. Chunks are
-    independent, so the order in which they run changes nothing. The first error (or an
-    interrupt) cancels the other chunks at their next position and is raised."""
+    """work(start, stop, rows, shared) for every chunk of `size` of n grids, `threads` chunks
+    at a time (default coding_threads()), results in chunk order. Chunks are independent, so
+    the order in which they run changes nothing. `on_progress(done, total)` counts codes
+    (`per_grid` a grid), so that it moves within a chunk too (a large image is one chunk).
+    The first error (or an interrupt) cancels the other chunks at their next position and is
+    raised."""
     threads = coding_threads() if threads is None else threads
     schedule = list(chunks(n, size))
-    cancelled = threading.Event()
-    done = 0
+    total = n * per_grid
+    report = None if on_progress is None else (lambda done: on_progress(done, total))
+    in_caller = threads <= 1 or len(schedule) == 1
+    shared = _Shared(report, in_caller)
     with _CODING, _coding_mode(predictor):
-        if threads <= 1 or len(schedule) == 1:
-            results = []
-            for start, stop, rows in schedule:
-                results.append(work(start, stop, rows, cancelled))
-                if on_progress is not None:
-                    on_progress(stop, n)
+        if in_caller:
+            results = [work(start, stop, rows, shared) for start, stop, rows in schedule]
+            if report is not None:
+                report(total)
             return results
         pool = ThreadPoolExecutor(max_workers=min(threads, len(schedule)))
         try:
-            futures = {pool.submit(work, *chunk, cancelled): chunk for chunk in schedule}
-            for future in as_completed(futures):
-                future.result()  # raises the chunk's error here, in the caller's thread
-                start, stop, _ = futures[future]
-                done += stop - start
-                if on_progress is not None:
-                    on_progress(done, n)
+            futures = {pool.submit(work, *chunk, shared): chunk for chunk in schedule}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, REPORT_EVERY_S, FIRST_COMPLETED)
+                for future in finished:
+                    future.result()  # raises the chunk's error here, in the caller's thread
+                if report is not None:
+                    report(total if not pending else shared.codes)
             return [future.result() for future in futures]
         finally:
-            cancelled.set()  # a no-op after success; after an error, the others stop
+            shared.cancelled.set()  # a no-op after success; after an error, the others stop
             pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -458,12 +497,14 @@ def encode_with_prior(
     on_progress: Progress | None = None,
     threads: int | None = None,
     chunk_size: int | None = None,
+    count_bits: bool = True,
 ) -> Encoded:
     """Codes (N, h, w) or (N, S, h, w) -> words, each symbol coded with the model's prediction
     for it (an ExactPrior: the same on any machine); each chunk of `chunk_size` grids (CHUNK
     for the float prior, EXACT_CHUNK for the exact model) is a stream of its own
     (`Encoded.chunk_words`), coding stage after stage, so that a decode of the first stages
-    stops early."""
+    stops early. `on_progress(done, total)` counts codes. Without `count_bits` (a file needs
+    the words alone) `Encoded.bits` is NaN."""
     predictor = predictor_for(model, (codes.shape[-2], codes.shape[-1]))
     size = default_chunk(model) if chunk_size is None else chunk_size
     n = codes.shape[0]
@@ -471,24 +512,23 @@ def encode_with_prior(
     per_position = predictor.length // predictor.stages
     offsets = np.arange(flat.shape[1]) // per_position * predictor.per_stage  # tokens s K + c
 
-    def chunk(
-        start: int, stop: int, rows: int, cancelled: threading.Event
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def chunk(start: int, stop: int, rows: int, shared: _Shared) -> tuple[np.ndarray, np.ndarray]:
         encoder = constriction.stream.queue.RangeEncoder()
         family = constriction.stream.model.Categorical(perfect=False)
-        bits = np.zeros(stop - start)
+        bits = np.zeros(stop - start) if count_bits else np.full(stop - start, np.nan)
 
         def step(t: int, tables: np.ndarray) -> np.ndarray:
             symbols = flat[start:stop, t]
             encoder.encode(symbols, family, tables)
-            bits[:] += _bits(tables, symbols)
+            if count_bits:
+                bits[:] += _bits(tables, symbols)
             return symbols
 
         known = flat[start:stop].astype(np.int64) + offsets
-        _chunk_steps(predictor, stop - start, rows, step, cancelled, flat.shape[1], known)
+        _chunk_steps(predictor, stop - start, rows, step, shared, flat.shape[1], known)
         return encoder.get_compressed(), bits
 
-    parts = _each_chunk(predictor, n, chunk, threads, on_progress, size)
+    parts = _each_chunk(predictor, n, chunk, threads, on_progress, size, flat.shape[1])
     words = [part[0] for part in parts]
     return Encoded(
         np.concatenate(words).astype(np.uint32),
@@ -532,7 +572,8 @@ def decode_with_prior(
     chunk_size: int | None = None,
 ) -> np.ndarray:
     """Words -> codes uint16 `shape` ((N, h, w) or (N, S, h, w)), or only their first `stages`
-    stages (each chunk's decoder stops there); raises StreamError when the words do not fit."""
+    stages (each chunk's decoder stops there); raises StreamError when the words do not fit.
+    `on_progress(done, total)` counts codes."""
     predictor = predictor_for(model, (shape[-2], shape[-1]))
     size = default_chunk(model) if chunk_size is None else chunk_size
     n = shape[0]
@@ -542,7 +583,7 @@ def decode_with_prior(
     positions = predictor.length // predictor.stages * wanted
     decoded = np.empty((n, positions), np.uint16)
 
-    def chunk(start: int, stop: int, rows: int, cancelled: threading.Event) -> None:
+    def chunk(start: int, stop: int, rows: int, shared: _Shared) -> None:
         begin, end = spans[start // size]
         decoder = constriction.stream.queue.RangeDecoder(words[begin:end])
         family = constriction.stream.model.Categorical(perfect=False)
@@ -553,11 +594,11 @@ def decode_with_prior(
             decoded[start:stop, t] = symbols
             return symbols
 
-        _chunk_steps(predictor, stop - start, rows, step, cancelled, positions)
+        _chunk_steps(predictor, stop - start, rows, step, shared, positions)
         if wanted == total:  # a prefix leaves the later stages' words unread
             _check_exhausted(decoder)
 
-    _each_chunk(predictor, n, chunk, threads, on_progress, size)
+    _each_chunk(predictor, n, chunk, threads, on_progress, size, positions)
     return decoded.reshape(shape if len(shape) == 3 else (n, wanted, *shape[2:]))
 
 

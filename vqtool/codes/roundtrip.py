@@ -166,7 +166,8 @@ def _prior_bits(
         return encode_with_prior(codes, coder, on_prior).bits
     bits = np.empty(len(codes))
     groups = grid_groups(grids)
-    progress = progress_parts([len(indices) for _, indices in groups], on_prior)
+    counts = [len(indices) * codes[int(indices[0])].size for _, indices in groups]
+    progress = progress_parts(counts, on_prior)  # in codes, as the coding counts them
     for (_, indices), callback in zip(groups, progress, strict=True):
         group = np.stack([codes[i] for i in indices.tolist()])
         bits[indices] = encode_with_prior(group, coder, callback).bits

@@ -325,7 +325,7 @@ def write_codes(
 
     `compress` range-codes the codes with the file's own code frequencies, or with `prior`'s
     predictions when one is given (which implies compress; UsageError when it cannot code
-    them); `on_progress(done, n)` follows the prior's images.
+    them); `on_progress(done, n)` counts the codes the prior has coded.
     """
     check_output(path)
     save_or_fail(path, _archive_writer(code_file, compress, prior, on_progress), "the code file")
@@ -493,9 +493,9 @@ def _encode_groups(
     if prior.exact is None:
         raise ValueError("the prior has no exact coding model to code with")
     words, chunk_words = [], []
-    progress = progress_parts([len(group.indices) for group in groups], on_progress)
+    progress = progress_parts([group.codes.size for group in groups], on_progress)
     for group, callback in zip(groups, progress, strict=True):
-        encoded = entropy.encode_with_prior(group.codes, prior.exact, callback)
+        encoded = entropy.encode_with_prior(group.codes, prior.exact, callback, count_bits=False)
         assert encoded.chunk_words is not None  # prior coding always codes in chunks
         words.append(encoded.words)
         chunk_words.append(encoded.chunk_words)
@@ -1266,7 +1266,9 @@ def _decode_groups(
     stream, chunk_words, stored = arrays["stream"], arrays["chunks"], layout.stored
     groups = grid_groups(layout.grids)
     sizes = [len(indices) for _, indices in groups]
-    progress = progress_parts([len(i) for _, i in groups], on_progress)
+    kept = (stored or 1) if stages is None else stages  # the stages decoded
+    counts = [len(indices) * kept * grid[0] * grid[1] for grid, indices in groups]
+    progress = progress_parts(counts, on_progress)  # in codes: moves within a large image
     parts: list[np.ndarray] = [np.empty(0, np.uint16)] * len(layout.grids)
     first_chunk, first_word = 0, 0
     decoded = []

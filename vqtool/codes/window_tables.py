@@ -31,7 +31,8 @@ from vqtool.models.windows import (
 class WindowTables:
     """Tables (rows, K_s) of `rows` grids (S, H, W), position by position in the grid's order
     (stage after stage, row after row), for a model of grid `prior_grid` (h, w) per stage.
-    `known`, the encoder's tokens (rows, S * H * W), lets it run whole windows."""
+    `known`, the encoder's tokens (rows, S * H * W), lets it run whole windows; without it
+    (the decoder) the tables cover the first `real` rows alone, the others being padding."""
 
     def __init__(
         self,
@@ -41,13 +42,15 @@ class WindowTables:
         prior_grid: tuple[int, int],
         stages: int,
         known: Tensor | None = None,
+        real: int | None = None,
     ) -> None:
         self.forced = forced
         self.grid = grid
         self.prior_grid = prior_grid
         self.known = known is not None
+        self.real = rows if real is None else real
         if known is None:
-            self.tokens = torch.zeros((rows, stages, *grid), dtype=torch.int64)
+            self.tokens = torch.zeros((self.real, stages, *grid), dtype=torch.int64)
         else:  # the real rows only, and the stages coded: the caller reads their tables alone
             self.tokens = known.view(known.shape[0], -1, *grid)
         self.position = 0
@@ -60,7 +63,7 @@ class WindowTables:
         i, j = divmod(rest, width)
         if previous is not None and not self.known:
             s, r = divmod(t - 1, height * width)
-            self.tokens[:, s, r // width, r % width] = previous
+            self.tokens[:, s, r // width, r % width] = previous[: self.real]
         if self.known:
             if j == 0:
                 self.row_logits = self._row(stage, i)
@@ -70,7 +73,7 @@ class WindowTables:
             end = target_index(stage, i, j, window) + 1
             sequence = window_tokens(self.tokens, window, stage + 1)[:, :end]
             positions = _positions(window, self.prior_grid, stage + 1)[:end]
-            logits = self.forced.logits(sequence, positions)[:, -1]
+            logits = self.forced.logits(sequence, positions, slice(end - 1, end))[:, 0]
         self.position = t + 1
         return self.forced.frequencies(logits).numpy()
 

@@ -92,8 +92,9 @@ class ExactLinear(NamedTuple):
     bias: Tensor
     scale: Tensor
 
-    def __call__(self, z: Tensor) -> Tensor:
-        return torch.addmm(self.bias, z, self.weight.t()).mul_(self.scale).round_()
+    def __call__(self, z: Tensor, out: Tensor | None = None) -> Tensor:
+        """The outputs (rows, O), into `out` when given."""
+        return torch.addmm(self.bias, z, self.weight.t(), out=out).mul_(self.scale).round_()
 
     def rows(self, start: int, stop: int) -> ExactLinear:
         """Output channels start..stop-1 alone."""
@@ -363,10 +364,17 @@ class _Arithmetic:
         self.query_limit = 2.0 ** query_bits(model.head_dim) - 1
         self.value_limit = 2.0 ** value_bits(model.length) - 1
         self.limit = 2.0 ** residual_bits(c) - 1
+        limits = [self.query_limit] * (2 * c) + [self.value_limit] * c
+        self.qkv_limit = torch.tensor(limits)  # (3 C,): queries and keys, then values
+        # The feed-forward's hidden layer, its table indices and GELU outputs: the largest
+        # tensors of a pass, written into the same memory each time rather than fresh memory
+        # (which the system hands over page by page). Hence one instance per thread.
+        self.hidden = [torch.empty(0, 0), torch.empty(0, 0, dtype=torch.int32), torch.empty(0, 0)]
         # norm: the divisor sqrt(sum d**2 / C + eps C**2 4**residual), d = C x - sum x
         self.inverse_width = 1.0 / c
         self.norm_eps = NORM_EPS * c**2 * 4.0**f.residual
         self.norm_out = 2.0**f.norm
+        self.inverse_precision = 1.0 / self.precision  # a power of two: exact
 
     def _norm(self, x: Tensor) -> Tensor:
         """Each row to mean 0 and variance 1 (no gain: folded into the next layer), float32
@@ -374,18 +382,14 @@ class _Arithmetic:
         the row's divisor is single IEEE operations."""
         wide = x.double()
         d = wide.mul_(self.model.width).sub_(x.sum(-1, keepdim=True, dtype=torch.float64))
-        variance = (d * d).sum(-1, keepdim=True)
+        variance = torch.linalg.vecdot(d, d).unsqueeze_(-1)
         divisor = variance.mul_(self.inverse_width).add_(self.norm_eps).sqrt_()
         z = d.mul_(divisor.reciprocal_().mul_(self.norm_out)).round_()
         return z.clamp_(-INPUT_LIMIT, INPUT_LIMIT).float()
 
     def _qkv(self, layer: ExactLayer, x: Tensor) -> Tensor:
         """Queries, keys and values (rows, 3 C) of residual rows (rows, C), clamped."""
-        c = self.model.width
-        qkv = layer.qkv(self._norm(x))
-        qkv[:, : 2 * c].clamp_(-self.query_limit, self.query_limit)
-        qkv[:, 2 * c :].clamp_(-self.value_limit, self.value_limit)
-        return qkv
+        return layer.qkv(self._norm(x)).clamp_(-self.qkv_limit, self.qkv_limit)
 
     def _weights(self, scores: Tensor) -> Tensor:
         """Attention weights from the exp table at each score's distance below its row's
@@ -402,9 +406,12 @@ class _Arithmetic:
         return mixed.round_().clamp_(-INPUT_LIMIT, INPUT_LIMIT)
 
     def _feed_forward(self, layer: ExactLayer, x: Tensor) -> Tensor:
-        rows = x.shape[0]
-        hidden = layer.fc1(self._norm(x)).clamp_(-GELU_LIMIT, GELU_LIMIT).add_(GELU_LIMIT)
-        gelu = layer.gelu.index_select(0, hidden.to(torch.int32).view(-1)).view(rows, -1)
+        rows, width = x.shape[0], layer.fc1.weight.shape[0]
+        if self.hidden[0].shape[0] < rows:
+            self.hidden = [torch.empty(rows, width, dtype=b.dtype) for b in self.hidden]
+        hidden, index, gelu = (b[:rows] for b in self.hidden)  # the first rows: contiguous
+        layer.fc1(self._norm(x), out=hidden).clamp_(-GELU_LIMIT, GELU_LIMIT).add_(GELU_LIMIT)
+        torch.index_select(layer.gelu, 0, index.copy_(hidden).view(-1), out=gelu.view(-1))
         return x.add_(layer.fc2(gelu)).clamp_(-self.limit, self.limit)
 
     def _logits(self, x: Tensor, stage: int) -> Tensor:
@@ -415,12 +422,15 @@ class _Arithmetic:
 
     def frequencies(self, logits: Tensor) -> Tensor:
         """Logits (B, K_s) in 2**-SCORE_FRACTION nat -> floor(p * 2**precision / sum p), at
-        least 1, p from the exp table at each logit's distance below the row's largest."""
+        least 1, p from the exp table at each logit's distance below the row's largest
+        (float64)."""
         table = self.model.logit_exp
         below = (logits.amax(-1, keepdim=True) - logits).clamp_(max=len(table) - 1)
         p = table.index_select(0, below.to(torch.int32).view(-1)).view(logits.shape)
-        total = p.sum(-1, keepdim=True)
-        return p.mul_(self.precision).div_(total).floor_().clamp_min_(1.0)
+        # p * 2**precision / total computed as p / (total / 2**precision): the same quotient,
+        # rounded once (scaling by a power of two is exact), and one pass fewer.
+        total = p.sum(-1, keepdim=True).mul_(self.inverse_precision)
+        return p.div_(total).floor_().clamp_min_(1.0)
 
 
 class ExactSteps(_Arithmetic):
@@ -431,8 +441,14 @@ class ExactSteps(_Arithmetic):
         super().__init__(model, precision)
         self.rows = rows
         shape = (rows * model.heads, model.length, model.head_dim)
-        self.keys = [torch.zeros(shape) for _ in model.layers]
-        self.values = [torch.zeros(shape) for _ in model.layers]
+        # Keys and values are whole numbers within their clamps: held as int16 when those fit
+        # (half the memory to read at every position), widened into one float32 buffer to
+        # attend. Never read before written: a position attends to the slots before it.
+        self.compact = max(self.query_limit, self.value_limit) <= torch.iinfo(torch.int16).max
+        dtype = torch.int16 if self.compact else torch.float32
+        self.keys = [torch.empty(shape, dtype=dtype) for _ in model.layers]
+        self.values = [torch.empty(shape, dtype=dtype) for _ in model.layers]
+        self.wide = torch.empty(shape if self.compact else 0)
         self.position = 0
 
     def next(self, previous: Tensor | None) -> Tensor:
@@ -463,10 +479,17 @@ class ExactSteps(_Arithmetic):
         values.view(b, h, -1, d)[:, :, t] = qkv[:, 2]
         # Exact sums do not depend on shapes: attend over the written slots 0..t alone.
         query = qkv[:, 0].reshape(b * h, 1, d)
-        scores = torch.bmm(query, keys[:, : t + 1].transpose(1, 2))  # (B H, 1, t + 1)
-        mixed = self._mix(self._weights(scores), values[:, : t + 1]).view(b, c)
+        scores = torch.bmm(query, self._widened(keys, t).transpose(1, 2))  # (B H, 1, t + 1)
+        weights = self._weights(scores)
+        mixed = self._mix(weights, self._widened(values, t)).view(b, c)
         x = x.add_(layer.proj(mixed)).clamp_(-self.limit, self.limit)
         return self._feed_forward(layer, x)
+
+    def _widened(self, cache: Tensor, t: int) -> Tensor:
+        """Slots 0..t of a key or value cache in float32 (B H, t + 1, d)."""
+        if not self.compact:
+            return cache[:, : t + 1]
+        return self.wide[:, : t + 1].copy_(cache[:, : t + 1])
 
 
 class ExactForced(_Arithmetic):
@@ -475,7 +498,9 @@ class ExactForced(_Arithmetic):
     ExactSteps, so the same tables to the bit (every sum is exact in any order and shape, and
     a masked slot weighs exactly 0), many times faster than one position at a time."""
 
-    BLOCK = 64  # sequences per pass: attention's (B H, T, T) tensors stay small
+    # Sequences per pass: as many as keep attention's (B H, T, T) tensors to this many
+    # elements, small enough to stay in a core's cache.
+    ELEMENTS = 1 << 17
 
     def logits(
         self, tokens: Tensor, positions: Tensor | None = None, at: slice | None = None
@@ -484,6 +509,38 @@ class ExactForced(_Arithmetic):
         2**-SCORE_FRACTION nat, or the positions `at` alone (B, len, K_s). The tokens sit at the
         first T positions (whole stages), or at `positions` (T,) int64 (a window of a larger
         grid, vqtool.models.windows; any length)."""
+        positions, at = self._checked(tokens, positions, at)
+        stages = positions[at] // self.model.per_position
+        x = self.outputs(tokens, positions, at)  # (B, len, C)
+        c = self.model.width
+        logits = [
+            self._logits(x[:, begin:end].reshape(-1, c), stage).view(len(x), end - begin, -1)
+            for begin, end, stage in _stage_runs(stages)
+        ]
+        return logits[0] if len(logits) == 1 else torch.cat(logits, 1)
+
+    def outputs(
+        self, tokens: Tensor, positions: Tensor | None = None, at: slice | None = None
+    ) -> Tensor:
+        """What the last layer gives the head (B, len, C) at the positions `at` (default all),
+        for `logits`' tokens and positions: `position_logits` turns a position's into its
+        logits, without holding every position's logits at once (the encoder's case)."""
+        positions, at = self._checked(tokens, positions, at)
+        t = tokens.shape[1]
+        block = max(1, self.ELEMENTS // (self.model.heads * t * t))
+        parts = [self._block_outputs(part, positions, at) for part in tokens.split(block)]
+        if not parts:
+            return torch.zeros(0, len(range(t)[at]), self.model.width)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def position_logits(self, outputs: Tensor, position: int) -> Tensor:
+        """`outputs` (B, C) at the model's position `position` -> logits (B, K_s) over that
+        position's stage's codes."""
+        return self._logits(outputs, position // self.model.per_position)
+
+    def _checked(
+        self, tokens: Tensor, positions: Tensor | None, at: slice | None
+    ) -> tuple[Tensor, slice]:
         model, t = self.model, tokens.shape[1]
         if positions is None:
             if not 0 < t <= model.length or t % model.per_position:
@@ -491,11 +548,9 @@ class ExactForced(_Arithmetic):
             positions = torch.arange(t)
         elif positions.shape != (t,) or not 0 < t <= model.length:
             raise ValueError(f"{t} tokens at {tuple(positions.shape)} positions")
-        at = slice(0, t) if at is None else slice(*at.indices(t))
-        parts = [self._block_logits(part, positions, at) for part in tokens.split(self.BLOCK)]
-        return torch.cat(parts) if parts else torch.zeros(0, t, model.per_stage)
+        return positions, slice(0, t) if at is None else slice(*at.indices(t))
 
-    def _block_logits(self, tokens: Tensor, positions: Tensor, at: slice) -> Tensor:
+    def _block_outputs(self, tokens: Tensor, positions: Tensor, at: slice) -> Tensor:
         model = self.model
         (b, t), c = tokens.shape, model.width
         start = torch.full((b, 1), model.num_embeddings, dtype=torch.int64)
@@ -503,24 +558,26 @@ class ExactForced(_Arithmetic):
         x = model.tokens.index_select(0, fed).view(b, t, c) + model.positions[positions]
         x = x.clamp_(-self.limit, self.limit).view(b * t, c)
         future = torch.ones(t, t, dtype=torch.bool).triu_(1)
-        for layer in model.layers:
-            x = self._layer(layer, x, b, future)
-        x = x.view(b, t, c)[:, at]
-        logits = [
-            self._logits(x[:, begin:end].reshape(-1, c), stage).view(b, end - begin, -1)
-            for begin, end, stage in _stage_runs(positions[at] // model.per_position)
-        ]
-        return torch.cat(logits, 1)
+        last = len(model.layers) - 1
+        for i, layer in enumerate(model.layers):
+            # The last layer's outputs are read at `at` alone: its other rows are not computed
+            # (every row's numbers depend on the keys and values before it alone).
+            x = self._layer(layer, x, b, future, at if i == last else slice(0, t))
+        return x.view(b, -1, c) if model.layers else x.view(b, t, c)[:, at]
 
-    def _layer(self, layer: ExactLayer, x: Tensor, b: int, future: Tensor) -> Tensor:
+    def _layer(self, layer: ExactLayer, x: Tensor, b: int, future: Tensor, keep: slice) -> Tensor:
+        """Residual rows (B T, C) -> the layer's outputs at positions `keep` (B n, C)."""
         model = self.model
         t, h, d, c = future.shape[0], model.heads, model.head_dim, model.width
         qkv = self._qkv(layer, x).view(b, t, 3, h, d).permute(2, 0, 3, 1, 4)  # (3, B, H, T, d)
         query, keys, values = (part.reshape(b * h, t, d) for part in qkv)
-        scores = torch.bmm(query, keys.transpose(1, 2))  # (B H, T, T)
-        scores.masked_fill_(future, -math.inf)
-        mixed = self._mix(self._weights(scores), values)  # (B H, T, d)
-        mixed = mixed.view(b, h, t, d).permute(0, 2, 1, 3).reshape(b * t, c)
+        query, n = query[:, keep], len(range(t)[keep])
+        if n != t:
+            x = x.view(b, t, c)[:, keep].reshape(b * n, c)
+        scores = torch.bmm(query, keys.transpose(1, 2))  # (B H, n, T)
+        scores.masked_fill_(future[keep], -math.inf)
+        mixed = self._mix(self._weights(scores), values)  # (B H, n, d)
+        mixed = mixed.view(b, h, n, d).permute(0, 2, 1, 3).reshape(b * n, c)
         x = x.add_(layer.proj(mixed)).clamp_(-self.limit, self.limit)
         return self._feed_forward(layer, x)
 
