@@ -61,6 +61,9 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
     )
     try:
         yield
+        # Leave together: a rank that tears its connections down while another still works
+        # in the group (rank 0 writing files) can abort as its process exits.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
