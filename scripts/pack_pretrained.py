@@ -18,13 +18,11 @@ from pathlib import Path
 import tomli_w
 import torch
 
-from vqtool.checkpoint import save_checkpoint
+from vqtool.checkpoint import save_checkpoint, weights_only
 from vqtool.codes.vqc import read_codes, write_codes
 from vqtool.pretrained import ABOUT_NAME, PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
-# what a run's training needs to continue, and nothing that reads it needs
-TRAINING_ONLY = ("optimizer", "rng")
 KEPT = ("profile.toml", "metrics.jsonl", "coding-model.npz")
 
 
@@ -34,8 +32,7 @@ def slim_checkpoint(source: Path, target: Path, vq_checkpoint: str | None = None
     fmt = payload.pop("format")
     before = payload.pop("fingerprint")
     payload.pop("version")
-    for key in TRAINING_ONLY:
-        payload.pop(key, None)
+    payload = weights_only(payload)
     if vq_checkpoint is not None:  # a prior names its VQ run where any installation has it
         payload["vq"]["checkpoint"] = vq_checkpoint
     save_checkpoint(target, payload, fmt=fmt)

@@ -74,6 +74,10 @@ def restore_rng(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda_states)
 
 
+# What a checkpoint holds only to continue training: nothing that reads the model needs it.
+TRAINING_ONLY = ("optimizer", "rng")
+
+
 def training_state(
     model: torch.nn.Module, optimizer_state: dict[str, Any], step: int, elapsed_s: float
 ) -> dict[str, Any]:
@@ -85,6 +89,12 @@ def training_state(
         "rng": rng_states(),
         "elapsed_s": elapsed_s,
     }
+
+
+def weights_only(payload: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's payload without what training_state keeps to continue training (a
+    ready-trained run's copy): restore_training refuses it."""
+    return {key: value for key, value in payload.items() if key not in TRAINING_ONLY}
 
 
 def restore_training(

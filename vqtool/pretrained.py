@@ -81,9 +81,10 @@ def name_of(folder: Path) -> str:
     return PREFIX + folder.resolve().relative_to(pretrained_dir().resolve()).as_posix()
 
 
-def about(name: str) -> dict[str, Any]:
-    """A shipped run's about.toml: description, how it was trained (`trained`), on what."""
-    path = resolve(PREFIX + name) / ABOUT_NAME
+def about(folder: Path) -> dict[str, Any]:
+    """A shipped run's about.toml (`folder`: the run, resolved): description, how it was
+    trained (`trained`), on what."""
+    path = folder / ABOUT_NAME
     try:
         return loads_toml(path.read_text(encoding="utf-8"))
     except (OSError, TOMLDecodeError) as exc:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import fcntl
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -129,7 +130,7 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return self.checkpoint.is_file()
 
-    @property
+    @functools.cached_property
     def read_only(self) -> bool:
         """A ready-trained run shipped in the package (vqtool.pretrained): never written to."""
         return is_shipped(self.path)

@@ -175,7 +175,9 @@ def evaluate(
         raise UsageError(f"unknown split {split!r}", "--split", "use test or train")
     if json_out not in (None, "-"):
         check_output_file(Path(json_out), "the --json file", "--json metrics.json")
-    if stages is not None and RunDir.with_checkpoint(run).kind() == "prior":
+    files = RunDir.with_checkpoint(run)
+    is_prior = files.kind() == "prior"
+    if stages is not None and is_prior:
         raise UsageError("--stages belongs to VQ runs", "--stages", "leave it out for a prior")
     if (prior is not None or rd_images is not None) and not rate_distortion:
         raise UsageError(
@@ -184,7 +186,7 @@ def evaluate(
         )  # fmt: skip
     measure_rd = _rate_distortion_job(run, prior, device) if rate_distortion else None
     with progress.CountProgress(f"evaluating {split}") as bar:
-        if RunDir.with_checkpoint(run).kind() == "prior":
+        if is_prior:
             from vqtool.prior.evaluate import evaluate_prior
 
             if split != "test":
@@ -202,7 +204,6 @@ def evaluate(
             )
     # The run's own copy first (a reader that closes stdout early must not cost it), but a
     # run folder that cannot be written (shared, read-only) still gives the results.
-    files = RunDir.with_checkpoint(run)
     if files.read_only:
         progress.info(f"note: {run} is read-only: {KEEP_IT}")
     else:

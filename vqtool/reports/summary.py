@@ -105,7 +105,7 @@ def pretrained_summary(name: str) -> dict[str, Any]:
     return {
         "name": PREFIX + name,
         "path": str(run.path),
-        **about(name),
+        **about(run.path),
         "profile": run.profile,
         "steps": run.train[-1]["step"],
         "psnr": [_number(row.get("psnr")) for row in by_stages],
