@@ -406,3 +406,23 @@ def test_log_axes_read_plain_numbers() -> None:
         shown = [label for label in labels if label]
         assert "0.4" in shown and "0.3" in shown, shown
         assert not any("$" in label or "10^" in label for label in shown), shown
+
+
+def test_a_run_of_stages_says_its_training_error_is_under_stage_dropout(tmp_path: Path) -> None:
+    # Its training steps decode through 1 to n stages, its test through n: without saying so
+    # the gap between the curve and the stars reads as overfitting.
+    for stages, dropout, expected in ((4, "true", 4), (4, "false", 0), (1, "true", 0)):
+        folder = tmp_path / f"run-{stages}-{dropout}"
+        folder.mkdir()
+        (folder / "profile.toml").write_text(
+            f'name = "r"\n[model]\nnum_embeddings = 8\nstages = {stages}\n'
+            f"stage_dropout = {dropout}\n"
+        )
+        records = [{"kind": "train", "step": s, "nmse": 0.5, "perplexity": 4.0} for s in (1, 2)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (folder / "eval-test.json").write_text(json.dumps({"step": 2, "nmse": 0.3}))
+        run = load_run(folder)
+        assert run.dropout_stages == expected
+        labels = [line.get_label() for line in loss_figure(run).axes[0].get_lines()]
+        said = [label for label in labels if "stage dropout" in label or "all 4 stages" in label]
+        assert len(said) == (2 if expected else 0), labels

@@ -277,6 +277,9 @@ class Run(NamedTuple):
     eval_files: dict[str, dict[str, Any]]  # split -> contents of eval-<split>.json
     warnings: list[str]
     kind: str = "vq"  # "vq" (a VQ-VAE run) or "prior" (a prior over a VQ run's codes)
+    # Residual stages trained with stage dropout (each step the first 1..n of them), or 0: its
+    # training NMSE is over fewer stages than its test figures.
+    dropout_stages: int = 0
 
     @property
     def has_checkpoint(self) -> bool:
@@ -345,18 +348,23 @@ def _parse_record(line: str) -> dict[str, Any] | None:
     return record
 
 
-def _profile_facts(raw: dict[str, Any] | None) -> tuple[str | None, int | None, str]:
-    """(profile name, K, run kind) from a profile dict; None where absent."""
+def _profile_facts(raw: dict[str, Any] | None) -> tuple[str | None, int | None, str, int]:
+    """(profile name, K, run kind, stages under stage dropout or 0) from a profile dict; None
+    where absent."""
     if raw is None:
-        return None, None, "vq"
+        return None, None, "vq", 0
     name = raw.get("name")
     kind = "prior" if isinstance(raw.get("prior"), dict) else "vq"
-    model = raw.get("model")
-    k = model.get("num_embeddings") if isinstance(model, dict) else None
+    found = raw.get("model")
+    model: dict[str, Any] = found if isinstance(found, dict) else {}
+    k = model.get("num_embeddings")
+    stages = model.get("stages", 1)
+    dropped = isinstance(stages, int) and stages > 1 and model.get("stage_dropout", True) is True
     return (
         name if isinstance(name, str) else None,
         k if isinstance(k, int) and not isinstance(k, bool) else None,
         kind,
+        stages if dropped and kind == "vq" else 0,
     )
 
 
@@ -366,7 +374,7 @@ def load_run(path: Path) -> Run:
     log = read_metrics(run_dir.metrics)
     eval_files, eval_warnings = run_dir.read_eval_files()
     raw, profile_warnings = run_dir.read_profile_dict()
-    name, k, kind = _profile_facts(raw)
+    name, k, kind, dropout_stages = _profile_facts(raw)
     warnings = log.warnings + eval_warnings + profile_warnings
     last_step = log.train[-1]["step"]
     test = eval_files.get("test")
@@ -375,4 +383,6 @@ def load_run(path: Path) -> Run:
             f"{run_dir.eval_file('test')} is from step {test['step']} but the metrics reach step "
             f"{last_step}; rerun vqtool evaluate {run_dir.path}"
         )
-    return Run(run_dir.path, name, k, log.train, log.evals, eval_files, warnings, kind)
+    return Run(
+        run_dir.path, name, k, log.train, log.evals, eval_files, warnings, kind, dropout_stages
+    )

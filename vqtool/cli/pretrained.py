@@ -57,7 +57,14 @@ def pretrained(
             for s in summaries
         ]  # fmt: skip
         columns = ("RUN", "what", "steps", "test PSNR (dB)", "bits/image", "prior")
-        progress.print_result(progress.rows_table("ready-trained runs", columns, rows))
+        table = progress.rows_table("ready-trained runs", columns, rows)
+        # One line a run: the description cut short; `vqtool pretrained NAME` gives it whole.
+        what = table.columns[1]
+        what.no_wrap, what.overflow, what.max_width = True, "ellipsis", 40
+        for index in (0, 5):  # names to copy: never cut
+            table.columns[index].min_width = max(len(str(row[index])) for row in rows)
+        table.caption = "vqtool pretrained NAME: the whole description and how it was trained"
+        progress.print_result(table)
         return
     summary = summaries[0]
     facts = {

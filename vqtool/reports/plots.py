@@ -155,14 +155,23 @@ def loss_figure(run: Run) -> Figure:
     FigureCanvasAgg(fig)
     ax_nmse, ax_ppl = fig.subplots(1, 2)
     steps, nmse = record_column(run.train, "nmse")
-    draw_curve(ax_nmse, steps, _positive(nmse), "C0", "train", raw=True)
+    # Under stage dropout a training step decodes through 1 to n stages, the test through n:
+    # the labels say so, or the gap between them reads as overfitting.
+    n = run.dropout_stages
+    train_label = f"train (1 to {n} stages a step: stage dropout)" if n else "train"
+    test_label = f", all {n} stages" if n else ""
+    draw_curve(ax_nmse, steps, _positive(nmse), "C0", train_label, raw=True)
     test_evals = [r for r in run.evals if r.get("split", "test") == "test"]
     eval_steps, eval_nmse = record_column(test_evals, "nmse")
     if len(eval_steps):
         ax_nmse.plot(
-            eval_steps, _positive(eval_nmse), "s", color="C3", label="test, during training"
+            eval_steps,
+            _positive(eval_nmse),
+            "s",
+            color="C3",
+            label=f"test, during training{test_label}",
         )
-    _final_test_point(ax_nmse, run, "C3", "test (vqtool evaluate)")
+    _final_test_point(ax_nmse, run, "C3", f"test (vqtool evaluate){test_label}")
     _log_y(ax_nmse)
     steps_axis(ax_nmse, "reconstruction error", "NMSE (MSE / train pixel variance)")
 
