@@ -1,11 +1,12 @@
-"""Training speed of the quantizers in vqtool's loop: `ema` (one stage), `rvq` and `fsq`.
+"""Training speed in vqtool's loop: `ema` (one stage), `rvq`, `fsq` and `quality`.
 
     python benchmarks/bench_quantizers.py [--data-dir D] [--device auto|cpu|cuda] [--steps N]
         [--rounds R] [--json FILE]
 
-Each profile trains `--steps` steps at batch 32 after a warm-up, in turns (R rounds, each
-profile once per round, on the CPU each in a fresh process as a user's `vqtool train` runs);
-it prints each profile's median images/s and its ratio to `ema`'s, from the same run.
+Each profile trains `--steps` steps at its own batch size (32; `quality` 64) after a warm-up,
+in turns (R rounds, each profile once per round, on the CPU each in a fresh process as a
+user's `vqtool train` runs); it prints each profile's median images/s and its ratio to
+`ema`'s, from the same run.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from common import write_json  # noqa: E402
 
 from vqtool.profiles import load_profile, profile_to_dict  # noqa: E402
 
-PROFILES = ("ema", "rvq", "fsq")
+PROFILES = ("ema", "rvq", "fsq", "quality")
 
 
 def overrides_of(name: str) -> list[str]:
@@ -54,14 +55,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = ""
     for round_ in range(args.rounds):
         for name in PROFILES:
-            once = vqtool_figure(args.data_dir, args.device, 32, args.steps, overrides_of(name))
+            batch = load_profile(name).data.batch_size
+            once = vqtool_figure(args.data_dir, args.device, batch, args.steps, overrides_of(name))
             figures[name].append(once["images_per_s"])
             device = once["device"]
             print(f"round {round_ + 1} {name}: {once['images_per_s']:,.0f} images/s", flush=True)
     medians = {name: statistics.median(values) for name, values in figures.items()}
-    print(f"training at batch 32 on {device}, medians of {args.rounds} rounds:")
+    print(f"training on {device}, medians of {args.rounds} rounds:")
     for name, value in medians.items():
-        print(f"  {name:4s} {value:8,.0f} images/s  {value / medians['ema']:.2f}x ema")
+        batch = load_profile(name).data.batch_size
+        ratio = value / medians["ema"]
+        print(f"  {name:7s} batch {batch:3d} {value:8,.0f} images/s  {ratio:.2f}x ema")
     result = {"device": device, "rounds": figures, "medians": medians}
     write_json(args.json, result)
     return result
