@@ -511,7 +511,7 @@ class ExactForced(_Arithmetic):
         grid, vqtool.models.windows; any length)."""
         positions, at = self._checked(tokens, positions, at)
         stages = positions[at] // self.model.per_position
-        x = self.outputs(tokens, positions, at)  # (B, len, C)
+        x = self._outputs(tokens, positions, at)  # (B, len, C)
         c = self.model.width
         logits = [
             self._logits(x[:, begin:end].reshape(-1, c), stage).view(len(x), end - begin, -1)
@@ -525,7 +525,10 @@ class ExactForced(_Arithmetic):
         """What the last layer gives the head (B, len, C) at the positions `at` (default all),
         for `logits`' tokens and positions: `position_logits` turns a position's into its
         logits, without holding every position's logits at once (the encoder's case)."""
-        positions, at = self._checked(tokens, positions, at)
+        return self._outputs(tokens, *self._checked(tokens, positions, at))
+
+    def _outputs(self, tokens: Tensor, positions: Tensor, at: slice) -> Tensor:
+        """`outputs` of checked positions and slice."""
         t = tokens.shape[1]
         block = max(1, self.ELEMENTS // (self.model.heads * t * t))
         parts = [self._block_outputs(part, positions, at) for part in tokens.split(block)]
