@@ -4,9 +4,9 @@
         [--sizes 2x64x2x4 1x64x2x4 1x32x1x2]
 
 Three measurements over the prior run's own test codes (codes-test.vqc):
-1. One thread, one chunk of 256 grids decoded position by position (ExactSteps, as the decoder
-   runs it): the CPU per grid of each part of a step (each part timed where it is called, so a
-   part holds the parts it calls: a layer holds its norm).
+1. One thread, one chunk of grids (entropy.EXACT_CHUNK) decoded position by position
+   (ExactSteps, as the decoder runs it): the CPU per grid of each part of a step (each part
+   timed where it is called, so a part holds the parts it calls: a layer holds its norm).
 2. The whole range decode (`decode_with_prior`, two threads) at chunks of 64 to 1,024 grids.
 3. Priors of other sizes (layers x width x heads x mlp_ratio, random weights: the speed does not
    depend on the weights) derived to exact models, encoded and decoded on two threads.
@@ -35,7 +35,7 @@ from vqtool.models.exact_prior import ExactPrior, ExactSteps
 from vqtool.models.transformer import CodePrior
 from vqtool.prior.load import load_coding_prior
 
-ROWS = 256  # the chunk the decoder runs (entropy.EXACT_CHUNK)
+ROWS = entropy.EXACT_CHUNK  # the chunk the decoder runs
 PARTS = {  # the methods timed, by the class that holds them
     exact_prior._Arithmetic: (
         "_norm",
