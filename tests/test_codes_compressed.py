@@ -3,6 +3,7 @@ and mismatched files as one line, and a fuzzed reader."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -109,6 +110,27 @@ def test_a_prior_file_names_its_prior_and_needs_it(tmp_path: Path) -> None:
     rederived = prior._replace(exact=other.exact, exact_fingerprint=other.exact_fingerprint)
     with pytest.raises(UsageError, match="exact coding model"):
         read_codes(path, rederived)
+
+
+def test_a_large_file_codes_in_larger_chunks(tmp_path: Path) -> None:
+    # A quarter of the images a chunk (at least 256, at most 1,024): fewer, larger steps.
+    rng = np.random.default_rng(0)
+    n = 1_100
+    code_file = dataclasses.replace(
+        golden_code_file(),
+        codes=rng.integers(0, 512, (n, 2, 3), dtype=np.uint16),
+        names=tuple(f"image-{i:04d}" for i in range(n)),
+        sizes=np.tile(np.array([[8, 12]], np.int32), (n, 1)),
+    )
+    prior = golden_prior()
+    path = tmp_path / "large.vqc"
+    write_codes(path, code_file, prior=prior)
+    arrays = members(path)
+    assert header_of(arrays)["chunk"] == 275 and len(arrays["chunks"]) == 4
+    assert_same(read_codes(path, prior), code_file)
+    assert entropy.exact_chunk(prior.exact, [((2, 3), 10_000)]) == entropy.EXACT_CHUNK
+    # grids of another size than the prior's: window tables, small chunks
+    assert entropy.exact_chunk(prior.exact, [((2, 3), 5_000), ((4, 6), 1)]) == 256
 
 
 def float_coded(path: Path, prior: Prior) -> None:

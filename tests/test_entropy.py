@@ -97,7 +97,7 @@ def test_prior_round_trip_and_size(kind: str) -> None:
     assert abs(32 * len(encoded.words) - encoded.bits.sum()) <= 0.002 * encoded.bits.sum() + 96
     decoded = entropy.decode_with_prior(encoded.words, encoded.chunk_words, model, codes.shape)
     assert np.array_equal(decoded, codes)
-    # One stream per chunk: 300 grids are chunks of 128, 128 and 44 (exact: 256 and 44).
+    # One stream per chunk: 300 grids are chunks of 128, 128 and 44 (exact: one of 300).
     assert encoded.chunk_words is not None
     assert len(encoded.chunk_words) == -(-300 // entropy.default_chunk(model))
     assert int(encoded.chunk_words.sum()) == len(encoded.words)

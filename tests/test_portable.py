@@ -134,19 +134,26 @@ def test_the_encoders_one_pass_gives_the_step_by_step_tables(stages: int) -> Non
 
 
 @pytest.mark.parametrize("grid", [(1, 1), (4, 4)])
-def test_the_decoders_caches_hold_keys_and_values_exactly(grid: tuple[int, int]) -> None:
-    """The decoder keeps keys and values as int16 where their clamps fit (a 4x4 grid), and
-    as float32 where they do not (one position: values up to 2**16 - 1); either way the
-    tables are the encoder's."""
+def test_the_decoders_unwritten_cache_slots_weigh_nothing(grid: tuple[int, int]) -> None:
+    """The decoder attends over every slot of its key and value caches, those not yet written
+    masked: with large numbers in them from the start, its tables are still the encoder's,
+    for one position and for many."""
     prior, codes = random_prior(k=64, grid=grid), random_codes(9, 64, grid)
     assert prior.exact is not None
-    steps = ExactSteps(prior.exact, 9, entropy.PRECISION)
-    assert steps.compact == (grid != (1, 1))
-    assert steps.keys[0].dtype == (torch.int16 if steps.compact else torch.float32)
-    encoded = entropy.encode_with_prior(codes, prior.exact)
-    decoded = entropy.decode_with_prior(
-        encoded.words, encoded.chunk_words, prior.exact, codes.shape
-    )
+    model = prior.exact
+    tokens = torch.from_numpy(codes.astype(np.int64)).view(9, -1)
+    with torch.inference_mode():
+        logits = ExactForced(model, entropy.PRECISION).logits(tokens)
+        steps = ExactSteps(model, 9, entropy.PRECISION)
+        for cache in steps.keys + steps.values:
+            cache.fill_(2.0**20)
+        previous = None
+        for t in range(model.length):
+            table = steps.next(previous)
+            assert torch.equal(table, steps.frequencies(logits[:, t])), t
+            previous = tokens[:, t]
+    encoded = entropy.encode_with_prior(codes, model)
+    decoded = entropy.decode_with_prior(encoded.words, encoded.chunk_words, model, codes.shape)
     assert np.array_equal(decoded, codes)
 
 

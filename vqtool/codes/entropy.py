@@ -33,7 +33,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import NamedTuple, Protocol, TypeVar
 
@@ -53,7 +53,13 @@ from vqtool.threads import torch_threads
 
 PRECISION = 20  # prior frequencies sum to about 2**PRECISION; constriction codes with 24 bits
 CHUNK = 128  # grids per chunk of the float prior's coding: a stream of its own, on a thread
-EXACT_CHUNK = 256  # grids per chunk of the exact coding (stored in the file's header)
+# Grids per chunk of the exact coding (stored in the file's header). A chunk runs on one thread
+# position by position, and each position costs the model's operations whatever the rows, so
+# larger chunks share that cost among more grids; over grids of the model's own size a file
+# takes up to EXACT_CHUNK, with at least four chunks where it has the images (every thread
+# busy); other grids' window tables keep a row of logits per grid: WINDOW_CHUNK there.
+EXACT_CHUNK = 1024
+WINDOW_CHUNK = 256
 MIN_ROWS = 4  # the smallest batch the prior is ever run on (a partial chunk is padded to it)
 DUMMY_CODE = 0  # what padding sequences are fed
 REPORT_EVERY_S = 0.5  # how often a coding reports its progress
@@ -540,6 +546,17 @@ def encode_with_prior(
 def default_chunk(model: CodePrior | ExactPrior) -> int:
     """Grids per chunk: EXACT_CHUNK for the exact model, CHUNK for the float prior."""
     return EXACT_CHUNK if isinstance(model, ExactPrior) else CHUNK
+
+
+def exact_chunk(model: ExactPrior, groups: Sequence[tuple[tuple[int, int], int]]) -> int:
+    """Grids per chunk for a file of `groups`, (grid (H, W), images) each: a quarter of the
+    largest group's images, between WINDOW_CHUNK and EXACT_CHUNK, when every grid is the
+    model's own; WINDOW_CHUNK when one is not (see EXACT_CHUNK)."""
+    own = model.grid
+    if any(own is not None and not same_grid(grid, own) for grid, _ in groups):
+        return WINDOW_CHUNK
+    largest = max((images for _, images in groups), default=0)
+    return min(EXACT_CHUNK, max(WINDOW_CHUNK, -(-largest // 4)))
 
 
 def chunk_spans(

@@ -439,7 +439,7 @@ def _compressed_arrays(
         encoded = entropy.encode_unigram(rows, frequencies)
         words, chunk_words = encoded.words, None
     else:
-        words, chunk_words = _encode_groups(code_file, prior, on_progress)
+        words, chunk_words, chunk = _encode_groups(code_file, prior, on_progress)
     if code_file.mixed:
         version = MIXED_COMPRESSED_VERSION
     else:
@@ -453,7 +453,7 @@ def _compressed_arrays(
         "codes_sha256": _checksums(code_file),
     }
     if prior is not None:
-        header |= {"coding_model": prior.exact_fingerprint, "chunk": entropy.EXACT_CHUNK}
+        header |= {"coding_model": prior.exact_fingerprint, "chunk": chunk}
     arrays = {
         "header": np.frombuffer(json.dumps(header).encode(), np.uint8),
         "stream": np.ascontiguousarray(words, dtype="<u4"),
@@ -482,9 +482,10 @@ def _unigram_rows(code_file: CodeFile) -> np.ndarray:
 
 def _encode_groups(
     code_file: CodeFile, prior: CodingPrior, on_progress: Progress | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Words and chunk lengths of the exact coding: each grid's images coded as a stream of
-    chunks of their own (all of them when they share one grid), group after group."""
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Words, chunk lengths and images per chunk of the exact coding: each grid's images coded
+    as a stream of chunks of their own (all of them when they share one grid), group after
+    group."""
     groups = code_file.groups()
     for group in groups:  # every group refused or accepted before any is coded
         entropy.check_prior(
@@ -492,14 +493,17 @@ def _encode_groups(
         )
     if prior.exact is None:
         raise ValueError("the prior has no exact coding model to code with")
+    chunk = entropy.exact_chunk(prior.exact, [(group.grid, len(group.codes)) for group in groups])
     words, chunk_words = [], []
     progress = progress_parts([group.codes.size for group in groups], on_progress)
     for group, callback in zip(groups, progress, strict=True):
-        encoded = entropy.encode_with_prior(group.codes, prior.exact, callback, count_bits=False)
+        encoded = entropy.encode_with_prior(
+            group.codes, prior.exact, callback, chunk_size=chunk, count_bits=False
+        )
         assert encoded.chunk_words is not None  # prior coding always codes in chunks
         words.append(encoded.words)
         chunk_words.append(encoded.chunk_words)
-    return np.concatenate(words), np.concatenate(chunk_words)
+    return np.concatenate(words), np.concatenate(chunk_words), chunk
 
 
 _NUMBERED = re.compile(r"(.*?)([0-9]+)", re.DOTALL)

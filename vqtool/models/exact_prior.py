@@ -441,14 +441,12 @@ class ExactSteps(_Arithmetic):
         super().__init__(model, precision)
         self.rows = rows
         shape = (rows * model.heads, model.length, model.head_dim)
-        # Keys and values are whole numbers within their clamps: held as int16 when those fit
-        # (half the memory to read at every position), widened into one float32 buffer to
-        # attend. Never read before written: a position attends to the slots before it.
-        self.compact = max(self.query_limit, self.value_limit) <= torch.iinfo(torch.int16).max
-        dtype = torch.int16 if self.compact else torch.float32
-        self.keys = [torch.empty(shape, dtype=dtype) for _ in model.layers]
-        self.values = [torch.empty(shape, dtype=dtype) for _ in model.layers]
-        self.wide = torch.empty(shape if self.compact else 0)
+        # Every position attends over all the caches' slots, those not yet written masked:
+        # whole contiguous caches go to the matrix products as they are, where slots 0..t of
+        # them would be copied first (a slice's matrices lie apart). A masked slot weighs
+        # exactly 0, and its zeros add exactly 0 (NaN would not: hence zeros, not empty).
+        self.keys = [torch.zeros(shape) for _ in model.layers]
+        self.values = [torch.zeros(shape) for _ in model.layers]
         self.position = 0
 
     def next(self, previous: Tensor | None) -> Tensor:
@@ -477,19 +475,13 @@ class ExactSteps(_Arithmetic):
         keys, values = self.keys[index], self.values[index]
         keys.view(b, h, -1, d)[:, :, t] = qkv[:, 1]
         values.view(b, h, -1, d)[:, :, t] = qkv[:, 2]
-        # Exact sums do not depend on shapes: attend over the written slots 0..t alone.
         query = qkv[:, 0].reshape(b * h, 1, d)
-        scores = torch.bmm(query, self._widened(keys, t).transpose(1, 2))  # (B H, 1, t + 1)
+        scores = torch.bmm(query, keys.transpose(1, 2))  # (B H, 1, T)
+        scores[:, :, t + 1 :] = -math.inf
         weights = self._weights(scores)
-        mixed = self._mix(weights, self._widened(values, t)).view(b, c)
+        mixed = self._mix(weights, values).view(b, c)
         x = x.add_(layer.proj(mixed)).clamp_(-self.limit, self.limit)
         return self._feed_forward(layer, x)
-
-    def _widened(self, cache: Tensor, t: int) -> Tensor:
-        """Slots 0..t of a key or value cache in float32 (B H, t + 1, d)."""
-        if not self.compact:
-            return cache[:, : t + 1]
-        return self.wide[:, : t + 1].copy_(cache[:, : t + 1])
 
 
 class ExactForced(_Arithmetic):
