@@ -36,6 +36,7 @@ from vqtool.codes.vqc import (
 )
 from vqtool.errors import UsageError, WorkError
 from vqtool.models.config import PriorConfig
+from vqtool.models.exact_prior import ExactSteps
 from vqtool.prior import load as prior_load
 from vqtool.vq.load import load_model
 
@@ -112,7 +113,9 @@ def test_a_prior_file_names_its_prior_and_needs_it(tmp_path: Path) -> None:
         read_codes(path, rederived)
 
 
-def test_a_large_file_codes_in_larger_chunks(tmp_path: Path) -> None:
+def test_a_large_file_codes_in_larger_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A quarter of the images a chunk (at least 256, at most 1,024): fewer, larger steps.
     rng = np.random.default_rng(0)
     n = 1_100
@@ -131,6 +134,9 @@ def test_a_large_file_codes_in_larger_chunks(tmp_path: Path) -> None:
     assert entropy.exact_chunk(prior.exact, [((2, 3), 10_000)]) == entropy.EXACT_CHUNK
     # grids of another size than the prior's: window tables, small chunks
     assert entropy.exact_chunk(prior.exact, [((2, 3), 5_000), ((4, 6), 1)]) == 256
+    # a model whose decoder caches would outgrow CACHE_BYTES: fewer grids a chunk
+    monkeypatch.setattr(entropy, "CACHE_BYTES", 100 * ExactSteps.cache_bytes(prior.exact))
+    assert entropy.exact_chunk(prior.exact, [((2, 3), 10_000)]) == 100
 
 
 def float_coded(path: Path, prior: Prior) -> None:

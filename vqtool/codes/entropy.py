@@ -60,6 +60,7 @@ CHUNK = 128  # grids per chunk of the float prior's coding: a stream of its own,
 # busy); other grids' window tables keep a row of logits per grid: WINDOW_CHUNK there.
 EXACT_CHUNK = 1024
 WINDOW_CHUNK = 256
+CACHE_BYTES = 1 << 26  # a chunk's key and value caches stay within this (ExactSteps)
 MIN_ROWS = 4  # the smallest batch the prior is ever run on (a partial chunk is padded to it)
 DUMMY_CODE = 0  # what padding sequences are fed
 REPORT_EVERY_S = 0.5  # how often a coding reports its progress
@@ -551,12 +552,14 @@ def default_chunk(model: CodePrior | ExactPrior) -> int:
 def exact_chunk(model: ExactPrior, groups: Sequence[tuple[tuple[int, int], int]]) -> int:
     """Grids per chunk for a file of `groups`, (grid (H, W), images) each: a quarter of the
     largest group's images, between WINDOW_CHUNK and EXACT_CHUNK, when every grid is the
-    model's own; WINDOW_CHUNK when one is not (see EXACT_CHUNK)."""
+    model's own; WINDOW_CHUNK when one is not (see EXACT_CHUNK). Fewer when the decoder's
+    caches for that many would exceed CACHE_BYTES (a deep, wide model over many positions)."""
     own = model.grid
     if any(own is not None and not same_grid(grid, own) for grid, _ in groups):
         return WINDOW_CHUNK
     largest = max((images for _, images in groups), default=0)
-    return min(EXACT_CHUNK, max(WINDOW_CHUNK, -(-largest // 4)))
+    chunk = min(EXACT_CHUNK, max(WINDOW_CHUNK, -(-largest // 4)))
+    return max(1, min(chunk, CACHE_BYTES // ExactSteps.cache_bytes(model)))
 
 
 def chunk_spans(

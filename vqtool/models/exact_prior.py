@@ -449,6 +449,11 @@ class ExactSteps(_Arithmetic):
         self.values = [torch.zeros(shape) for _ in model.layers]
         self.position = 0
 
+    @staticmethod
+    def cache_bytes(model: ExactPrior) -> int:
+        """The bytes of one row's key and value caches."""
+        return 2 * len(model.layers) * model.length * model.width * 4
+
     def next(self, previous: Tensor | None) -> Tensor:
         """Frequency tables (rows, K_s) float64 of integers >= 1 for position `self.position`
         over its stage's K_s codes, fed the tokens (rows,) int64 at the position before (None
