@@ -139,6 +139,20 @@ def test_a_large_file_codes_in_larger_chunks(
     assert entropy.exact_chunk(prior.exact, [((2, 3), 10_000)]) == 100
 
 
+def test_a_header_asking_for_too_large_a_chunk_is_refused(tmp_path: Path) -> None:
+    # A chunk's images are decoded together: a header cannot make the caches outgrow memory.
+    prior = golden_prior()
+    assert prior.exact is not None
+    path = tmp_path / "p.vqc"
+    write_codes(path, golden_code_file(), prior=prior)
+    largest = entropy.largest_chunk(prior.exact)
+    save_members(path, with_header(members(path), chunk=largest + 1))
+    with pytest.raises(WorkError, match=f"chunk of {largest + 1} images is more than"):
+        read_codes(path, prior)
+    save_members(path, with_header(members(path), chunk=largest))  # the largest is read
+    assert_same(read_codes(path, prior), golden_code_file())
+
+
 def float_coded(path: Path, prior: Prior) -> None:
     """Rewrite the exact-coded file at `path` as an earlier vqtool's float prior coding
     (coding "prior"): the same codes, coded with the float prior's tables."""

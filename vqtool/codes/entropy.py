@@ -562,6 +562,13 @@ def exact_chunk(model: ExactPrior, groups: Sequence[tuple[tuple[int, int], int]]
     return max(1, min(chunk, CACHE_BYTES // ExactSteps.cache_bytes(model)))
 
 
+def largest_chunk(model: ExactPrior) -> int:
+    """The most grids a chunk of a file may ask `model`'s decoder to hold at once: what
+    exact_chunk writes, or WINDOW_CHUNK (every earlier vqtool's chunk), so that a damaged or
+    crafted header cannot make the caches outgrow memory."""
+    return max(WINDOW_CHUNK, min(EXACT_CHUNK, CACHE_BYTES // ExactSteps.cache_bytes(model)))
+
+
 def chunk_spans(
     chunk_words: np.ndarray, n: int, words: int, size: int = CHUNK
 ) -> list[tuple[int, int]]:

@@ -90,6 +90,7 @@ from vqtool.files import check_output_file, save_or_fail
 from vqtool.images.pixels import padded_size
 from vqtool.images.read import MAX_IMAGE_PIXELS
 from vqtool.models.config import DOWNSAMPLE, DOWNSAMPLES
+from vqtool.models.exact_prior import ExactPrior
 
 FORMAT = "vqtool-codes"
 VERSION = 1
@@ -1209,7 +1210,14 @@ def _from_compressed(
             codes = _decode_unigram(arrays, layout, k, stages, path)
         else:
             model = _prior_for(header, prior, path, layout.grids)
-            codes = _decode_groups(arrays, layout, model, on_progress, stages, _chunk_of(header))
+            chunk = _chunk_of(header)
+            if isinstance(model, ExactPrior) and chunk > entropy.largest_chunk(model):
+                raise _damaged(
+                    f"the header's chunk of {chunk} images is more than this prior's coding "
+                    f"takes ({entropy.largest_chunk(model)})",
+                    path,
+                )
+            codes = _decode_groups(arrays, layout, model, on_progress, stages, chunk)
     except StreamError as exc:
         raise _undecodable(coding, str(exc), path) from exc
     code_file = CodeFile(
