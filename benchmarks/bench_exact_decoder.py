@@ -46,7 +46,7 @@ PARTS = {  # the methods timed, by the class that holds them
         "_logits",
         "frequencies",
     ),
-    ExactSteps: ("_block", "_widened"),
+    ExactSteps: ("_block",),
 }
 
 

@@ -53,19 +53,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     figures: dict[str, list[float]] = {name: [] for name in PROFILES}
     device = ""
+    batches = {name: load_profile(name).data.batch_size for name in PROFILES}
     for round_ in range(args.rounds):
         for name in PROFILES:
-            batch = load_profile(name).data.batch_size
-            once = vqtool_figure(args.data_dir, args.device, batch, args.steps, overrides_of(name))
+            once = vqtool_figure(
+                args.data_dir, args.device, batches[name], args.steps, overrides_of(name)
+            )
             figures[name].append(once["images_per_s"])
             device = once["device"]
             print(f"round {round_ + 1} {name}: {once['images_per_s']:,.0f} images/s", flush=True)
     medians = {name: statistics.median(values) for name, values in figures.items()}
     print(f"training on {device}, medians of {args.rounds} rounds:")
     for name, value in medians.items():
-        batch = load_profile(name).data.batch_size
         ratio = value / medians["ema"]
-        print(f"  {name:7s} batch {batch:3d} {value:8,.0f} images/s  {ratio:.2f}x ema")
+        print(f"  {name:7s} batch {batches[name]:3d} {value:8,.0f} images/s  {ratio:.2f}x ema")
     result = {"device": device, "rounds": figures, "medians": medians}
     write_json(args.json, result)
     return result

@@ -558,15 +558,19 @@ def exact_chunk(model: ExactPrior, groups: Sequence[tuple[tuple[int, int], int]]
     if any(own is not None and not same_grid(grid, own) for grid, _ in groups):
         return WINDOW_CHUNK
     largest = max((images for _, images in groups), default=0)
-    chunk = min(EXACT_CHUNK, max(WINDOW_CHUNK, -(-largest // 4)))
-    return max(1, min(chunk, CACHE_BYTES // ExactSteps.cache_bytes(model)))
+    return min(EXACT_CHUNK, max(WINDOW_CHUNK, -(-largest // 4)), _cache_rows(model))
+
+
+def _cache_rows(model: ExactPrior) -> int:
+    """The most grids whose decoder caches fit CACHE_BYTES (at least 1)."""
+    return max(1, CACHE_BYTES // ExactSteps.cache_bytes(model))
 
 
 def largest_chunk(model: ExactPrior) -> int:
     """The most grids a chunk of a file may ask `model`'s decoder to hold at once: what
     exact_chunk writes, or WINDOW_CHUNK (every earlier vqtool's chunk), so that a damaged or
     crafted header cannot make the caches outgrow memory."""
-    return max(WINDOW_CHUNK, min(EXACT_CHUNK, CACHE_BYTES // ExactSteps.cache_bytes(model)))
+    return max(WINDOW_CHUNK, min(EXACT_CHUNK, _cache_rows(model)))
 
 
 def chunk_spans(

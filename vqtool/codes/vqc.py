@@ -1211,10 +1211,11 @@ def _from_compressed(
         else:
             model = _prior_for(header, prior, path, layout.grids)
             chunk = _chunk_of(header)
-            if isinstance(model, ExactPrior) and chunk > entropy.largest_chunk(model):
+            largest = entropy.largest_chunk(model) if isinstance(model, ExactPrior) else chunk
+            if chunk > largest:
                 raise _damaged(
                     f"the header's chunk of {chunk} images is more than this prior's coding "
-                    f"takes ({entropy.largest_chunk(model)})",
+                    f"takes ({largest})",
                     path,
                 )
             codes = _decode_groups(arrays, layout, model, on_progress, stages, chunk)
