@@ -473,3 +473,28 @@ def make_sized_folder(folder: Path, sizes: dict[str, tuple[int, int]], seed: int
         (pixels,) = make_photos(1, size, np.random.default_rng(seed + k))
         Image.fromarray(pixels).save(folder / f"{name}.png")
     return folder
+
+
+def code_arrays(path: Path) -> dict[str, np.ndarray]:
+    """A code file's arrays, from either container: a zip (raw files, and compressed files of
+    earlier vqtools) or the compact container of compressed files."""
+    from vqtool.codes import container
+
+    data = Path(path).read_bytes()
+    if data.startswith(container.MAGIC):
+        return container.unpack(data, 1 << 30)
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def save_code_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write a (doctored) code file's arrays as vqtool would: a compressed file's in the compact
+    container, unless an array's type cannot go there (then as a zip, which readers take too)."""
+    from vqtool.codes import container, vqc
+
+    compact = "stream" in arrays and "header" in arrays
+    if compact and all(np.asarray(a).dtype.str in container.DTYPES for a in arrays.values()):
+        Path(path).write_bytes(vqc.compact_bytes({k: np.asarray(a) for k, a in arrays.items()}))
+        return
+    with open(path, "wb") as f:  # a file object: np.savez would append .npz to a path
+        np.savez(f, **arrays)

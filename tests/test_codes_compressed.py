@@ -7,7 +7,6 @@ import dataclasses
 import io
 import json
 import re
-import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import decoded_pngs, one_error_line
+from helpers import code_arrays, decoded_pngs, one_error_line, save_code_arrays
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_codes import assert_same, fuzz_reads, golden_code_file
@@ -24,10 +23,11 @@ from test_entropy import Prior, random_prior
 from typer.testing import CliRunner
 
 from vqtool.cli import app
-from vqtool.codes import entropy
+from vqtool.codes import container, entropy, vqc
 from vqtool.codes.vqc import (
     CodeFile,
     codes_sha256,
+    describe_codes,
     pack_names,
     read_codes,
     size_runs,
@@ -50,8 +50,7 @@ def golden_prior(seed: int = 0) -> Prior:
 
 
 def members(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
+    return code_arrays(path)
 
 
 def header_of(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -59,8 +58,7 @@ def header_of(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def save_members(path: Path, arrays: dict[str, Any]) -> None:
-    with open(path, "wb") as f:  # a file object: np.savez would append .npz to a path
-        np.savez(f, **arrays)
+    save_code_arrays(path, arrays)
 
 
 def with_header(arrays: dict[str, np.ndarray], **changes: Any) -> dict[str, np.ndarray]:
@@ -72,7 +70,7 @@ def test_a_unigram_file_holds_what_the_format_says(tmp_path: Path) -> None:
     path = tmp_path / "u.vqc"
     write_codes(path, golden_code_file(), compress=True)
     arrays = members(path)
-    assert list(arrays) == ["header", "stream", "names", "sizes", "frequencies"]
+    assert list(arrays) == ["header", "names", "sizes", "frequencies", "stream"]
     header = header_of(arrays)
     assert header == golden_code_file().header() | {
         "version": 2,
@@ -96,7 +94,7 @@ def test_a_prior_file_names_its_prior_and_needs_it(tmp_path: Path) -> None:
     path = tmp_path / "p.vqc"
     write_codes(path, golden_code_file(), prior=prior)
     arrays = members(path)
-    assert list(arrays) == ["header", "stream", "names", "sizes", "chunks"]
+    assert list(arrays) == ["header", "names", "sizes", "chunks", "stream"]
     assert arrays["chunks"].tolist() == [len(arrays["stream"])]  # one chunk of 4 images
     header = header_of(arrays)
     assert header["coding"] == "exact" and header["prior"] == prior.fingerprint
@@ -505,7 +503,9 @@ def test_fuzzed_compressed_files_raise_only_vqtool_errors(kind: str, tmp_path: P
     assert outcomes["refused"] > 250, outcomes
 
 
-def test_the_zip_layout_of_a_compressed_file(tmp_path: Path) -> None:
+def test_a_compressed_file_is_the_compact_container_its_stream_stored_at_the_end(
+    tmp_path: Path,
+) -> None:
     names = tuple(f"cifar10-test-{i:05d}" for i in range(200))
     code_file = CodeFile(
         codes=np.zeros((200, 8, 8), np.uint16),
@@ -517,11 +517,83 @@ def test_the_zip_layout_of_a_compressed_file(tmp_path: Path) -> None:
         image_size=(32, 32),
     )
     write_codes(tmp_path / "c.vqc", code_file, compress=True)
-    with zipfile.ZipFile(tmp_path / "c.vqc") as archive:
-        kinds = {info.filename: info.compress_type for info in archive.infolist()}
-    assert kinds["stream.npy"] == zipfile.ZIP_STORED
-    assert kinds["frequencies.npy"] == zipfile.ZIP_DEFLATED
+    data = (tmp_path / "c.vqc").read_bytes()
+    assert data.startswith(container.MAGIC)
+    arrays = container.unpack(data, 1 << 20)
+    assert data.endswith(arrays["stream"].astype("<u4").tobytes())  # stored, not deflated
+    # everything but the stream: the header's digests and a few dozen bytes
+    assert len(data) - arrays["stream"].nbytes < len(arrays["header"]) * 0.6
     assert_same(read_codes(tmp_path / "c.vqc"), code_file)
+
+
+def test_the_compact_container_costs_a_fraction_of_the_zip_a_one_photo_file(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(0)
+    one = CodeFile(
+        codes=rng.integers(0, 512, (1, 75, 113)).astype(np.uint16),
+        names=("chelsea",),
+        sizes=np.array([[300, 451]], np.int32),
+        checkpoint=GOLDEN_VQ,
+        num_embeddings=512,
+        embedding_dim=64,
+        image_size=(300, 452),
+    )
+    write_codes(tmp_path / "c.vqc", one, compress=True)
+    arrays = code_arrays(tmp_path / "c.vqc")
+    zipped = tmp_path / "z.vqc"
+    with open(zipped, "wb") as f:  # the zip an earlier vqtool wrote: still read
+        np.savez(f, **arrays)
+    assert_same(read_codes(zipped), one)
+    assert zipped.stat().st_size - (tmp_path / "c.vqc").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d[:-3], "CRC-32"),
+        (lambda d: d + b"\x00", "CRC-32"),
+        (lambda d: d[:9] + d[10:], "CRC-32"),
+        (lambda d: d[:6], "damaged or truncated"),
+        (lambda d: b"\x89VQD" + d[4:], "not a vqtool code file"),
+    ],
+)
+def test_a_damaged_compact_container_is_one_line(
+    change: Callable[[bytes], bytes], message: str, tmp_path: Path
+) -> None:
+    write_codes(tmp_path / "c.vqc", golden_code_file(), compress=True)
+    path = tmp_path / "bad.vqc"
+    path.write_bytes(change((tmp_path / "c.vqc").read_bytes()))
+    with pytest.raises(WorkError, match=message) as caught:
+        read_codes(path)
+    assert "\n" not in caught.value.line()
+    with pytest.raises(WorkError, match=message):
+        describe_codes(path)
+
+
+def test_a_container_that_inflates_past_its_limit_is_refused_before_it_is_read(
+    tmp_path: Path,
+) -> None:
+    zeros = np.zeros(1 << 22, np.uint8)  # 4 MiB of zeros deflate to about 4 KB
+    arrays = {"header": zeros, "stream": np.zeros(1, np.uint32)}
+    path = tmp_path / "bomb.vqc"
+    path.write_bytes(vqc.compact_bytes(arrays))
+    assert path.stat().st_size < 8192
+    with pytest.raises(WorkError, match="inflates past"):
+        read_codes(path)
+
+
+def test_an_array_named_twice_is_refused(tmp_path: Path) -> None:
+    write_codes(tmp_path / "c.vqc", golden_code_file(), compress=True)
+    data = (tmp_path / "c.vqc").read_bytes()
+    inflater = zlib.decompressobj(-15, zdict=container.DICTIONARY)
+    body = inflater.decompress(data[len(container.MAGIC) + 4 :]) + inflater.unused_data
+    again = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zdict=container.DICTIONARY)
+    payload = again.compress(body + body) + again.flush()
+    path = tmp_path / "bad.vqc"
+    path.write_bytes(container.MAGIC + zlib.crc32(payload).to_bytes(4, "little") + payload)
+    with pytest.raises(WorkError, match="twice"):
+        read_codes(path)
 
 
 def test_a_conditional_prior_is_refused() -> None:

@@ -3,14 +3,13 @@ unigram- and prior-coded; the first n stages read (and decode) without the rest.
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import code_arrays, save_code_arrays
 from test_entropy import Prior
 
 from vqtool.codes import entropy
@@ -63,8 +62,7 @@ def test_every_prefix_of_stages_reads_back(coding: str, tmp_path: Path) -> None:
         assert first.codes.shape == (N, n, 2, 2)
         assert np.array_equal(first.codes, code_file.codes[:, :n])
     header_version = 3 if coding == "raw" else 4
-    with zipfile.ZipFile(path) as archive:
-        raw = np.load(archive.open("header.npy"), allow_pickle=False)
+    raw = code_arrays(path)["header"]
     header = json.loads(raw.tobytes().decode() if raw.dtype == np.uint8 else str(raw[()]))
     assert header["version"] == header_version and header["stages"] == STAGES
 
@@ -135,38 +133,23 @@ def test_one_stage_codes_keep_the_earlier_versions(tmp_path: Path) -> None:
 def test_a_wrong_stage_checksum_list_is_damage(tmp_path: Path) -> None:
     path = tmp_path / "s.vqc"
     write_codes(path, staged_file(), compress=True)
-    with zipfile.ZipFile(path) as archive:
-        members = {info.filename: archive.read(info) for info in archive.infolist()}
-    header = json.loads(np.load(io.BytesIO(members["header.npy"]), allow_pickle=False).tobytes())
-    header["codes_sha256"] = header["codes_sha256"][:2]
-    buffer = io.BytesIO()
-    np.save(buffer, np.frombuffer(json.dumps(header).encode(), np.uint8))
-    members["header.npy"] = buffer.getvalue()
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
+    digests = json.loads(code_arrays(path)["header"].tobytes())["codes_sha256"]
+    _rewrite(path, {"codes_sha256": digests[:2]})
     with pytest.raises(WorkError, match="one digest per stage"):
         read_codes(path)
 
 
 def _rewrite(path: Path, change: dict[str, object], codes: np.ndarray | None = None) -> None:
     """Rewrite a code file's header keys (and codes), keeping its other members."""
-    with zipfile.ZipFile(path) as archive:
-        members = {info.filename: archive.read(info) for info in archive.infolist()}
-    raw = np.load(io.BytesIO(members["header.npy"]), allow_pickle=False)
+    arrays = code_arrays(path)
+    raw = arrays["header"]
     utf8 = raw.dtype == np.uint8
     header = json.loads(raw.tobytes().decode() if utf8 else str(raw[()])) | change
     text = json.dumps(header)
-    buffer = io.BytesIO()
-    np.save(buffer, np.frombuffer(text.encode(), np.uint8) if utf8 else np.array(text))
-    members["header.npy"] = buffer.getvalue()
+    arrays["header"] = np.frombuffer(text.encode(), np.uint8) if utf8 else np.array(text)
     if codes is not None:
-        buffer = io.BytesIO()
-        np.save(buffer, codes)
-        members["codes.npy"] = buffer.getvalue()
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
+        arrays["codes"] = codes
+    save_code_arrays(path, arrays)
 
 
 def test_a_version_1_file_with_a_stage_axis_is_damage(tmp_path: Path) -> None:
@@ -187,9 +170,7 @@ def test_a_version_1_file_with_a_stage_axis_is_damage(tmp_path: Path) -> None:
 def test_every_prefix_checksum_is_checked_on_a_full_decode(tmp_path: Path) -> None:
     path = tmp_path / "s.vqc"
     write_codes(path, staged_file(), compress=True)
-    with zipfile.ZipFile(path) as archive:
-        raw = np.load(io.BytesIO(archive.read("header.npy")), allow_pickle=False)
-    digests = json.loads(raw.tobytes().decode())["codes_sha256"]
+    digests = json.loads(code_arrays(path)["header"].tobytes().decode())["codes_sha256"]
     _rewrite(path, {"codes_sha256": [digests[1], digests[0], digests[2]]})
     with pytest.raises(WorkError, match="checksum"):
         read_codes(path)

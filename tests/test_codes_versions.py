@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import code_arrays
 from test_codes import assert_same, golden_code_file
 
 from vqtool.codes.vqc import CodeFile, describe_codes, read_codes, write_codes
@@ -46,15 +47,23 @@ def golden_mixed_file(stages: int | None = None) -> CodeFile:
     )  # fmt: skip
 
 
-# file name -> (version, the codes it holds, written compressed)
+# file name -> (version, the codes it holds, written compressed). Compressed files are written
+# in the compact container (vqtool.codes.container); the zips that vqtool wrote for them before
+# are EARLIER: they still read, and hold the same arrays as today's files.
 GOLDENS: dict[str, tuple[int, Callable[[], CodeFile], bool]] = {
-    "codes-v2-unigram.vqc": (2, golden_code_file, True),
+    "codes-v2-unigram-compact.vqc": (2, golden_code_file, True),
     "codes-v3.vqc": (3, golden_staged_file, False),
-    "codes-v4-unigram.vqc": (4, golden_staged_file, True),
+    "codes-v4-unigram-compact.vqc": (4, golden_staged_file, True),
     "codes-v5.vqc": (5, golden_mixed_file, False),
     "codes-v5-stages.vqc": (5, lambda: golden_mixed_file(2), False),
-    "codes-v6-unigram.vqc": (6, golden_mixed_file, True),
-    "codes-v6-unigram-stages.vqc": (6, lambda: golden_mixed_file(2), True),
+    "codes-v6-unigram-compact.vqc": (6, golden_mixed_file, True),
+    "codes-v6-unigram-stages-compact.vqc": (6, lambda: golden_mixed_file(2), True),
+}
+EARLIER: dict[str, str] = {  # a zip of an earlier vqtool -> today's file of the same codes
+    "codes-v2-unigram.vqc": "codes-v2-unigram-compact.vqc",
+    "codes-v4-unigram.vqc": "codes-v4-unigram-compact.vqc",
+    "codes-v6-unigram.vqc": "codes-v6-unigram-compact.vqc",
+    "codes-v6-unigram-stages.vqc": "codes-v6-unigram-stages-compact.vqc",
 }
 
 
@@ -82,6 +91,18 @@ def test_golden_file_of_each_version_reads_and_is_written_again_byte_for_byte(
     assert_same_codes(read_codes(path), code_file())
     write_codes(tmp_path / name, code_file(), compress=compress)
     assert (tmp_path / name).read_bytes() == path.read_bytes()
+
+
+@pytest.mark.parametrize("name", sorted(EARLIER))
+def test_a_compressed_zip_of_an_earlier_vqtool_reads_to_todays_arrays(name: str) -> None:
+    version, code_file, _ = GOLDENS[EARLIER[name]]
+    assert (GOLDEN / name).read_bytes().startswith(b"PK")
+    assert describe_codes(GOLDEN / name).version == version
+    assert_same_codes(read_codes(GOLDEN / name), code_file())
+    earlier, today = code_arrays(GOLDEN / name), code_arrays(GOLDEN / EARLIER[name])
+    assert earlier.keys() == today.keys()
+    for key, array in earlier.items():
+        assert np.array_equal(array, today[key]), key
 
 
 def test_the_golden_version_5_file_is_what_its_documented_layout_says() -> None:

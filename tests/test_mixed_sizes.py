@@ -17,9 +17,11 @@ from helpers import (
     KIND_STAGES,
     MIXED_SIZES,
     KindRuns,
+    code_arrays,
     decoded_pngs,
     make_sized_folder,
     one_error_line,
+    save_code_arrays,
 )
 from PIL import Image
 from test_codes import fuzz_reads
@@ -196,8 +198,7 @@ def mixed_file(stages: int | None = None) -> CodeFile:
 
 
 def members(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
+    return code_arrays(path)
 
 
 def header_of(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -293,8 +294,7 @@ def test_a_damaged_file_of_several_grids_is_refused_with_one_line(
     good = tmp_path / "good.vqc"
     write_codes(good, mixed_file(None if case.startswith("v5") else 2), compress=compressed)
     path = tmp_path / "bad.vqc"
-    with open(path, "wb") as f:
-        np.savez(f, **change(members(good)))
+    save_code_arrays(path, change(members(good)))
     with pytest.raises(WorkError, match=message):
         read_codes(path)
     for args in (["inspect", path], ["decode", kind_runs["ema"], path, "-o", "out"]):

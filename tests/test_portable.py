@@ -59,9 +59,10 @@ OTHER_MACHINE = textwrap.dedent(
     model = load_coding_model(folder / "coding-model.npz").model
     data = np.load(folder / "coded.npz")
     codes = data["codes"]
-    decoded = entropy.decode_with_prior(data["words"], data["chunks"], model, codes.shape)
+    shape = codes.shape
+    decoded = entropy.decode_with_prior(data["words"], data["chunks"], model, shape, adapt=True)
     assert np.array_equal(decoded, codes), "decoded other codes"
-    again = entropy.encode_with_prior(codes, model)
+    again = entropy.encode_with_prior(codes, model, adapt=True)
     np.savez(folder / "again.npz", words=again.words, chunks=again.chunk_words)
     """
 )
@@ -81,7 +82,8 @@ def test_exact_tables_are_the_same_on_every_emulated_machine(
 ) -> None:
     """Codes coded here decode in every other process to the same codes, and coded there
     give the same words as here (the reverse direction); "windows": grids larger than the
-    prior's, coded window by window."""
+    prior's, coded window by window, their tables adapted to their codes (adapt=True changes
+    nothing on the prior's own grids)."""
     if stages == 1:
         prior, codes = random_prior(k=64, grid=(4, 4)), random_codes(300, 64, (4, 4))
     elif stages == "windows":
@@ -93,7 +95,7 @@ def test_exact_tables_are_the_same_on_every_emulated_machine(
     coding = CodingModel(prior.exact, prior.exact_fingerprint, prior.fingerprint, "a" * 64)
     save_coding_model(tmp_path / "coding-model.npz", coding)
     model = load_coding_model(tmp_path / "coding-model.npz").model
-    encoded = entropy.encode_with_prior(codes, model)
+    encoded = entropy.encode_with_prior(codes, model, adapt=True)
     assert encoded.chunk_words is not None
     np.savez(tmp_path / "coded.npz", codes=codes, words=encoded.words, chunks=encoded.chunk_words)
     for name, env in OTHER_MACHINES.items():
@@ -258,11 +260,16 @@ def _golden_model() -> ExactPrior:
     return exact_prior.derive(model.eval(), calibration.view(64, -1))
 
 
-def _golden_cases() -> dict[str, np.ndarray]:
+def _golden_cases() -> dict[str, tuple[np.ndarray, bool]]:
+    """name -> (codes, whether the tables adapt to them: vqtool.codes.adaptive)."""
     rng = np.random.default_rng(5)
+    own = rng.integers(0, 16, (37, 2, 4, 4)).astype(np.uint16)  # chunks of 16: 3 chunks
+    windows = rng.integers(0, 16, (3, 2, 6, 9)).astype(np.uint16)
+    repeated = rng.choice(np.array([1, 5, 9, 12], np.uint16), (3, 2, 6, 9))  # a photo's few codes
     return {
-        "own": rng.integers(0, 16, (37, 2, 4, 4)).astype(np.uint16),  # chunks of 16: 3 chunks
-        "windows": rng.integers(0, 16, (3, 2, 6, 9)).astype(np.uint16),
+        "own": (own, False),
+        "windows": (windows, False),
+        "windows-adapted": (np.concatenate([windows[:1], repeated[1:]]), True),
     }
 
 
@@ -284,8 +291,8 @@ def test_exact_streams_are_the_golden_ones() -> None:
         sizes = {f.name: getattr(model, f.name) for f in fields(model) if f.name in SIZES}
         meta = {"sizes": sizes | {"layers": len(model.layers), "grid": list(model.grid or [])}}
         meta["fractions"] = asdict(model.fractions)
-        for name, codes in _golden_cases().items():
-            encoded = entropy.encode_with_prior(codes, model, chunk_size=16)
+        for name, (codes, adapt) in _golden_cases().items():
+            encoded = entropy.encode_with_prior(codes, model, chunk_size=16, adapt=adapt)
             arrays |= {f"{name}.words": encoded.words, f"{name}.chunks": encoded.chunk_words}
         np.savez_compressed(GOLDEN_STREAMS, meta=np.array(json.dumps(meta)), **arrays)
     with np.load(GOLDEN_STREAMS, allow_pickle=False) as npz:
@@ -293,10 +300,14 @@ def test_exact_streams_are_the_golden_ones() -> None:
     meta = json.loads(str(stored.pop("meta")))
     named = {k[6:]: torch.from_numpy(v) for k, v in stored.items() if k.startswith("model.")}
     model = exact_prior.from_tensors(meta["sizes"], meta["fractions"], named)
-    for name, codes in _golden_cases().items():
+    for name, (codes, adapt) in _golden_cases().items():
         words, chunks = stored[f"{name}.words"], stored[f"{name}.chunks"]
-        encoded = entropy.encode_with_prior(codes, model, chunk_size=16)
+        encoded = entropy.encode_with_prior(codes, model, chunk_size=16, adapt=adapt)
         assert np.array_equal(encoded.words, words), name
         assert np.array_equal(encoded.chunk_words, chunks), name
-        decoded = entropy.decode_with_prior(words, chunks, model, codes.shape, chunk_size=16)
+        decoded = entropy.decode_with_prior(
+            words, chunks, model, codes.shape, chunk_size=16, adapt=adapt
+        )
         assert np.array_equal(decoded, codes), name
+    plain = entropy.encode_with_prior(*_golden_cases()["windows-adapted"][:1], model)
+    assert len(stored["windows-adapted.words"]) < len(plain.words)  # it pays on repeated codes

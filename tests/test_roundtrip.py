@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cifar_names, make_image_folder, one_error_line
+from helpers import cifar_names, code_arrays, make_image_folder, one_error_line
 from PIL import Image
 from test_entropy import Prior, random_prior
 from typer.testing import CliRunner
@@ -154,8 +154,7 @@ def test_prior_bits_are_what_the_prior_coding_spends(
     # rounds the tables its own way).
     assert invoke("encode", trained_run, "cifar10:test:12", "-o", "p.vqc", "--prior", "P",
                   "--data-dir", trained_data_dir).exit_code == 0  # fmt: skip
-    with np.load(tmp_path / "p.vqc", allow_pickle=False) as npz:
-        stream_bits = npz["stream"].size * 32
+    stream_bits = code_arrays(tmp_path / "p.vqc")["stream"].size * 32
     assert stream_bits == pytest.approx(sum(bits), rel=0.01)
     assert read_codes(tmp_path / "p.vqc", prior_at_p).codes.shape == (12, 8, 8)
 

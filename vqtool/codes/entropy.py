@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vqtool.codes.adaptive import Adapter
 from vqtool.codes.window_tables import WindowTables
 from vqtool.errors import UsageError, counted, first_line
 from vqtool.events import Progress
@@ -388,6 +389,7 @@ def _chunk_steps(
     shared: _Shared,
     positions: int | None = None,
     known: np.ndarray | None = None,
+    adapt: bool = False,
 ) -> None:
     """Run the predictor over one chunk position by position, handing each position's tables
     for the `real` rows to `step`, which codes or decodes them and returns their codes;
@@ -398,18 +400,24 @@ def _chunk_steps(
     With stages, a position's table covers its own stage's K codes only (the prior gives the
     other stages' tokens no probability), and `step` sees and returns codes of that stage;
     the prior is fed the tokens s * K + code. `known`, the encoder's tokens (real, positions),
-    lets the predictor compute every position's tables at once."""
+    lets the predictor compute every position's tables at once. `adapt` adapts each table to
+    the codes of its grid so far (vqtool.codes.adaptive)."""
     per_position = predictor.length // predictor.stages
+    adapter = Adapter(real, predictor.per_stage, per_position) if adapt else None
     with torch.inference_mode():  # per thread: inference mode does not cross threads
         steps = predictor.steps(rows, None if known is None else torch.from_numpy(known), real)
         previous: Tensor | None = None
         for t in range(predictor.length if positions is None else positions):
             if shared.cancelled.is_set():
                 raise _Cancelled
-            tables = steps.next(previous)
+            tables = steps.next(previous)[:real]
+            if adapter is not None:
+                tables = adapter.tables(t, tables)
             offset = t // per_position * predictor.per_stage
             fed = np.full(rows, DUMMY_CODE, np.int64)
-            fed[:real] = step(t, tables[:real])
+            fed[:real] = step(t, tables)
+            if adapter is not None:
+                adapter.saw(fed[:real])
             fed[:real] += offset
             previous = torch.from_numpy(fed)
             shared.advance(real)
@@ -498,6 +506,18 @@ def predictor_for(model: CodePrior | ExactPrior, grid: tuple[int, int]) -> Predi
     return FloatPredictor(model)
 
 
+def window_coded(model: ExactPrior, grid: tuple[int, int]) -> bool:
+    """Whether the exact model codes `grid` (H, W) window by window: a grid not its own."""
+    return adapts(ExactPredictor(model, grid))
+
+
+def adapts(predictor: Predictor) -> bool:
+    """Whether `adapt` adapts this predictor's tables: the exact model's over a grid of another
+    size than its own, coded window by window (a photo's). Grids of its own size (CIFAR-10's)
+    are the images it learned from, and too small for counts to say much."""
+    return isinstance(predictor, ExactPredictor) and predictor.grid is not None
+
+
 def encode_with_prior(
     codes: np.ndarray,
     model: CodePrior | ExactPrior,
@@ -505,14 +525,18 @@ def encode_with_prior(
     threads: int | None = None,
     chunk_size: int | None = None,
     count_bits: bool = True,
+    adapt: bool = False,
 ) -> Encoded:
     """Codes (N, h, w) or (N, S, h, w) -> words, each symbol coded with the model's prediction
     for it (an ExactPrior: the same on any machine); each chunk of `chunk_size` grids (CHUNK
     for the float prior, EXACT_CHUNK for the exact model) is a stream of its own
     (`Encoded.chunk_words`), coding stage after stage, so that a decode of the first stages
     stops early. `on_progress(done, total)` counts codes. Without `count_bits` (a file needs
-    the words alone) `Encoded.bits` is NaN."""
+    the words alone) `Encoded.bits` is NaN. With `adapt`, a grid coded window by window (of
+    another size than the exact model's) has its tables adapted to its own codes so far
+    (vqtool.codes.adaptive); other grids are coded as without."""
     predictor = predictor_for(model, (codes.shape[-2], codes.shape[-1]))
+    adapt = adapt and adapts(predictor)
     size = default_chunk(model) if chunk_size is None else chunk_size
     n = codes.shape[0]
     flat = codes.reshape(n, -1).astype(np.int32)  # stage after stage: codes of each stage
@@ -532,7 +556,7 @@ def encode_with_prior(
             return symbols
 
         known = flat[start:stop].astype(np.int64) + offsets
-        _chunk_steps(predictor, stop - start, rows, step, shared, flat.shape[1], known)
+        _chunk_steps(predictor, stop - start, rows, step, shared, flat.shape[1], known, adapt)
         return encoder.get_compressed(), bits
 
     parts = _each_chunk(predictor, n, chunk, threads, on_progress, size, flat.shape[1])
@@ -601,11 +625,13 @@ def decode_with_prior(
     threads: int | None = None,
     stages: int | None = None,
     chunk_size: int | None = None,
+    adapt: bool = False,
 ) -> np.ndarray:
     """Words -> codes uint16 `shape` ((N, h, w) or (N, S, h, w)), or only their first `stages`
     stages (each chunk's decoder stops there); raises StreamError when the words do not fit.
-    `on_progress(done, total)` counts codes."""
+    `on_progress(done, total)` counts codes; `adapt` as the encoder had it."""
     predictor = predictor_for(model, (shape[-2], shape[-1]))
+    adapt = adapt and adapts(predictor)
     size = default_chunk(model) if chunk_size is None else chunk_size
     n = shape[0]
     spans = chunk_spans(chunk_words, n, len(words), size)
@@ -625,7 +651,7 @@ def decode_with_prior(
             decoded[start:stop, t] = symbols
             return symbols
 
-        _chunk_steps(predictor, stop - start, rows, step, shared, positions)
+        _chunk_steps(predictor, stop - start, rows, step, shared, positions, adapt=adapt)
         if wanted == total:  # a prefix leaves the later stages' words unread
             _check_exhausted(decoder)
 

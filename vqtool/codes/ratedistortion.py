@@ -50,7 +50,7 @@ from vqtool.codes.pipeline import (
     decode_indices,
     encode_images,
 )
-from vqtool.codes.vqc import CodeFile, read_codes, write_codes
+from vqtool.codes.vqc import CodeFile, describe_codes, read_codes, write_codes
 from vqtool.data.datasets import dataset_source, load_images
 from vqtool.errors import WorkError, counted
 from vqtool.files import write_text
@@ -278,8 +278,7 @@ def vqtool_points(
                 write_codes(path, code_file, compress, coding_prior, on_prior)
                 if not np.array_equal(read_codes(path, coding_prior).codes, code_file.codes):
                     raise WorkError(f"the {label} file does not decode to its codes", path)
-                with np.load(path, allow_pickle=False) as npz:
-                    payload = npz["stream" if compress else "codes"].nbytes
+                payload = describe_codes(path).payload_bytes
                 size = path.stat().st_size
                 points.append({
                     "label": label,

@@ -161,14 +161,15 @@ def _prior_bits(
     codes: Codes, grids: np.ndarray, coder: CodePrior | ExactPrior, on_prior: Progress | None
 ) -> np.ndarray:
     """Each image's bits under the prior's coding: its codes coded with the others of its
-    grid size, as a code file codes them (all together for images of one size)."""
+    grid size, as a code file codes them (all together for images of one size; tables
+    adapted on grids of another size than the prior's)."""
     if isinstance(codes, np.ndarray):
-        return encode_with_prior(codes, coder, on_prior).bits
+        return encode_with_prior(codes, coder, on_prior, adapt=True).bits
     bits = np.empty(len(codes))
     groups = grid_groups(grids)
     counts = [len(indices) * codes[int(indices[0])].size for _, indices in groups]
     progress = progress_parts(counts, on_prior)  # in codes, as the coding counts them
     for (_, indices), callback in zip(groups, progress, strict=True):
         group = np.stack([codes[i] for i in indices.tolist()])
-        bits[indices] = encode_with_prior(group, coder, callback).bits
+        bits[indices] = encode_with_prior(group, coder, callback, adapt=True).bits
     return bits

@@ -1,6 +1,10 @@
 """The code file (.vqc): the indices of a set of images, and which model made them.
 
-An NPZ archive (a zip of .npy members) that `numpy.load(path, allow_pickle=False)` reads:
+A raw file is an NPZ archive (a zip of .npy members) that `numpy.load(path,
+allow_pickle=False)` reads; a compressed one holds the same kind of members in the compact
+container (vqtool.codes.container), whose overhead is a few hundred bytes where a zip's is
+1.4 KB: a quarter of a photo's prior-coded file. Compressed zips of earlier vqtools still read.
+The members:
 
 - `codes`: uint16 (N, h, w), h, w = image_size / downsample;
 - `names`: unicode (N,), relative POSIX paths without extension ('cat/0001');
@@ -54,12 +58,15 @@ header key by version and coding; tests/test_formats_doc.py holds it to what thi
 writes and reads.
 
 Raw files store members, not deflated: reading then never allocates more than the file's size,
-and deflate saves little on codes (near-uniform indices over K). Compressed files deflate
-`names`, `frequencies` and `chunks` where that saves bytes and stays within the reader's
-ratio. Files are byte-reproducible: the same codes give the same bytes (fixed zip
-timestamps). The reader also accepts deflated members (np.savez_compressed) up to a 64:1
-ratio, and checks everything before it returns: a damaged or doctored file raises WorkError,
-never anything else.
+and deflate saves little on codes (near-uniform indices over K). Files are byte-reproducible:
+the same codes give the same bytes (fixed zip timestamps). The reader also accepts deflated
+members (np.savez_compressed) up to a 64:1 ratio, and checks everything before it returns: a
+damaged or doctored file raises WorkError, never anything else.
+
+An exact file whose grids include one of another size than its prior's (coded window by
+window) has its tables adapted to each image's own codes (vqtool.codes.adaptive) and says so
+with "adapt": 1 in its header; without the key (every file of the prior's own grids, and
+every file of an earlier vqtool) nothing is adapted.
 """
 
 from __future__ import annotations
@@ -73,7 +80,6 @@ import math
 import re
 import string
 import zipfile
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +87,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
-from vqtool.codes import entropy
+from vqtool.codes import adaptive, container, entropy
 from vqtool.codes.entropy import CodingPrior, StreamError
 from vqtool.codes.names import name_problem
 from vqtool.errors import UsageError, VqtoolError, WorkError, counted, first_line, os_reason
@@ -112,6 +118,7 @@ MIXED_VERSIONS = (MIXED_VERSION, MIXED_COMPRESSED_VERSION)
 MAX_STAGES = 64
 CODINGS = ("unigram", "exact", "prior")
 EXACT_KEYS = ("coding_model", "chunk")  # the exact coding's own header keys
+OPTIONAL_KEYS = ("adapt",)  # an exact header's, where its tables were adapted (adaptive.py)
 PREDICTED = ("exact", "prior")  # codings whose stream is coded in chunks by a prior's tables
 MAX_HEADER_BYTES = 1 << 16
 MAX_COMPRESSED_CODES = 1 << 28  # what a compressed file may expand to (512 MiB of uint16)
@@ -367,36 +374,34 @@ def _archive_writer(
             ),
             "sizes": np.ascontiguousarray(code_file.sizes, dtype="<i4"),
         }
-    members = {key: _npy_bytes(array) for key, array in arrays.items()}
     compressed = "stream" in arrays
+    members = {} if compressed else {key: _npy_bytes(array) for key, array in arrays.items()}
 
     def write(f: BinaryIO) -> None:
+        if compressed:
+            f.write(compact_bytes(arrays))
+            return
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
             for key, data in members.items():
                 info = zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_DATE)
                 info.external_attr = 0o644 << 16
-                if not compressed:
-                    with archive.open(info, "w", force_zip64=True) as member:
-                        member.write(data)
-                    continue
-                # Zip64 fields only where a size needs them: 20 bytes a member saved.
-                if key in ("names", "frequencies", "chunks") and _deflates_within_limit(data):
-                    info.compress_type = zipfile.ZIP_DEFLATED
-                archive.writestr(info, data)
+                with archive.open(info, "w", force_zip64=True) as member:
+                    member.write(data)
 
     return write
+
+
+def compact_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A compressed file's arrays in the compact container (vqtool.codes.container), the header
+    first and the stream last (the container stores its last array undeflated)."""
+    rest = {key: array for key, array in arrays.items() if key not in ("header", "stream")}
+    return container.pack({"header": arrays["header"], **rest, "stream": arrays["stream"]})
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.lib.format.write_array(buffer, array, version=(1, 0), allow_pickle=False)
     return buffer.getvalue()
-
-
-def _deflates_within_limit(data: bytes) -> bool:
-    """Whether deflating `data` saves space and stays within what the reader accepts."""
-    size = len(zlib.compress(data)) - 6  # zip members hold raw deflate: no zlib header, trailer
-    return size < len(data) and len(data) <= MAX_DEFLATE_RATIO * size + 4096
 
 
 def _flat_codes(codes: Codes) -> np.ndarray:
@@ -440,7 +445,7 @@ def _compressed_arrays(
         encoded = entropy.encode_unigram(rows, frequencies)
         words, chunk_words = encoded.words, None
     else:
-        words, chunk_words, chunk = _encode_groups(code_file, prior, on_progress)
+        words, chunk_words, chunk, adapted = _encode_groups(code_file, prior, on_progress)
     if code_file.mixed:
         version = MIXED_COMPRESSED_VERSION
     else:
@@ -455,6 +460,8 @@ def _compressed_arrays(
     }
     if prior is not None:
         header |= {"coding_model": prior.exact_fingerprint, "chunk": chunk}
+        if adapted:  # absent otherwise: a file of the prior's own grids is what it always was
+            header["adapt"] = adaptive.SCHEME
     arrays = {
         "header": np.frombuffer(json.dumps(header).encode(), np.uint8),
         "stream": np.ascontiguousarray(words, dtype="<u4"),
@@ -483,10 +490,11 @@ def _unigram_rows(code_file: CodeFile) -> np.ndarray:
 
 def _encode_groups(
     code_file: CodeFile, prior: CodingPrior, on_progress: Progress | None
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Words, chunk lengths and images per chunk of the exact coding: each grid's images coded
-    as a stream of chunks of their own (all of them when they share one grid), group after
-    group."""
+) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    """Words, chunk lengths, images per chunk of the exact coding, and whether a group's tables
+    were adapted (vqtool.codes.adaptive: grids of another size than the prior's): each grid's
+    images coded as a stream of chunks of their own (all of them when they share one grid),
+    group after group."""
     groups = code_file.groups()
     for group in groups:  # every group refused or accepted before any is coded
         entropy.check_prior(
@@ -499,12 +507,13 @@ def _encode_groups(
     progress = progress_parts([group.codes.size for group in groups], on_progress)
     for group, callback in zip(groups, progress, strict=True):
         encoded = entropy.encode_with_prior(
-            group.codes, prior.exact, callback, chunk_size=chunk, count_bits=False
+            group.codes, prior.exact, callback, chunk_size=chunk, count_bits=False, adapt=True
         )
         assert encoded.chunk_words is not None  # prior coding always codes in chunks
         words.append(encoded.words)
         chunk_words.append(encoded.chunk_words)
-    return np.concatenate(words), np.concatenate(chunk_words), chunk
+    adapted = any(entropy.window_coded(prior.exact, group.grid) for group in groups)
+    return np.concatenate(words), np.concatenate(chunk_words), chunk, adapted
 
 
 _NUMBERED = re.compile(r"(.*?)([0-9]+)", re.DOTALL)
@@ -852,16 +861,27 @@ def prior_fingerprint(path: Source) -> str | None:
     then says why)."""
     path = _source(path)
     try:
-        with _zip(path) as archive:
-            info = archive.getinfo("header.npy")
-            _check_member(info, _file_size(path), path)
-            header = _header(_parse_npy(archive.read(info), "header", path), path)
+        header = _header(_header_array(path), path)
     except Exception:  # whatever is wrong, read_codes finds and reports it
         return None
     fingerprint = header.get("prior")
     if header.get("coding") not in PREDICTED or not isinstance(fingerprint, str):
         return None
     return fingerprint if _FINGERPRINT.fullmatch(fingerprint) else None
+
+
+def _header_array(path: Source) -> np.ndarray:
+    """The header member alone, from either container."""
+    head = _first_bytes(path, MAX_HEADER_BYTES + 4096)  # deflate never expands text much
+    if head.startswith(container.MAGIC):
+        key, array = container.first_array(head, MAX_HEADER_BYTES)
+        if key != "header":
+            raise ValueError("the first array is not the header")
+        return array
+    with _zip(path) as archive:
+        info = archive.getinfo("header.npy")
+        _check_member(info, _file_size(path), path)
+        return _parse_npy(archive.read(info), "header", path)
 
 
 def _members(path: Source) -> dict[str, np.ndarray]:
@@ -890,7 +910,7 @@ def _unreadable(path: Source, exc: Exception) -> WorkError:
         head = ZIP_MAGIC
     if not head:
         return WorkError("not a readable code file: it is empty", path, "encode the images again")
-    if head != ZIP_MAGIC:
+    if head != ZIP_MAGIC and head != container.MAGIC:
         return WorkError(
             "not a readable code file: it is not a vqtool code file",
             path,
@@ -937,24 +957,44 @@ def _damaged(what: str, path: Source) -> WorkError:
     return WorkError(what, path, _DAMAGED)
 
 
+_LAYOUTS = (
+    MEMBERS,
+    COMPRESSED_MEMBERS,  # an earlier vqtool's prior coding, refused by name later
+    (*COMPRESSED_MEMBERS, "frequencies"),
+    (*COMPRESSED_MEMBERS, "chunks"),
+)
+
+
 def _read_members(path: Source) -> dict[str, np.ndarray]:
+    if _first_bytes(path, len(container.MAGIC)) == container.MAGIC:
+        return _read_container(path)
     file_size = _file_size(path)
     with _zip(path) as archive:
         infos = archive.infolist()
         names = sorted(info.filename for info in infos)
-        layouts = (
-            MEMBERS,
-            COMPRESSED_MEMBERS,  # an earlier vqtool's prior coding, refused by name later
-            (*COMPRESSED_MEMBERS, "frequencies"),
-            (*COMPRESSED_MEMBERS, "chunks"),
-        )
-        if names not in (sorted(f"{key}.npy" for key in keys) for keys in layouts):
+        if names not in (sorted(f"{key}.npy" for key in keys) for keys in _LAYOUTS):
             raise _damaged(f"not a vqtool code file: it holds {names[:8]}", path)
         arrays = {}
         for info in infos:
             key = info.filename[: -len(".npy")]
             _check_member(info, file_size, path)
             arrays[key] = _parse_npy(archive.read(info), key, path)
+    return arrays
+
+
+def _read_container(path: Source) -> dict[str, np.ndarray]:
+    """A compressed file in the compact container (vqtool.codes.container): its members, each
+    checked like a zip's, in the order the writer puts them (the header first)."""
+    data = path.data if isinstance(path, CodeBytes) else path.read_bytes()
+    try:
+        arrays = container.unpack(data, MAX_DEFLATE_RATIO * len(data) + 4096)
+    except container.ContainerError as exc:
+        raise _damaged(f"not a readable code file: {exc}", path) from None
+    names = list(arrays)
+    if names[:1] != ["header"] or sorted(names) not in (sorted(keys) for keys in _LAYOUTS[1:]):
+        raise _damaged(f"not a vqtool code file: it holds {names[:8]}", path)
+    if arrays["header"].nbytes > MAX_HEADER_BYTES:
+        raise _damaged(f"its header holds {arrays['header'].nbytes:,} bytes", path)
     return arrays
 
 
@@ -1031,6 +1071,15 @@ def _header(array: np.ndarray, path: Source) -> dict[str, Any]:
             path,
             "decode it with the vqtool version that wrote it",
         )
+    if version in COMPRESSED_VERSIONS and coding == "exact" and "adapt" in header:
+        keys = (*keys, *OPTIONAL_KEYS)
+        if header["adapt"] != adaptive.SCHEME or isinstance(header["adapt"], bool):
+            raise WorkError(
+                f"tables adapted by rule {str(header['adapt'])[:20]} (this vqtool knows "
+                f"{adaptive.SCHEME})",
+                path,
+                "decode it with the vqtool version that wrote it",
+            )
     if sorted(header) != sorted(keys):
         raise _damaged(f"the header's keys are {sorted(header)[:10]}", path)
     # versions 5 and 6 always name stages: null for codes without a stage axis
@@ -1218,7 +1267,8 @@ def _from_compressed(
                     f"takes ({largest})",
                     path,
                 )
-            codes = _decode_groups(arrays, layout, model, on_progress, stages, chunk)
+            adapt = header.get("adapt") == adaptive.SCHEME
+            codes = _decode_groups(arrays, layout, model, on_progress, stages, chunk, adapt)
     except StreamError as exc:
         raise _undecodable(coding, str(exc), path) from exc
     code_file = CodeFile(
@@ -1273,9 +1323,11 @@ def _decode_groups(
     on_progress: Progress | None,
     stages: int | None,
     chunk: int,
+    adapt: bool,
 ) -> Codes:
     """The codes of an exact or prior stream: each grid's images decoded from their own
-    chunks, group after group (one group for images of one grid)."""
+    chunks, group after group (one group for images of one grid), window-coded grids' tables
+    adapted when the header says so."""
     stream, chunk_words, stored = arrays["stream"], arrays["chunks"], layout.stored
     groups = grid_groups(layout.grids)
     sizes = [len(indices) for _, indices in groups]
@@ -1291,7 +1343,14 @@ def _decode_groups(
         end = first_word + int(words.sum(dtype=np.uint64))
         shape = (n, *grid) if stored is None else (n, stored, *grid)
         codes = entropy.decode_with_prior(
-            stream[first_word:end], words, model, shape, callback, stages=stages, chunk_size=chunk
+            stream[first_word:end],
+            words,
+            model,
+            shape,
+            callback,
+            stages=stages,
+            chunk_size=chunk,
+            adapt=adapt,
         )
         decoded.append(codes)
         for i, image in zip(indices.tolist(), codes, strict=True):
