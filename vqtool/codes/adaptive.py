@@ -34,6 +34,7 @@ class Adapter:
 
     def __init__(self, rows: int, codes: int, per_stage: int) -> None:
         self.counts = np.zeros((rows, codes), np.int64)
+        self.weighted = np.full((rows, codes), 1 << SHIFT, np.int64)  # weight(counts), kept
         self.per_stage = per_stage
         self.weight = weights(per_stage)
         self.rows = np.arange(rows)
@@ -42,9 +43,11 @@ class Adapter:
         """Position t's tables (rows, K_s) of integers (float64), adapted to the counts."""
         if t % self.per_stage == 0:
             self.counts[:] = 0
-        product = tables.astype(np.int64) * self.weight[self.counts]
+            self.weighted[:] = 1 << SHIFT
+        product = tables.astype(np.int64) * self.weighted
         return (product >> SHIFT).astype(np.float64)
 
     def saw(self, codes: np.ndarray) -> None:
         """Count each grid's code at the position just coded."""
         self.counts[self.rows, codes] += 1
+        self.weighted[self.rows, codes] = self.weight[self.counts[self.rows, codes]]
