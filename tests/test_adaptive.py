@@ -28,11 +28,16 @@ def test_the_weights_are_exact_integer_fourth_roots() -> None:
         x = (2 * c + 1) << 32
         assert int(weight[c]) ** 4 <= x < (int(weight[c]) + 1) ** 4
     assert np.all(np.diff(weight) >= 0)
+    x = (2 * np.arange(5001, dtype=np.int64) + 1) << 32  # every one, in integers
+    assert np.all(weight**4 <= x) and np.all((weight + 1) ** 4 > x)
+    big = adaptive.weights(1 << 22)  # the counts of a grid of 2^22 positions a stage
+    c = (1 << 22) - 1
+    assert int(big[c]) ** 4 <= (2 * c + 1) << 32 < (int(big[c]) + 1) ** 4
     assert abs(weight[100] / 256 - math.pow(100.5, 0.25) * math.pow(2, 0.25)) < 0.01
 
 
 def test_counts_start_again_at_each_stage_and_unseen_codes_keep_their_table() -> None:
-    adapter = adaptive.Adapter(rows=2, codes=4, per_stage=3)
+    adapter = adaptive.Adapter(rows=2, codes=4, positions=3)
     tables = np.array([[10.0, 20.0, 30.0, 40.0], [100.0, 100.0, 100.0, 100.0]])
     assert np.array_equal(adapter.tables(0, tables), tables)
     adapter.saw(np.array([2, 0]))
@@ -126,7 +131,8 @@ def test_a_window_coded_file_of_an_earlier_vqtool_decodes_unadapted(tmp_path: Pa
 
 
 @pytest.mark.parametrize(
-    ("value", "message"), [(2, "adapted by rule 2"), (True, "adapted by rule True")]
+    ("value", "message"),
+    [(2, "adapted by rule 2"), (True, "adapted by rule true"), (1.0, "rule 1.0"), ("1\nx", "rule")],
 )
 def test_an_unknown_adaptation_is_one_line(value: object, message: str, tmp_path: Path) -> None:
     prior = _prior()

@@ -574,11 +574,11 @@ def test_a_damaged_compact_container_is_one_line(
 def test_a_container_that_inflates_past_its_limit_is_refused_before_it_is_read(
     tmp_path: Path,
 ) -> None:
-    zeros = np.zeros(1 << 22, np.uint8)  # 4 MiB of zeros deflate to about 4 KB
+    zeros = np.zeros(1 << 25, np.uint8)  # 32 MiB of zeros deflate to about 32 KB
     arrays = {"header": zeros, "stream": np.zeros(1, np.uint32)}
     path = tmp_path / "bomb.vqc"
     path.write_bytes(vqc.compact_bytes(arrays))
-    assert path.stat().st_size < 8192
+    assert path.stat().st_size < 65536
     with pytest.raises(WorkError, match="inflates past"):
         read_codes(path)
 
@@ -602,3 +602,76 @@ def test_a_conditional_prior_is_refused() -> None:
     with pytest.raises(UsageError, match="conditional"):
         write_codes(Path("c.vqc"), golden_code_file(), prior=prior)
     assert not Path("c.vqc").exists()
+
+
+def test_a_unigram_file_of_the_largest_codebook_reads_back(tmp_path: Path) -> None:
+    """K = 65,536 over one 8x8 grid: its frequency table (nearly all ones) deflates past 64:1,
+    which the reader allows for what a file's tables can hold."""
+    rng = np.random.default_rng(0)
+    one = CodeFile(
+        codes=rng.integers(0, 65536, (1, 4, 8, 8)).astype(np.uint16),
+        names=("a",),
+        sizes=np.array([[32, 32]], np.int32),
+        checkpoint=GOLDEN_VQ,
+        num_embeddings=65536,
+        embedding_dim=8,
+        image_size=(32, 32),
+        version=3,
+    )
+    write_codes(tmp_path / "k.vqc", one, compress=True)
+    assert (tmp_path / "k.vqc").stat().st_size < 65536 * 4 / 64  # the table deflated
+    assert_same(read_codes(tmp_path / "k.vqc"), one)
+
+
+def _body(data: bytes) -> bytes:
+    """A container's inflated members, the stored stream's words appended."""
+    inflater = zlib.decompressobj(-15, zdict=container.DICTIONARY)
+    return inflater.decompress(data[len(container.MAGIC) + 4 :]) + inflater.unused_data
+
+
+def _packed(body: bytes) -> bytes:
+    """`body` deflated again behind the mark and a CRC-32 that matches it."""
+    again = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zdict=container.DICTIONARY)
+    payload = again.compress(body) + again.flush()
+    return container.MAGIC + zlib.crc32(payload).to_bytes(4, "little") + payload
+
+
+@pytest.mark.parametrize("kind", ["unigram", "prior"])
+def test_mutated_members_behind_a_valid_crc_raise_only_vqtool_errors(
+    kind: str, tmp_path: Path
+) -> None:
+    """The CRC-32 stops a byte flip in a file; a container built around changed members (as a
+    tool could write) still meets one line of error or reads codes that pass their checks."""
+    prior = golden_prior()
+    write_codes(tmp_path / "c.vqc", golden_code_file(), True, None if kind == "unigram" else prior)
+    body = _body((tmp_path / "c.vqc").read_bytes())
+    rng = np.random.default_rng(1)
+    path = tmp_path / "m.vqc"
+    outcomes = {"read": 0, "refused": 0}
+    for _ in range(300):
+        mutated = bytearray(body)
+        at = int(rng.integers(0, len(mutated)))
+        if rng.random() < 0.7:
+            mutated[at] ^= 1 << int(rng.integers(0, 8))
+        else:
+            del mutated[at:]
+        path.write_bytes(_packed(bytes(mutated)))
+        try:
+            code_file = read_codes(path, prior if kind == "prior" else None)
+        except (WorkError, UsageError) as exc:
+            assert exc.line().startswith("error: ") and "\n" not in exc.line()
+            outcomes["refused"] += 1
+            continue
+        outcomes["read"] += 1
+        assert code_file.codes.shape == golden_code_file().codes.shape
+    assert outcomes["refused"] > 200, outcomes
+
+
+def test_a_container_whose_first_member_is_not_the_header_is_refused(tmp_path: Path) -> None:
+    write_codes(tmp_path / "c.vqc", golden_code_file(), compress=True)
+    arrays = code_arrays(tmp_path / "c.vqc")
+    names_first = {"names": arrays.pop("names"), **arrays}
+    stream = names_first.pop("stream")
+    (tmp_path / "bad.vqc").write_bytes(container.pack(names_first | {"stream": stream}))
+    with pytest.raises(WorkError, match="not a vqtool code file"):
+        read_codes(tmp_path / "bad.vqc")

@@ -26,8 +26,9 @@ def is_stream(path: Path | str | None) -> bool:
 
 
 def code_source(path: Path) -> Source:
-    """The code file a command reads: `path`, or for `-` standard input read whole (a code
-    file is a zip archive, read from its end)."""
+    """The code file a command reads: `path`, or for `-` standard input read whole (a raw
+    code file is a zip archive, read from its end; a compressed one is checked whole by its
+    CRC-32)."""
     from vqtool.codes.vqc import CodeBytes
 
     if not is_stream(path):

@@ -125,6 +125,9 @@ MAX_COMPRESSED_CODES = 1 << 28  # what a compressed file may expand to (512 MiB 
 MAX_CHUNK = 1 << 16  # images per chunk of a prior-coded stream, at most
 RUN_MARK = "\x1f"  # a control character: never part of a stored name
 MAX_DEFLATE_RATIO = 64
+# What a compact container may inflate to beyond 64 times its size: a unigram file's frequency
+# tables (S x K uint32, nearly all ones for a few images) deflate a thousandfold.
+MAX_INFLATE_FLOOR = MAX_HEADER_BYTES + MAX_STAGES * 65536 * 4
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the zip epoch: timestamps would make equal files differ
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 ZIP_MAGIC = b"PK\x03\x04"  # what every zip archive, hence every code file, starts with
@@ -987,7 +990,7 @@ def _read_container(path: Source) -> dict[str, np.ndarray]:
     checked like a zip's, in the order the writer puts them (the header first)."""
     data = path.data if isinstance(path, CodeBytes) else path.read_bytes()
     try:
-        arrays = container.unpack(data, MAX_DEFLATE_RATIO * len(data) + 4096)
+        arrays = container.unpack(data, MAX_DEFLATE_RATIO * len(data) + MAX_INFLATE_FLOOR)
     except container.ContainerError as exc:
         raise _damaged(f"not a readable code file: {exc}", path) from None
     names = list(arrays)
@@ -1058,7 +1061,8 @@ def _header(array: np.ndarray, path: Source) -> dict[str, Any]:
     if version not in (*RAW_VERSIONS, *COMPRESSED_VERSIONS) or isinstance(version, bool):
         newest = max(*RAW_VERSIONS, *COMPRESSED_VERSIONS)
         raise WorkError(
-            f"unsupported code file version {str(version)[:20]} (this vqtool reads 1 to {newest})",
+            f"unsupported code file version {json.dumps(version)[:20]} (this vqtool reads 1 to "
+            f"{newest})",
             path,
             "use the vqtool version that wrote it, or encode the images again",
         )
@@ -1073,9 +1077,9 @@ def _header(array: np.ndarray, path: Source) -> dict[str, Any]:
         )
     if version in COMPRESSED_VERSIONS and coding == "exact" and "adapt" in header:
         keys = (*keys, *OPTIONAL_KEYS)
-        if header["adapt"] != adaptive.SCHEME or isinstance(header["adapt"], bool):
+        if not _int(header["adapt"], adaptive.SCHEME, adaptive.SCHEME):
             raise WorkError(
-                f"tables adapted by rule {str(header['adapt'])[:20]} (this vqtool knows "
+                f"tables adapted by rule {json.dumps(header['adapt'])[:20]} (this vqtool knows "
                 f"{adaptive.SCHEME})",
                 path,
                 "decode it with the vqtool version that wrote it",
