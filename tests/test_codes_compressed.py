@@ -503,6 +503,17 @@ def test_fuzzed_compressed_files_raise_only_vqtool_errors(kind: str, tmp_path: P
     assert outcomes["refused"] > 250, outcomes
 
 
+def _one_image(
+    shape: tuple[int, ...], k: int, size: tuple[int, int], padded: tuple[int, int]
+) -> CodeFile:
+    """One image's random codes of `shape` ((1, h, w) or (1, S, h, w)) below `k`."""
+    codes = np.random.default_rng(0).integers(0, k, shape).astype(np.uint16)
+    return CodeFile(
+        codes=codes, names=("a",), sizes=np.array([size], np.int32), checkpoint=GOLDEN_VQ,
+        num_embeddings=k, embedding_dim=8, image_size=padded, version=3 if len(shape) == 4 else 1,
+    )  # fmt: skip
+
+
 def test_a_compressed_file_is_the_compact_container_its_stream_stored_at_the_end(
     tmp_path: Path,
 ) -> None:
@@ -529,16 +540,7 @@ def test_a_compressed_file_is_the_compact_container_its_stream_stored_at_the_end
 def test_the_compact_container_costs_a_fraction_of_the_zip_a_one_photo_file(
     tmp_path: Path,
 ) -> None:
-    rng = np.random.default_rng(0)
-    one = CodeFile(
-        codes=rng.integers(0, 512, (1, 75, 113)).astype(np.uint16),
-        names=("chelsea",),
-        sizes=np.array([[300, 451]], np.int32),
-        checkpoint=GOLDEN_VQ,
-        num_embeddings=512,
-        embedding_dim=64,
-        image_size=(300, 452),
-    )
+    one = _one_image((1, 75, 113), 512, (300, 451), (300, 452))
     write_codes(tmp_path / "c.vqc", one, compress=True)
     arrays = code_arrays(tmp_path / "c.vqc")
     zipped = tmp_path / "z.vqc"
@@ -585,13 +587,9 @@ def test_a_container_that_inflates_past_its_limit_is_refused_before_it_is_read(
 
 def test_an_array_named_twice_is_refused(tmp_path: Path) -> None:
     write_codes(tmp_path / "c.vqc", golden_code_file(), compress=True)
-    data = (tmp_path / "c.vqc").read_bytes()
-    inflater = zlib.decompressobj(-15, zdict=container.DICTIONARY)
-    body = inflater.decompress(data[len(container.MAGIC) + 4 :]) + inflater.unused_data
-    again = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zdict=container.DICTIONARY)
-    payload = again.compress(body + body) + again.flush()
+    body = _body((tmp_path / "c.vqc").read_bytes())
     path = tmp_path / "bad.vqc"
-    path.write_bytes(container.MAGIC + zlib.crc32(payload).to_bytes(4, "little") + payload)
+    path.write_bytes(_packed(body + body))
     with pytest.raises(WorkError, match="twice"):
         read_codes(path)
 
@@ -607,17 +605,7 @@ def test_a_conditional_prior_is_refused() -> None:
 def test_a_unigram_file_of_the_largest_codebook_reads_back(tmp_path: Path) -> None:
     """K = 65,536 over one 8x8 grid: its frequency table (nearly all ones) deflates past 64:1,
     which the reader allows for what a file's tables can hold."""
-    rng = np.random.default_rng(0)
-    one = CodeFile(
-        codes=rng.integers(0, 65536, (1, 4, 8, 8)).astype(np.uint16),
-        names=("a",),
-        sizes=np.array([[32, 32]], np.int32),
-        checkpoint=GOLDEN_VQ,
-        num_embeddings=65536,
-        embedding_dim=8,
-        image_size=(32, 32),
-        version=3,
-    )
+    one = _one_image((1, 4, 8, 8), 65536, (32, 32), (32, 32))
     write_codes(tmp_path / "k.vqc", one, compress=True)
     assert (tmp_path / "k.vqc").stat().st_size < 65536 * 4 / 64  # the table deflated
     assert_same(read_codes(tmp_path / "k.vqc"), one)

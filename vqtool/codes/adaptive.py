@@ -1,7 +1,7 @@
 """The prior's tables adapted to the image being coded, in integers: the same on every machine.
 
 A prior trained on CIFAR-10's 8x8 grids codes a photo's large grid window by window, but a
-photo uses a few hundred of the codes, over and over, in proportions no 32x32 image has. So
+photo uses some of the codes over and over, in proportions no 32x32 image has. So
 each table is multiplied by a weight that grows with how often each code has already appeared
 in this image's grid at this stage (a product of experts with the image's own statistics):
 weight(c) = floor(((2c + 1) * 2^32) ^ (1/4)), (2c + 1)^(1/4) scaled by 2^8, then the product

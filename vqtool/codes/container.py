@@ -1,9 +1,9 @@
 """The compact container of compressed code files: their arrays, one after another, in one
 raw-deflate stream behind a four-byte mark.
 
-A zip spends about 100 bytes a member on its local and central headers, and each .npy member
-128 bytes on its own header, nearly all of it spaces: some 1.4 KB a file, a quarter of a
-photo's prior-coded file. Here an array's description takes a dozen bytes, and the deflate
+A zip spends a local and a central header on each member, and each .npy member a header of
+its own, mostly spaces: weight enough beside the stream of a single photo's file
+(docs/formats.md gives the bytes). Here an array's description takes a dozen bytes, and the deflate
 stream starts from a preset dictionary (DICTIONARY: the header's keys and the members' names),
 so that the JSON header costs little more than its hex digests. Raw code files stay zips
 (NPZ): `numpy.load` reads their codes, where a compressed file's stream means nothing without

@@ -2,8 +2,8 @@
 
 A raw file is an NPZ archive (a zip of .npy members) that `numpy.load(path,
 allow_pickle=False)` reads; a compressed one holds the same kind of members in the compact
-container (vqtool.codes.container), whose overhead is a few hundred bytes where a zip's is
-1.4 KB: a quarter of a photo's prior-coded file. Compressed zips of earlier vqtools still read.
+container (vqtool.codes.container), which spends far fewer bytes beside the stream than a zip
+(it matters for a file of one photo). Compressed zips of earlier vqtools still read.
 The members:
 
 - `codes`: uint16 (N, h, w), h, w = image_size / downsample;
@@ -126,7 +126,7 @@ MAX_CHUNK = 1 << 16  # images per chunk of a prior-coded stream, at most
 RUN_MARK = "\x1f"  # a control character: never part of a stored name
 MAX_DEFLATE_RATIO = 64
 # What a compact container may inflate to beyond 64 times its size: a unigram file's frequency
-# tables (S x K uint32, nearly all ones for a few images) deflate a thousandfold.
+# tables (S x K uint32, nearly all ones for a few images) deflate far past 64:1.
 MAX_INFLATE_FLOOR = MAX_HEADER_BYTES + MAX_STAGES * 65536 * 4
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the zip epoch: timestamps would make equal files differ
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
